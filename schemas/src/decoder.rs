@@ -1,0 +1,810 @@
+//! simd-json -> Arrow decoder of Kubernetes audit events (`audit.k8s.io/v1` and `v1beta1`).
+//!
+//! Each input is parsed into a simd-json tape (no tree of maps is built) and walked once:
+//! known fields land in typed columns, free-form bodies are re-encoded as JSON text, and
+//! every field the schema does not name is kept in `unmapped`. An event that cannot be
+//! decoded becomes a [`Quarantined`] record; its neighbours are unaffected.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use arrow::array::{ListBuilder, RecordBatch, StringBuilder};
+use simd_json::prelude::*;
+use simd_json::tape::{Array, Object, Value};
+use simd_json::{Buffers, INPUT_PADDING, Tape, fill_tape_padded};
+
+use crate::event_builder::EventBatchBuilder;
+use crate::timestamp::parse_rfc3339_micros;
+
+/// Limits and sizes of a decoder.
+#[derive(Debug, Clone)]
+pub struct DecoderOptions {
+    /// An NDJSON line longer than this is quarantined without being parsed.
+    pub max_event_bytes: usize,
+    /// How many bytes of a quarantined input are kept in the quarantine record.
+    pub max_quarantined_bytes: usize,
+}
+
+impl Default for DecoderOptions {
+    fn default() -> Self {
+        // The API server's own limit on a request body is 3 MiB and truncation cuts events at
+        // 100 KiB, so an 8 MiB event is not an audit event anyone should archive whole.
+        Self {
+            max_event_bytes: 8 << 20,
+            max_quarantined_bytes: 1 << 20,
+        }
+    }
+}
+
+/// An input that could not be decoded, with why and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    /// Where the input came from (file name, `-` for stdin, webhook, Kafka topic).
+    pub source: String,
+    /// 1-based line number in the source, when the source is line oriented.
+    pub line: Option<u64>,
+    /// Index of the event inside an `EventList` or JSON array, when it was one of several.
+    pub item: Option<u64>,
+    /// Byte offset of the input in the (decompressed) source.
+    pub byte_offset: u64,
+    /// What was wrong, naming the field where one is to blame.
+    pub reason: String,
+    /// The offending bytes (re-encoded JSON for an item of a list), cut to `max_quarantined_bytes`.
+    pub raw: Vec<u8>,
+    /// Length of the offending input before cutting.
+    pub raw_len: u64,
+}
+
+/// Where an input sits in its source.
+#[derive(Debug, Clone, Copy)]
+pub struct SourcePos<'a> {
+    /// Source name as shown in `source_ref` and quarantine records.
+    pub source: &'a str,
+    /// 1-based line number, if line oriented.
+    pub line: Option<u64>,
+    /// Byte offset in the source.
+    pub byte_offset: u64,
+}
+
+/// Reusable simd-json parse state: input copy with padding, stage-1 buffers and tape.
+struct Parser {
+    input: Vec<u8>,
+    buffers: Buffers,
+    tape: Tape<'static>,
+}
+
+impl Parser {
+    fn new() -> Self {
+        Self {
+            input: Vec::new(),
+            buffers: Buffers::new(4096),
+            tape: Tape(Vec::new()),
+        }
+    }
+
+    /// Parses `bytes` and hands the root value to `f`. The input is copied first because
+    /// simd-json unescapes strings in place and the caller keeps the original for quarantine.
+    fn parse<R>(
+        &mut self,
+        bytes: &[u8],
+        f: impl FnOnce(Value<'_, '_>) -> R,
+    ) -> Result<R, simd_json::Error> {
+        self.input.clear();
+        self.input.extend_from_slice(bytes);
+        self.input.resize(bytes.len() + INPUT_PADDING, b' ');
+        let mut tape = std::mem::replace(&mut self.tape, Tape(Vec::new())).reset();
+        let res = fill_tape_padded(&mut self.input, bytes.len(), &mut self.buffers, &mut tape)
+            .map(|()| f(tape.as_value()));
+        self.tape = tape.reset();
+        res
+    }
+}
+
+/// Decodes audit events into record batches of the events schema.
+pub struct EventDecoder {
+    cluster: String,
+    options: DecoderOptions,
+    builder: EventBatchBuilder,
+    parser: Parser,
+    scratch: Scratch,
+    ingested_at: i64,
+    input_bytes: usize,
+}
+
+/// Buffers reused across events so the hot path does not allocate.
+#[derive(Default)]
+struct Scratch {
+    json: Vec<u8>,
+    source_ref: String,
+}
+
+impl EventDecoder {
+    /// A decoder tagging every event with `cluster`.
+    pub fn new(cluster: &str, options: DecoderOptions) -> Self {
+        Self {
+            cluster: cluster.to_string(),
+            options,
+            builder: EventBatchBuilder::new(),
+            parser: Parser::new(),
+            scratch: Scratch::default(),
+            ingested_at: 0,
+            input_bytes: 0,
+        }
+    }
+
+    /// Options in force.
+    pub fn options(&self) -> &DecoderOptions {
+        &self.options
+    }
+
+    /// Sets the `ingested_at` value (µs since the epoch) of the events decoded from now on.
+    pub fn set_ingested_at(&mut self, micros: i64) {
+        self.ingested_at = micros;
+    }
+
+    /// Rows decoded and not yet taken by [`EventDecoder::finish_batch`].
+    pub fn buffered_rows(&self) -> usize {
+        self.builder.rows()
+    }
+
+    /// Input bytes of the rows not yet taken by [`EventDecoder::finish_batch`].
+    pub fn buffered_input_bytes(&self) -> usize {
+        self.input_bytes
+    }
+
+    /// Takes the decoded rows as a batch; `None` when there are none.
+    pub fn finish_batch(&mut self) -> Option<RecordBatch> {
+        if self.builder.rows() == 0 {
+            return None;
+        }
+        self.input_bytes = 0;
+        Some(self.builder.finish())
+    }
+
+    /// Decodes one NDJSON line holding an Event, an `EventList` or a JSON array of events.
+    /// Returns how many events were appended; what could not be decoded is pushed to `quarantine`.
+    pub fn decode_line(
+        &mut self,
+        line: &[u8],
+        pos: SourcePos<'_>,
+        quarantine: &mut Vec<Quarantined>,
+    ) -> usize {
+        if line.len() > self.options.max_event_bytes {
+            let reason = format!(
+                "line of {} bytes exceeds max_event_bytes ({})",
+                line.len(),
+                self.options.max_event_bytes
+            );
+            quarantine.push(self.quarantined(pos, None, reason, line));
+            return 0;
+        }
+        self.decode_value_bytes(line, pos, quarantine)
+    }
+
+    /// Decodes a whole document: a single Event, an `EventList`, a JSON array of events,
+    /// or NDJSON (one of those per line). Returns how many events were appended.
+    pub fn decode_document(
+        &mut self,
+        bytes: &[u8],
+        pos: SourcePos<'_>,
+        quarantine: &mut Vec<Quarantined>,
+    ) -> usize {
+        let before = quarantine.len();
+        let whole = self.decode_value_bytes(bytes, pos, quarantine);
+        let Some(first) = quarantine.get(before) else {
+            return whole;
+        };
+        // One JSON value that failed to parse may still be NDJSON: retry line by line.
+        if whole != 0 || !first.reason.starts_with("invalid JSON") || !contains_two_lines(bytes) {
+            return whole;
+        }
+        quarantine.truncate(before);
+        let mut appended = 0;
+        for (line_no, start, line) in lines(bytes) {
+            let line_pos = SourcePos {
+                source: pos.source,
+                line: Some(pos.line.unwrap_or(1) + line_no),
+                byte_offset: pos.byte_offset + start as u64,
+            };
+            appended += self.decode_line(line, line_pos, quarantine);
+        }
+        appended
+    }
+
+    fn decode_value_bytes(
+        &mut self,
+        bytes: &[u8],
+        pos: SourcePos<'_>,
+        quarantine: &mut Vec<Quarantined>,
+    ) -> usize {
+        let Self {
+            cluster,
+            builder,
+            parser,
+            scratch,
+            ingested_at,
+            options,
+            ..
+        } = self;
+        let ctx = Ctx {
+            cluster,
+            ingested_at: *ingested_at,
+            pos,
+            max_quarantined: options.max_quarantined_bytes,
+        };
+        let parsed = parser.parse(bytes, |root| {
+            decode_root(root, &ctx, builder, scratch, quarantine)
+        });
+        match parsed {
+            Ok(n) => {
+                self.input_bytes += bytes.len();
+                n
+            }
+            Err(e) => {
+                let reason = if std::str::from_utf8(bytes).is_err() {
+                    format!("invalid UTF-8: {}", utf8_error_position(bytes))
+                } else if bytes.iter().all(u8::is_ascii_whitespace) {
+                    "empty input".to_string()
+                } else {
+                    format!("invalid JSON: {e}")
+                };
+                quarantine.push(self.quarantined(pos, None, reason, bytes));
+                0
+            }
+        }
+    }
+
+    fn quarantined(
+        &self,
+        pos: SourcePos<'_>,
+        item: Option<u64>,
+        reason: String,
+        raw: &[u8],
+    ) -> Quarantined {
+        quarantine_record(pos, item, reason, raw, self.options.max_quarantined_bytes)
+    }
+}
+
+fn quarantine_record(
+    pos: SourcePos<'_>,
+    item: Option<u64>,
+    reason: String,
+    raw: &[u8],
+    max: usize,
+) -> Quarantined {
+    Quarantined {
+        source: pos.source.to_string(),
+        line: pos.line,
+        item,
+        byte_offset: pos.byte_offset,
+        reason,
+        raw: raw[..raw.len().min(max)].to_vec(),
+        raw_len: raw.len() as u64,
+    }
+}
+
+fn utf8_error_position(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Err(e) => format!(
+            "byte {} is not part of a valid UTF-8 sequence",
+            e.valid_up_to()
+        ),
+        Ok(_) => "valid".to_string(),
+    }
+}
+
+fn contains_two_lines(bytes: &[u8]) -> bool {
+    lines(bytes).nth(1).is_some()
+}
+
+/// Non-blank lines of `bytes` as (0-based line number, byte offset, line without `\r\n`).
+pub fn lines(bytes: &[u8]) -> impl Iterator<Item = (u64, usize, &[u8])> {
+    let mut offset = 0;
+    bytes
+        .split(|&b| b == b'\n')
+        .enumerate()
+        .filter_map(move |(i, line)| {
+            let start = offset;
+            offset += line.len() + 1;
+            let trimmed = line.strip_suffix(b"\r").unwrap_or(line);
+            if trimmed.iter().all(u8::is_ascii_whitespace) {
+                None
+            } else {
+                Some((i as u64, start, trimmed))
+            }
+        })
+}
+
+struct Ctx<'a> {
+    cluster: &'a str,
+    ingested_at: i64,
+    pos: SourcePos<'a>,
+    max_quarantined: usize,
+}
+
+fn decode_root(
+    root: Value<'_, '_>,
+    ctx: &Ctx<'_>,
+    b: &mut EventBatchBuilder,
+    scratch: &mut Scratch,
+    quarantine: &mut Vec<Quarantined>,
+) -> usize {
+    if let Some(items) = root.as_array() {
+        return decode_items(items, None, ctx, b, scratch, quarantine);
+    }
+    if let Some(obj) = root.as_object()
+        && obj.get("kind").and_then(|k| k.into_string()) == Some("EventList")
+    {
+        let list_api_version = obj.get("apiVersion").and_then(|v| v.into_string());
+        return match obj.get("items") {
+            Some(items) => match items.as_array() {
+                Some(items) => decode_items(items, list_api_version, ctx, b, scratch, quarantine),
+                None if items.is_null() => 0,
+                None => {
+                    let reason = format!(
+                        "EventList field `items`: expected array, found {}",
+                        type_name(items)
+                    );
+                    quarantine.push(record_of_value(root, ctx, None, reason, scratch));
+                    0
+                }
+            },
+            None => 0,
+        };
+    }
+    match append_event(root, None, ctx, None, b, scratch) {
+        Ok(()) => 1,
+        Err(reason) => {
+            quarantine.push(record_of_value(root, ctx, None, reason, scratch));
+            0
+        }
+    }
+}
+
+fn decode_items(
+    items: Array<'_, '_>,
+    list_api_version: Option<&str>,
+    ctx: &Ctx<'_>,
+    b: &mut EventBatchBuilder,
+    scratch: &mut Scratch,
+    quarantine: &mut Vec<Quarantined>,
+) -> usize {
+    let mut n = 0;
+    for (i, item) in items.iter().enumerate() {
+        match append_event(item, list_api_version, ctx, Some(i as u64), b, scratch) {
+            Ok(()) => n += 1,
+            Err(reason) => {
+                quarantine.push(record_of_value(item, ctx, Some(i as u64), reason, scratch))
+            }
+        }
+    }
+    n
+}
+
+fn record_of_value(
+    v: Value<'_, '_>,
+    ctx: &Ctx<'_>,
+    item: Option<u64>,
+    reason: String,
+    scratch: &mut Scratch,
+) -> Quarantined {
+    scratch.json.clear();
+    // Writing into a Vec cannot fail.
+    let _ = v.write(&mut scratch.json);
+    let reason = match item {
+        Some(i) => format!("item {i}: {reason}"),
+        None => reason,
+    };
+    quarantine_record(ctx.pos, item, reason, &scratch.json, ctx.max_quarantined)
+}
+
+fn type_name(v: Value<'_, '_>) -> &'static str {
+    match v.value_type() {
+        ValueType::Null => "null",
+        ValueType::Bool => "boolean",
+        ValueType::String => "string",
+        ValueType::Array => "array",
+        ValueType::Object => "object",
+        _ => "number",
+    }
+}
+
+/// Handles on the parts of one event, collected before anything is appended so that a
+/// bad event leaves the builders untouched.
+#[derive(Default)]
+struct Fields<'t, 'i> {
+    api_version: Option<&'i str>,
+    audit_id: Option<&'i str>,
+    stage: Option<&'i str>,
+    level: Option<&'i str>,
+    verb: Option<&'i str>,
+    request_uri: Option<&'i str>,
+    user: UserFields<'t, 'i>,
+    impersonated: UserFields<'t, 'i>,
+    source_ips: Option<Array<'t, 'i>>,
+    user_agent: Option<&'i str>,
+    object_ref: [Option<&'i str>; 8],
+    response_code: Option<i32>,
+    response_status: Option<&'i str>,
+    response_reason: Option<&'i str>,
+    response_message: Option<&'i str>,
+    response_details: Option<Value<'t, 'i>>,
+    annotations: Option<Value<'t, 'i>>,
+    request_object: Option<Value<'t, 'i>>,
+    response_object: Option<Value<'t, 'i>>,
+    request_received: Option<&'i str>,
+    stage_timestamp: Option<&'i str>,
+    legacy_timestamp: Option<&'i str>,
+    unmapped: Vec<(Cow<'static, str>, Value<'t, 'i>)>,
+}
+
+#[derive(Default)]
+struct UserFields<'t, 'i> {
+    username: Option<&'i str>,
+    uid: Option<&'i str>,
+    groups: Option<Array<'t, 'i>>,
+    extra: Option<Value<'t, 'i>>,
+}
+
+/// `objectRef` keys in the order of `Fields::object_ref`.
+const OBJECT_REF_KEYS: [&str; 8] = [
+    "resource",
+    "subresource",
+    "namespace",
+    "name",
+    "uid",
+    "apiGroup",
+    "apiVersion",
+    "resourceVersion",
+];
+
+fn expect_str<'i>(v: Value<'_, 'i>, path: &str) -> Result<Option<&'i str>, String> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    v.into_string()
+        .map(Some)
+        .ok_or_else(|| format!("field `{path}`: expected string, found {}", type_name(v)))
+}
+
+fn expect_object<'t, 'i>(v: Value<'t, 'i>, path: &str) -> Result<Option<Object<'t, 'i>>, String> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    v.as_object()
+        .map(Some)
+        .ok_or_else(|| format!("field `{path}`: expected object, found {}", type_name(v)))
+}
+
+fn expect_str_array<'t, 'i>(v: Value<'t, 'i>, path: &str) -> Result<Option<Array<'t, 'i>>, String> {
+    if v.is_null() {
+        return Ok(None);
+    }
+    let arr = v.as_array().ok_or_else(|| {
+        format!(
+            "field `{path}`: expected array of strings, found {}",
+            type_name(v)
+        )
+    })?;
+    for (i, item) in arr.iter().enumerate() {
+        if item.as_str().is_none() {
+            return Err(format!(
+                "field `{path}[{i}]`: expected string, found {}",
+                type_name(item)
+            ));
+        }
+    }
+    Ok(Some(arr))
+}
+
+fn nested_path(parent: &str, key: &str) -> Cow<'static, str> {
+    Cow::Owned(format!("{parent}.{key}"))
+}
+
+fn collect_user<'t, 'i>(
+    v: Value<'t, 'i>,
+    parent: &'static str,
+    out: &mut UserFields<'t, 'i>,
+    unmapped: &mut Vec<(Cow<'static, str>, Value<'t, 'i>)>,
+) -> Result<(), String> {
+    let Some(obj) = expect_object(v, parent)? else {
+        return Ok(());
+    };
+    for (k, v) in obj.iter() {
+        match k {
+            "username" => out.username = expect_str(v, &format!("{parent}.username"))?,
+            "uid" => out.uid = expect_str(v, &format!("{parent}.uid"))?,
+            "groups" => out.groups = expect_str_array(v, &format!("{parent}.groups"))?,
+            "extra" => {
+                if !v.is_null() {
+                    expect_object(v, &format!("{parent}.extra"))?;
+                    out.extra = Some(v);
+                }
+            }
+            _ => unmapped.push((nested_path(parent, k), v)),
+        }
+    }
+    Ok(())
+}
+
+fn collect<'t, 'i>(root: Value<'t, 'i>) -> Result<Fields<'t, 'i>, String> {
+    let obj = root
+        .as_object()
+        .ok_or_else(|| format!("expected an audit Event object, found {}", type_name(root)))?;
+    let mut f = Fields::default();
+    for (k, v) in obj.iter() {
+        match k {
+            "kind" => match v.as_str() {
+                Some("Event") => {}
+                Some(other) => {
+                    return Err(format!(
+                        "field `kind`: expected \"Event\", found \"{other}\""
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "field `kind`: expected string, found {}",
+                        type_name(v)
+                    ));
+                }
+            },
+            "apiVersion" => f.api_version = expect_str(v, "apiVersion")?,
+            "auditID" => f.audit_id = expect_str(v, "auditID")?,
+            "stage" => f.stage = expect_str(v, "stage")?,
+            "level" => f.level = expect_str(v, "level")?,
+            "verb" => f.verb = expect_str(v, "verb")?,
+            "requestURI" => f.request_uri = expect_str(v, "requestURI")?,
+            "user" => collect_user(v, "user", &mut f.user, &mut f.unmapped)?,
+            "impersonatedUser" => {
+                collect_user(v, "impersonatedUser", &mut f.impersonated, &mut f.unmapped)?
+            }
+            "sourceIPs" => f.source_ips = expect_str_array(v, "sourceIPs")?,
+            "userAgent" => f.user_agent = expect_str(v, "userAgent")?,
+            "objectRef" => {
+                let Some(o) = expect_object(v, "objectRef")? else {
+                    continue;
+                };
+                for (k, v) in o.iter() {
+                    match OBJECT_REF_KEYS.iter().position(|&name| name == k) {
+                        Some(i) => f.object_ref[i] = expect_str(v, &format!("objectRef.{k}"))?,
+                        None => f.unmapped.push((nested_path("objectRef", k), v)),
+                    }
+                }
+            }
+            "responseStatus" => {
+                let Some(o) = expect_object(v, "responseStatus")? else {
+                    continue;
+                };
+                for (k, v) in o.iter() {
+                    match k {
+                        "code" => {
+                            if v.is_null() {
+                                continue;
+                            }
+                            let code = v.as_i64().and_then(|c| i32::try_from(c).ok()).ok_or_else(|| {
+                                format!("field `responseStatus.code`: expected 32-bit integer, found {}", type_name(v))
+                            })?;
+                            f.response_code = Some(code);
+                        }
+                        "status" => f.response_status = expect_str(v, "responseStatus.status")?,
+                        "reason" => f.response_reason = expect_str(v, "responseStatus.reason")?,
+                        "message" => f.response_message = expect_str(v, "responseStatus.message")?,
+                        "details" => f.response_details = (!v.is_null()).then_some(v),
+                        // Status objects always carry an empty ListMeta: nothing to keep.
+                        "metadata" if v.as_object().is_some_and(|m| m.is_empty()) => {}
+                        _ => f.unmapped.push((nested_path("responseStatus", k), v)),
+                    }
+                }
+            }
+            "annotations" => {
+                if let Some(a) = expect_object(v, "annotations")? {
+                    for (k, v) in a.iter() {
+                        expect_str(v, &format!("annotations.{k}"))?;
+                    }
+                    f.annotations = Some(v);
+                }
+            }
+            "requestObject" => f.request_object = (!v.is_null()).then_some(v),
+            "responseObject" => f.response_object = (!v.is_null()).then_some(v),
+            "requestReceivedTimestamp" => {
+                f.request_received = expect_str(v, "requestReceivedTimestamp")?
+            }
+            "stageTimestamp" => f.stage_timestamp = expect_str(v, "stageTimestamp")?,
+            "timestamp" => {
+                // audit.k8s.io/v1beta1: the time of the event; kept in `unmapped` too.
+                f.legacy_timestamp = expect_str(v, "timestamp")?;
+                f.unmapped.push((Cow::Borrowed("timestamp"), v));
+            }
+            _ => f.unmapped.push((Cow::Owned(k.to_string()), v)),
+        }
+    }
+    Ok(f)
+}
+
+fn parse_time(text: Option<&str>, field: &str) -> Result<Option<i64>, String> {
+    match text {
+        None => Ok(None),
+        Some(t) => parse_rfc3339_micros(t)
+            .map(Some)
+            .ok_or_else(|| format!("field `{field}`: not an RFC 3339 timestamp: {t:?}")),
+    }
+}
+
+fn append_event(
+    root: Value<'_, '_>,
+    list_api_version: Option<&str>,
+    ctx: &Ctx<'_>,
+    item: Option<u64>,
+    b: &mut EventBatchBuilder,
+    scratch: &mut Scratch,
+) -> Result<(), String> {
+    let f = collect(root)?;
+    let audit_id = match f.audit_id {
+        Some(id) if !id.is_empty() => id,
+        Some(_) => return Err("field `auditID` is empty".into()),
+        None => return Err("missing field `auditID`".into()),
+    };
+    let legacy = parse_time(f.legacy_timestamp, "timestamp")?;
+    let received = parse_time(f.request_received, "requestReceivedTimestamp")?
+        .or(legacy)
+        .ok_or("missing field `requestReceivedTimestamp`")?;
+    let stage_at = parse_time(f.stage_timestamp, "stageTimestamp")?
+        .or(legacy)
+        .ok_or("missing field `stageTimestamp`")?;
+
+    // Validated: from here on every column gets exactly one value.
+    b.cluster.append_value(ctx.cluster);
+    b.event_api_version
+        .append_option(f.api_version.or(list_api_version));
+    b.audit_id.append_value(audit_id);
+    b.stage.append_option(f.stage);
+    b.level.append_option(f.level);
+    b.verb.append_option(f.verb);
+    b.request_uri.append_option(f.request_uri);
+    append_user(
+        &f.user,
+        &mut b.user_username,
+        &mut b.user_uid,
+        &mut b.user_groups,
+        &mut b.user_extra,
+        scratch,
+    );
+    append_user(
+        &f.impersonated,
+        &mut b.impersonated_username,
+        &mut b.impersonated_uid,
+        &mut b.impersonated_groups,
+        &mut b.impersonated_extra,
+        scratch,
+    );
+    append_list(&mut b.source_ips, f.source_ips);
+    b.user_agent.append_option(f.user_agent);
+    let [
+        resource,
+        subresource,
+        namespace,
+        name,
+        uid,
+        api_group,
+        api_version,
+        resource_version,
+    ] = f.object_ref;
+    b.resource.append_option(resource);
+    b.subresource.append_option(subresource);
+    b.namespace.append_option(namespace);
+    b.name.append_option(name);
+    b.object_uid.append_option(uid);
+    b.api_group.append_option(api_group);
+    b.api_version.append_option(api_version);
+    b.resource_version.append_option(resource_version);
+    b.response_code.append_option(f.response_code);
+    b.response_status.append_option(f.response_status);
+    b.response_reason.append_option(f.response_reason);
+    b.response_message.append_option(f.response_message);
+    append_json(&mut b.response_details, f.response_details, scratch);
+    let annotation = |key: &str| {
+        f.annotations
+            .and_then(|a| a.get(key))
+            .and_then(|v| v.into_string())
+    };
+    b.authz_decision
+        .append_option(annotation("authorization.k8s.io/decision"));
+    b.authz_reason
+        .append_option(annotation("authorization.k8s.io/reason"));
+    append_json(&mut b.annotations, f.annotations, scratch);
+    append_json(&mut b.request_object, f.request_object, scratch);
+    append_json(&mut b.response_object, f.response_object, scratch);
+    b.request_received_at.append_value(received);
+    b.stage_at.append_value(stage_at);
+    b.ingested_at.append_value(ctx.ingested_at);
+    scratch.source_ref.clear();
+    scratch.source_ref.push_str(ctx.pos.source);
+    if let Some(line) = ctx.pos.line {
+        let _ = write!(scratch.source_ref, ":{line}");
+    }
+    if let Some(i) = item {
+        let _ = write!(scratch.source_ref, "#{i}");
+    }
+    b.source_ref.append_value(&scratch.source_ref);
+    if f.unmapped.is_empty() {
+        b.unmapped.append_null();
+    } else {
+        scratch.json.clear();
+        scratch.json.push(b'{');
+        for (i, (k, v)) in f.unmapped.iter().enumerate() {
+            if i > 0 {
+                scratch.json.push(b',');
+            }
+            write_json_string(&mut scratch.json, k);
+            scratch.json.push(b':');
+            let _ = v.write(&mut scratch.json);
+        }
+        scratch.json.push(b'}');
+        b.unmapped
+            .append_value(String::from_utf8_lossy(&scratch.json));
+    }
+    b.row_done();
+    Ok(())
+}
+
+fn append_user(
+    u: &UserFields<'_, '_>,
+    username: &mut StringBuilder,
+    uid: &mut StringBuilder,
+    groups: &mut ListBuilder<StringBuilder>,
+    extra: &mut StringBuilder,
+    scratch: &mut Scratch,
+) {
+    username.append_option(u.username);
+    uid.append_option(u.uid);
+    append_list(groups, u.groups);
+    append_json(extra, u.extra, scratch);
+}
+
+fn append_list(b: &mut ListBuilder<StringBuilder>, arr: Option<Array<'_, '_>>) {
+    match arr {
+        None => b.append_null(),
+        Some(arr) => {
+            for v in arr.iter() {
+                b.values().append_option(v.into_string());
+            }
+            b.append(true);
+        }
+    }
+}
+
+fn append_json(b: &mut StringBuilder, v: Option<Value<'_, '_>>, scratch: &mut Scratch) {
+    match v {
+        None => b.append_null(),
+        Some(v) => {
+            scratch.json.clear();
+            // Writing into a Vec cannot fail.
+            let _ = v.write(&mut scratch.json);
+            // simd-json validated the input as UTF-8 and its writer escapes strings, so
+            // this is always the borrowed (valid) case.
+            b.append_value(String::from_utf8_lossy(&scratch.json));
+        }
+    }
+}
+
+/// Appends `s` as a JSON string literal.
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            c if (c as u32) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
+}

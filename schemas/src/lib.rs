@@ -1,0 +1,16 @@
+//! The Arrow schemas of auditlake and the simd-json decoder that fills them.
+//!
+//! Everything downstream (archive writer, detectors, SQL) sees one events schema:
+//! [`events_schema`]. [`EventDecoder`] turns Kubernetes audit events (NDJSON, a single
+//! Event, an `EventList`) into record batches of it and quarantines what it cannot decode.
+
+mod decoder;
+mod event_builder;
+mod events_schema;
+pub mod timestamp;
+
+pub use decoder::{DecoderOptions, EventDecoder, Quarantined, SourcePos, lines};
+pub use event_builder::EventBatchBuilder;
+pub use events_schema::{
+    PARTITION_COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, col, events_file_schema, events_schema,
+};

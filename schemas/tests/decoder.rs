@@ -1,0 +1,212 @@
+//! Decoder behaviour on hand-written samples, Falco's real traces and malformed input.
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{Int32Type, TimestampMicrosecondType};
+use auditlake_fixtures::data_dir;
+use auditlake_schema::{DecoderOptions, EventDecoder, Quarantined, SourcePos, col, lines};
+
+fn decode_lines(text: &[u8], options: DecoderOptions) -> (Option<RecordBatch>, Vec<Quarantined>) {
+    let mut d = EventDecoder::new("test", options);
+    let mut q = Vec::new();
+    for (n, off, line) in lines(text) {
+        d.decode_line(
+            line,
+            SourcePos {
+                source: "t.ndjson",
+                line: Some(n + 1),
+                byte_offset: off as u64,
+            },
+            &mut q,
+        );
+    }
+    (d.finish_batch(), q)
+}
+
+fn str_col<'a>(b: &'a RecordBatch, name: &str) -> &'a arrow::array::StringArray {
+    b.column_by_name(name).unwrap().as_string::<i32>()
+}
+
+#[test]
+fn handwritten_samples_decode_every_shape() {
+    let text = std::fs::read(data_dir().join("samples/handwritten.ndjson")).unwrap();
+    let (batch, q) = decode_lines(&text, DecoderOptions::default());
+    assert!(q.is_empty(), "{q:?}");
+    let b = batch.unwrap();
+    assert_eq!(b.num_rows(), 8, "6 events + an EventList of 2");
+    let stages: Vec<_> = str_col(&b, col::STAGE).iter().map(Option::unwrap).collect();
+    for s in [
+        "RequestReceived",
+        "ResponseStarted",
+        "ResponseComplete",
+        "Panic",
+    ] {
+        assert!(stages.contains(&s), "{s}");
+    }
+    // Impersonation and bodies on the ClusterRoleBinding event.
+    assert_eq!(
+        str_col(&b, col::IMPERSONATED_USERNAME).value(3),
+        "kubernetes-admin"
+    );
+    let req: serde_json::Value =
+        serde_json::from_str(str_col(&b, col::REQUEST_OBJECT).value(3)).unwrap();
+    assert_eq!(req["roleRef"]["name"], "cluster-admin");
+    // Non-resource URL: no objectRef.
+    assert!(str_col(&b, col::RESOURCE).is_null(4));
+    assert_eq!(str_col(&b, col::REQUEST_URI).value(4), "/healthz");
+    assert_eq!(
+        b.column_by_name(col::RESPONSE_CODE)
+            .unwrap()
+            .as_primitive::<Int32Type>()
+            .value(2),
+        101
+    );
+    assert_eq!(str_col(&b, col::SUBRESOURCE).value(2), "exec");
+    assert_eq!(str_col(&b, col::AUTHZ_DECISION).value(4), "forbid");
+    // Unknown top-level field kept whole.
+    let unmapped: serde_json::Value =
+        serde_json::from_str(str_col(&b, col::UNMAPPED).value(5)).unwrap();
+    assert_eq!(
+        unmapped,
+        serde_json::json!({"someFutureField": {"x": [1, 2.5, true, null]}})
+    );
+    // EventList items inherit the list's apiVersion, carry their index, keep UTF-8.
+    assert_eq!(
+        str_col(&b, col::EVENT_API_VERSION).value(6),
+        "audit.k8s.io/v1"
+    );
+    assert_eq!(str_col(&b, col::SOURCE_REF).value(7), "t.ndjson:7#1");
+    assert_eq!(str_col(&b, col::NAMESPACE).value(7), "team-α");
+    let ts = b
+        .column_by_name(col::STAGE_AT)
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(ts.value(5), 1_793_507_400_100_000, "2026-11-01T04:30:00.1Z");
+}
+
+#[test]
+fn one_bad_line_never_drops_its_neighbours() {
+    let text = std::fs::read(data_dir().join("samples/malformed.ndjson")).unwrap();
+    let (batch, q) = decode_lines(&text, DecoderOptions::default());
+    let b = batch.unwrap();
+    assert_eq!(b.num_rows(), 1);
+    assert_eq!(
+        str_col(&b, col::AUDIT_ID).value(0),
+        "22222222-0000-4000-8000-000000000001"
+    );
+    let reasons: Vec<_> = q
+        .iter()
+        .map(|q| (q.line.unwrap(), q.reason.as_str()))
+        .collect();
+    assert_eq!(reasons.len(), 6, "{reasons:?}");
+    assert!(
+        reasons[0].1.starts_with("invalid JSON"),
+        "not JSON: {reasons:?}"
+    );
+    assert!(
+        reasons[1].1.starts_with("invalid JSON"),
+        "truncated: {reasons:?}"
+    );
+    assert_eq!(reasons[2].1, "field `verb`: expected string, found number");
+    assert_eq!(reasons[3].1, "missing field `auditID`");
+    assert_eq!(reasons[4].1, "missing field `requestReceivedTimestamp`");
+    assert_eq!(
+        reasons[5].1,
+        "field `requestReceivedTimestamp`: not an RFC 3339 timestamp: \"last tuesday\""
+    );
+    assert_eq!([q[0].line, q[5].line], [Some(1), Some(7)]);
+    assert_eq!(q[0].raw, b"this is not json");
+}
+
+#[test]
+fn invalid_utf8_and_huge_lines_are_quarantined_with_position() {
+    let good = br#"{"auditID":"a","stage":"ResponseComplete","requestReceivedTimestamp":"2026-11-01T00:00:00Z","stageTimestamp":"2026-11-01T00:00:00Z"}"#;
+    let mut text = good.to_vec();
+    text.extend_from_slice(b"\n{\"auditID\":\"b\xff\xfe\",\"stageTimestamp\":\"x\"}\n");
+    text.extend_from_slice(&[b'{'; 0].repeat(0));
+    let huge = format!(r#"{{"auditID":"c","pad":"{}"}}"#, "x".repeat(5000));
+    text.extend_from_slice(huge.as_bytes());
+    text.push(b'\n');
+    text.extend_from_slice(good);
+    let options = DecoderOptions {
+        max_event_bytes: 4096,
+        max_quarantined_bytes: 100,
+    };
+    let (batch, q) = decode_lines(&text, options);
+    assert_eq!(batch.unwrap().num_rows(), 2);
+    assert_eq!(q.len(), 2);
+    assert_eq!(
+        q[0].reason,
+        "invalid UTF-8: byte 13 is not part of a valid UTF-8 sequence"
+    );
+    assert_eq!(q[0].line, Some(2));
+    assert_eq!(
+        q[1].reason,
+        format!(
+            "line of {} bytes exceeds max_event_bytes (4096)",
+            huge.len()
+        )
+    );
+    assert_eq!((q[1].raw.len(), q[1].raw_len), (100, huge.len() as u64));
+}
+
+#[test]
+fn every_falco_trace_decodes_but_the_malformed_one() {
+    let dir = data_dir().join("falco/trace_files");
+    let mut events = 0;
+    let mut quarantined = Vec::new();
+    let mut files = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let mut d = EventDecoder::new("falco", DecoderOptions::default());
+        let mut q = Vec::new();
+        events += d.decode_document(
+            &bytes,
+            SourcePos {
+                source: &name,
+                line: None,
+                byte_offset: 0,
+            },
+            &mut q,
+        );
+        quarantined.extend(q);
+        files += 1;
+    }
+    assert_eq!(files, 47);
+    assert_eq!(events, 51);
+    assert_eq!(quarantined.len(), 1, "{quarantined:?}");
+    assert_eq!(quarantined[0].source, "fal_01_003.json");
+    assert_eq!(
+        quarantined[0].reason,
+        "field `kind`: expected string, found number"
+    );
+}
+
+#[test]
+fn eventlist_with_a_poison_item_keeps_the_rest() {
+    let doc = br#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[
+      {"auditID":"a","requestReceivedTimestamp":"2026-11-01T00:00:00Z","stageTimestamp":"2026-11-01T00:00:00Z"},
+      {"auditID":"b","requestReceivedTimestamp":7},
+      {"auditID":"c","requestReceivedTimestamp":"2026-11-01T00:00:00Z","stageTimestamp":"2026-11-01T00:00:00Z"}]}"#;
+    let mut d = EventDecoder::new("c", DecoderOptions::default());
+    let mut q = Vec::new();
+    let n = d.decode_document(
+        doc,
+        SourcePos {
+            source: "webhook",
+            line: None,
+            byte_offset: 0,
+        },
+        &mut q,
+    );
+    assert_eq!(n, 2);
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].item, Some(1));
+    assert_eq!(
+        q[0].reason,
+        "item 1: field `requestReceivedTimestamp`: expected string, found number"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&q[0].raw).unwrap();
+    assert_eq!(v["auditID"], "b");
+}
