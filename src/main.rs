@@ -1,1 +1,297 @@
-fn main() {}
+//! `auditlake`: Kubernetes audit events -> Arrow -> Parquet evidence archive, queried with SQL.
+//!
+//! A thin CLI: every subcommand parses flags and calls the library crates.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use auditlake_ingest::{Archive, ArchiveLocation, IngestOptions, IngestSummary, Input};
+use auditlake_queries::{ArchiveSession, OutputFormat, write_batches};
+use clap::{Args, Parser, Subcommand};
+
+/// Kubernetes audit events into a tamper-evident Parquet archive you can query with SQL.
+#[derive(Parser, Debug)]
+#[command(name = "auditlake", version, about, long_about = None)]
+struct Cli {
+    /// Archive location: a local directory or an object_store URL (file://, s3://, gs://,
+    /// az://). Cloud credentials come from the environment (AWS_*, GOOGLE_*, AZURE_*).
+    #[arg(
+        long,
+        global = true,
+        env = "AUDITLAKE_ARCHIVE",
+        default_value = "./auditlake-data"
+    )]
+    archive: String,
+
+    /// Log filter (tracing syntax: info, debug, auditlake_ingest=debug, ...).
+    #[arg(long, global = true, env = "AUDITLAKE_LOG", default_value = "info")]
+    log: String,
+
+    /// Log format: text or json.
+    #[arg(
+        long,
+        global = true,
+        env = "AUDITLAKE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Ingest audit log files (NDJSON, EventList, gzip, directories, `-` for stdin) into the archive.
+    Ingest(IngestArgs),
+    /// Run SQL over the archive (table `events`; JSON functions such as json_get_str).
+    Query(QueryArgs),
+    /// Generate sample traffic, ingest it into the archive, and run a query over it.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+struct IngestArgs {
+    /// Cluster the events belong to (the `cluster=` partition): letters, digits, `-`, `_`, `.`.
+    #[arg(long, env = "AUDITLAKE_CLUSTER", default_value = "default")]
+    cluster: String,
+
+    /// An NDJSON line longer than this is quarantined without being parsed.
+    #[arg(long, env = "AUDITLAKE_MAX_EVENT_BYTES", default_value_t = 8 << 20)]
+    max_event_bytes: usize,
+
+    /// Events per Arrow batch between decoding and Parquet encoding.
+    #[arg(long, env = "AUDITLAKE_BATCH_ROWS", default_value_t = 8192)]
+    batch_rows: usize,
+
+    /// Cut a Parquet file after this many events.
+    #[arg(long, env = "AUDITLAKE_MAX_FILE_ROWS", default_value_t = 1_000_000)]
+    max_file_rows: usize,
+
+    /// Cut a Parquet file once its encoded size reaches this many bytes (bounds memory).
+    #[arg(long, env = "AUDITLAKE_MAX_FILE_BYTES", default_value_t = 64 << 20)]
+    max_file_bytes: usize,
+
+    /// Inputs: files (plain or gzip), directories (every file below), or `-` for stdin.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct QueryArgs {
+    /// Output format: table, csv, json or ndjson.
+    #[arg(long, short, env = "AUDITLAKE_FORMAT", default_value = "table")]
+    format: OutputFormat,
+
+    /// Read the SQL from this file (`;` separates statements; the last one's result is printed).
+    #[arg(long, conflicts_with = "sql")]
+    file: Option<PathBuf>,
+
+    /// The SQL to run.
+    #[arg(required_unless_present = "file")]
+    sql: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct DemoArgs {
+    /// Number of events to generate.
+    #[arg(long, env = "AUDITLAKE_DEMO_EVENTS", default_value_t = 20_000)]
+    events: usize,
+
+    /// Seed of the traffic generator (same seed, same events).
+    #[arg(long, env = "AUDITLAKE_DEMO_SEED", default_value_t = 1)]
+    seed: u64,
+
+    /// Cluster name of the generated traffic.
+    #[arg(long, env = "AUDITLAKE_CLUSTER", default_value = "demo")]
+    cluster: String,
+}
+
+fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("invalid --log filter {filter:?}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_logging(&cli.log, cli.log_format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Ingest(args) => run_ingest(&cli.archive, args).await,
+        Command::Query(args) => run_query(&cli.archive, args).await,
+        Command::Demo(args) => run_demo(&cli.archive, args).await,
+    }
+}
+
+fn open_archive(location: &str) -> Result<Archive> {
+    let loc = ArchiveLocation::parse(location).with_context(|| format!("archive {location:?}"))?;
+    Archive::open(loc).with_context(|| format!("opening archive {location:?}"))
+}
+
+fn check_cluster(cluster: &str) -> Result<()> {
+    if cluster.is_empty()
+        || !cluster
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        bail!("invalid --cluster {cluster:?}: use letters, digits, '-', '_' and '.' only");
+    }
+    Ok(())
+}
+
+async fn run_ingest(archive: &str, args: IngestArgs) -> Result<()> {
+    check_cluster(&args.cluster)?;
+    let archive = open_archive(archive)?;
+    let inputs = Input::expand(&args.inputs).context("resolving inputs")?;
+    if inputs.is_empty() {
+        bail!("no input files found in {:?}", args.inputs);
+    }
+    let mut options = IngestOptions::new(&args.cluster);
+    options.decoder.max_event_bytes = args.max_event_bytes;
+    options.batch_rows = args.batch_rows.max(1);
+    options.writer.max_file_rows = args.max_file_rows.max(1);
+    options.writer.max_file_bytes = args.max_file_bytes.max(1 << 20);
+    let started = Instant::now();
+    let summary = auditlake_ingest::ingest(&archive, inputs, options)
+        .await
+        .with_context(|| format!("ingesting into {}", archive.location().url))?;
+    print_summary(&summary, started.elapsed(), &archive);
+    Ok(())
+}
+
+fn print_summary(s: &IngestSummary, elapsed: std::time::Duration, archive: &Archive) {
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    eprintln!(
+        "ingested {} events from {} input(s) ({:.1} MB) in {:.2}s: {:.0} events/s, {:.1} MB/s",
+        s.events,
+        s.inputs,
+        s.bytes_read as f64 / 1e6,
+        secs,
+        s.events as f64 / secs,
+        s.bytes_read as f64 / 1e6 / secs
+    );
+    eprintln!(
+        "wrote {} Parquet file(s), {:.1} MB, in {} commit(s) to {}",
+        s.files,
+        s.archive_bytes as f64 / 1e6,
+        s.commits,
+        archive.location().url
+    );
+    if s.quarantined > 0 {
+        eprintln!(
+            "quarantined {} malformed input(s): see _quarantine/ in the archive",
+            s.quarantined
+        );
+    } else {
+        eprintln!("quarantined 0 inputs");
+    }
+}
+
+async fn run_query(archive: &str, args: QueryArgs) -> Result<()> {
+    let sql = match (&args.file, &args.sql) {
+        (Some(f), _) => std::fs::read_to_string(f)
+            .with_context(|| format!("reading SQL file {}", f.display()))?,
+        (None, Some(s)) => s.clone(),
+        (None, None) => bail!("give the SQL as an argument or with --file"),
+    };
+    let archive = open_archive(archive)?;
+    let session = ArchiveSession::open(archive.store(), &archive.location().url)
+        .await
+        .context("opening the archive for SQL")?;
+    let (schema, batches) = session.sql(&sql).await.context("query failed")?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    write_batches(args.format, &schema, &batches, &mut out).context("writing results")?;
+    out.flush().context("writing results")?;
+    Ok(())
+}
+
+async fn run_demo(archive_arg: &str, args: DemoArgs) -> Result<()> {
+    check_cluster(&args.cluster)?;
+    let archive = open_archive(archive_arg)?;
+    let dir = tempfile_dir()?;
+    let sample = dir.join("demo-audit.log");
+    {
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(&sample)
+                .with_context(|| format!("creating {}", sample.display()))?,
+        );
+        let mut generator = auditlake_fixtures::TrafficGenerator::new(
+            args.seed,
+            auditlake_fixtures::Mix::default(),
+        )
+        .with_mean_gap_micros(400_000);
+        generator
+            .write_ndjson(&mut f, args.events)
+            .context("writing sample events")?;
+        f.flush().context("writing sample events")?;
+    }
+    eprintln!(
+        "generated {} sample audit events in {}",
+        args.events,
+        sample.display()
+    );
+    let started = Instant::now();
+    let summary = auditlake_ingest::ingest(
+        &archive,
+        vec![Input::File(sample.clone())],
+        IngestOptions::new(&args.cluster),
+    )
+    .await
+    .context("ingesting sample events")?;
+    print_summary(&summary, started.elapsed(), &archive);
+    let _ = std::fs::remove_file(&sample);
+    let session = ArchiveSession::open(archive.store(), &archive.location().url)
+        .await
+        .context("opening the archive for SQL")?;
+    let sql = format!(
+        "SELECT user_username, verb, json_get_str(request_object, 'roleRef', 'name') AS role, count(*) AS events \
+         FROM events WHERE cluster = '{}' AND resource = 'clusterrolebindings' AND stage = 'ResponseComplete' \
+         GROUP BY 1, 2, 3 ORDER BY events DESC, 1, 2, 3 LIMIT 10",
+        args.cluster
+    );
+    eprintln!("\nWho changed ClusterRoleBindings, and to which role?\n  {sql}\n");
+    let (schema, batches) = session.sql(&sql).await.context("demo query failed")?;
+    write_batches(
+        OutputFormat::Table,
+        &schema,
+        &batches,
+        &mut std::io::stdout(),
+    )
+    .context("writing results")?;
+    println!("\nThe archive is at {}", archive.location().url);
+    println!(
+        "Try: auditlake --archive {archive_arg} query \"SELECT date, hour, count(*) FROM events GROUP BY 1, 2 ORDER BY 1, 2\""
+    );
+    Ok(())
+}
+
+fn tempfile_dir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("auditlake-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}

@@ -1,1 +1,11 @@
-//! placeholder
+//! DataFusion SQL over the auditlake Parquet archive.
+//!
+//! [`ArchiveSession`] registers the `events` table (Hive partitions `cluster=/date=/hour=`,
+//! so filters on them prune files) and the JSON functions (`json_get_str(request_object,
+//! 'roleRef', 'name')`), and [`OutputFormat`] renders results as table, CSV, JSON or NDJSON.
+
+mod output;
+mod session;
+
+pub use output::{OutputFormat, write_batches};
+pub use session::{ArchiveSession, QueryError};

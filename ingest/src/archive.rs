@@ -1,0 +1,360 @@
+//! Where the archive lives (local directory or object store URL) and how files are committed.
+
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use object_store::local::LocalFileSystem;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use crate::error::IngestError;
+use crate::manifest::{MANIFEST_DIR, ManifestFile, ManifestQuarantine, ManifestRecord};
+use crate::partitioned_writer::FinishedFile;
+use crate::quarantine::{QUARANTINE_DIR, quarantine_ndjson};
+
+/// A parsed archive location: the object store, the prefix inside it and its URL.
+#[derive(Debug, Clone)]
+pub struct ArchiveLocation {
+    /// URL of the archive root (`file:///abs/dir/`, `s3://bucket/prefix/`).
+    pub url: Url,
+    /// Local directory when the archive is on the local filesystem.
+    pub local_dir: Option<PathBuf>,
+}
+
+impl ArchiveLocation {
+    /// Parses a local path or an object_store URL (`file://`, `s3://`, `gs://`, `az://`, ...).
+    pub fn parse(location: &str) -> Result<Self, IngestError> {
+        let err = |message: String| IngestError::Location {
+            location: location.to_string(),
+            message,
+        };
+        if location.contains("://") {
+            let mut url = Url::parse(location).map_err(|e| err(e.to_string()))?;
+            if !url.path().ends_with('/') {
+                let p = format!("{}/", url.path());
+                url.set_path(&p);
+            }
+            let local_dir = if url.scheme() == "file" {
+                Some(
+                    url.to_file_path()
+                        .map_err(|()| err("not an absolute file path".into()))?,
+                )
+            } else {
+                None
+            };
+            return Ok(Self { url, local_dir });
+        }
+        let dir = std::path::absolute(location).map_err(|e| err(e.to_string()))?;
+        let url = Url::from_directory_path(&dir)
+            .map_err(|()| err("not a usable directory path".into()))?;
+        Ok(Self {
+            url,
+            local_dir: Some(dir),
+        })
+    }
+
+    /// Builds the object store. Cloud stores take their credentials and options from the
+    /// environment the object_store way (`AWS_*`, `GOOGLE_*`, `AZURE_*`).
+    pub fn open_store(&self) -> Result<(Arc<dyn ObjectStore>, Path), IngestError> {
+        let err = |message: String| IngestError::Location {
+            location: self.url.to_string(),
+            message,
+        };
+        if let Some(dir) = &self.local_dir {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| err(format!("creating {}: {e}", dir.display())))?;
+            let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| err(e.to_string()))?;
+            return Ok((Arc::new(fs), Path::default()));
+        }
+        let opts: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| {
+                k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
+            })
+            .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .collect();
+        let (store, prefix) =
+            object_store::parse_url_opts(&self.url, opts).map_err(|e| err(e.to_string()))?;
+        Ok((Arc::from(store), prefix))
+    }
+}
+
+/// The evidence archive: data files, quarantine and the manifest chain in one store.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    location: ArchiveLocation,
+}
+
+/// What one commit wrote.
+#[derive(Debug, Clone)]
+pub struct CommitOutcome {
+    /// The manifest record written.
+    pub record: ManifestRecord,
+    /// Time from the first put to the manifest being durable.
+    pub latency: std::time::Duration,
+}
+
+impl Archive {
+    /// Opens (creating a local directory if needed) the archive at `location`.
+    pub fn open(location: ArchiveLocation) -> Result<Self, IngestError> {
+        let (store, prefix) = location.open_store()?;
+        Ok(Self {
+            store,
+            prefix,
+            location,
+        })
+    }
+
+    /// The object store holding the archive.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// The archive's location.
+    pub fn location(&self) -> &ArchiveLocation {
+        &self.location
+    }
+
+    /// The object path of `relative` under the archive root.
+    pub fn path(&self, relative: &str) -> Path {
+        let mut p = self.prefix.clone();
+        for part in relative.split('/').filter(|s| !s.is_empty()) {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    async fn put(
+        &self,
+        relative: &str,
+        bytes: Vec<u8>,
+        mode: PutMode,
+    ) -> Result<(), object_store::Error> {
+        let opts = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        self.store
+            .put_opts(&self.path(relative), PutPayload::from(bytes), opts)
+            .await?;
+        self.fsync_local(relative)
+            .map_err(|e| object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            })
+    }
+
+    /// object_store 0.13's LocalFileSystem does not fsync: without this a committed file
+    /// could vanish on power loss while its manifest record survives.
+    fn fsync_local(&self, relative: &str) -> std::io::Result<()> {
+        let Some(dir) = &self.location.local_dir else {
+            return Ok(());
+        };
+        let file = dir.join(relative);
+        std::fs::File::open(&file)?.sync_all()?;
+        if let Some(parent) = file.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    /// Commits finished data files and quarantined inputs: puts every file, then appends a
+    /// manifest record naming them (with SHA-256, rows, time range) to the hash chain.
+    /// Nothing a commit wrote is referenced until its manifest record exists.
+    pub async fn commit(
+        &self,
+        writer_id: &str,
+        files: Vec<FinishedFile>,
+        quarantine: &[schema::Quarantined],
+        quarantine_cluster: &str,
+    ) -> Result<CommitOutcome, IngestError> {
+        let started = Instant::now();
+        let mut entries = Vec::with_capacity(files.len());
+        for f in files {
+            let sha256 = hex::encode(Sha256::digest(&f.bytes));
+            let bytes = f.bytes.len() as u64;
+            let rel = f.relative_path.clone();
+            let span = tracing::debug_span!("put_file", path = %rel, rows = f.rows, bytes);
+            let _g = span.enter();
+            self.put(&rel, f.bytes, PutMode::Overwrite)
+                .await
+                .map_err(|source| IngestError::Store {
+                    operation: "put",
+                    path: rel.clone(),
+                    source,
+                })?;
+            entries.push(ManifestFile {
+                path: rel,
+                sha256,
+                bytes,
+                rows: f.rows,
+                cluster: f.cluster,
+                min_request_received_at: f.min_micros,
+                max_request_received_at: f.max_micros,
+            });
+        }
+        let mut quarantine_entries = Vec::new();
+        if !quarantine.is_empty() {
+            let body = quarantine_ndjson(quarantine);
+            let rel = format!(
+                "{QUARANTINE_DIR}/cluster={}/{writer_id}-{:06}.ndjson",
+                crate::partitioned_writer::escape_partition_value(quarantine_cluster),
+                next_counter()
+            );
+            let sha256 = hex::encode(Sha256::digest(&body));
+            let bytes = body.len() as u64;
+            self.put(&rel, body, PutMode::Overwrite)
+                .await
+                .map_err(|source| IngestError::Store {
+                    operation: "put",
+                    path: rel.clone(),
+                    source,
+                })?;
+            quarantine_entries.push(ManifestQuarantine {
+                path: rel,
+                sha256,
+                bytes,
+                records: quarantine.len() as u64,
+            });
+        }
+        let record = self
+            .append_manifest(writer_id, entries, quarantine_entries)
+            .await?;
+        Ok(CommitOutcome {
+            record,
+            latency: started.elapsed(),
+        })
+    }
+
+    /// The newest manifest record and the SHA-256 of its bytes, if any.
+    pub async fn manifest_head(&self) -> Result<Option<(ManifestRecord, String)>, IngestError> {
+        let records = self.manifest_paths().await?;
+        let Some(last) = records.last() else {
+            return Ok(None);
+        };
+        let (record, sha) = self.read_manifest(last).await?;
+        Ok(Some((record, sha)))
+    }
+
+    /// Object paths of all manifest records, in sequence order.
+    pub async fn manifest_paths(&self) -> Result<Vec<Path>, IngestError> {
+        use futures::TryStreamExt;
+        let dir = self.path(MANIFEST_DIR);
+        let mut paths: Vec<Path> = self
+            .store
+            .list(Some(&dir))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|source| IngestError::Store {
+                operation: "list",
+                path: dir.to_string(),
+                source,
+            })?;
+        paths.retain(|p| p.as_ref().ends_with(".json"));
+        paths.sort();
+        Ok(paths)
+    }
+
+    /// Reads one manifest record and the SHA-256 of its bytes.
+    pub async fn read_manifest(
+        &self,
+        path: &Path,
+    ) -> Result<(ManifestRecord, String), IngestError> {
+        let bytes = self
+            .store
+            .get(path)
+            .await
+            .map_err(|source| IngestError::Store {
+                operation: "get",
+                path: path.to_string(),
+                source,
+            })?
+            .bytes()
+            .await
+            .map_err(|source| IngestError::Store {
+                operation: "get",
+                path: path.to_string(),
+                source,
+            })?;
+        let record: ManifestRecord =
+            serde_json::from_slice(&bytes).map_err(|e| IngestError::Manifest {
+                path: path.to_string(),
+                message: e.to_string(),
+            })?;
+        Ok((record, hex::encode(Sha256::digest(&bytes))))
+    }
+
+    async fn append_manifest(
+        &self,
+        writer_id: &str,
+        files: Vec<ManifestFile>,
+        quarantine: Vec<ManifestQuarantine>,
+    ) -> Result<ManifestRecord, IngestError> {
+        const ATTEMPTS: u32 = 16;
+        for _ in 0..ATTEMPTS {
+            let head = self.manifest_head().await?;
+            let (sequence, previous_sha256) = match &head {
+                Some((r, sha)) => (r.sequence + 1, Some(sha.clone())),
+                None => (1, None),
+            };
+            let record = ManifestRecord::new(
+                sequence,
+                previous_sha256,
+                writer_id,
+                files.clone(),
+                quarantine.clone(),
+            );
+            let rel = format!("{MANIFEST_DIR}/{}", ManifestRecord::file_name(sequence));
+            let body = serde_json::to_vec_pretty(&record).map_err(|e| IngestError::Manifest {
+                path: rel.clone(),
+                message: e.to_string(),
+            })?;
+            // Create-if-absent: of two writers racing for one sequence number, one wins and
+            // the other re-reads the head and chains after it.
+            match self.put(&rel, body, PutMode::Create).await {
+                Ok(()) => return Ok(record),
+                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(source) => {
+                    return Err(IngestError::Store {
+                        operation: "put",
+                        path: rel,
+                        source,
+                    });
+                }
+            }
+        }
+        Err(IngestError::CommitContention { attempts: ATTEMPTS })
+    }
+}
+
+use auditlake_schema as schema;
+
+fn sync_dir(dir: &FsPath) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn next_counter() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_paths_and_urls() {
+        let l = ArchiveLocation::parse("/tmp/x").unwrap();
+        assert_eq!(l.url.as_str(), "file:///tmp/x/");
+        assert_eq!(l.local_dir.as_deref(), Some(FsPath::new("/tmp/x")));
+        let s = ArchiveLocation::parse("s3://bucket/audit").unwrap();
+        assert_eq!(s.url.as_str(), "s3://bucket/audit/");
+        assert!(s.local_dir.is_none());
+    }
+}

@@ -1,0 +1,102 @@
+//! Manifest records: the hash-chained list of committed files that makes the archive
+//! verifiable (a removed, altered or inserted file breaks a SHA-256 or the chain).
+
+use serde::{Deserialize, Serialize};
+
+/// Prefix under the archive root holding manifest records.
+pub const MANIFEST_DIR: &str = "_manifest";
+
+/// Format tag written in every record.
+pub const MANIFEST_FORMAT: &str = "auditlake-manifest/1";
+
+/// One committed data file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestFile {
+    /// Path relative to the archive root.
+    pub path: String,
+    /// SHA-256 of the file's bytes, hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Number of events.
+    pub rows: u64,
+    /// Cluster partition.
+    pub cluster: String,
+    /// Earliest `request_received_at`, µs since the epoch.
+    pub min_request_received_at: i64,
+    /// Latest `request_received_at`, µs since the epoch.
+    pub max_request_received_at: i64,
+}
+
+/// One quarantine file written by the commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestQuarantine {
+    /// Path relative to the archive root.
+    pub path: String,
+    /// SHA-256 of the file's bytes, hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Number of quarantined inputs in it.
+    pub records: u64,
+}
+
+/// One commit: the files it made visible and the hash of the record before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestRecord {
+    /// Always [`MANIFEST_FORMAT`].
+    pub format: String,
+    /// 1 for the first commit, then +1 per commit.
+    pub sequence: u64,
+    /// SHA-256 of the previous record's bytes; `None` only for sequence 1.
+    pub previous_sha256: Option<String>,
+    /// Commit time, RFC 3339.
+    pub committed_at: String,
+    /// Identifier of the writer process run that committed.
+    pub writer: String,
+    /// Events schema version of the data files.
+    pub schema_version: u32,
+    /// Data files committed.
+    pub files: Vec<ManifestFile>,
+    /// Quarantine files committed.
+    pub quarantine: Vec<ManifestQuarantine>,
+}
+
+impl ManifestRecord {
+    /// A record for `sequence` chaining after `previous_sha256`, stamped now.
+    pub fn new(
+        sequence: u64,
+        previous_sha256: Option<String>,
+        writer: &str,
+        files: Vec<ManifestFile>,
+        quarantine: Vec<ManifestQuarantine>,
+    ) -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        Self {
+            format: MANIFEST_FORMAT.to_string(),
+            sequence,
+            previous_sha256,
+            committed_at: auditlake_schema::timestamp::format_rfc3339_micros(now),
+            writer: writer.to_string(),
+            schema_version: auditlake_schema::SCHEMA_VERSION,
+            files,
+            quarantine,
+        }
+    }
+
+    /// File name of the record for `sequence`: zero padded so names sort by sequence.
+    pub fn file_name(sequence: u64) -> String {
+        format!("{sequence:020}.json")
+    }
+
+    /// Events in this commit.
+    pub fn rows(&self) -> u64 {
+        self.files.iter().map(|f| f.rows).sum()
+    }
+}
