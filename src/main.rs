@@ -56,6 +56,27 @@ enum Command {
     Query(QueryArgs),
     /// Generate sample traffic, ingest it into the archive, and run a query over it.
     Demo(DemoArgs),
+    /// Write deterministic, realistic generated audit events as NDJSON (for tests and benchmarks).
+    Generate(GenerateArgs),
+}
+
+#[derive(Args, Debug)]
+struct GenerateArgs {
+    /// Number of events to write.
+    #[arg(long, default_value_t = 10_000)]
+    events: usize,
+
+    /// Seed of the generator (same seed and mix, same events).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+
+    /// Relative weights of reads, writes and RBAC changes, as `reads,writes,rbac`.
+    #[arg(long, default_value = "80,17,3")]
+    mix: String,
+
+    /// Output file (`-` for stdout).
+    #[arg(long, short, default_value = "-")]
+    output: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -144,6 +165,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Ingest(args) => run_ingest(&cli.archive, args).await,
         Command::Query(args) => run_query(&cli.archive, args).await,
         Command::Demo(args) => run_demo(&cli.archive, args).await,
+        Command::Generate(args) => run_generate(args),
     }
 }
 
@@ -294,4 +316,48 @@ fn tempfile_dir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("auditlake-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
+}
+
+fn run_generate(args: GenerateArgs) -> Result<()> {
+    let weights: Vec<u32> = args
+        .mix
+        .split(',')
+        .map(|w| w.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .with_context(|| {
+            format!(
+                "--mix {:?}: expected three whole numbers like 80,17,3",
+                args.mix
+            )
+        })?;
+    let [reads, writes, rbac] = weights[..] else {
+        bail!(
+            "--mix {:?}: expected three weights: reads,writes,rbac",
+            args.mix
+        );
+    };
+    if reads + writes + rbac == 0 {
+        bail!("--mix {:?}: at least one weight must be above 0", args.mix);
+    }
+    let mix = auditlake_fixtures::Mix {
+        reads,
+        writes,
+        rbac,
+    };
+    let mut generator = auditlake_fixtures::TrafficGenerator::new(args.seed, mix);
+    let out: Box<dyn Write> = if args.output.as_os_str() == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(
+            std::fs::File::create(&args.output)
+                .with_context(|| format!("creating {}", args.output.display()))?,
+        )
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, out);
+    let bytes = generator
+        .write_ndjson(&mut out, args.events)
+        .context("writing events")?;
+    out.flush().context("writing events")?;
+    eprintln!("wrote {} events, {:.1} MB", args.events, bytes as f64 / 1e6);
+    Ok(())
 }

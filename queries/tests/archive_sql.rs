@@ -1,0 +1,392 @@
+//! Ingest -> archive -> SQL, end to end on real files, Parquet and DataFusion.
+//! (One test binary: linking DataFusion is slow.)
+
+use std::io::Write;
+use std::path::Path;
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::{DataType, Int32Type, TimestampMicrosecondType};
+use auditlake_fixtures::{Mix, TrafficGenerator, data_dir};
+use auditlake_ingest::{Archive, ArchiveLocation, IngestOptions, IngestSummary, Input};
+use auditlake_queries::{ArchiveSession, OutputFormat, write_batches};
+use auditlake_schema::timestamp::parse_rfc3339_micros;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+fn archive_at(dir: &Path) -> Archive {
+    Archive::open(ArchiveLocation::parse(dir.to_str().unwrap()).unwrap()).unwrap()
+}
+
+async fn ingest_files(archive: &Archive, cluster: &str, files: &[&Path]) -> IngestSummary {
+    let inputs = files.iter().map(|p| Input::File(p.to_path_buf())).collect();
+    auditlake_ingest::ingest(archive, inputs, IngestOptions::new(cluster))
+        .await
+        .unwrap()
+}
+
+async fn query(archive: &Archive, sql: &str) -> Vec<RecordBatch> {
+    let session = ArchiveSession::open(archive.store(), &archive.location().url)
+        .await
+        .unwrap();
+    session.sql(sql).await.unwrap().1
+}
+
+/// Each row as a JSON object: strings, lists of strings, integers, timestamps as µs.
+fn rows_as_json(batches: &[RecordBatch]) -> Vec<serde_json::Map<String, Value>> {
+    let mut rows = Vec::new();
+    for b in batches {
+        for i in 0..b.num_rows() {
+            let mut row = serde_json::Map::new();
+            for (field, col) in b.schema().fields().iter().zip(b.columns()) {
+                let v = if col.is_null(i) {
+                    Value::Null
+                } else {
+                    match field.data_type() {
+                        DataType::Utf8 => json!(col.as_string::<i32>().value(i)),
+                        DataType::Int32 => json!(col.as_primitive::<Int32Type>().value(i)),
+                        DataType::Int64 => {
+                            json!(col.as_primitive::<arrow::datatypes::Int64Type>().value(i))
+                        }
+                        DataType::Timestamp(_, _) => {
+                            json!(col.as_primitive::<TimestampMicrosecondType>().value(i))
+                        }
+                        DataType::List(_) => {
+                            let l = col.as_list::<i32>().value(i);
+                            let s = l.as_string::<i32>();
+                            json!((0..s.len()).map(|j| s.value(j)).collect::<Vec<_>>())
+                        }
+                        other => panic!("unexpected column type {other}"),
+                    }
+                };
+                row.insert(field.name().clone(), v);
+            }
+            rows.push(row);
+        }
+    }
+    rows
+}
+
+/// Parses a JSON-text column back into a value for comparison.
+fn json_col(row: &serde_json::Map<String, Value>, name: &str) -> Value {
+    match &row[name] {
+        Value::Null => Value::Null,
+        Value::String(s) => {
+            serde_json::from_str(s).unwrap_or_else(|e| panic!("{name} is not JSON: {e}: {s}"))
+        }
+        other => panic!("{name}: {other}"),
+    }
+}
+
+fn opt(v: &Value) -> Value {
+    if v.is_null() { Value::Null } else { v.clone() }
+}
+
+/// Asserts that one archived row holds exactly the values of its source event.
+fn assert_row_matches_source(row: &serde_json::Map<String, Value>, src: &Value, cluster: &str) {
+    let ctx = format!("auditID {}", src["auditID"]);
+    assert_eq!(row["cluster"], json!(cluster), "{ctx}");
+    assert_eq!(row["event_api_version"], src["apiVersion"], "{ctx}");
+    for (col, key) in [
+        ("audit_id", "auditID"),
+        ("stage", "stage"),
+        ("level", "level"),
+        ("verb", "verb"),
+        ("request_uri", "requestURI"),
+        ("user_agent", "userAgent"),
+    ] {
+        assert_eq!(row[col], opt(&src[key]), "{ctx}: {col}");
+    }
+    for (prefix, key) in [("user", "user"), ("impersonated", "impersonatedUser")] {
+        let u = &src[key];
+        assert_eq!(
+            row[&format!("{prefix}_username")],
+            opt(&u["username"]),
+            "{ctx}"
+        );
+        assert_eq!(row[&format!("{prefix}_uid")], opt(&u["uid"]), "{ctx}");
+        assert_eq!(row[&format!("{prefix}_groups")], opt(&u["groups"]), "{ctx}");
+        assert_eq!(
+            json_col(row, &format!("{prefix}_extra")),
+            opt(&u["extra"]),
+            "{ctx}"
+        );
+    }
+    assert_eq!(row["source_ips"], opt(&src["sourceIPs"]), "{ctx}");
+    let o = &src["objectRef"];
+    for (col, key) in [
+        ("resource", "resource"),
+        ("subresource", "subresource"),
+        ("namespace", "namespace"),
+        ("name", "name"),
+        ("object_uid", "uid"),
+        ("api_group", "apiGroup"),
+        ("api_version", "apiVersion"),
+        ("resource_version", "resourceVersion"),
+    ] {
+        assert_eq!(row[col], opt(&o[key]), "{ctx}: {col}");
+    }
+    let rs = &src["responseStatus"];
+    assert_eq!(row["response_code"], opt(&rs["code"]), "{ctx}");
+    assert_eq!(row["response_status"], opt(&rs["status"]), "{ctx}");
+    assert_eq!(row["response_reason"], opt(&rs["reason"]), "{ctx}");
+    assert_eq!(row["response_message"], opt(&rs["message"]), "{ctx}");
+    assert_eq!(
+        json_col(row, "response_details"),
+        opt(&rs["details"]),
+        "{ctx}"
+    );
+    let ann = &src["annotations"];
+    assert_eq!(json_col(row, "annotations"), opt(ann), "{ctx}");
+    assert_eq!(
+        row["authz_decision"],
+        opt(&ann["authorization.k8s.io/decision"]),
+        "{ctx}"
+    );
+    assert_eq!(
+        row["authz_reason"],
+        opt(&ann["authorization.k8s.io/reason"]),
+        "{ctx}"
+    );
+    assert_eq!(
+        json_col(row, "request_object"),
+        opt(&src["requestObject"]),
+        "{ctx}"
+    );
+    assert_eq!(
+        json_col(row, "response_object"),
+        opt(&src["responseObject"]),
+        "{ctx}"
+    );
+    let micros = |k: &str| json!(parse_rfc3339_micros(src[k].as_str().unwrap()).unwrap());
+    assert_eq!(
+        row["request_received_at"],
+        micros("requestReceivedTimestamp"),
+        "{ctx}"
+    );
+    assert_eq!(row["stage_at"], micros("stageTimestamp"), "{ctx}");
+    assert_eq!(row["unmapped"], Value::Null, "{ctx}");
+}
+
+fn line_of(source_ref: &Value) -> usize {
+    source_ref
+        .as_str()
+        .unwrap()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+    /// Generated events -> ingest -> SQL returns, for every column, the source JSON's values.
+    #[test]
+    fn round_trip_every_column(seed in any::<u64>(), reads in 0u32..10, writes in 0u32..10, rbac in 1u32..10) {
+        let dir = tempfile::tempdir().unwrap();
+        let src_path = dir.path().join("audit.log");
+        let text = TrafficGenerator::new(seed, Mix { reads, writes, rbac }).ndjson(400);
+        std::fs::write(&src_path, &text).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let archive = archive_at(&dir.path().join("archive"));
+        let rows = rt.block_on(async {
+            let s = ingest_files(&archive, "rt", &[&src_path]).await;
+            assert_eq!((s.events, s.quarantined), (400, 0));
+            rows_as_json(&query(&archive, "SELECT * FROM events").await)
+        });
+        prop_assert_eq!(rows.len(), 400);
+        let sources: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let mut seen = vec![false; sources.len()];
+        for row in &rows {
+            let line = line_of(&row["source_ref"]);
+            prop_assert!(!seen[line - 1], "line {} twice", line);
+            seen[line - 1] = true;
+            assert_row_matches_source(row, &sources[line - 1], "rt");
+        }
+    }
+}
+
+#[tokio::test]
+async fn partition_pruning_reads_only_the_matching_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = archive_at(dir.path());
+    let sample = data_dir().join("samples/handwritten.ndjson");
+    ingest_files(&archive, "alpha", &[&sample]).await;
+    ingest_files(&archive, "beta", &[&sample]).await;
+    let plan = query(&archive, "EXPLAIN SELECT audit_id, verb FROM events WHERE cluster = 'alpha' AND date = '2026-11-01' AND hour = '04'").await;
+    let text = arrow::util::pretty::pretty_format_batches(&plan)
+        .unwrap()
+        .to_string();
+    let physical = text.split("physical_plan").nth(1).expect("a physical plan");
+    assert!(
+        physical.contains("cluster=alpha/date=2026-11-01/hour=04/part-"),
+        "{text}"
+    );
+    for other in ["cluster=beta", "hour=03", "hour=05"] {
+        assert!(
+            !physical.contains(other),
+            "{other} should be pruned:\n{text}"
+        );
+    }
+    let counts = rows_as_json(
+        &query(
+            &archive,
+            "SELECT cluster, hour, count(*) AS n FROM events GROUP BY 1, 2 ORDER BY 1, 2",
+        )
+        .await,
+    );
+    let got: Vec<_> = counts
+        .iter()
+        .map(|r| (r["cluster"].clone(), r["hour"].clone(), r["n"].clone()))
+        .collect();
+    let expect = |c: &str| {
+        vec![
+            (json!(c), json!("03"), json!(4)),
+            (json!(c), json!("04"), json!(2)),
+            (json!(c), json!("05"), json!(2)),
+        ]
+    };
+    assert_eq!(got, [expect("alpha"), expect("beta")].concat());
+}
+
+#[tokio::test]
+async fn json_functions_reach_into_request_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = archive_at(dir.path());
+    ingest_files(
+        &archive,
+        "c1",
+        &[&data_dir().join("samples/handwritten.ndjson")],
+    )
+    .await;
+    let rows = rows_as_json(
+        &query(
+            &archive,
+            "SELECT user_username, json_get_str(request_object, 'roleRef', 'name') AS role, \
+             json_get_str(json_get_json(request_object, 'subjects'), 0, 'name') AS subject \
+             FROM events WHERE resource = 'clusterrolebindings' AND verb = 'create'",
+        )
+        .await,
+    );
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0]["user_username"],
+        "system:serviceaccount:ci:deployer"
+    );
+    assert_eq!(rows[0]["role"], "cluster-admin");
+    assert_eq!(rows[0]["subject"], "deployer");
+}
+
+#[tokio::test]
+async fn malformed_input_is_quarantined_and_the_manifest_chain_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive_dir = dir.path().join("archive");
+    let archive = archive_at(&archive_dir);
+    // gzip the malformed sample so the gzip path is exercised too.
+    let gz_path = dir.path().join("malformed.ndjson.gz");
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&std::fs::read(data_dir().join("samples/malformed.ndjson")).unwrap())
+        .unwrap();
+    std::fs::write(&gz_path, gz.finish().unwrap()).unwrap();
+    let s1 = ingest_files(&archive, "q", &[&gz_path]).await;
+    assert_eq!((s1.events, s1.quarantined, s1.commits), (1, 6, 1));
+    let s2 = ingest_files(
+        &archive,
+        "q",
+        &[&data_dir().join("samples/handwritten.ndjson")],
+    )
+    .await;
+    assert_eq!((s2.events, s2.quarantined), (8, 0));
+
+    // Quarantine: one NDJSON record per bad line, with reason, position and raw bytes.
+    let qdir = archive_dir.join("_quarantine/cluster=q");
+    let qfiles: Vec<_> = std::fs::read_dir(&qdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(qfiles.len(), 1);
+    let records: Vec<Value> = std::fs::read_to_string(&qfiles[0])
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 6);
+    assert_eq!(records[0]["raw"], "this is not json");
+    assert_eq!(records[0]["line"], 1);
+    assert_eq!(records[3]["reason"], "missing field `auditID`");
+    assert!(
+        records[3]["source"]
+            .as_str()
+            .unwrap()
+            .ends_with("malformed.ndjson.gz")
+    );
+
+    // Manifest: two records chained by hash; every file's SHA-256 and row count hold.
+    let paths = archive.manifest_paths().await.unwrap();
+    assert_eq!(paths.len(), 2);
+    let (first, first_sha) = archive.read_manifest(&paths[0]).await.unwrap();
+    let (second, _) = archive.read_manifest(&paths[1]).await.unwrap();
+    assert_eq!((first.sequence, second.sequence), (1, 2));
+    assert_eq!(first.previous_sha256, None);
+    assert_eq!(second.previous_sha256.as_deref(), Some(first_sha.as_str()));
+    assert_eq!(first.quarantine[0].records, 6);
+    let mut total = 0;
+    for f in first.files.iter().chain(&second.files) {
+        let bytes = std::fs::read(archive_dir.join(&f.path)).unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&bytes)), f.sha256, "{}", f.path);
+        assert_eq!(bytes.len() as u64, f.bytes);
+        total += f.rows;
+    }
+    assert_eq!(total, 9);
+    let n = rows_as_json(&query(&archive, "SELECT count(*) AS n FROM events").await);
+    assert_eq!(n[0]["n"], 9);
+}
+
+#[tokio::test]
+async fn output_formats_render_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = archive_at(dir.path());
+    ingest_files(
+        &archive,
+        "f",
+        &[&data_dir().join("samples/handwritten.ndjson")],
+    )
+    .await;
+    let session = ArchiveSession::open(archive.store(), &archive.location().url)
+        .await
+        .unwrap();
+    let (schema, batches) = session
+        .sql("SELECT audit_id, response_code FROM events WHERE stage = 'Panic' OR response_code = 403 ORDER BY audit_id")
+        .await
+        .unwrap();
+    let render = |f| {
+        let mut out = Vec::new();
+        write_batches(f, &schema, &batches, &mut out).unwrap();
+        String::from_utf8(out).unwrap()
+    };
+    assert_eq!(
+        render(OutputFormat::Csv),
+        "audit_id,response_code\n11111111-0000-4000-8000-000000000004,403\n11111111-0000-4000-8000-000000000005,500\n"
+    );
+    let ndjson = render(OutputFormat::Ndjson);
+    assert_eq!(ndjson.lines().count(), 2);
+    assert_eq!(
+        serde_json::from_str::<Value>(ndjson.lines().next().unwrap()).unwrap()["response_code"],
+        403
+    );
+    let arr: Value = serde_json::from_str(&render(OutputFormat::Json)).unwrap();
+    assert_eq!(arr[1]["audit_id"], "11111111-0000-4000-8000-000000000005");
+    let table = render(OutputFormat::Table);
+    assert!(
+        table.contains("| 11111111-0000-4000-8000-000000000005 | 500           |"),
+        "{table}"
+    );
+    let err = session
+        .sql("SELECT nope FROM events")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("nope"), "{err}");
+}
