@@ -1,1 +1,67 @@
-fn main() {}
+#![allow(missing_docs)] // criterion_group! generates undocumented items
+//! Decoder throughput: auditlake's simd-json tape decoder against a serde_json decoder into
+//! the same schema and arrow-json's reader on the scalar columns, on the same generated
+//! traffic in one run (report the ratios; this machine is shared and noisy).
+
+use std::hint::black_box;
+use std::io::Cursor;
+
+use auditlake_benches::{arrow_json_scalar_schema, serde_decode_lines};
+use auditlake_fixtures::{Mix, TrafficGenerator};
+use auditlake_schema::{DecoderOptions, EventDecoder, SourcePos, lines};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+const EVENTS: usize = 20_000;
+
+fn decode(c: &mut Criterion) {
+    let text = TrafficGenerator::new(11, Mix::default()).ndjson(EVENTS);
+    let bytes = text.as_bytes();
+    let mut group = c.benchmark_group("decode");
+    group.throughput(Throughput::Bytes(bytes.len() as u64));
+    group.sample_size(20);
+    group.bench_function("auditlake_simd_json", |b| {
+        let mut d = EventDecoder::new("bench", DecoderOptions::default());
+        let mut q = Vec::new();
+        b.iter(|| {
+            for (n, off, line) in lines(bytes) {
+                d.decode_line(
+                    line,
+                    SourcePos {
+                        source: "bench",
+                        line: Some(n),
+                        byte_offset: off as u64,
+                    },
+                    &mut q,
+                );
+                if d.buffered_rows() >= 8192 {
+                    black_box(d.finish_batch());
+                }
+            }
+            black_box(d.finish_batch());
+        })
+    });
+    group.bench_function("serde_json_baseline", |b| {
+        b.iter(|| black_box(serde_decode_lines(bytes, "bench")))
+    });
+    group.bench_function("arrow_json_scalar_columns", |b| {
+        let schema = arrow_json_scalar_schema();
+        b.iter(|| {
+            let reader = arrow_json::ReaderBuilder::new(schema.clone())
+                .with_batch_size(8192)
+                .build(Cursor::new(bytes))
+                .expect("reader");
+            for batch in reader {
+                black_box(batch.expect("arrow-json batch"));
+            }
+        })
+    });
+    group.finish();
+    eprintln!(
+        "input: {EVENTS} events, {} bytes ({:.0} B/event)",
+        bytes.len(),
+        bytes.len() as f64 / EVENTS as f64
+    );
+}
+
+criterion_group!(benches, decode);
+criterion_main!(benches);

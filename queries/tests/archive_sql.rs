@@ -1,4 +1,5 @@
 //! Ingest -> archive -> SQL, end to end on real files, Parquet and DataFusion.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 //! (One test binary: linking DataFusion is slow.)
 
 use std::io::Write;

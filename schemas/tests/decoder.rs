@@ -1,4 +1,5 @@
 //! Decoder behaviour on hand-written samples, Falco's real traces and malformed input.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::{Int32Type, TimestampMicrosecondType};
