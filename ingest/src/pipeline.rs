@@ -208,7 +208,7 @@ fn decode_inputs(
                 // A pretty-printed Event or EventList: read it whole.
                 line.push(b'\n');
                 reader.read_rest(&mut line, options.max_document_bytes)?;
-                bytes_read += line.len() as u64;
+                bytes_read += (line.len() as u64).saturating_sub(info.len + 1);
                 events += decoder.decode_document(&line, pos, &mut quarantine) as u64;
                 break;
             }
