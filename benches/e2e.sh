@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 EVENTS=${1:-380000}
 WORK=${E2E_WORK:-$(mktemp -d /tmp/auditlake-e2e.XXXXXX)}
+mkdir -p "$WORK"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/auditlake-target}"
 PROFILE=ingest-bench
 cargo build --quiet --profile "$PROFILE" --bin auditlake
@@ -17,7 +18,7 @@ BIN="$CARGO_TARGET_DIR/$PROFILE/auditlake"
 python3 -c 'import duckdb' 2>/dev/null || pip install --quiet duckdb
 
 INPUT="$WORK/audit.ndjson"
-[ -s "$INPUT" ] || "$BIN" generate --events "$EVENTS" --seed 7 --output "$INPUT" 2>/dev/null
+[ -s "$INPUT" ] || "$BIN" generate --events "$EVENTS" --seed 7 --output "$INPUT"
 BYTES=$(stat -c %s "$INPUT")
 # Warm the page cache for both contenders alike.
 cat "$INPUT" > /dev/null

@@ -108,7 +108,8 @@ pub fn serde_decode_lines(text: &[u8], cluster: &str) -> (RecordBatch, usize) {
 
 /// The scalar top-level fields of an audit event, as arrow-json's reader wants them.
 pub fn arrow_json_scalar_schema() -> SchemaRef {
-    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    // arrow-json without chrono-tz only knows offset time zones.
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into()));
     Arc::new(Schema::new(vec![
         Field::new("apiVersion", DataType::Utf8, true),
         Field::new("auditID", DataType::Utf8, true),

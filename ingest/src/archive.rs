@@ -182,11 +182,7 @@ impl Archive {
             let _g = span.enter();
             self.put(&rel, f.bytes, PutMode::Overwrite)
                 .await
-                .map_err(|source| IngestError::Store {
-                    operation: "put",
-                    path: rel.clone(),
-                    source,
-                })?;
+                .map_err(store_err("put", rel.clone()))?;
             entries.push(ManifestFile {
                 path: rel,
                 sha256,
@@ -209,11 +205,7 @@ impl Archive {
             let bytes = body.len() as u64;
             self.put(&rel, body, PutMode::Overwrite)
                 .await
-                .map_err(|source| IngestError::Store {
-                    operation: "put",
-                    path: rel.clone(),
-                    source,
-                })?;
+                .map_err(store_err("put", rel.clone()))?;
             quarantine_entries.push(ManifestQuarantine {
                 path: rel,
                 sha256,
@@ -250,11 +242,7 @@ impl Archive {
             .map_ok(|m| m.location)
             .try_collect()
             .await
-            .map_err(|source| IngestError::Store {
-                operation: "list",
-                path: dir.to_string(),
-                source,
-            })?;
+            .map_err(store_err("list", dir.to_string()))?;
         paths.retain(|p| p.as_ref().ends_with(".json"));
         paths.sort();
         Ok(paths)
@@ -269,18 +257,10 @@ impl Archive {
             .store
             .get(path)
             .await
-            .map_err(|source| IngestError::Store {
-                operation: "get",
-                path: path.to_string(),
-                source,
-            })?
+            .map_err(store_err("get", path.to_string()))?
             .bytes()
             .await
-            .map_err(|source| IngestError::Store {
-                operation: "get",
-                path: path.to_string(),
-                source,
-            })?;
+            .map_err(store_err("get", path.to_string()))?;
         let record: ManifestRecord =
             serde_json::from_slice(&bytes).map_err(|e| IngestError::Manifest {
                 path: path.to_string(),
@@ -333,6 +313,18 @@ impl Archive {
 }
 
 use auditlake_schema as schema;
+
+/// Maps an object store error on `path` to [`IngestError::Store`].
+fn store_err(
+    operation: &'static str,
+    path: impl ToString,
+) -> impl FnOnce(object_store::Error) -> IngestError {
+    move |source| IngestError::Store {
+        operation,
+        path: path.to_string(),
+        source,
+    }
+}
 
 fn sync_dir(dir: &FsPath) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()

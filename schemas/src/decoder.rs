@@ -446,6 +446,18 @@ struct UserFields<'t, 'i> {
     extra: Option<Value<'t, 'i>>,
 }
 
+/// Error paths of the `objectRef` keys, same order.
+const OBJECT_REF_PATHS: [&str; 8] = [
+    "objectRef.resource",
+    "objectRef.subresource",
+    "objectRef.namespace",
+    "objectRef.name",
+    "objectRef.uid",
+    "objectRef.apiGroup",
+    "objectRef.apiVersion",
+    "objectRef.resourceVersion",
+];
+
 /// `objectRef` keys in the order of `Fields::object_ref`.
 const OBJECT_REF_KEYS: [&str; 8] = [
     "resource",
@@ -501,27 +513,52 @@ fn nested_path(parent: &str, key: &str) -> Cow<'static, str> {
     Cow::Owned(format!("{parent}.{key}"))
 }
 
+/// Error paths of the `user` and `impersonatedUser` fields, so the hot path never formats.
+struct UserPaths {
+    parent: &'static str,
+    username: &'static str,
+    uid: &'static str,
+    groups: &'static str,
+    extra: &'static str,
+}
+
+const USER_PATHS: UserPaths = UserPaths {
+    parent: "user",
+    username: "user.username",
+    uid: "user.uid",
+    groups: "user.groups",
+    extra: "user.extra",
+};
+
+const IMPERSONATED_PATHS: UserPaths = UserPaths {
+    parent: "impersonatedUser",
+    username: "impersonatedUser.username",
+    uid: "impersonatedUser.uid",
+    groups: "impersonatedUser.groups",
+    extra: "impersonatedUser.extra",
+};
+
 fn collect_user<'t, 'i>(
     v: Value<'t, 'i>,
-    parent: &'static str,
+    paths: &UserPaths,
     out: &mut UserFields<'t, 'i>,
     unmapped: &mut Vec<(Cow<'static, str>, Value<'t, 'i>)>,
 ) -> Result<(), String> {
-    let Some(obj) = expect_object(v, parent)? else {
+    let Some(obj) = expect_object(v, paths.parent)? else {
         return Ok(());
     };
     for (k, v) in obj.iter() {
         match k {
-            "username" => out.username = expect_str(v, &format!("{parent}.username"))?,
-            "uid" => out.uid = expect_str(v, &format!("{parent}.uid"))?,
-            "groups" => out.groups = expect_str_array(v, &format!("{parent}.groups"))?,
+            "username" => out.username = expect_str(v, paths.username)?,
+            "uid" => out.uid = expect_str(v, paths.uid)?,
+            "groups" => out.groups = expect_str_array(v, paths.groups)?,
             "extra" => {
                 if !v.is_null() {
-                    expect_object(v, &format!("{parent}.extra"))?;
+                    expect_object(v, paths.extra)?;
                     out.extra = Some(v);
                 }
             }
-            _ => unmapped.push((nested_path(parent, k), v)),
+            _ => unmapped.push((nested_path(paths.parent, k), v)),
         }
     }
     Ok(())
@@ -554,9 +591,9 @@ fn collect<'t, 'i>(root: Value<'t, 'i>) -> Result<Fields<'t, 'i>, String> {
             "level" => f.level = expect_str(v, "level")?,
             "verb" => f.verb = expect_str(v, "verb")?,
             "requestURI" => f.request_uri = expect_str(v, "requestURI")?,
-            "user" => collect_user(v, "user", &mut f.user, &mut f.unmapped)?,
+            "user" => collect_user(v, &USER_PATHS, &mut f.user, &mut f.unmapped)?,
             "impersonatedUser" => {
-                collect_user(v, "impersonatedUser", &mut f.impersonated, &mut f.unmapped)?
+                collect_user(v, &IMPERSONATED_PATHS, &mut f.impersonated, &mut f.unmapped)?
             }
             "sourceIPs" => f.source_ips = expect_str_array(v, "sourceIPs")?,
             "userAgent" => f.user_agent = expect_str(v, "userAgent")?,
@@ -566,7 +603,7 @@ fn collect<'t, 'i>(root: Value<'t, 'i>) -> Result<Fields<'t, 'i>, String> {
                 };
                 for (k, v) in o.iter() {
                     match OBJECT_REF_KEYS.iter().position(|&name| name == k) {
-                        Some(i) => f.object_ref[i] = expect_str(v, &format!("objectRef.{k}"))?,
+                        Some(i) => f.object_ref[i] = expect_str(v, OBJECT_REF_PATHS[i])?,
                         None => f.unmapped.push((nested_path("objectRef", k), v)),
                     }
                 }
@@ -599,7 +636,12 @@ fn collect<'t, 'i>(root: Value<'t, 'i>) -> Result<Fields<'t, 'i>, String> {
             "annotations" => {
                 if let Some(a) = expect_object(v, "annotations")? {
                     for (k, v) in a.iter() {
-                        expect_str(v, &format!("annotations.{k}"))?;
+                        if v.as_str().is_none() {
+                            return Err(format!(
+                                "field `annotations.{k}`: expected string, found {}",
+                                type_name(v)
+                            ));
+                        }
                     }
                     f.annotations = Some(v);
                 }
