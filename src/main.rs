@@ -149,7 +149,34 @@ fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
     Ok(())
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The error and its causes on one line, skipping causes that repeat what was already said
+/// (DataFusion wraps one message in several layers).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let msg = cause.to_string();
+        if out.contains(msg.trim()) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(msg.trim());
+    }
+    out
+}
+
+fn real_main() -> Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_format)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
