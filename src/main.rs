@@ -313,7 +313,7 @@ async fn run_demo(archive_arg: &str, args: DemoArgs) -> Result<()> {
     .await
     .context("ingesting sample events")?;
     print_summary(&summary, started.elapsed(), &archive);
-    let _ = std::fs::remove_file(&sample);
+    let _ = std::fs::remove_dir_all(&dir);
     let session = ArchiveSession::open(archive.store(), &archive.location().url)
         .await
         .context("opening the archive for SQL")?;

@@ -162,6 +162,22 @@ impl Archive {
         Ok(())
     }
 
+    /// Puts one file a commit will name and returns its SHA-256 (hex) and size.
+    async fn put_evidence(
+        &self,
+        relative: &str,
+        body: Vec<u8>,
+    ) -> Result<(String, u64), IngestError> {
+        let sha256 = hex::encode(Sha256::digest(&body));
+        let bytes = body.len() as u64;
+        let span = tracing::debug_span!("put_file", path = %relative, bytes);
+        let _g = span.enter();
+        self.put(relative, body, PutMode::Overwrite)
+            .await
+            .map_err(store_err("put", relative))?;
+        Ok((sha256, bytes))
+    }
+
     /// Commits finished data files and quarantined inputs: puts every file, then appends a
     /// manifest record naming them (with SHA-256, rows, time range) to the hash chain.
     /// Nothing a commit wrote is referenced until its manifest record exists.
@@ -175,14 +191,8 @@ impl Archive {
         let started = Instant::now();
         let mut entries = Vec::with_capacity(files.len());
         for f in files {
-            let sha256 = hex::encode(Sha256::digest(&f.bytes));
-            let bytes = f.bytes.len() as u64;
-            let rel = f.relative_path.clone();
-            let span = tracing::debug_span!("put_file", path = %rel, rows = f.rows, bytes);
-            let _g = span.enter();
-            self.put(&rel, f.bytes, PutMode::Overwrite)
-                .await
-                .map_err(store_err("put", rel.clone()))?;
+            let rel = f.relative_path;
+            let (sha256, bytes) = self.put_evidence(&rel, f.bytes).await?;
             entries.push(ManifestFile {
                 path: rel,
                 sha256,
@@ -201,11 +211,7 @@ impl Archive {
                 crate::partitioned_writer::escape_partition_value(quarantine_cluster),
                 next_counter()
             );
-            let sha256 = hex::encode(Sha256::digest(&body));
-            let bytes = body.len() as u64;
-            self.put(&rel, body, PutMode::Overwrite)
-                .await
-                .map_err(store_err("put", rel.clone()))?;
+            let (sha256, bytes) = self.put_evidence(&rel, body).await?;
             quarantine_entries.push(ManifestQuarantine {
                 path: rel,
                 sha256,

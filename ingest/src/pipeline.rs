@@ -215,20 +215,7 @@ fn decode_inputs(
             first = false;
             if info.len > line.len() as u64 {
                 // Cut while reading: quarantine the kept prefix with the true length.
-                let mut q = Quarantined {
-                    source: name.clone(),
-                    line: Some(info.line_no),
-                    item: None,
-                    byte_offset: info.offset,
-                    reason: format!(
-                        "line of {} bytes exceeds max_event_bytes ({})",
-                        info.len, options.decoder.max_event_bytes
-                    ),
-                    raw: line.clone(),
-                    raw_len: info.len,
-                };
-                q.raw.truncate(options.decoder.max_quarantined_bytes);
-                quarantine.push(q);
+                decoder.quarantine_oversized(&line, info.len, pos, &mut quarantine);
                 continue;
             }
             events += decoder.decode_line(&line, pos, &mut quarantine) as u64;

@@ -26,6 +26,15 @@ async fn ingest_files(archive: &Archive, cluster: &str, files: &[&Path]) -> Inge
         .unwrap()
 }
 
+async fn ingest_handwritten(archive: &Archive, cluster: &str) -> IngestSummary {
+    ingest_files(
+        archive,
+        cluster,
+        &[&data_dir().join("samples/handwritten.ndjson")],
+    )
+    .await
+}
+
 async fn query(archive: &Archive, sql: &str) -> Vec<RecordBatch> {
     let session = ArchiveSession::open(archive.store(), &archive.location().url)
         .await
@@ -256,12 +265,7 @@ async fn partition_pruning_reads_only_the_matching_files() {
 async fn json_functions_reach_into_request_bodies() {
     let dir = tempfile::tempdir().unwrap();
     let archive = archive_at(dir.path());
-    ingest_files(
-        &archive,
-        "c1",
-        &[&data_dir().join("samples/handwritten.ndjson")],
-    )
-    .await;
+    ingest_handwritten(&archive, "c1").await;
     let rows = rows_as_json(
         &query(
             &archive,
@@ -293,12 +297,7 @@ async fn malformed_input_is_quarantined_and_the_manifest_chain_verifies() {
     std::fs::write(&gz_path, gz.finish().unwrap()).unwrap();
     let s1 = ingest_files(&archive, "q", &[&gz_path]).await;
     assert_eq!((s1.events, s1.quarantined, s1.commits), (1, 6, 1));
-    let s2 = ingest_files(
-        &archive,
-        "q",
-        &[&data_dir().join("samples/handwritten.ndjson")],
-    )
-    .await;
+    let s2 = ingest_handwritten(&archive, "q").await;
     assert_eq!((s2.events, s2.quarantined), (8, 0));
 
     // Quarantine: one NDJSON record per bad line, with reason, position and raw bytes.
@@ -349,12 +348,7 @@ async fn malformed_input_is_quarantined_and_the_manifest_chain_verifies() {
 async fn output_formats_render_the_same_rows() {
     let dir = tempfile::tempdir().unwrap();
     let archive = archive_at(dir.path());
-    ingest_files(
-        &archive,
-        "f",
-        &[&data_dir().join("samples/handwritten.ndjson")],
-    )
-    .await;
+    ingest_handwritten(&archive, "f").await;
     let session = ArchiveSession::open(archive.store(), &archive.location().url)
         .await
         .unwrap();
@@ -390,4 +384,43 @@ async fn output_formats_render_the_same_rows() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("nope"), "{err}");
+}
+
+#[tokio::test]
+async fn an_over_long_line_is_cut_while_reading_and_quarantined_with_its_true_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive_dir = dir.path().join("archive");
+    let archive = archive_at(&archive_dir);
+    let mut text = TrafficGenerator::new(5, Mix::default()).ndjson(3);
+    let huge = format!(r#"{{"auditID":"huge","pad":"{}"}}"#, "x".repeat(10_000));
+    text.insert_str(0, &format!("{huge}\n"));
+    let path = dir.path().join("audit.log");
+    std::fs::write(&path, &text).unwrap();
+    let mut options = IngestOptions::new("big");
+    options.decoder.max_event_bytes = 4096;
+    options.decoder.max_quarantined_bytes = 100;
+    let s = auditlake_ingest::ingest(&archive, vec![Input::File(path)], options)
+        .await
+        .unwrap();
+    assert_eq!((s.events, s.quarantined), (3, 1));
+    let qdir = archive_dir.join("_quarantine/cluster=big");
+    let qfile = std::fs::read_dir(&qdir)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let record: Value =
+        serde_json::from_str(std::fs::read_to_string(qfile).unwrap().trim()).unwrap();
+    assert_eq!(
+        record["reason"],
+        format!(
+            "line of {} bytes exceeds max_event_bytes (4096)",
+            huge.len()
+        )
+    );
+    assert_eq!(record["raw_len"], huge.len());
+    assert_eq!(record["raw_truncated"], true);
+    assert_eq!(record["raw"].as_str().unwrap().len(), 100);
+    assert_eq!(record["line"], 1);
 }

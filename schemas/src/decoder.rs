@@ -170,15 +170,29 @@ impl EventDecoder {
         quarantine: &mut Vec<Quarantined>,
     ) -> usize {
         if line.len() > self.options.max_event_bytes {
-            let reason = format!(
-                "line of {} bytes exceeds max_event_bytes ({})",
-                line.len(),
-                self.options.max_event_bytes
-            );
-            quarantine.push(self.quarantined(pos, None, reason, line));
+            self.quarantine_oversized(line, line.len() as u64, pos, quarantine);
             return 0;
         }
         self.decode_value_bytes(line, pos, quarantine)
+    }
+
+    /// Quarantines a line longer than `max_event_bytes` without parsing it. `kept` is what a
+    /// bounded reader kept of it and `full_len` its true length, so a huge line is never
+    /// buffered whole.
+    pub fn quarantine_oversized(
+        &self,
+        kept: &[u8],
+        full_len: u64,
+        pos: SourcePos<'_>,
+        quarantine: &mut Vec<Quarantined>,
+    ) {
+        let reason = format!(
+            "line of {full_len} bytes exceeds max_event_bytes ({})",
+            self.options.max_event_bytes
+        );
+        let mut q = self.quarantined(pos, None, reason, kept);
+        q.raw_len = full_len;
+        quarantine.push(q);
     }
 
     /// Decodes a whole document: a single Event, an `EventList`, a JSON array of events,
@@ -241,8 +255,11 @@ impl EventDecoder {
                 n
             }
             Err(e) => {
-                let reason = if std::str::from_utf8(bytes).is_err() {
-                    format!("invalid UTF-8: {}", utf8_error_position(bytes))
+                let reason = if let Err(utf8) = std::str::from_utf8(bytes) {
+                    format!(
+                        "invalid UTF-8: byte {} is not part of a valid UTF-8 sequence",
+                        utf8.valid_up_to()
+                    )
                 } else if bytes.iter().all(u8::is_ascii_whitespace) {
                     "empty input".to_string()
                 } else {
@@ -280,16 +297,6 @@ fn quarantine_record(
         reason,
         raw: raw[..raw.len().min(max)].to_vec(),
         raw_len: raw.len() as u64,
-    }
-}
-
-fn utf8_error_position(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Err(e) => format!(
-            "byte {} is not part of a valid UTF-8 sequence",
-            e.valid_up_to()
-        ),
-        Ok(_) => "valid".to_string(),
     }
 }
 
