@@ -6,12 +6,13 @@
 //! decoded becomes a [`Quarantined`] record; its neighbours are unaffected.
 
 use std::borrow::Cow;
-use std::fmt::Write as _;
 
 use arrow::array::{ListBuilder, RecordBatch, StringBuilder};
 use simd_json::prelude::*;
 use simd_json::tape::{Array, Object, Value};
 use simd_json::{Buffers, INPUT_PADDING, Tape, fill_tape_padded};
+
+use crate::tape_span::{Doc, Located};
 
 use crate::event_builder::EventBatchBuilder;
 use crate::timestamp::parse_rfc3339_micros;
@@ -82,19 +83,24 @@ impl Parser {
         }
     }
 
-    /// Parses `bytes` and hands the root value to `f`. The input is copied first because
-    /// simd-json unescapes strings in place and the caller keeps the original for quarantine.
+    /// Parses `bytes` and hands the root value and the located input to `f`. The input is
+    /// copied first because simd-json unescapes strings in place, and the original is what
+    /// bodies are sliced from and what quarantine keeps.
     fn parse<R>(
         &mut self,
         bytes: &[u8],
-        f: impl FnOnce(Value<'_, '_>) -> R,
+        f: impl FnOnce(Located<'_, '_>, Doc<'_>) -> R,
     ) -> Result<R, simd_json::Error> {
         self.input.clear();
         self.input.extend_from_slice(bytes);
         self.input.resize(bytes.len() + INPUT_PADDING, b' ');
         let mut tape = std::mem::replace(&mut self.tape, Tape(Vec::new())).reset();
-        let res = fill_tape_padded(&mut self.input, bytes.len(), &mut self.buffers, &mut tape)
-            .map(|()| f(tape.as_value()));
+        let res = fill_tape_padded(&mut self.input, bytes.len(), &mut self.buffers, &mut tape).map(
+            |()| {
+                let doc = Doc::new(bytes, self.buffers.structural_indexes());
+                f(Located::root(&tape.0, tape.as_value()), doc)
+            },
+        );
         self.tape = tape.reset();
         res
     }
@@ -245,8 +251,10 @@ impl EventDecoder {
             ingested_at: *ingested_at,
             pos,
             max_quarantined: options.max_quarantined_bytes,
+            doc: Doc::new(&[], &[]),
         };
-        let parsed = parser.parse(bytes, |root| {
+        let parsed = parser.parse(bytes, |root, doc| {
+            let ctx = Ctx { doc, ..ctx };
             decode_root(root, &ctx, builder, scratch, quarantine)
         });
         match parsed {
@@ -307,19 +315,23 @@ fn contains_two_lines(bytes: &[u8]) -> bool {
 /// Non-blank lines of `bytes` as (0-based line number, byte offset, line without `\r\n`).
 pub fn lines(bytes: &[u8]) -> impl Iterator<Item = (u64, usize, &[u8])> {
     let mut offset = 0;
-    bytes
-        .split(|&b| b == b'\n')
-        .enumerate()
-        .filter_map(move |(i, line)| {
+    let mut line_no = 0u64;
+    std::iter::from_fn(move || {
+        while offset < bytes.len() {
             let start = offset;
-            offset += line.len() + 1;
+            let rest = &bytes[start..];
+            let len = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+            let line = &rest[..len];
+            offset += len + 1;
+            let n = line_no;
+            line_no += 1;
             let trimmed = line.strip_suffix(b"\r").unwrap_or(line);
-            if trimmed.iter().all(u8::is_ascii_whitespace) {
-                None
-            } else {
-                Some((i as u64, start, trimmed))
+            if !trimmed.iter().all(u8::is_ascii_whitespace) {
+                return Some((n, start, trimmed));
             }
-        })
+        }
+        None
+    })
 }
 
 struct Ctx<'a> {
@@ -327,37 +339,38 @@ struct Ctx<'a> {
     ingested_at: i64,
     pos: SourcePos<'a>,
     max_quarantined: usize,
+    doc: Doc<'a>,
 }
 
 fn decode_root(
-    root: Value<'_, '_>,
+    root: Located<'_, '_>,
     ctx: &Ctx<'_>,
     b: &mut EventBatchBuilder,
     scratch: &mut Scratch,
     quarantine: &mut Vec<Quarantined>,
 ) -> usize {
-    if let Some(items) = root.as_array() {
-        return decode_items(items, None, ctx, b, scratch, quarantine);
+    if root.value.is_array() {
+        return decode_items(root, None, ctx, b, scratch, quarantine);
     }
-    if let Some(obj) = root.as_object()
+    if let Some(obj) = root.value.as_object()
         && obj.get("kind").and_then(|k| k.into_string()) == Some("EventList")
     {
         let list_api_version = obj.get("apiVersion").and_then(|v| v.into_string());
-        return match obj.get("items") {
-            Some(items) => match items.as_array() {
-                Some(items) => decode_items(items, list_api_version, ctx, b, scratch, quarantine),
-                None if items.is_null() => 0,
-                None => {
-                    let reason = format!(
-                        "EventList field `items`: expected array, found {}",
-                        type_name(items)
-                    );
-                    quarantine.push(record_of_value(root, ctx, None, reason, scratch));
-                    0
-                }
-            },
-            None => 0,
+        let Some((_, items)) = root.entries().find(|(k, _)| *k == "items") else {
+            return 0;
         };
+        if items.value.is_array() {
+            return decode_items(items, list_api_version, ctx, b, scratch, quarantine);
+        }
+        if items.value.is_null() {
+            return 0;
+        }
+        let reason = format!(
+            "EventList field `items`: expected array, found {}",
+            type_name(items.value)
+        );
+        quarantine.push(record_of_value(root, ctx, None, reason, scratch));
+        return 0;
     }
     match append_event(root, None, ctx, None, b, scratch) {
         Ok(()) => 1,
@@ -369,7 +382,7 @@ fn decode_root(
 }
 
 fn decode_items(
-    items: Array<'_, '_>,
+    items: Located<'_, '_>,
     list_api_version: Option<&str>,
     ctx: &Ctx<'_>,
     b: &mut EventBatchBuilder,
@@ -377,7 +390,7 @@ fn decode_items(
     quarantine: &mut Vec<Quarantined>,
 ) -> usize {
     let mut n = 0;
-    for (i, item) in items.iter().enumerate() {
+    for (i, item) in items.items().enumerate() {
         match append_event(item, list_api_version, ctx, Some(i as u64), b, scratch) {
             Ok(()) => n += 1,
             Err(reason) => {
@@ -389,20 +402,18 @@ fn decode_items(
 }
 
 fn record_of_value(
-    v: Value<'_, '_>,
+    v: Located<'_, '_>,
     ctx: &Ctx<'_>,
     item: Option<u64>,
     reason: String,
     scratch: &mut Scratch,
 ) -> Quarantined {
-    scratch.json.clear();
-    // Writing into a Vec cannot fail.
-    let _ = v.write(&mut scratch.json);
+    let raw = json_text(v, ctx.doc, &mut scratch.json);
     let reason = match item {
         Some(i) => format!("item {i}: {reason}"),
         None => reason,
     };
-    quarantine_record(ctx.pos, item, reason, &scratch.json, ctx.max_quarantined)
+    quarantine_record(ctx.pos, item, reason, raw.as_bytes(), ctx.max_quarantined)
 }
 
 fn type_name(v: Value<'_, '_>) -> &'static str {
@@ -435,14 +446,14 @@ struct Fields<'t, 'i> {
     response_status: Option<&'i str>,
     response_reason: Option<&'i str>,
     response_message: Option<&'i str>,
-    response_details: Option<Value<'t, 'i>>,
-    annotations: Option<Value<'t, 'i>>,
-    request_object: Option<Value<'t, 'i>>,
-    response_object: Option<Value<'t, 'i>>,
+    response_details: Option<Located<'t, 'i>>,
+    annotations: Option<Located<'t, 'i>>,
+    request_object: Option<Located<'t, 'i>>,
+    response_object: Option<Located<'t, 'i>>,
     request_received: Option<&'i str>,
     stage_timestamp: Option<&'i str>,
     legacy_timestamp: Option<&'i str>,
-    unmapped: Vec<(Cow<'static, str>, Value<'t, 'i>)>,
+    unmapped: Vec<(Cow<'static, str>, Located<'t, 'i>)>,
 }
 
 #[derive(Default)]
@@ -450,7 +461,7 @@ struct UserFields<'t, 'i> {
     username: Option<&'i str>,
     uid: Option<&'i str>,
     groups: Option<Array<'t, 'i>>,
-    extra: Option<Value<'t, 'i>>,
+    extra: Option<Located<'t, 'i>>,
 }
 
 /// Error paths of the `objectRef` keys, same order.
@@ -546,15 +557,16 @@ const IMPERSONATED_PATHS: UserPaths = UserPaths {
 };
 
 fn collect_user<'t, 'i>(
-    v: Value<'t, 'i>,
+    user: Located<'t, 'i>,
     paths: &UserPaths,
     out: &mut UserFields<'t, 'i>,
-    unmapped: &mut Vec<(Cow<'static, str>, Value<'t, 'i>)>,
+    unmapped: &mut Vec<(Cow<'static, str>, Located<'t, 'i>)>,
 ) -> Result<(), String> {
-    let Some(obj) = expect_object(v, paths.parent)? else {
+    if expect_object(user.value, paths.parent)?.is_none() {
         return Ok(());
-    };
-    for (k, v) in obj.iter() {
+    }
+    for (k, located) in user.entries() {
+        let v = located.value;
         match k {
             "username" => out.username = expect_str(v, paths.username)?,
             "uid" => out.uid = expect_str(v, paths.uid)?,
@@ -562,21 +574,25 @@ fn collect_user<'t, 'i>(
             "extra" => {
                 if !v.is_null() {
                     expect_object(v, paths.extra)?;
-                    out.extra = Some(v);
+                    out.extra = Some(located);
                 }
             }
-            _ => unmapped.push((nested_path(paths.parent, k), v)),
+            _ => unmapped.push((nested_path(paths.parent, k), located)),
         }
     }
     Ok(())
 }
 
-fn collect<'t, 'i>(root: Value<'t, 'i>) -> Result<Fields<'t, 'i>, String> {
-    let obj = root
-        .as_object()
-        .ok_or_else(|| format!("expected an audit Event object, found {}", type_name(root)))?;
+fn collect<'t, 'i>(root: Located<'t, 'i>) -> Result<Fields<'t, 'i>, String> {
+    if !root.value.is_object() {
+        return Err(format!(
+            "expected an audit Event object, found {}",
+            type_name(root.value)
+        ));
+    }
     let mut f = Fields::default();
-    for (k, v) in obj.iter() {
+    for (k, located) in root.entries() {
+        let v = located.value;
         match k {
             "kind" => match v.as_str() {
                 Some("Event") => {}
@@ -598,28 +614,34 @@ fn collect<'t, 'i>(root: Value<'t, 'i>) -> Result<Fields<'t, 'i>, String> {
             "level" => f.level = expect_str(v, "level")?,
             "verb" => f.verb = expect_str(v, "verb")?,
             "requestURI" => f.request_uri = expect_str(v, "requestURI")?,
-            "user" => collect_user(v, &USER_PATHS, &mut f.user, &mut f.unmapped)?,
-            "impersonatedUser" => {
-                collect_user(v, &IMPERSONATED_PATHS, &mut f.impersonated, &mut f.unmapped)?
-            }
+            "user" => collect_user(located, &USER_PATHS, &mut f.user, &mut f.unmapped)?,
+            "impersonatedUser" => collect_user(
+                located,
+                &IMPERSONATED_PATHS,
+                &mut f.impersonated,
+                &mut f.unmapped,
+            )?,
             "sourceIPs" => f.source_ips = expect_str_array(v, "sourceIPs")?,
             "userAgent" => f.user_agent = expect_str(v, "userAgent")?,
             "objectRef" => {
-                let Some(o) = expect_object(v, "objectRef")? else {
+                if expect_object(v, "objectRef")?.is_none() {
                     continue;
-                };
-                for (k, v) in o.iter() {
+                }
+                for (k, located) in located.entries() {
                     match OBJECT_REF_KEYS.iter().position(|&name| name == k) {
-                        Some(i) => f.object_ref[i] = expect_str(v, OBJECT_REF_PATHS[i])?,
-                        None => f.unmapped.push((nested_path("objectRef", k), v)),
+                        Some(i) => {
+                            f.object_ref[i] = expect_str(located.value, OBJECT_REF_PATHS[i])?
+                        }
+                        None => f.unmapped.push((nested_path("objectRef", k), located)),
                     }
                 }
             }
             "responseStatus" => {
-                let Some(o) = expect_object(v, "responseStatus")? else {
+                if expect_object(v, "responseStatus")?.is_none() {
                     continue;
-                };
-                for (k, v) in o.iter() {
+                }
+                for (k, located) in located.entries() {
+                    let v = located.value;
                     match k {
                         "code" => {
                             if v.is_null() {
@@ -633,10 +655,10 @@ fn collect<'t, 'i>(root: Value<'t, 'i>) -> Result<Fields<'t, 'i>, String> {
                         "status" => f.response_status = expect_str(v, "responseStatus.status")?,
                         "reason" => f.response_reason = expect_str(v, "responseStatus.reason")?,
                         "message" => f.response_message = expect_str(v, "responseStatus.message")?,
-                        "details" => f.response_details = (!v.is_null()).then_some(v),
+                        "details" => f.response_details = (!v.is_null()).then_some(located),
                         // Status objects always carry an empty ListMeta: nothing to keep.
                         "metadata" if v.as_object().is_some_and(|m| m.is_empty()) => {}
-                        _ => f.unmapped.push((nested_path("responseStatus", k), v)),
+                        _ => f.unmapped.push((nested_path("responseStatus", k), located)),
                     }
                 }
             }
@@ -650,11 +672,11 @@ fn collect<'t, 'i>(root: Value<'t, 'i>) -> Result<Fields<'t, 'i>, String> {
                             ));
                         }
                     }
-                    f.annotations = Some(v);
+                    f.annotations = Some(located);
                 }
             }
-            "requestObject" => f.request_object = (!v.is_null()).then_some(v),
-            "responseObject" => f.response_object = (!v.is_null()).then_some(v),
+            "requestObject" => f.request_object = (!v.is_null()).then_some(located),
+            "responseObject" => f.response_object = (!v.is_null()).then_some(located),
             "requestReceivedTimestamp" => {
                 f.request_received = expect_str(v, "requestReceivedTimestamp")?
             }
@@ -662,9 +684,9 @@ fn collect<'t, 'i>(root: Value<'t, 'i>) -> Result<Fields<'t, 'i>, String> {
             "timestamp" => {
                 // audit.k8s.io/v1beta1: the time of the event; kept in `unmapped` too.
                 f.legacy_timestamp = expect_str(v, "timestamp")?;
-                f.unmapped.push((Cow::Borrowed("timestamp"), v));
+                f.unmapped.push((Cow::Borrowed("timestamp"), located));
             }
-            _ => f.unmapped.push((Cow::Owned(k.to_string()), v)),
+            _ => f.unmapped.push((Cow::Owned(k.to_string()), located)),
         }
     }
     Ok(f)
@@ -680,7 +702,7 @@ fn parse_time(text: Option<&str>, field: &str) -> Result<Option<i64>, String> {
 }
 
 fn append_event(
-    root: Value<'_, '_>,
+    root: Located<'_, '_>,
     list_api_version: Option<&str>,
     ctx: &Ctx<'_>,
     item: Option<u64>,
@@ -716,6 +738,7 @@ fn append_event(
         &mut b.user_uid,
         &mut b.user_groups,
         &mut b.user_extra,
+        ctx.doc,
         scratch,
     );
     append_user(
@@ -724,6 +747,7 @@ fn append_event(
         &mut b.impersonated_uid,
         &mut b.impersonated_groups,
         &mut b.impersonated_extra,
+        ctx.doc,
         scratch,
     );
     append_list(&mut b.source_ips, f.source_ips);
@@ -750,47 +774,61 @@ fn append_event(
     b.response_status.append_option(f.response_status);
     b.response_reason.append_option(f.response_reason);
     b.response_message.append_option(f.response_message);
-    append_json(&mut b.response_details, f.response_details, scratch);
+    append_json(
+        &mut b.response_details,
+        f.response_details,
+        ctx.doc,
+        scratch,
+    );
     let annotation = |key: &str| {
         f.annotations
-            .and_then(|a| a.get(key))
+            .and_then(|a| a.value.get(key))
             .and_then(|v| v.into_string())
     };
     b.authz_decision
         .append_option(annotation("authorization.k8s.io/decision"));
     b.authz_reason
         .append_option(annotation("authorization.k8s.io/reason"));
-    append_json(&mut b.annotations, f.annotations, scratch);
-    append_json(&mut b.request_object, f.request_object, scratch);
-    append_json(&mut b.response_object, f.response_object, scratch);
+    append_json(&mut b.annotations, f.annotations, ctx.doc, scratch);
+    append_json(&mut b.request_object, f.request_object, ctx.doc, scratch);
+    append_json(&mut b.response_object, f.response_object, ctx.doc, scratch);
     b.request_received_at.append_value(received);
     b.stage_at.append_value(stage_at);
     b.ingested_at.append_value(ctx.ingested_at);
+    // Formatted by hand: `write!` costs more than the rest of this row's scalars.
+    let mut digits = itoa::Buffer::new();
     scratch.source_ref.clear();
     scratch.source_ref.push_str(ctx.pos.source);
     if let Some(line) = ctx.pos.line {
-        let _ = write!(scratch.source_ref, ":{line}");
+        scratch.source_ref.push(':');
+        scratch.source_ref.push_str(digits.format(line));
     }
     if let Some(i) = item {
-        let _ = write!(scratch.source_ref, "#{i}");
+        scratch.source_ref.push('#');
+        scratch.source_ref.push_str(digits.format(i));
     }
     b.source_ref.append_value(&scratch.source_ref);
     if f.unmapped.is_empty() {
         b.unmapped.append_null();
     } else {
-        scratch.json.clear();
-        scratch.json.push(b'{');
+        let mut out = std::mem::take(&mut scratch.json);
+        out.clear();
+        out.push(b'{');
         for (i, (k, v)) in f.unmapped.iter().enumerate() {
             if i > 0 {
-                scratch.json.push(b',');
+                out.push(b',');
             }
-            write_json_string(&mut scratch.json, k);
-            scratch.json.push(b':');
-            let _ = v.write(&mut scratch.json);
+            write_json_string(&mut out, k);
+            out.push(b':');
+            match v.raw(ctx.doc) {
+                Some(raw) => out.extend_from_slice(raw),
+                // Writing into a Vec cannot fail.
+                None => _ = v.value.write(&mut out),
+            }
         }
-        scratch.json.push(b'}');
-        b.unmapped
-            .append_value(String::from_utf8_lossy(&scratch.json));
+        out.push(b'}');
+        b.unmapped.append_value(String::from_utf8_lossy(&out));
+        scratch.json = out;
     }
     b.row_done();
     Ok(())
@@ -802,12 +840,13 @@ fn append_user(
     uid: &mut StringBuilder,
     groups: &mut ListBuilder<StringBuilder>,
     extra: &mut StringBuilder,
+    doc: Doc<'_>,
     scratch: &mut Scratch,
 ) {
     username.append_option(u.username);
     uid.append_option(u.uid);
     append_list(groups, u.groups);
-    append_json(extra, u.extra, scratch);
+    append_json(extra, u.extra, doc, scratch);
 }
 
 fn append_list(b: &mut ListBuilder<StringBuilder>, arr: Option<Array<'_, '_>>) {
@@ -822,17 +861,35 @@ fn append_list(b: &mut ListBuilder<StringBuilder>, arr: Option<Array<'_, '_>>) {
     }
 }
 
-fn append_json(b: &mut StringBuilder, v: Option<Value<'_, '_>>, scratch: &mut Scratch) {
+fn append_json(
+    b: &mut StringBuilder,
+    v: Option<Located<'_, '_>>,
+    doc: Doc<'_>,
+    scratch: &mut Scratch,
+) {
     match v {
         None => b.append_null(),
-        Some(v) => {
-            scratch.json.clear();
+        Some(v) => b.append_value(json_text(v, doc, &mut scratch.json)),
+    }
+}
+
+/// The JSON text of a value: the bytes an object or array arrived as, or a scalar
+/// re-encoded into `buf`.
+fn json_text<'a>(v: Located<'_, '_>, doc: Doc<'a>, buf: &'a mut Vec<u8>) -> Cow<'a, str> {
+    let bytes = match v.raw(doc) {
+        Some(raw) => raw,
+        None => {
+            buf.clear();
             // Writing into a Vec cannot fail.
-            let _ = v.write(&mut scratch.json);
-            // simd-json validated the input as UTF-8 and its writer escapes strings, so
-            // this is always the borrowed (valid) case.
-            b.append_value(String::from_utf8_lossy(&scratch.json));
+            let _ = v.value.write(&mut *buf);
+            buf
         }
+    };
+    // simd-json validated the input as UTF-8 and its writer escapes strings, so this is
+    // always the borrowed (valid) case; `from_utf8` checks ASCII a word at a time.
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
     }
 }
 

@@ -7,6 +7,7 @@
 mod decoder;
 mod event_builder;
 mod events_schema;
+mod tape_span;
 pub mod timestamp;
 
 pub use decoder::{DecoderOptions, EventDecoder, Quarantined, SourcePos, lines};

@@ -211,3 +211,36 @@ fn eventlist_with_a_poison_item_keeps_the_rest() {
     let v: serde_json::Value = serde_json::from_slice(&q[0].raw).unwrap();
     assert_eq!(v["auditID"], "b");
 }
+
+#[test]
+fn bodies_are_kept_as_the_bytes_they_arrived_as() {
+    // Escapes, non-ASCII, nested arrays and odd spacing: the kept text must be the sent text,
+    // for a bare event, inside an EventList, and for unknown fields kept in `unmapped`.
+    let request = r#"{"kind":"ConfigMap","data":{"q":"say \"hi\"\n","é":"ü\u00e9"},"l":[1, -2.5e-3, [true, null], {}]}"#;
+    let response = r#"{ "metadata" : { "name" : "x" } }"#;
+    let event = format!(
+        r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"RequestResponse","auditID":"a1","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/d/configmaps","verb":"create","user":{{"username":"u","extra":{{"k":["v \"1\""]}}}},"requestObject":{request},"responseObject":{response},"futureField":{{"n":[1,2]}},"requestReceivedTimestamp":"2026-01-02T03:04:05.000001Z","stageTimestamp":"2026-01-02T03:04:05.000002Z"}}"#
+    );
+    let list = format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}},"items":[{event},{event}]}}"#
+    );
+    let (batch, q) = decode_lines(
+        format!("{event}\n{list}\n").as_bytes(),
+        DecoderOptions::default(),
+    );
+    assert!(q.is_empty(), "{q:?}");
+    let b = batch.unwrap();
+    assert_eq!(b.num_rows(), 3);
+    for row in 0..3 {
+        assert_eq!(str_col(&b, col::REQUEST_OBJECT).value(row), request);
+        assert_eq!(str_col(&b, col::RESPONSE_OBJECT).value(row), response);
+        assert_eq!(
+            str_col(&b, col::USER_EXTRA).value(row),
+            r#"{"k":["v \"1\""]}"#
+        );
+        assert_eq!(
+            str_col(&b, col::UNMAPPED).value(row),
+            r#"{"futureField":{"n":[1,2]}}"#
+        );
+    }
+}
