@@ -11,6 +11,8 @@ use auditlake_ingest::{Archive, ArchiveLocation, IngestOptions, IngestSummary, I
 use auditlake_queries::{ArchiveSession, OutputFormat, write_batches};
 use clap::{Args, Parser, Subcommand};
 
+mod serve_cmd;
+
 /// Kubernetes audit events into a tamper-evident Parquet archive you can query with SQL.
 #[derive(Parser, Debug)]
 #[command(name = "auditlake", version, about, long_about = None)]
@@ -54,6 +56,9 @@ enum Command {
     Ingest(IngestArgs),
     /// Run SQL over the archive (table `events`; JSON functions such as json_get_str).
     Query(QueryArgs),
+    /// Receive kube-apiserver audit webhook batches over HTTPS; a 200 means the batch is fsynced
+    /// in the write-ahead log, from where it is archived as Parquet.
+    Serve(Box<serve_cmd::ServeArgs>),
     /// Generate sample traffic, ingest it into the archive, and run a query over it.
     Demo(DemoArgs),
     /// Write deterministic, realistic generated audit events as NDJSON (for tests and benchmarks).
@@ -191,9 +196,47 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Ingest(args) => run_ingest(&cli.archive, args).await,
         Command::Query(args) => run_query(&cli.archive, args).await,
+        Command::Serve(args) => run_serve(&cli.archive, *args).await,
         Command::Demo(args) => run_demo(&cli.archive, args).await,
         Command::Generate(args) => run_generate(args),
     }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = interrupt => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+                let _ = interrupt.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
+
+async fn run_serve(archive_arg: &str, args: serve_cmd::ServeArgs) -> Result<()> {
+    let config = serve_cmd::resolve(&args)?;
+    check_cluster(&config.cluster)?;
+    let archive = open_archive(archive_arg)?;
+    let summary = auditlake_ingest::serve(archive, config, shutdown_signal(), None)
+        .await
+        .context("serve")?;
+    eprintln!(
+        "stopped: {} events committed in {} commits ({} log records replayed at start)",
+        summary.events_committed, summary.commits, summary.replayed_records
+    );
+    Ok(())
 }
 
 fn open_archive(location: &str) -> Result<Archive> {

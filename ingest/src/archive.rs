@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use crate::error::IngestError;
-use crate::manifest::{MANIFEST_DIR, ManifestFile, ManifestQuarantine, ManifestRecord};
+use crate::manifest::{MANIFEST_DIR, ManifestFile, ManifestQuarantine, ManifestRecord, WalMark};
 use crate::partitioned_writer::FinishedFile;
 use crate::quarantine::{QUARANTINE_DIR, quarantine_ndjson};
 
@@ -80,6 +80,9 @@ impl ArchiveLocation {
         Ok((Arc::from(store), prefix))
     }
 }
+
+/// Called by [`Archive::commit`] with every path it is about to put, before the first put.
+pub type BeforePut<'a> = &'a (dyn Fn(&[String]) -> Result<(), IngestError> + Sync);
 
 /// The evidence archive: data files, quarantine and the manifest chain in one store.
 #[derive(Debug, Clone)]
@@ -187,8 +190,17 @@ impl Archive {
         files: Vec<FinishedFile>,
         quarantine: &[schema::Quarantined],
         quarantine_cluster: &str,
+        wal: Option<WalMark>,
+        before_put: Option<BeforePut<'_>>,
     ) -> Result<CommitOutcome, IngestError> {
         let started = Instant::now();
+        let quarantine_rel =
+            (!quarantine.is_empty()).then(|| Self::quarantine_path(writer_id, quarantine_cluster));
+        if let Some(hook) = before_put {
+            let mut paths: Vec<String> = files.iter().map(|f| f.relative_path.clone()).collect();
+            paths.extend(quarantine_rel.clone());
+            hook(&paths)?;
+        }
         let mut entries = Vec::with_capacity(files.len());
         for f in files {
             let rel = f.relative_path;
@@ -204,13 +216,8 @@ impl Archive {
             });
         }
         let mut quarantine_entries = Vec::new();
-        if !quarantine.is_empty() {
+        if let Some(rel) = quarantine_rel {
             let body = quarantine_ndjson(quarantine);
-            let rel = format!(
-                "{QUARANTINE_DIR}/cluster={}/{writer_id}-{:06}.ndjson",
-                crate::partitioned_writer::escape_partition_value(quarantine_cluster),
-                next_counter()
-            );
             let (sha256, bytes) = self.put_evidence(&rel, body).await?;
             quarantine_entries.push(ManifestQuarantine {
                 path: rel,
@@ -220,7 +227,7 @@ impl Archive {
             });
         }
         let record = self
-            .append_manifest(writer_id, entries, quarantine_entries)
+            .append_manifest(writer_id, entries, quarantine_entries, wal)
             .await?;
         Ok(CommitOutcome {
             record,
@@ -236,6 +243,39 @@ impl Archive {
         };
         let (record, sha) = self.read_manifest(last).await?;
         Ok(Some((record, sha)))
+    }
+
+    /// The newest mark of write-ahead log `wal_id` in the manifest chain (0 if none): the
+    /// records up to it are archived and must not be written again.
+    pub async fn wal_mark(&self, wal_id: &str) -> Result<u64, IngestError> {
+        for path in self.manifest_paths().await?.iter().rev() {
+            let (record, _) = self.read_manifest(path).await?;
+            if let Some(mark) = record.wal.filter(|m| m.id == wal_id) {
+                return Ok(mark.through_seq);
+            }
+        }
+        Ok(0)
+    }
+
+    /// Deletes files a commit put but never named in a manifest record (the writer died
+    /// between the two). Missing files are fine: the put may not have happened.
+    pub async fn delete_uncommitted(&self, relative_paths: &[String]) -> Result<(), IngestError> {
+        for rel in relative_paths {
+            match self.store.delete(&self.path(rel)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err("delete", rel)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The relative path a quarantine file of this commit will get.
+    pub fn quarantine_path(writer_id: &str, cluster: &str) -> String {
+        format!(
+            "{QUARANTINE_DIR}/cluster={}/{writer_id}-{:06}.ndjson",
+            crate::partitioned_writer::escape_partition_value(cluster),
+            next_counter()
+        )
     }
 
     /// Object paths of all manifest records, in sequence order.
@@ -280,6 +320,7 @@ impl Archive {
         writer_id: &str,
         files: Vec<ManifestFile>,
         quarantine: Vec<ManifestQuarantine>,
+        wal: Option<WalMark>,
     ) -> Result<ManifestRecord, IngestError> {
         const ATTEMPTS: u32 = 16;
         for _ in 0..ATTEMPTS {
@@ -288,13 +329,14 @@ impl Archive {
                 Some((r, sha)) => (r.sequence + 1, Some(sha.clone())),
                 None => (1, None),
             };
-            let record = ManifestRecord::new(
+            let mut record = ManifestRecord::new(
                 sequence,
                 previous_sha256,
                 writer_id,
                 files.clone(),
                 quarantine.clone(),
             );
+            record.wal = wal.clone();
             let rel = format!("{MANIFEST_DIR}/{}", ManifestRecord::file_name(sequence));
             let body = serde_json::to_vec_pretty(&record).map_err(|e| IngestError::Manifest {
                 path: rel.clone(),

@@ -1,26 +1,38 @@
 //! Sources, batching and the Parquet evidence archive of auditlake.
 //!
-//! Data flows `file_source` -> decoder (in `auditlake-schema`) -> [`PartitionedWriter`]
+//! Sources: files (`file_source`, [`ingest`]) and the apiserver's audit webhook ([`serve`]:
+//! HTTPS -> fsynced write-ahead log -> archiver). Data flows `file_source` -> decoder (in `auditlake-schema`) -> [`PartitionedWriter`]
 //! (Parquet per `cluster=/date=/hour=`) -> [`Archive::commit`] (data files, quarantine,
 //! then a hash-chained manifest record written create-if-absent).
 
 mod archive;
+mod dedup;
 mod error;
 mod file_source;
 mod manifest;
 mod partitioned_writer;
 mod pipeline;
 mod quarantine;
+mod serve;
+mod serve_metrics;
+mod tls;
+pub mod wal;
+mod webhook;
 
 pub use archive::{Archive, ArchiveLocation};
+pub use dedup::Deduplicator;
 pub use error::IngestError;
 pub use file_source::{Input, InputReader};
 pub use manifest::{
-    MANIFEST_DIR, MANIFEST_FORMAT, ManifestFile, ManifestQuarantine, ManifestRecord,
+    MANIFEST_DIR, MANIFEST_FORMAT, ManifestFile, ManifestQuarantine, ManifestRecord, WalMark,
 };
 pub use partitioned_writer::{FinishedFile, PartitionedWriter, WriterOptions, partition_of};
 pub use pipeline::{IngestOptions, IngestSummary, ingest};
 pub use quarantine::{QUARANTINE_DIR, quarantine_ndjson};
+pub use serve::{Bound, ServeConfig, ServeError, ServeSummary, serve};
+pub use serve_metrics::ServeMetrics;
+pub use tls::{TlsError, certificate_identity, server_config};
+pub use webhook::BearerTokens;
 
 /// Prefix under the archive root holding the events table.
 pub const EVENTS_DIR: &str = "events";

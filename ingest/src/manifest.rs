@@ -43,6 +43,17 @@ pub struct ManifestQuarantine {
     pub records: u64,
 }
 
+/// How far a webhook write-ahead log is archived: every record of log `id` up to
+/// `through_seq` is in this commit's files or an earlier commit's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WalMark {
+    /// The log's identifier (stable across restarts of the server that owns it).
+    pub id: String,
+    /// Last sequence number covered.
+    pub through_seq: u64,
+}
+
 /// One commit: the files it made visible and the hash of the record before it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,6 +74,9 @@ pub struct ManifestRecord {
     pub files: Vec<ManifestFile>,
     /// Quarantine files committed.
     pub quarantine: Vec<ManifestQuarantine>,
+    /// For commits from the webhook: how far its write-ahead log is archived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal: Option<WalMark>,
 }
 
 impl ManifestRecord {
@@ -87,6 +101,7 @@ impl ManifestRecord {
             schema_version: auditlake_schema::SCHEMA_VERSION,
             files,
             quarantine,
+            wal: None,
         }
     }
 

@@ -84,7 +84,7 @@ struct CommitUnit {
     quarantine: Vec<Quarantined>,
 }
 
-fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
@@ -128,6 +128,8 @@ pub async fn ingest(
                 unit.files,
                 &unit.quarantine,
                 &options.cluster,
+                None,
+                None,
             )
             .await
         {

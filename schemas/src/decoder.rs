@@ -122,6 +122,8 @@ pub struct EventDecoder {
 struct Scratch {
     json: Vec<u8>,
     source_ref: String,
+    /// Per-row identity digests, when asked for (see [`EventDecoder::enable_row_digests`]).
+    digests: Option<Vec<u128>>,
 }
 
 impl EventDecoder {
@@ -146,6 +148,23 @@ impl EventDecoder {
     /// Sets the `ingested_at` value (µs since the epoch) of the events decoded from now on.
     pub fn set_ingested_at(&mut self, micros: i64) {
         self.ingested_at = micros;
+    }
+
+    /// From now on, records for every decoded row a 128-bit digest of its cluster and the
+    /// exact bytes of its event, taken with [`EventDecoder::take_row_digests`]. A source
+    /// that receives resends (the webhook) deduplicates on it: the digest covers `auditID`,
+    /// `stage` and `stageTimestamp`, and two events that differ in any byte differ in it.
+    pub fn enable_row_digests(&mut self) {
+        self.scratch.digests.get_or_insert_with(Vec::new);
+    }
+
+    /// The digests of the rows decoded since the last call, in row order.
+    pub fn take_row_digests(&mut self) -> Vec<u128> {
+        self.scratch
+            .digests
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Rows decoded and not yet taken by [`EventDecoder::finish_batch`].
@@ -306,6 +325,33 @@ fn quarantine_record(
         raw: raw[..raw.len().min(max)].to_vec(),
         raw_len: raw.len() as u64,
     }
+}
+
+/// Why `bytes` is neither one JSON value nor NDJSON of JSON values, naming the line and
+/// byte where parsing failed; `None` when it is JSON. Cheaper than decoding: a source that
+/// must refuse non-JSON before storing anything (the webhook answers 400) checks with this.
+pub fn json_syntax_error(bytes: &[u8]) -> Option<String> {
+    let mut parser = Parser::new();
+    let err = parser.parse(bytes, |_, _| ()).err()?;
+    if let Err(utf8) = std::str::from_utf8(bytes) {
+        return Some(format!("invalid UTF-8 at byte {}", utf8.valid_up_to()));
+    }
+    if !contains_two_lines(bytes) {
+        return Some(if bytes.iter().all(u8::is_ascii_whitespace) {
+            "empty body".to_string()
+        } else {
+            format!("invalid JSON: {err}")
+        });
+    }
+    for (line_no, start, line) in lines(bytes) {
+        if let Err(e) = parser.parse(line, |_, _| ()) {
+            return Some(format!(
+                "invalid JSON on line {} (byte {start}): {e}",
+                line_no + 1
+            ));
+        }
+    }
+    None
 }
 
 fn contains_two_lines(bytes: &[u8]) -> bool {
@@ -829,6 +875,14 @@ fn append_event(
         out.push(b'}');
         b.unmapped.append_value(String::from_utf8_lossy(&out));
         scratch.json = out;
+    }
+    if let Some(digests) = &mut scratch.digests {
+        let seed = twox_hash::XxHash3_64::oneshot(ctx.cluster.as_bytes());
+        let text = json_text(root, ctx.doc, &mut scratch.json);
+        digests.push(twox_hash::XxHash3_128::oneshot_with_seed(
+            seed,
+            text.as_bytes(),
+        ));
     }
     b.row_done();
     Ok(())

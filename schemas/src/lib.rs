@@ -10,7 +10,7 @@ mod events_schema;
 mod tape_span;
 pub mod timestamp;
 
-pub use decoder::{DecoderOptions, EventDecoder, Quarantined, SourcePos, lines};
+pub use decoder::{DecoderOptions, EventDecoder, Quarantined, SourcePos, json_syntax_error, lines};
 pub use event_builder::EventBatchBuilder;
 pub use events_schema::{
     PARTITION_COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, col, events_file_schema, events_schema,

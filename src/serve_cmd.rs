@@ -1,0 +1,163 @@
+//! `auditlake serve`: flags, the TOML config file, and the order in which they apply.
+//!
+//! Every key of the config file is a flag and an `AUDITLAKE_*` variable. A key set in more
+//! than one place takes, from strongest to weakest: the environment variable, the flag, the
+//! config file, the built-in default.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use auditlake_ingest::ServeConfig;
+use clap::{Args, FromArgMatches};
+
+/// Flags of `auditlake serve`; each one is also a key of the config file (same name, `_`
+/// for `-`) and an `AUDITLAKE_*` environment variable.
+#[derive(Args, Debug, Default, Clone)]
+pub struct ServeArgs {
+    /// TOML config file with any of the keys below (unknown keys are an error).
+    #[arg(long, env = "AUDITLAKE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Address the webhook listens on [default: 127.0.0.1:8443].
+    #[arg(long, env = "AUDITLAKE_LISTEN")]
+    pub listen: Option<String>,
+
+    /// Server certificate chain (PEM).
+    #[arg(long, env = "AUDITLAKE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Server private key (PEM).
+    #[arg(long, env = "AUDITLAKE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA of the apiserver's client certificates (PEM): turns on mutual TLS; requests
+    /// without a certificate get 401.
+    #[arg(long, env = "AUDITLAKE_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
+
+    /// Serve plain HTTP without TLS (loopback tests and demos only; logged as a warning).
+    #[arg(long, env = "AUDITLAKE_INSECURE_PLAIN_HTTP", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_plain_http: Option<bool>,
+
+    /// File of accepted bearer tokens, one per line, optionally followed by a name that is
+    /// recorded as the sender; requests without a valid token get 401/403.
+    #[arg(long, env = "AUDITLAKE_BEARER_TOKENS_FILE")]
+    pub bearer_tokens_file: Option<PathBuf>,
+
+    /// Cluster of events posted to /audit/webhook; /audit/webhook/{cluster} overrides it
+    /// [default: default].
+    #[arg(long, env = "AUDITLAKE_CLUSTER")]
+    pub cluster: Option<String>,
+
+    /// Use the client certificate's common name as the cluster when the path names none.
+    #[arg(long, env = "AUDITLAKE_CLUSTER_FROM_CLIENT_CERT", num_args = 0..=1, default_missing_value = "true")]
+    pub cluster_from_client_cert: Option<bool>,
+
+    /// Address of /healthz, /readyz and /metrics (plain HTTP) [default: 127.0.0.1:9464].
+    #[arg(long, env = "AUDITLAKE_OPS_LISTEN")]
+    pub ops_listen: Option<String>,
+
+    /// Write-ahead log directory on local disk; keep it across restarts [default: ./auditlake-wal].
+    #[arg(long, env = "AUDITLAKE_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+
+    /// Answer 429 (Retry-After) once the write-ahead log holds this many bytes [default: 1 GiB].
+    #[arg(long, env = "AUDITLAKE_WAL_MAX_BYTES")]
+    pub wal_max_bytes: Option<u64>,
+
+    /// Write-ahead log segment size [default: 64 MiB].
+    #[arg(long, env = "AUDITLAKE_WAL_SEGMENT_BYTES")]
+    pub wal_segment_bytes: Option<u64>,
+
+    /// Largest request body, compressed and decompressed; larger gets 413 [default: 16 MiB].
+    #[arg(long, env = "AUDITLAKE_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<u64>,
+
+    /// Longest an accepted event waits before its Parquet file is committed [default: 30].
+    #[arg(long, env = "AUDITLAKE_FLUSH_INTERVAL_SECONDS")]
+    pub flush_interval_seconds: Option<u64>,
+
+    /// How long a resent event is recognised as a duplicate [default: 600].
+    #[arg(long, env = "AUDITLAKE_DEDUP_WINDOW_SECONDS")]
+    pub dedup_window_seconds: Option<u64>,
+
+    /// Most event digests kept for duplicate detection [default: 2000000].
+    #[arg(long, env = "AUDITLAKE_DEDUP_MAX_EVENTS")]
+    pub dedup_max_events: Option<usize>,
+
+    /// How long shutdown waits for requests in flight [default: 25].
+    #[arg(long, env = "AUDITLAKE_SHUTDOWN_TIMEOUT_SECONDS")]
+    pub shutdown_timeout_seconds: Option<u64>,
+}
+
+macro_rules! overlay {
+    ($config:ident, $args:ident; $($plain:ident),*; $($optional:ident),*) => {
+        $( if let Some(v) = $args.$plain.clone() { $config.$plain = v; } )*
+        $( if let Some(v) = $args.$optional.clone() { $config.$optional = Some(v); } )*
+    };
+}
+
+fn apply(config: &mut ServeConfig, args: &ServeArgs) {
+    overlay!(config, args;
+        listen, insecure_plain_http, cluster, cluster_from_client_cert, ops_listen, wal_dir,
+        wal_max_bytes, wal_segment_bytes, max_body_bytes, flush_interval_seconds,
+        dedup_window_seconds, dedup_max_events, shutdown_timeout_seconds;
+        tls_cert, tls_key, client_ca, bearer_tokens_file);
+}
+
+/// The `AUDITLAKE_*` variables alone, parsed with the same definitions as the flags.
+fn env_only() -> Result<ServeArgs> {
+    let command = <ServeArgs as Args>::augment_args(clap::Command::new("serve"));
+    let matches = command
+        .try_get_matches_from(["serve"])
+        .context("reading AUDITLAKE_* environment variables")?;
+    ServeArgs::from_arg_matches(&matches).context("reading AUDITLAKE_* environment variables")
+}
+
+/// The effective configuration: defaults < config file < flags < environment.
+pub fn resolve(flags: &ServeArgs) -> Result<ServeConfig> {
+    let env = env_only()?;
+    let path = env.config.clone().or_else(|| flags.config.clone());
+    let mut config = match &path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading config file {}", p.display()))?;
+            toml::from_str::<ServeConfig>(&text)
+                .with_context(|| format!("config file {}", p.display()))?
+        }
+        None => ServeConfig::default(),
+    };
+    apply(&mut config, flags);
+    apply(&mut config, &env);
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("auditlake.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:9000\"\ncluster = \"from-file\"\nwal_max_bytes = 5\n",
+        )
+        .unwrap();
+        let flags = ServeArgs {
+            config: Some(file.clone()),
+            cluster: Some("from-flag".into()),
+            ..Default::default()
+        };
+        let c = resolve(&flags).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:9000");
+        assert_eq!(c.cluster, "from-flag");
+        assert_eq!(c.wal_max_bytes, 5);
+        assert_eq!(c.ops_listen, ServeConfig::default().ops_listen);
+
+        std::fs::write(&file, "listen = \"x\"\nwal_max_byte = 5\n").unwrap();
+        let err = format!("{:#}", resolve(&flags).unwrap_err());
+        assert!(err.contains("unknown field `wal_max_byte`"), "{err}");
+    }
+}
