@@ -388,36 +388,28 @@ pub async fn serve_connections(
         let acceptor = acceptor.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let builder = auto::Builder::new(TokioExecutor::new());
             match acceptor {
                 None => {
                     let peer = Peer {
                         certificate: None,
                         addr: Some(addr),
                     };
-                    let svc = router.map_request(move |mut req: axum::extract::Request<_>| {
-                        req.extensions_mut().insert(peer.clone());
-                        req
-                    });
-                    let conn =
-                        builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(svc));
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    serve_one(tcp, peer, router, watcher).await;
                 }
                 Some(acceptor) => {
-                    let tls =
-                        match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                            .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::warn!(peer = %addr, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::warn!(peer = %addr, "TLS handshake timed out");
-                                return;
-                            }
-                        };
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                    let tls = match handshake {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::warn!(peer = %addr, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::warn!(peer = %addr, "TLS handshake timed out");
+                            return;
+                        }
+                    };
                     let certificate = tls
                         .get_ref()
                         .1
@@ -428,13 +420,7 @@ pub async fn serve_connections(
                         certificate,
                         addr: Some(addr),
                     };
-                    let svc = router.map_request(move |mut req: axum::extract::Request<_>| {
-                        req.extensions_mut().insert(peer.clone());
-                        req
-                    });
-                    let conn =
-                        builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(svc));
-                    let _ = watcher.watch(conn.into_owned()).await;
+                    serve_one(tls, peer, router, watcher).await;
                 }
             }
         });
@@ -444,6 +430,24 @@ pub async fn serve_connections(
         _ = graceful.shutdown() => tracing::info!("webhook connections drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!(drain_seconds = drain.as_secs(), "webhook connections still open after the drain timeout"),
     }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 on one connection, every request tagged with `peer`.
+async fn serve_one<I>(
+    io: I,
+    peer: Peer,
+    router: Router,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = router.map_request(move |mut req: axum::extract::Request<_>| {
+        req.extensions_mut().insert(peer.clone());
+        req
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
+    let _ = watcher.watch(conn.into_owned()).await;
 }
 
 /// The operations routes: `/healthz`, `/readyz`, `/metrics`.
