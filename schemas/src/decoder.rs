@@ -124,6 +124,8 @@ struct Scratch {
     source_ref: String,
     /// Per-row identity digests, when asked for (see [`EventDecoder::enable_row_digests`]).
     digests: Option<Vec<u128>>,
+    /// Seed of the digests: the cluster's hash, so equal events of two clusters differ.
+    digest_seed: u64,
 }
 
 impl EventDecoder {
@@ -156,6 +158,7 @@ impl EventDecoder {
     /// `stage` and `stageTimestamp`, and two events that differ in any byte differ in it.
     pub fn enable_row_digests(&mut self) {
         self.scratch.digests.get_or_insert_with(Vec::new);
+        self.scratch.digest_seed = twox_hash::XxHash3_64::oneshot(self.cluster.as_bytes());
     }
 
     /// The digests of the rows decoded since the last call, in row order.
@@ -877,10 +880,9 @@ fn append_event(
         scratch.json = out;
     }
     if let Some(digests) = &mut scratch.digests {
-        let seed = twox_hash::XxHash3_64::oneshot(ctx.cluster.as_bytes());
         let text = json_text(root, ctx.doc, &mut scratch.json);
         digests.push(twox_hash::XxHash3_128::oneshot_with_seed(
-            seed,
+            scratch.digest_seed,
             text.as_bytes(),
         ));
     }
