@@ -270,7 +270,7 @@ impl Archive {
     }
 
     /// The relative path a quarantine file of this commit will get.
-    pub fn quarantine_path(writer_id: &str, cluster: &str) -> String {
+    fn quarantine_path(writer_id: &str, cluster: &str) -> String {
         format!(
             "{QUARANTINE_DIR}/cluster={}/{writer_id}-{:06}.ndjson",
             crate::partitioned_writer::escape_partition_value(cluster),

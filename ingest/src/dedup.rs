@@ -30,7 +30,7 @@ impl Hasher for DigestHasher {
 }
 
 /// Remembers recently seen event digests.
-pub struct Deduplicator {
+pub(crate) struct Deduplicator {
     seen: HashSet<u128, BuildHasherDefault<DigestHasher>>,
     order: VecDeque<(i64, u128)>,
     window_micros: i64,
@@ -56,16 +56,6 @@ impl Deduplicator {
         }
         self.order.push_back((at_micros, digest));
         true
-    }
-
-    /// Keys remembered now.
-    pub fn len(&self) -> usize {
-        self.seen.len()
-    }
-
-    /// Whether no key is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.seen.is_empty()
     }
 
     fn evict(&mut self, now_micros: i64) {
@@ -100,6 +90,6 @@ mod tests {
         for k in 0..10u128 {
             assert!(d.first_sighting(k, 0));
         }
-        assert!(d.len() <= 3);
+        assert!(d.seen.len() <= 3 && d.order.len() <= 3);
     }
 }

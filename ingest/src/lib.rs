@@ -20,7 +20,6 @@ pub mod wal;
 mod webhook;
 
 pub use archive::{Archive, ArchiveLocation};
-pub use dedup::Deduplicator;
 pub use error::IngestError;
 pub use file_source::{Input, InputReader};
 pub use manifest::{

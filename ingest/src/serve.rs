@@ -114,6 +114,9 @@ pub enum ServeError {
     /// The archive failed.
     #[error(transparent)]
     Archive(#[from] IngestError),
+    /// A thread or task of the server failed outside any one input (a bug or a panic).
+    #[error("serve pipeline: {0}")]
+    Pipeline(String),
     /// A listener could not be bound.
     #[error("listening on {addr}: {source}")]
     Bind {
@@ -259,7 +262,7 @@ fn archive_wal(
                 quarantine: std::mem::take(quarantine),
                 through_seq,
             })
-            .map_err(|_| ServeError::Config("the committer stopped".into()))
+            .map_err(|_| ServeError::Pipeline("the committer stopped".into()))
     };
     loop {
         let wait = settings
@@ -310,8 +313,9 @@ fn archive_wal(
                 }
                 if let Some(batch) = batch {
                     let kept = if duplicates > 0 {
-                        filter_record_batch(&batch, &keep)
-                            .map_err(|e| ServeError::Config(format!("filtering duplicates: {e}")))?
+                        filter_record_batch(&batch, &keep).map_err(|e| {
+                            ServeError::Pipeline(format!("filtering duplicates: {e}"))
+                        })?
                     } else {
                         batch
                     };
@@ -342,13 +346,26 @@ fn archive_wal(
     }
 }
 
-fn validate(config: &ServeConfig) -> Result<(), ServeError> {
-    if !config.insecure_plain_http && (config.tls_cert.is_none() || config.tls_key.is_none()) {
-        return Err(ServeError::Config(
+/// The TLS config asked for, or `None` for plain HTTP (only when asked for explicitly).
+fn tls_config(config: &ServeConfig) -> Result<Option<Arc<rustls::ServerConfig>>, ServeError> {
+    if config.insecure_plain_http {
+        tracing::warn!(listen = %config.listen, "serving the webhook over PLAIN HTTP: audit events and credentials cross the network unencrypted");
+        return Ok(None);
+    }
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Ok(Some(crate::tls::server_config(
+            cert,
+            key,
+            config.client_ca.as_deref(),
+        )?)),
+        _ => Err(ServeError::Config(
             "--tls-cert and --tls-key are required (or --insecure-plain-http for a loopback test)"
                 .into(),
-        ));
+        )),
     }
+}
+
+fn validate(config: &ServeConfig) -> Result<(), ServeError> {
     if config.insecure_plain_http && config.client_ca.is_some() {
         return Err(ServeError::Config(
             "--client-ca needs TLS; it cannot be combined with --insecure-plain-http".into(),
@@ -363,13 +380,15 @@ fn validate(config: &ServeConfig) -> Result<(), ServeError> {
     Ok(())
 }
 
-async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: addr.to_string(),
-            source,
-        })
+/// A listener on `addr` and the address it got (the port, when `addr` asked for port 0).
+async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let err = |source| ServeError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(err)?;
+    let local = listener.local_addr().map_err(err)?;
+    Ok((listener, local))
 }
 
 /// Runs the server until `shutdown` completes, then stops accepting, drains, commits what
@@ -381,21 +400,7 @@ pub async fn serve(
     bound: Option<oneshot::Sender<Bound>>,
 ) -> Result<ServeSummary, ServeError> {
     validate(&config)?;
-    let tls = if config.insecure_plain_http {
-        tracing::warn!(listen = %config.listen, "serving the webhook over PLAIN HTTP: audit events and credentials cross the network unencrypted");
-        None
-    } else {
-        // Both are Some: checked by `validate`.
-        let (cert, key) = (
-            config.tls_cert.as_deref().unwrap_or(Path::new("")),
-            config.tls_key.as_deref().unwrap_or(Path::new("")),
-        );
-        Some(crate::tls::server_config(
-            cert,
-            key,
-            config.client_ca.as_deref(),
-        )?)
-    };
+    let tls = tls_config(&config)?;
     let tokens = match &config.bearer_tokens_file {
         Some(p) => Some(BearerTokens::load(p).map_err(file_err(p))?),
         None => None,
@@ -404,21 +409,11 @@ pub async fn serve(
     let ready = Arc::new(AtomicBool::new(false));
 
     // Operations endpoint first, so probes see "not ready" during replay.
-    let ops_listener = bind(&config.ops_listen).await?;
-    let webhook_listener = bind(&config.listen).await?;
+    let (ops_listener, ops_addr) = bind(&config.ops_listen).await?;
+    let (webhook_listener, webhook_addr) = bind(&config.listen).await?;
     let addrs = Bound {
-        webhook: webhook_listener
-            .local_addr()
-            .map_err(|source| ServeError::Bind {
-                addr: config.listen.clone(),
-                source,
-            })?,
-        ops: ops_listener
-            .local_addr()
-            .map_err(|source| ServeError::Bind {
-                addr: config.ops_listen.clone(),
-                source,
-            })?,
+        webhook: webhook_addr,
+        ops: ops_addr,
     };
     let (stop_tx, stop_rx) = watch::channel(false);
     let ops = tokio::spawn({
@@ -479,7 +474,7 @@ pub async fn serve(
         std::thread::Builder::new()
             .name("auditlake-archiver".into())
             .spawn(move || archive_wal(reader, settings, metrics, commit_tx))
-            .map_err(|e| ServeError::Config(format!("spawning the archiver: {e}")))?
+            .map_err(|e| ServeError::Pipeline(format!("spawning the archiver: {e}")))?
     };
     if to_replay == 0 {
         ready.store(true, Ordering::Release);
@@ -609,13 +604,13 @@ pub async fn serve(
     drop(wal);
     let archived = tokio::task::spawn_blocking(move || archiver.join())
         .await
-        .map_err(|e| ServeError::Config(format!("archiver: {e}")))?;
+        .map_err(|e| ServeError::Pipeline(format!("archiver: {e}")))?;
     let summary = committer
         .await
-        .map_err(|e| ServeError::Config(format!("committer: {e}")))??;
+        .map_err(|e| ServeError::Pipeline(format!("committer: {e}")))??;
     match archived {
         Ok(r) => r?,
-        Err(_) => return Err(ServeError::Config("the archiver thread panicked".into())),
+        Err(_) => return Err(ServeError::Pipeline("the archiver thread panicked".into())),
     }
     let _ = tokio::task::spawn_blocking(move || wal_thread.join()).await;
     let _ = ops.await;

@@ -324,10 +324,6 @@ struct Append {
 pub struct WalStats {
     /// Bytes in all segment files.
     pub bytes: AtomicU64,
-    /// Bytes ever appended (frames), across restarts of the writer only.
-    pub appended_bytes: AtomicU64,
-    /// fsyncs done.
-    pub fsyncs: AtomicU64,
 }
 
 struct Shared {
@@ -376,10 +372,7 @@ impl Wal {
         let handle = std::thread::Builder::new()
             .name("auditlake-wal".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| WalError::Io {
-                path: shared_dir_hint(),
-                source: e,
-            })?;
+            .map_err(io_err(&shared.dir))?;
         Ok((
             Self {
                 tx,
@@ -480,10 +473,6 @@ impl Wal {
             runtime,
         }
     }
-}
-
-fn shared_dir_hint() -> PathBuf {
-    PathBuf::from("<wal writer thread>")
 }
 
 struct Writer {
@@ -603,12 +592,10 @@ impl Writer {
             return Err(err);
         }
         *len += buf.len() as u64;
-        let stats = &self.shared.stats;
-        stats.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        stats
-            .appended_bytes
+        self.shared
+            .stats
+            .bytes
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         {
             let mut segments = self
                 .shared

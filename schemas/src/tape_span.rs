@@ -73,50 +73,47 @@ impl<'t, 'i> Located<'t, 'i> {
         }
     }
 
-    /// The entries of an object (nothing for any other value), each value located.
+    /// The value whose nodes start at `node` and whose first byte is structural
+    /// `structural`; also how many tape nodes and structurals it spans.
+    fn child(&self, value: Value<'t, 'i>, node: usize, structural: usize) -> (Self, usize, usize) {
+        let nodes = self.nodes.get(node..).unwrap_or_default();
+        let span = structural_len(nodes);
+        let located = Located {
+            value,
+            nodes,
+            structural,
+            span: Some(span),
+        };
+        (located, nodes.first().map_or(1, node_count), span)
+    }
+
+    /// The entries of an object (nothing for any other value), each value located. The key is
+    /// one node and one structural, then `:`; the value follows; then `,` (the same walk
+    /// simd-json's own object iterator does over the nodes).
     pub fn entries(self) -> impl Iterator<Item = (&'i str, Located<'t, 'i>)> {
-        let mut node = 1;
-        let mut structural = self.structural + 1;
+        let (mut node, mut structural) = (1, self.structural + 1);
         self.value
             .as_object()
             .into_iter()
             .flat_map(|o| o.iter())
             .map(move |(key, value)| {
-                // The key is the node at `node`, its value starts right after it: the
-                // same walk simd-json's own object iterator does.
-                let nodes = self.nodes.get(node + 1..).unwrap_or_default();
-                let span = structural_len(nodes);
-                let located = Located {
-                    value,
-                    nodes,
-                    structural: structural + 2,
-                    span: Some(span),
-                };
-                node += 1 + nodes.first().map_or(1, node_count);
-                // key, `:`, the value, `,`
+                let (located, nodes, span) = self.child(value, node + 1, structural + 2);
+                node += 1 + nodes;
                 structural += 3 + span;
                 (key, located)
             })
     }
 
-    /// The items of an array (nothing for any other value), each located.
+    /// The items of an array (nothing for any other value), each located; `,` between them.
     pub fn items(self) -> impl Iterator<Item = Located<'t, 'i>> {
-        let mut node = 1;
-        let mut structural = self.structural + 1;
+        let (mut node, mut structural) = (1, self.structural + 1);
         self.value
             .as_array()
             .into_iter()
             .flat_map(|a| a.iter())
             .map(move |value| {
-                let nodes = self.nodes.get(node..).unwrap_or_default();
-                let span = structural_len(nodes);
-                let located = Located {
-                    value,
-                    nodes,
-                    structural,
-                    span: Some(span),
-                };
-                node += nodes.first().map_or(1, node_count);
+                let (located, nodes, span) = self.child(value, node, structural);
+                node += nodes;
                 structural += 1 + span;
                 located
             })
