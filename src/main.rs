@@ -245,14 +245,10 @@ fn open_archive(location: &str) -> Result<Archive> {
 }
 
 fn check_cluster(cluster: &str) -> Result<()> {
-    if cluster.is_empty()
-        || !cluster
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        bail!("invalid --cluster {cluster:?}: use letters, digits, '-', '_' and '.' only");
+    match auditlake_ingest::cluster_name_error(cluster) {
+        Some(problem) => bail!("invalid --cluster: {problem}"),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 async fn run_ingest(archive: &str, args: IngestArgs) -> Result<()> {

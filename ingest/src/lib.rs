@@ -25,7 +25,9 @@ pub use file_source::{Input, InputReader};
 pub use manifest::{
     MANIFEST_DIR, MANIFEST_FORMAT, ManifestFile, ManifestQuarantine, ManifestRecord, WalMark,
 };
-pub use partitioned_writer::{FinishedFile, PartitionedWriter, WriterOptions, partition_of};
+pub use partitioned_writer::{
+    FinishedFile, PartitionedWriter, WriterOptions, cluster_name_error, partition_of,
+};
 pub use pipeline::{IngestOptions, IngestSummary, ingest};
 pub use quarantine::{QUARANTINE_DIR, quarantine_ndjson};
 pub use serve::{Bound, ServeConfig, ServeError, ServeSummary, serve};

@@ -99,6 +99,17 @@ fn partition_dir(cluster: &str, hour: i64) -> String {
     )
 }
 
+/// Why `name` cannot be a cluster name, if it cannot: cluster names are Hive partition values
+/// that analysts type in SQL, so letters, digits, `-`, `_` and `.` only.
+pub fn cluster_name_error(name: &str) -> Option<String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    (!ok).then(|| format!("cluster {name:?}: use 1 to 253 letters, digits, '-', '_' and '.' only"))
+}
+
 /// Percent-encodes what may not appear in a Hive partition value.
 pub fn escape_partition_value(v: &str) -> String {
     let mut s = String::with_capacity(v.len());

@@ -295,6 +295,9 @@ async fn accept(
                 .flatten()
         })
         .unwrap_or_else(|| settings.default_cluster.clone());
+    if let Some(problem) = crate::partitioned_writer::cluster_name_error(&cluster) {
+        return answer(StatusCode::BAD_REQUEST, None, problem);
+    }
     let len = body.len();
     let received = crate::pipeline::now_micros();
     match state.wal.append(cluster, identity, received, body).await {

@@ -163,6 +163,21 @@ async fn bad_bodies_are_refused_poison_events_quarantined_and_resends_kept_once(
         "NDJSON errors name the line"
     );
 
+    // A cluster name that cannot be a partition value: 400, like `--cluster` on the CLI.
+    let r = http
+        .post(format!(
+            "http://{}/audit/webhook/prod%2F..",
+            server.bound.webhook
+        ))
+        .header("Content-Type", "application/json")
+        .body(event_list(&generated(9, 1)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("use 1 to 253 letters"), "{text}");
+
     // Over the limit, plain or once decompressed: 413.
     let big = event_list(&generated(1, 600));
     assert!(big.len() > 256 << 10);
