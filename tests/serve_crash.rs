@@ -174,7 +174,6 @@ fn every_acknowledged_event_survives_sigkill_exactly_once() {
         .count();
     let duplicated = counts.values().filter(|&&n| n > 1).count();
     assert_eq!(missing, 0, "acknowledged events missing from the archive");
+    // Rows beyond the acknowledged set are fine: stored, but the answer was lost in the kill.
     assert_eq!(duplicated, 0, "events archived more than once");
-    // Anything beyond the acknowledged set was stored but its answer was lost in the kill.
-    assert!(counts.len() >= acked_set.len());
 }

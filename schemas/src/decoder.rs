@@ -334,7 +334,15 @@ fn quarantine_record(
 /// byte where parsing failed; `None` when it is JSON. Cheaper than decoding: a source that
 /// must refuse non-JSON before storing anything (the webhook answers 400) checks with this.
 pub fn json_syntax_error(bytes: &[u8]) -> Option<String> {
-    let mut parser = Parser::new();
+    thread_local! {
+        // One per thread, reused: a webhook checks every request body, and a fresh parser
+        // would allocate an input copy and a tape per request. Holds the largest body seen.
+        static PARSER: std::cell::RefCell<Parser> = std::cell::RefCell::new(Parser::new());
+    }
+    PARSER.with(|p| syntax_error_with(&mut p.borrow_mut(), bytes))
+}
+
+fn syntax_error_with(parser: &mut Parser, bytes: &[u8]) -> Option<String> {
     let err = parser.parse(bytes, |_, _| ()).err()?;
     if let Err(utf8) = std::str::from_utf8(bytes) {
         return Some(format!("invalid UTF-8 at byte {}", utf8.valid_up_to()));
