@@ -11,6 +11,7 @@ use auditlake_ingest::{Archive, ArchiveLocation, IngestOptions, IngestSummary, I
 use auditlake_queries::{ArchiveSession, OutputFormat, write_batches};
 use clap::{Args, Parser, Subcommand};
 
+mod demo_cmd;
 mod serve_cmd;
 
 /// Kubernetes audit events into a tamper-evident Parquet archive you can query with SQL.
@@ -59,8 +60,9 @@ enum Command {
     /// Receive kube-apiserver audit webhook batches over HTTPS; a 200 means the batch is fsynced
     /// in the write-ahead log, from where it is archived as Parquet.
     Serve(Box<serve_cmd::ServeArgs>),
-    /// Generate sample traffic, ingest it into the archive, and run a query over it.
-    Demo(DemoArgs),
+    /// Start the webhook server on loopback, post generated batches to it like a kube-apiserver,
+    /// then list the archive and run a query over it.
+    Demo(demo_cmd::DemoArgs),
     /// Write deterministic, realistic generated audit events as NDJSON (for tests and benchmarks).
     Generate(GenerateArgs),
 }
@@ -126,21 +128,6 @@ struct QueryArgs {
     sql: Option<String>,
 }
 
-#[derive(Args, Debug)]
-struct DemoArgs {
-    /// Number of events to generate.
-    #[arg(long, env = "AUDITLAKE_DEMO_EVENTS", default_value_t = 20_000)]
-    events: usize,
-
-    /// Seed of the traffic generator (same seed, same events).
-    #[arg(long, env = "AUDITLAKE_DEMO_SEED", default_value_t = 1)]
-    seed: u64,
-
-    /// Cluster name of the generated traffic.
-    #[arg(long, env = "AUDITLAKE_CLUSTER", default_value = "demo")]
-    cluster: String,
-}
-
 fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("invalid --log filter {filter:?}"))?;
@@ -197,7 +184,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Ingest(args) => run_ingest(&cli.archive, args).await,
         Command::Query(args) => run_query(&cli.archive, args).await,
         Command::Serve(args) => run_serve(&cli.archive, *args).await,
-        Command::Demo(args) => run_demo(&cli.archive, args).await,
+        Command::Demo(args) => {
+            check_cluster(&args.cluster)?;
+            demo_cmd::run(open_archive(&cli.archive)?, &cli.archive, args).await
+        }
         Command::Generate(args) => run_generate(args),
     }
 }
@@ -316,72 +306,6 @@ async fn run_query(archive: &str, args: QueryArgs) -> Result<()> {
     write_batches(args.format, &schema, &batches, &mut out).context("writing results")?;
     out.flush().context("writing results")?;
     Ok(())
-}
-
-async fn run_demo(archive_arg: &str, args: DemoArgs) -> Result<()> {
-    check_cluster(&args.cluster)?;
-    let archive = open_archive(archive_arg)?;
-    let dir = tempfile_dir()?;
-    let sample = dir.join("demo-audit.log");
-    {
-        let mut f = std::io::BufWriter::new(
-            std::fs::File::create(&sample)
-                .with_context(|| format!("creating {}", sample.display()))?,
-        );
-        let mut generator = auditlake_fixtures::TrafficGenerator::new(
-            args.seed,
-            auditlake_fixtures::Mix::default(),
-        )
-        .with_mean_gap_micros(400_000);
-        generator
-            .write_ndjson(&mut f, args.events)
-            .context("writing sample events")?;
-        f.flush().context("writing sample events")?;
-    }
-    eprintln!(
-        "generated {} sample audit events in {}",
-        args.events,
-        sample.display()
-    );
-    let started = Instant::now();
-    let summary = auditlake_ingest::ingest(
-        &archive,
-        vec![Input::File(sample.clone())],
-        IngestOptions::new(&args.cluster),
-    )
-    .await
-    .context("ingesting sample events")?;
-    print_summary(&summary, started.elapsed(), &archive);
-    let _ = std::fs::remove_dir_all(&dir);
-    let session = ArchiveSession::open(archive.store(), &archive.location().url)
-        .await
-        .context("opening the archive for SQL")?;
-    let sql = format!(
-        "SELECT user_username, verb, json_get_str(request_object, 'roleRef', 'name') AS role, count(*) AS events \
-         FROM events WHERE cluster = '{}' AND resource = 'clusterrolebindings' AND stage = 'ResponseComplete' \
-         GROUP BY 1, 2, 3 ORDER BY events DESC, 1, 2, 3 LIMIT 10",
-        args.cluster
-    );
-    eprintln!("\nWho changed ClusterRoleBindings, and to which role?\n  {sql}\n");
-    let (schema, batches) = session.sql(&sql).await.context("demo query failed")?;
-    write_batches(
-        OutputFormat::Table,
-        &schema,
-        &batches,
-        &mut std::io::stdout(),
-    )
-    .context("writing results")?;
-    println!("\nThe archive is at {}", archive.location().url);
-    println!(
-        "Try: auditlake --archive {archive_arg} query \"SELECT date, hour, count(*) FROM events GROUP BY 1, 2 ORDER BY 1, 2\""
-    );
-    Ok(())
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("auditlake-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
 }
 
 fn run_generate(args: GenerateArgs) -> Result<()> {

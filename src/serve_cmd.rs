@@ -73,7 +73,8 @@ pub struct ServeArgs {
     #[arg(long, env = "AUDITLAKE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<u64>,
 
-    /// Longest an accepted event waits before its Parquet file is committed [default: 30].
+    /// Longest an accepted event waits before its Parquet file is committed; a commit also
+    /// happens once a quarter of --wal-max-bytes is waiting [default: 30].
     #[arg(long, env = "AUDITLAKE_FLUSH_INTERVAL_SECONDS")]
     pub flush_interval_seconds: Option<u64>,
 
@@ -159,5 +160,20 @@ mod tests {
         std::fs::write(&file, "listen = \"x\"\nwal_max_byte = 5\n").unwrap();
         let err = format!("{:#}", resolve(&flags).unwrap_err());
         assert!(err.contains("unknown field `wal_max_byte`"), "{err}");
+    }
+
+    #[test]
+    fn the_shipped_kubernetes_config_file_is_valid() {
+        let file =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/auditlake.toml");
+        let c = resolve(&ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8443");
+        assert_eq!(c.wal_max_bytes, 8 << 30);
+        assert!(c.cluster_from_client_cert);
+        assert!(c.client_ca.is_some() && c.bearer_tokens_file.is_some());
     }
 }

@@ -65,7 +65,8 @@ pub struct ServeConfig {
     pub wal_segment_bytes: u64,
     /// Largest request body, before and after gzip decompression.
     pub max_body_bytes: u64,
-    /// Longest an accepted event waits before its Parquet file is committed.
+    /// Longest an accepted event waits before its Parquet file is committed (sooner once a
+    /// quarter of `wal_max_bytes` is waiting).
     pub flush_interval_seconds: u64,
     /// How long resent events are recognised as duplicates (the apiserver retries for minutes).
     pub dedup_window_seconds: u64,
@@ -228,6 +229,9 @@ struct ArchiverSettings {
     decoder: DecoderOptions,
     writer: WriterOptions,
     flush_interval: Duration,
+    /// Commit once this many log bytes are read since the last commit, so the uncommitted
+    /// part of the log stays well under `wal_max_bytes` at any ingest rate.
+    flush_bytes: u64,
     committed_seq: u64,
     dedup_window_micros: i64,
     dedup_max_events: usize,
@@ -249,6 +253,7 @@ fn archive_wal(
     let mut last_seq = settings.committed_seq;
     let mut dirty = false;
     let mut last_commit = Instant::now();
+    let mut bytes_since_commit = 0u64;
     let flush = |writer: &mut PartitionedWriter,
                  finished: &mut Vec<FinishedFile>,
                  quarantine: &mut Vec<Quarantined>,
@@ -324,10 +329,12 @@ fn archive_wal(
                 }
                 last_seq = r.seq;
                 dirty = true;
-                if !finished.is_empty() {
+                bytes_since_commit += r.body.len() as u64;
+                if !finished.is_empty() || bytes_since_commit >= settings.flush_bytes {
                     flush(&mut writer, &mut finished, &mut quarantine, last_seq)?;
                     dirty = false;
                     last_commit = Instant::now();
+                    bytes_since_commit = 0;
                 }
             }
             ReadOutcome::Idle => {}
@@ -342,6 +349,7 @@ fn archive_wal(
             flush(&mut writer, &mut finished, &mut quarantine, last_seq)?;
             dirty = false;
             last_commit = Instant::now();
+            bytes_since_commit = 0;
         }
     }
 }
@@ -466,6 +474,7 @@ pub async fn serve(
             decoder: DecoderOptions::default(),
             writer: WriterOptions::default(),
             flush_interval: Duration::from_secs(config.flush_interval_seconds),
+            flush_bytes: (config.wal_max_bytes / 4).max(1 << 20),
             committed_seq: committed,
             dedup_window_micros: (config.dedup_window_seconds as i64).saturating_mul(1_000_000),
             dedup_max_events: config.dedup_max_events,
@@ -494,6 +503,9 @@ pub async fn serve(
                 replayed_records: to_replay,
                 ..Default::default()
             };
+            // Kept here rather than read back from `ready`, which shutdown clears: a commit
+            // during the drain must not report the server ready again.
+            let mut replay_pending = to_replay > 0;
             while let Some(unit) = commit_rx.recv().await {
                 let through = unit.through_seq;
                 let span = tracing::info_span!(
@@ -560,7 +572,9 @@ pub async fn serve(
                     wal_freed_bytes = freed,
                     "committed"
                 );
-                if through >= replay_target && !ready.swap(true, Ordering::AcqRel) {
+                if replay_pending && through >= replay_target {
+                    replay_pending = false;
+                    ready.store(true, Ordering::Release);
                     tracing::info!(replayed = to_replay, "write-ahead log replayed; ready");
                 }
             }

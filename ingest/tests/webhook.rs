@@ -304,61 +304,19 @@ async fn a_full_write_ahead_log_answers_429_with_retry_after() {
     assert_eq!(archived_rows(&archive_dir).len(), 40);
 }
 
-struct Pki {
-    ca_pem: String,
-    server_cert: String,
-    server_key: String,
-    client_identity: String,
-    stranger_identity: String,
-}
-
-fn pki() -> Pki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair,
-    };
-    let ca = |name: &str| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, name);
-        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-    };
-    let (ca_main, ca_other) = (ca("auditlake test CA"), ca("someone else's CA"));
-    let server_key = KeyPair::generate().unwrap();
-    let server_cert = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&server_key, &ca_main)
-        .unwrap();
-    let client = |issuer: &CertifiedIssuer<'_, KeyPair>, cn: &str| {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let cert = p.signed_by(&key, issuer).unwrap();
-        format!("{}{}", cert.pem(), key.serialize_pem())
-    };
-    Pki {
-        ca_pem: ca_main.pem(),
-        server_cert: server_cert.pem(),
-        server_key: server_key.serialize_pem(),
-        client_identity: client(&ca_main, "kube-apiserver-prod"),
-        stranger_identity: client(&ca_other, "kube-apiserver-prod"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_and_bearer_tokens_gate_every_request() {
     let dir = tempfile::tempdir().unwrap();
     let archive_dir = dir.path().join("archive");
-    let p = pki();
+    let p = auditlake_fixtures::Pki::generate("kube-apiserver-prod").unwrap();
     let write = |name: &str, text: &str| {
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         path
     };
     let config = ServeConfig {
-        tls_cert: Some(write("server.crt", &p.server_cert)),
-        tls_key: Some(write("server.key", &p.server_key)),
+        tls_cert: Some(write("server.crt", &p.server_cert_pem)),
+        tls_key: Some(write("server.key", &p.server_key_pem)),
         client_ca: Some(write("ca.crt", &p.ca_pem)),
         bearer_tokens_file: Some(write(
             "tokens",
@@ -401,20 +359,25 @@ async fn mutual_tls_and_bearer_tokens_gate_every_request() {
     assert_eq!(r.status(), 401);
     // A certificate from another CA: the handshake fails, nothing is answered.
     assert!(
-        send(client(Some(&p.stranger_identity)), Some("s3cret-token-1"))
-            .await
-            .is_err()
+        send(
+            client(Some(&p.stranger_identity_pem)),
+            Some("s3cret-token-1")
+        )
+        .await
+        .is_err()
     );
     // Right certificate, missing or wrong token: 401 / 403.
-    let r = send(client(Some(&p.client_identity)), None).await.unwrap();
+    let r = send(client(Some(&p.client_identity_pem)), None)
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
     assert_eq!(r.headers()["www-authenticate"], "Bearer");
-    let r = send(client(Some(&p.client_identity)), Some("s3cret-token-2"))
+    let r = send(client(Some(&p.client_identity_pem)), Some("s3cret-token-2"))
         .await
         .unwrap();
     assert_eq!(r.status(), 403);
     // Both right: 200.
-    let r = send(client(Some(&p.client_identity)), Some("s3cret-token-1"))
+    let r = send(client(Some(&p.client_identity_pem)), Some("s3cret-token-1"))
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
