@@ -226,3 +226,24 @@ fn demo_posts_through_the_mutual_tls_webhook_and_archives_every_event() {
         "every event once, sent with the demo's client certificate and token: {out}"
     );
 }
+
+#[test]
+fn an_auditlake_variable_overrides_the_flag_and_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("auditlake.toml");
+    std::fs::write(&config, "cluster = \"from-file\"\n").unwrap();
+    // The cluster check runs before anything binds, so the error shows which value won.
+    let out = Command::new(BIN)
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .args(["--cluster", "from-flag", "--insecure-plain-http"])
+        .env("AUDITLAKE_CLUSTER", "from env!")
+        .env("AUDITLAKE_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("invalid --cluster") && stderr.contains("from env!"),
+        "{stderr}"
+    );
+}
