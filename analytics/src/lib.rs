@@ -1,2 +1,22 @@
-//! Detector engine, rule files and the RBAC state model of auditlake (built by the
-//! streaming-detectors issue; the crate exists now so the dependency direction is fixed).
+//! Detectors of auditlake: rules as SQL over Arrow batches, the built-in rule pack, stateful
+//! detectors, findings and their folding, and scenario tests.
+//!
+//! - [`RuleSet`]: rule files (YAML) with overrides by id and named lists.
+//! - [`Detector`]: the rules compiled into DataFusion physical expressions, run per batch.
+//! - [`Finding`]: the one shape every sink gets.
+//! - [`register_functions`]: the `k8s_*` and JSON SQL functions, also for backtests.
+
+mod burst;
+mod engine;
+mod error;
+mod event_columns;
+mod finding;
+mod k8s_functions;
+mod rule;
+
+pub use burst::BURST_RULE_ID;
+pub use engine::{DENIED_SQL, DONE_SQL, Detector, DetectorOptions};
+pub use error::RuleError;
+pub use finding::{Finding, Folder, MAX_EVIDENCE, ObjectRef, Outcome};
+pub use k8s_functions::{k8s_functions, register_functions};
+pub use rule::{BUILTIN_RULE_FILES, LoadedRule, Rule, RuleSet, Scope, Severity};

@@ -1,0 +1,116 @@
+//! A stateful detector: a burst of 403 answers to one principal (permission enumeration).
+
+use std::collections::{HashMap, VecDeque};
+
+use auditlake_schema::timestamp::format_rfc3339_micros;
+
+use crate::event_columns::EventColumns;
+use crate::finding::{Finding, ObjectRef, Outcome};
+use crate::rule::Severity;
+
+/// Rule id of the 403 burst detector.
+pub const BURST_RULE_ID: &str = "K8S-RECON-002";
+
+/// Most principals tracked at once; beyond, the least recently denied are forgotten.
+const MAX_PRINCIPALS: usize = 100_000;
+
+struct Recent {
+    denials: VecDeque<(i64, String)>,
+    fired_until: i64,
+}
+
+/// Counts 403 answers per principal in a sliding window of event time.
+pub struct ForbiddenBurst {
+    threshold: usize,
+    window_micros: i64,
+    principals: HashMap<String, Recent>,
+}
+
+impl ForbiddenBurst {
+    /// Fires when one principal gets `threshold` 403s within `window_seconds`.
+    pub fn new(threshold: usize, window_seconds: u64) -> Self {
+        Self {
+            threshold: threshold.max(1),
+            window_micros: (window_seconds.max(1) as i64).saturating_mul(1_000_000),
+            principals: HashMap::new(),
+        }
+    }
+
+    /// Feeds a batch; returns a finding per principal whose denials reached the threshold
+    /// (at most one per principal per window).
+    pub fn observe(&mut self, cols: &EventColumns<'_>, rows: usize) -> Vec<Finding> {
+        let mut out = Vec::new();
+        for row in 0..rows {
+            if cols.stage(row) != Some("ResponseComplete") || cols.code(row) != Some(403) {
+                continue;
+            }
+            let Some(principal) = cols.principal(row) else {
+                continue;
+            };
+            let at = cols.stage_at(row);
+            let recent = self
+                .principals
+                .entry(principal.clone())
+                .or_insert_with(|| Recent {
+                    denials: VecDeque::new(),
+                    fired_until: i64::MIN,
+                });
+            recent.denials.push_back((at, cols.audit_id(row)));
+            while recent
+                .denials
+                .front()
+                .is_some_and(|(t, _)| *t <= at - self.window_micros)
+            {
+                recent.denials.pop_front();
+            }
+            while recent.denials.len() > self.threshold {
+                recent.denials.pop_front();
+            }
+            if recent.denials.len() >= self.threshold && at >= recent.fired_until {
+                recent.fired_until = at + self.window_micros;
+                let first = recent.denials.front().map_or(at, |d| d.0);
+                out.push(Finding {
+                    rule_id: BURST_RULE_ID.into(),
+                    severity: Severity::Medium,
+                    title: "Burst of denied requests from one principal (permission enumeration)"
+                        .into(),
+                    outcome: Outcome::Observed,
+                    cluster: cols.cluster(row),
+                    time: format_rfc3339_micros(first),
+                    last_time: format_rfc3339_micros(at),
+                    principal: Some(principal),
+                    impersonated: cols.impersonated(row),
+                    source_ip: cols.source_ip(row),
+                    verb: None,
+                    object: ObjectRef::default(),
+                    details: Some(format!(
+                        "{} requests answered 403 within {} s",
+                        recent.denials.len(),
+                        self.window_micros / 1_000_000
+                    )),
+                    response_code: Some(403),
+                    evidence: recent.denials.iter().map(|d| d.1.clone()).collect(),
+                    count: recent.denials.len() as u64,
+                    mitre: vec!["T1069".into(), "T1087".into()],
+                    remediation: "Find out what the principal was trying to reach (the evidence \
+                        requests); a workload probing its permissions after a compromise looks \
+                        like this. Rotate its credentials if the access pattern is not expected."
+                        .into(),
+                    time_micros: first,
+                });
+            }
+        }
+        if self.principals.len() > MAX_PRINCIPALS {
+            let newest = self
+                .principals
+                .values()
+                .filter_map(|r| r.denials.back().map(|d| d.0))
+                .max()
+                .unwrap_or(0);
+            let horizon = newest - self.window_micros;
+            self.principals
+                .retain(|_, r| r.denials.back().is_some_and(|d| d.0 > horizon));
+        }
+        out
+    }
+}

@@ -1,0 +1,426 @@
+//! The detector engine: rule conditions compiled once into DataFusion physical expressions
+//! and evaluated vectorised on every events batch, plus the stateful detectors, with repeats
+//! folded.
+
+use std::sync::Arc;
+
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
+use arrow::compute::{and, filter_record_batch, or, take_record_batch};
+use arrow::datatypes::DataType;
+use auditlake_schema::events_schema;
+use auditlake_schema::timestamp::format_rfc3339_micros;
+use datafusion::common::DFSchema;
+use datafusion::common::tree_node::TreeNode;
+use datafusion::logical_expr::utils::{conjunction, split_conjunction};
+use datafusion::logical_expr::{Expr, ExprSchemable};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::prelude::SessionContext;
+
+use crate::burst::ForbiddenBurst;
+use crate::error::RuleError;
+use crate::event_columns::EventColumns;
+use crate::finding::{Finding, Folder, Outcome};
+use crate::k8s_functions::register_functions;
+use crate::rule::{LoadedRule, RuleSet, Scope};
+
+/// Columns whose values are whole JSON documents: conditions on them run only on the rows
+/// the rule's other conjuncts kept.
+const BODY_COLUMNS: &[&str] = &[
+    "request_object",
+    "response_object",
+    "annotations",
+    "user_extra",
+    "impersonated_extra",
+    "response_details",
+    "unmapped",
+];
+
+/// A completed request that was carried out: 2xx at ResponseComplete, or the 101 of an
+/// exec/attach/port-forward upgrade at ResponseStarted (the session's ResponseComplete comes
+/// when it ends, maybe hours later).
+pub const DONE_SQL: &str = "(stage = 'ResponseComplete' AND response_code BETWEEN 200 AND 299) \
+     OR (stage = 'ResponseStarted' AND response_code = 101)";
+/// A completed request that was refused.
+pub const DENIED_SQL: &str = "stage = 'ResponseComplete' AND response_code IN (401, 403)";
+
+/// Settings of the engine.
+#[derive(Debug, Clone)]
+pub struct DetectorOptions {
+    /// Findings with the same rule, outcome, principal and object within this many seconds
+    /// of event time are folded into one with a count (0 = never fold).
+    pub fold_window_seconds: u64,
+    /// 403 responses from one principal within `burst_window_seconds` that make a burst
+    /// (0 disables the detector).
+    pub burst_threshold: usize,
+    /// Window of the 403 burst detector.
+    pub burst_window_seconds: u64,
+}
+
+impl Default for DetectorOptions {
+    fn default() -> Self {
+        Self {
+            fold_window_seconds: 300,
+            burst_threshold: 20,
+            burst_window_seconds: 60,
+        }
+    }
+}
+
+/// One rule, compiled.
+pub struct CompiledRule {
+    /// The rule as loaded.
+    pub loaded: LoadedRule,
+    /// Conjuncts without functions or body columns: evaluated on the whole batch.
+    prefilter: Option<Arc<dyn PhysicalExpr>>,
+    /// The other conjuncts: evaluated only on rows the prefilter kept.
+    rest: Option<Arc<dyn PhysicalExpr>>,
+    details: Option<Arc<dyn PhysicalExpr>>,
+}
+
+/// A rule match before it becomes a finding.
+struct Hit {
+    rule: usize,
+    row: usize,
+    outcome: Outcome,
+    details: Option<String>,
+}
+
+/// The compiled rule pack and the stateful detectors, fed batch by batch.
+pub struct Detector {
+    rules: Vec<CompiledRule>,
+    done: Arc<dyn PhysicalExpr>,
+    denied: Arc<dyn PhysicalExpr>,
+    folder: Folder,
+    burst: Option<ForbiddenBurst>,
+    newest_micros: i64,
+}
+
+fn rule_err(loaded: &LoadedRule, message: impl Into<String>) -> RuleError {
+    RuleError::Rule {
+        rule: loaded.rule.id.clone(),
+        origin: loaded.origin.clone(),
+        message: message.into(),
+    }
+}
+
+fn eval_err(rule: &str, e: impl std::fmt::Display) -> RuleError {
+    RuleError::Evaluate {
+        rule: rule.to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn is_cheap(e: &Expr) -> bool {
+    let expensive = e.exists(|n| {
+        Ok(match n {
+            Expr::ScalarFunction(_) => true,
+            Expr::Column(c) => BODY_COLUMNS.contains(&c.name.as_str()),
+            _ => false,
+        })
+    });
+    !expensive.unwrap_or(true)
+}
+
+/// A DataFusion context with the JSON and `k8s_*` functions, and the events schema.
+fn context() -> Result<(SessionContext, DFSchema), String> {
+    let mut ctx = SessionContext::new();
+    register_functions(&mut ctx).map_err(|e| e.to_string())?;
+    let schema = DFSchema::try_from(events_schema().as_ref().clone()).map_err(|e| e.to_string())?;
+    Ok((ctx, schema))
+}
+
+fn compile_expr(
+    ctx: &SessionContext,
+    schema: &DFSchema,
+    expr: Expr,
+) -> Result<Arc<dyn PhysicalExpr>, String> {
+    ctx.create_physical_expr(expr, schema)
+        .map_err(|e| e.to_string())
+}
+
+/// Parses `sql` against the events schema and checks it is boolean.
+fn parse_condition(ctx: &SessionContext, schema: &DFSchema, sql: &str) -> Result<Expr, String> {
+    let expr = ctx.parse_sql_expr(sql, schema).map_err(|e| e.to_string())?;
+    let ty = expr.get_type(schema).map_err(|e| e.to_string())?;
+    if ty != DataType::Boolean && ty != DataType::Null {
+        return Err(format!("the condition is {ty}, not a boolean expression"));
+    }
+    Ok(expr)
+}
+
+impl Detector {
+    /// Compiles every enabled rule of `set`. A rule that does not compile is an error naming
+    /// the rule, its file, and DataFusion's message (with the position, for syntax errors).
+    pub fn compile(set: &RuleSet, options: &DetectorOptions) -> Result<Self, RuleError> {
+        let internal = |message: String| RuleError::Evaluate {
+            rule: "(engine)".into(),
+            message,
+        };
+        let (ctx, schema) = context().map_err(internal)?;
+        let mut rules = Vec::new();
+        for loaded in set.enabled() {
+            rules.push(Self::compile_rule(&ctx, &schema, set, loaded)?);
+        }
+        let outcome = |sql: &str| {
+            parse_condition(&ctx, &schema, sql)
+                .and_then(|e| compile_expr(&ctx, &schema, e))
+                .map_err(internal)
+        };
+        Ok(Self {
+            rules,
+            done: outcome(DONE_SQL)?,
+            denied: outcome(DENIED_SQL)?,
+            folder: Folder::new(options.fold_window_seconds),
+            burst: (options.burst_threshold > 0).then(|| {
+                ForbiddenBurst::new(options.burst_threshold, options.burst_window_seconds)
+            }),
+            newest_micros: i64::MIN,
+        })
+    }
+
+    fn compile_rule(
+        ctx: &SessionContext,
+        schema: &DFSchema,
+        set: &RuleSet,
+        loaded: &LoadedRule,
+    ) -> Result<CompiledRule, RuleError> {
+        let condition = set
+            .expand_lists(&loaded.rule.condition)
+            .map_err(|m| rule_err(loaded, format!("condition: {m}")))?;
+        let expr = parse_condition(ctx, schema, &condition)
+            .map_err(|m| rule_err(loaded, format!("condition: {m}")))?;
+        let (cheap, costly): (Vec<&Expr>, Vec<&Expr>) = split_conjunction(&expr)
+            .into_iter()
+            .partition(|e| is_cheap(e));
+        let compile_part = |parts: Vec<&Expr>| {
+            conjunction(parts.into_iter().cloned())
+                .map(|e| compile_expr(ctx, schema, e))
+                .transpose()
+                .map_err(|m| rule_err(loaded, format!("condition: {m}")))
+        };
+        let details = match &loaded.rule.details {
+            None => None,
+            Some(sql) => {
+                let sql = set
+                    .expand_lists(sql)
+                    .map_err(|m| rule_err(loaded, format!("details: {m}")))?;
+                let e = ctx
+                    .parse_sql_expr(&sql, schema)
+                    .and_then(|e| e.cast_to(&DataType::Utf8, schema))
+                    .map_err(|e| rule_err(loaded, format!("details: {e}")))?;
+                Some(
+                    compile_expr(ctx, schema, e)
+                        .map_err(|m| rule_err(loaded, format!("details: {m}")))?,
+                )
+            }
+        };
+        Ok(CompiledRule {
+            loaded: loaded.clone(),
+            prefilter: compile_part(cheap)?,
+            rest: compile_part(costly)?,
+            details,
+        })
+    }
+
+    /// The compiled rules.
+    pub fn rules(&self) -> impl Iterator<Item = &LoadedRule> {
+        self.rules.iter().map(|r| &r.loaded)
+    }
+
+    /// Runs every rule and stateful detector over `batch` (events schema) and returns the
+    /// findings to emit now (repeats folded).
+    pub fn evaluate(&mut self, batch: &RecordBatch) -> Result<Vec<Finding>, RuleError> {
+        if batch.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        let cols = EventColumns::new(batch).map_err(|m| eval_err("(engine)", m))?;
+        let hits = self.match_rules(batch)?;
+        let mut out = Vec::new();
+        for hit in hits {
+            let f = self.finding(&cols, &hit);
+            out.extend(self.folder.push(f));
+        }
+        if let Some(burst) = &mut self.burst {
+            out.extend(burst.observe(&cols, batch.num_rows()));
+        }
+        let newest = (0..batch.num_rows())
+            .map(|r| cols.stage_at(r))
+            .max()
+            .unwrap_or(i64::MIN);
+        self.newest_micros = self.newest_micros.max(newest);
+        out.extend(self.folder.expire(self.newest_micros));
+        Ok(out)
+    }
+
+    /// Closes every folding window: the summaries of folded repeats.
+    pub fn flush(&mut self) -> Vec<Finding> {
+        self.folder.flush()
+    }
+
+    fn mask(
+        &self,
+        rule: &str,
+        e: &Arc<dyn PhysicalExpr>,
+        batch: &RecordBatch,
+    ) -> Result<BooleanArray, RuleError> {
+        let value = e.evaluate(batch).map_err(|x| eval_err(rule, x))?;
+        let array = value
+            .into_array(batch.num_rows())
+            .map_err(|x| eval_err(rule, x))?;
+        array
+            .as_boolean_opt()
+            .cloned()
+            .ok_or_else(|| eval_err(rule, "the condition did not give booleans"))
+    }
+
+    fn match_rules(&self, batch: &RecordBatch) -> Result<Vec<Hit>, RuleError> {
+        let done = self.mask("(done)", &self.done, batch)?;
+        let denied = self.mask("(denied)", &self.denied, batch)?;
+        let completed = or(&done, &denied).map_err(|e| eval_err("(engine)", e))?;
+        let mut hits = Vec::new();
+        for (index, rule) in self.rules.iter().enumerate() {
+            let id = &rule.loaded.rule.id;
+            let mut mask = match rule.loaded.rule.scope {
+                Scope::Outcome => completed.clone(),
+                Scope::Any => BooleanArray::from(vec![true; batch.num_rows()]),
+            };
+            if let Some(p) = &rule.prefilter {
+                mask = and(&mask, &self.mask(id, p, batch)?).map_err(|e| eval_err(id, e))?;
+            }
+            if mask.true_count() == 0 {
+                continue;
+            }
+            let mut rows: Vec<u32> = (0..batch.num_rows() as u32)
+                .filter(|&r| mask.is_valid(r as usize) && mask.value(r as usize))
+                .collect();
+            if let Some(rest) = &rule.rest {
+                let kept = filter_record_batch(batch, &mask).map_err(|e| eval_err(id, e))?;
+                let m = self.mask(id, rest, &kept)?;
+                rows = rows
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| m.is_valid(*i) && m.value(*i))
+                    .map(|(_, r)| r)
+                    .collect();
+            }
+            if rows.is_empty() {
+                continue;
+            }
+            let details = match &rule.details {
+                Some(d) => {
+                    let selected = take_record_batch(batch, &UInt32Array::from(rows.clone()))
+                        .map_err(|e| eval_err(id, e))?;
+                    let v = d
+                        .evaluate(&selected)
+                        .and_then(|v| v.into_array(selected.num_rows()))
+                        .map_err(|e| eval_err(id, e))?;
+                    let texts = v
+                        .as_string_opt::<i32>()
+                        .ok_or_else(|| eval_err(id, "details did not give text"))?;
+                    texts.iter().map(|t| t.map(str::to_string)).collect()
+                }
+                None => vec![None; rows.len()],
+            };
+            for (row, details) in rows.into_iter().zip(details) {
+                let row = row as usize;
+                let outcome = match rule.loaded.rule.scope {
+                    Scope::Any => Outcome::Observed,
+                    Scope::Outcome if done.is_valid(row) && done.value(row) => Outcome::Done,
+                    Scope::Outcome => Outcome::Denied,
+                };
+                hits.push(Hit {
+                    rule: index,
+                    row,
+                    outcome,
+                    details,
+                });
+            }
+        }
+        Ok(hits)
+    }
+
+    fn finding(&self, cols: &EventColumns<'_>, hit: &Hit) -> Finding {
+        let rule = &self.rules[hit.rule].loaded.rule;
+        let severity = match hit.outcome {
+            Outcome::Denied => rule.denied_severity.unwrap_or(rule.severity.lowered(2)),
+            _ => rule.severity,
+        };
+        let micros = cols.stage_at(hit.row);
+        let time = format_rfc3339_micros(micros);
+        Finding {
+            rule_id: rule.id.clone(),
+            severity,
+            title: rule.title.clone(),
+            outcome: hit.outcome,
+            cluster: cols.cluster(hit.row),
+            last_time: time.clone(),
+            time,
+            principal: cols.principal(hit.row),
+            impersonated: cols.impersonated(hit.row),
+            source_ip: cols.source_ip(hit.row),
+            verb: cols.verb(hit.row),
+            object: cols.object(hit.row),
+            details: hit.details.clone(),
+            response_code: cols.code(hit.row),
+            evidence: vec![cols.audit_id(hit.row)],
+            count: 1,
+            mitre: rule.mitre.clone(),
+            remediation: rule.remediation.clone(),
+            time_micros: micros,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_builtin_pack_compiles_and_a_bad_condition_names_rule_file_and_position() {
+        let set = RuleSet::builtin().unwrap();
+        let d = Detector::compile(&set, &DetectorOptions::default()).unwrap();
+        assert!(d.rules().count() >= 20);
+
+        let mut bad = set.clone();
+        bad.add_text(
+            "rules:\n  - id: MY-1\n    title: t\n    severity: low\n    condition: verb = 'get' AND AND resource = 'x'\n",
+            "mine.yaml",
+        )
+        .unwrap();
+        let err = Detector::compile(&bad, &DetectorOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.starts_with("rule MY-1 (mine.yaml): condition:"),
+            "{err}"
+        );
+        assert!(err.contains("Line: 1, Column: 22"), "the position: {err}");
+
+        let mut typo = set.clone();
+        typo.add_text(
+            "rules:\n  - id: MY-2\n    title: t\n    severity: low\n    condition: verbb = 'get'\n",
+            "mine.yaml",
+        )
+        .unwrap();
+        let err = Detector::compile(&typo, &DetectorOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("MY-2") && err.contains("verbb"), "{err}");
+
+        let mut not_bool = set;
+        not_bool
+            .add_text(
+                "rules:\n  - id: MY-3\n    title: t\n    severity: low\n    condition: verb\n",
+                "mine.yaml",
+            )
+            .unwrap();
+        let err = Detector::compile(&not_bool, &DetectorOptions::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("not a boolean expression"), "{err}");
+    }
+}

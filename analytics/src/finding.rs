@@ -1,0 +1,252 @@
+//! Findings: the one JSON shape every sink gets, and the folding of repeats.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::rule::Severity;
+
+/// The Kubernetes object a finding is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObjectRef {
+    /// API group (`""` for core).
+    pub api_group: Option<String>,
+    /// Resource (`clusterrolebindings`).
+    pub resource: Option<String>,
+    /// Subresource (`exec`).
+    pub subresource: Option<String>,
+    /// Namespace, `None` when cluster-scoped.
+    pub namespace: Option<String>,
+    /// Object name.
+    pub name: Option<String>,
+}
+
+impl ObjectRef {
+    /// `resource[/subresource] [namespace/]name`, for folding keys and one-line output.
+    pub fn display(&self) -> String {
+        let mut s = self.resource.clone().unwrap_or_default();
+        if let Some(sub) = &self.subresource {
+            s.push('/');
+            s.push_str(sub);
+        }
+        s.push(' ');
+        if let Some(ns) = &self.namespace {
+            s.push_str(ns);
+            s.push('/');
+        }
+        s.push_str(self.name.as_deref().unwrap_or("*"));
+        s
+    }
+}
+
+/// Whether the matched request was carried out or refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// 2xx (or 101 for an exec/attach upgrade): it happened.
+    Done,
+    /// 401/403: it was attempted and refused.
+    Denied,
+    /// The rule judged the event itself (scope `any`, or a stateful detector).
+    Observed,
+}
+
+/// One detection, with the evidence to act on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Rule that fired.
+    pub rule_id: String,
+    /// Severity (lowered for a denied attempt).
+    pub severity: Severity,
+    /// The rule's title.
+    pub title: String,
+    /// Done, denied or observed.
+    pub outcome: Outcome,
+    /// Cluster of the events.
+    pub cluster: String,
+    /// Stage time of the first evidence event (RFC 3339, UTC).
+    pub time: String,
+    /// Stage time of the last folded evidence event.
+    pub last_time: String,
+    /// Who did it (`user.username`).
+    pub principal: Option<String>,
+    /// Who they acted as, when impersonating.
+    pub impersonated: Option<String>,
+    /// The last `sourceIPs` entry (the only one the apiserver vouches for).
+    pub source_ip: Option<String>,
+    /// The request's verb.
+    pub verb: Option<String>,
+    /// The object acted on.
+    pub object: ObjectRef,
+    /// The rule's `details` expression, e.g. the role and subjects of a binding.
+    pub details: Option<String>,
+    /// Response code of the first evidence event.
+    pub response_code: Option<i32>,
+    /// `auditID`s of the evidence (at most [`MAX_EVIDENCE`]).
+    pub evidence: Vec<String>,
+    /// Matching requests folded into this finding.
+    pub count: u64,
+    /// MITRE ATT&CK technique ids.
+    pub mitre: Vec<String>,
+    /// What to do.
+    pub remediation: String,
+    /// Event time of the first evidence in microseconds (for ordering and windows).
+    #[serde(skip)]
+    pub time_micros: i64,
+}
+
+/// Most evidence ids kept on one folded finding.
+pub const MAX_EVIDENCE: usize = 50;
+
+/// What repeats fold on: same rule, outcome, principal and object.
+type FoldKey = (String, Outcome, Option<String>, String);
+
+struct Open {
+    finding: Finding,
+    window_end: i64,
+}
+
+/// Folds findings with the same rule, outcome, principal and object within a window of
+/// event time: the first is emitted at once (an alert must not wait), repeats are counted,
+/// and when the window closes a summary with the count is emitted if there were repeats.
+pub struct Folder {
+    window_micros: i64,
+    open: HashMap<FoldKey, Open>,
+}
+
+impl Folder {
+    /// A folder with a window of `window_seconds` (0 = never fold).
+    pub fn new(window_seconds: u64) -> Self {
+        Self {
+            window_micros: (window_seconds as i64).saturating_mul(1_000_000),
+            open: HashMap::new(),
+        }
+    }
+
+    /// Takes a new finding; returns what to emit now: nothing if it was folded, else the
+    /// finding itself, preceded by the summary of the expired window it replaces if that one
+    /// folded repeats. The same evidence event seen twice (several stages) is counted once.
+    pub fn push(&mut self, f: Finding) -> Vec<Finding> {
+        if self.window_micros == 0 {
+            return vec![f];
+        }
+        let key = (
+            f.rule_id.clone(),
+            f.outcome,
+            f.principal.clone(),
+            f.object.display(),
+        );
+        if let Some(open) = self.open.get_mut(&key)
+            && f.time_micros < open.window_end
+        {
+            let acc = &mut open.finding;
+            let new_ids: Vec<&String> = f
+                .evidence
+                .iter()
+                .filter(|id| !acc.evidence.contains(id))
+                .collect();
+            if new_ids.is_empty() {
+                return Vec::new();
+            }
+            acc.count += f.count;
+            for id in new_ids {
+                if acc.evidence.len() < MAX_EVIDENCE {
+                    acc.evidence.push(id.clone());
+                }
+            }
+            if f.time > acc.last_time {
+                acc.last_time = f.time.clone();
+            }
+            return Vec::new();
+        }
+        let window_end = f.time_micros.saturating_add(self.window_micros);
+        let mut out = Vec::new();
+        if let Some(closed) = self.open.insert(
+            key,
+            Open {
+                finding: f.clone(),
+                window_end,
+            },
+        ) && closed.finding.count > 1
+        {
+            out.push(closed.finding);
+        }
+        out.push(f);
+        out
+    }
+
+    /// Closes windows that ended before `now_micros` (event time); returns summaries of
+    /// the ones that folded repeats.
+    pub fn expire(&mut self, now_micros: i64) -> Vec<Finding> {
+        let mut out = Vec::new();
+        self.open.retain(|_, o| {
+            if o.window_end <= now_micros {
+                if o.finding.count > 1 {
+                    out.push(o.finding.clone());
+                }
+                false
+            } else {
+                true
+            }
+        });
+        out.sort_by_key(|f| f.time_micros);
+        out
+    }
+
+    /// Closes every window (end of input or shutdown).
+    pub fn flush(&mut self) -> Vec<Finding> {
+        self.expire(i64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn finding(id: &str, secs: i64) -> Finding {
+        Finding {
+            rule_id: "R".into(),
+            severity: Severity::High,
+            title: "t".into(),
+            outcome: Outcome::Done,
+            cluster: "c".into(),
+            time: format!("t{secs:04}"),
+            last_time: format!("t{secs:04}"),
+            principal: Some("mallory".into()),
+            impersonated: None,
+            source_ip: None,
+            verb: Some("get".into()),
+            object: ObjectRef::default(),
+            details: None,
+            response_code: Some(200),
+            evidence: vec![id.into()],
+            count: 1,
+            mitre: vec![],
+            remediation: String::new(),
+            time_micros: secs * 1_000_000,
+        }
+    }
+
+    #[test]
+    fn repeats_fold_into_one_summary_per_window_and_a_stage_twice_counts_once() {
+        let mut f = Folder::new(60);
+        assert_eq!(f.push(finding("a", 0)).len(), 1, "the first alerts at once");
+        assert!(
+            f.push(finding("a", 1)).is_empty(),
+            "same event, another stage"
+        );
+        assert!(f.push(finding("b", 10)).is_empty());
+        assert!(f.push(finding("c", 59)).is_empty());
+        // 61 s: the window closed; its summary comes before the new window's first finding.
+        let out = f.push(finding("d", 61));
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].count, out[0].evidence.len()), (3, 3));
+        assert_eq!(out[0].last_time, "t0059");
+        assert_eq!(out[1].evidence, ["d"]);
+        assert!(
+            f.flush().is_empty(),
+            "a window without repeats needs no summary"
+        );
+    }
+}
