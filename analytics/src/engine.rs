@@ -11,8 +11,10 @@ use auditlake_schema::events_schema;
 use auditlake_schema::timestamp::format_rfc3339_micros;
 use datafusion::common::DFSchema;
 use datafusion::common::tree_node::TreeNode;
+use datafusion::logical_expr::simplify::SimplifyContext;
 use datafusion::logical_expr::utils::{conjunction, split_conjunction};
 use datafusion::logical_expr::{Expr, ExprSchemable};
+use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 
@@ -129,11 +131,24 @@ fn context() -> Result<(SessionContext, DFSchema), String> {
     Ok((ctx, schema))
 }
 
+/// Simplifies (some functions, such as `coalesce`, exist only as a rewrite into `CASE`),
+/// type-coerces and plans `expr` into a physical expression.
 fn compile_expr(
     ctx: &SessionContext,
     schema: &DFSchema,
     expr: Expr,
 ) -> Result<Arc<dyn PhysicalExpr>, String> {
+    let state = ctx.state();
+    let simplifier = ExprSimplifier::new(
+        SimplifyContext::builder()
+            .with_schema(Arc::new(schema.clone()))
+            .with_config_options(Arc::clone(state.config_options()))
+            .build(),
+    );
+    let expr = simplifier
+        .coerce(expr, schema)
+        .and_then(|e| simplifier.simplify(e))
+        .map_err(|e| e.to_string())?;
     ctx.create_physical_expr(expr, schema)
         .map_err(|e| e.to_string())
 }

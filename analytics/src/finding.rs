@@ -40,7 +40,7 @@ impl ObjectRef {
 }
 
 /// Whether the matched request was carried out or refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// 2xx (or 101 for an exec/attach upgrade): it happened.

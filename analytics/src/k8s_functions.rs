@@ -10,6 +10,9 @@
 //! - `k8s_subjects(obj)`: a binding's subjects as `User:alice`, `Group:system:anonymous`,
 //!   `ServiceAccount:ns/name`.
 //! - `k8s_rbac_summary(obj)`: one line naming a binding's role and subjects, or a role's rules.
+//! - `k8s_result(request_object, response_object)`: the object a request resulted in: the
+//!   response body, unless it is absent or a `Status` (a refusal, or a delete's answer), then
+//!   the request body. For `patch` the request is only the patch, so the response decides.
 
 use std::sync::Arc;
 
@@ -58,6 +61,7 @@ enum Kind {
     RbacRisks,
     Subjects,
     RbacSummary,
+    Result,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -80,11 +84,14 @@ impl ScalarUDFImpl for K8sFunction {
     }
     fn return_type(&self, _args: &[DataType]) -> DfResult<DataType> {
         Ok(match self.kind {
-            Kind::RbacSummary => DataType::Utf8,
+            Kind::RbacSummary | Kind::Result => DataType::Utf8,
             _ => list_type(),
         })
     }
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+        if self.kind == Kind::Result {
+            return resulting_object(&args);
+        }
         let [arg] = &args.args[..] else {
             return exec_err!("{} takes one argument (a JSON object)", self.name);
         };
@@ -128,24 +135,62 @@ impl ScalarUDFImpl for K8sFunction {
     }
 }
 
+fn texts(v: &ColumnarValue, rows: usize) -> DfResult<StringArray> {
+    let array = arrow::compute::cast(&v.to_array(rows)?, &DataType::Utf8)?;
+    match array.as_any().downcast_ref::<StringArray>() {
+        Some(a) => Ok(a.clone()),
+        None => exec_err!("expected text"),
+    }
+}
+
+/// True when `json` is an object whose `kind` is `Status`.
+fn is_status(json: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Kind<'a> {
+        #[serde(borrow)]
+        kind: Option<std::borrow::Cow<'a, str>>,
+    }
+    serde_json::from_str::<Kind<'_>>(json).is_ok_and(|k| k.kind.as_deref() == Some("Status"))
+}
+
+fn resulting_object(args: &ScalarFunctionArgs) -> DfResult<ColumnarValue> {
+    let [request, response] = &args.args[..] else {
+        return exec_err!("k8s_result takes two arguments: request_object, response_object");
+    };
+    let (request, response) = (
+        texts(request, args.number_rows)?,
+        texts(response, args.number_rows)?,
+    );
+    let mut b = StringBuilder::with_capacity(request.len(), 0);
+    for (req, resp) in request.iter().zip(response.iter()) {
+        b.append_option(match resp {
+            Some(r) if !is_status(r) => Some(r),
+            _ => req,
+        });
+    }
+    Ok(ColumnarValue::Array(Arc::new(b.finish())))
+}
+
 fn parse(text: Option<&str>) -> Option<Value> {
     serde_json::from_str(text?).ok()
 }
 
-/// The four functions as DataFusion UDFs.
+/// The `k8s_*` functions as DataFusion UDFs.
 pub fn k8s_functions() -> Vec<ScalarUDF> {
     [
         ("k8s_pod_risks", Kind::PodRisks),
         ("k8s_rbac_risks", Kind::RbacRisks),
         ("k8s_subjects", Kind::Subjects),
         ("k8s_rbac_summary", Kind::RbacSummary),
+        ("k8s_result", Kind::Result),
     ]
     .into_iter()
     .map(|(name, kind)| {
+        let arity = if kind == Kind::Result { 2 } else { 1 };
         ScalarUDF::new_from_impl(K8sFunction {
             name,
             kind,
-            signature: Signature::string(1, Volatility::Immutable),
+            signature: Signature::string(arity, Volatility::Immutable),
         })
     })
     .collect()

@@ -13,6 +13,7 @@ mod event_columns;
 mod finding;
 mod k8s_functions;
 mod rule;
+mod scenario;
 
 pub use burst::BURST_RULE_ID;
 pub use engine::{DENIED_SQL, DONE_SQL, Detector, DetectorOptions};
@@ -20,3 +21,6 @@ pub use error::RuleError;
 pub use finding::{Finding, Folder, MAX_EVIDENCE, ObjectRef, Outcome};
 pub use k8s_functions::{k8s_functions, register_functions};
 pub use rule::{BUILTIN_RULE_FILES, LoadedRule, Rule, RuleSet, Scope, Severity};
+pub use scenario::{
+    Expect, Label, Report, Scenario, ScenarioResult, complete_event, run_scenarios,
+};
