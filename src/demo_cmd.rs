@@ -68,11 +68,14 @@ pub async fn run(archive: Archive, archive_arg: &str, args: DemoArgs) -> Result<
         flush_interval_seconds: 1,
         ..ServeConfig::default()
     };
+    let findings_file = scratch.0.join("findings.ndjson");
+    let observer = crate::detect::detection(&[], &[findings_file.display().to_string()], 300)?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (bound_tx, bound_rx) = oneshot::channel();
     let server = tokio::spawn(auditlake_ingest::serve(
         archive.clone(),
         config,
+        observer,
         async {
             let _ = stop_rx.await;
         },
@@ -114,6 +117,7 @@ pub async fn run(archive: Archive, archive_arg: &str, args: DemoArgs) -> Result<
         "server stopped: {} events committed to Parquet in {} commit(s)",
         summary.events_committed, summary.commits
     );
+    show_findings(&findings_file)?;
     drop(scratch);
 
     show_archive(&archive).await?;
@@ -206,6 +210,39 @@ fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e3
+}
+
+/// Prints how many findings each rule produced, and the first one in full.
+fn show_findings(path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading findings from {}", path.display()))?;
+    let findings: Vec<serde_json::Value> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .context("reading findings")?;
+    let mut per_rule: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for f in &findings {
+        let key = (
+            f["rule_id"].as_str().unwrap_or("?").to_string(),
+            f["title"].as_str().unwrap_or("").to_string(),
+        );
+        *per_rule.entry(key).or_default() += 1;
+    }
+    println!(
+        "\nThe built-in detectors raised {} finding(s) (repeats folded within 5 minutes):",
+        findings.len()
+    );
+    for ((id, title), n) in &per_rule {
+        println!("  {n:>5}  {id:<14} {title}");
+    }
+    if let Some(first) = findings.first() {
+        println!(
+            "\nThe first one, as sinks receive it (stdout, file or HTTP):\n{}",
+            serde_json::to_string_pretty(first).context("formatting a finding")?
+        );
+    }
+    Ok(())
 }
 
 /// Prints the archive's layout: files and bytes per partition directory, and manifest records.

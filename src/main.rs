@@ -12,6 +12,8 @@ use auditlake_queries::{ArchiveSession, OutputFormat, write_batches};
 use clap::{Args, Parser, Subcommand};
 
 mod demo_cmd;
+mod detect;
+mod rules_cmd;
 mod serve_cmd;
 
 /// Kubernetes audit events into a tamper-evident Parquet archive you can query with SQL.
@@ -65,6 +67,8 @@ enum Command {
     Demo(demo_cmd::DemoArgs),
     /// Write deterministic, realistic generated audit events as NDJSON (for tests and benchmarks).
     Generate(GenerateArgs),
+    /// The detection rules: list them, run the labelled scenarios, backtest one over the archive.
+    Rules(rules_cmd::RulesArgs),
 }
 
 #[derive(Args, Debug)]
@@ -107,6 +111,29 @@ struct IngestArgs {
     /// Cut a Parquet file once its encoded size reaches this many bytes (bounds memory).
     #[arg(long, env = "AUDITLAKE_MAX_FILE_BYTES", default_value_t = 64 << 20)]
     max_file_bytes: usize,
+
+    /// Rule files or directories (YAML) added to the built-in pack; same id replaces.
+    #[arg(long, env = "AUDITLAKE_RULES", value_delimiter = ',')]
+    rules: Vec<PathBuf>,
+
+    /// Where findings go: stdout, a file path, an http(s):// URL (repeatable); `none` turns
+    /// detection off.
+    #[arg(
+        long,
+        env = "AUDITLAKE_FINDINGS",
+        value_delimiter = ',',
+        default_value = "stdout"
+    )]
+    findings: Vec<String>,
+
+    /// Repeats of a finding (same rule, principal and object) within this many seconds of
+    /// event time are folded into one with a count.
+    #[arg(
+        long,
+        env = "AUDITLAKE_FINDINGS_FOLD_WINDOW_SECONDS",
+        default_value_t = 300
+    )]
+    findings_fold_window_seconds: u64,
 
     /// Inputs: files (plain or gzip), directories (every file below), or `-` for stdin.
     #[arg(required = true)]
@@ -189,6 +216,7 @@ async fn run(cli: Cli) -> Result<()> {
             demo_cmd::run(open_archive(&cli.archive)?, &cli.archive, args).await
         }
         Command::Generate(args) => run_generate(args),
+        Command::Rules(args) => rules_cmd::run(|| open_archive(&cli.archive), args).await,
     }
 }
 
@@ -219,7 +247,12 @@ async fn run_serve(archive_arg: &str, args: serve_cmd::ServeArgs) -> Result<()> 
     let config = serve_cmd::resolve(&args)?;
     check_cluster(&config.cluster)?;
     let archive = open_archive(archive_arg)?;
-    let summary = auditlake_ingest::serve(archive, config, shutdown_signal(), None)
+    let observer = detect::detection(
+        &config.rules,
+        &config.findings,
+        config.findings_fold_window_seconds,
+    )?;
+    let summary = auditlake_ingest::serve(archive, config, observer, shutdown_signal(), None)
         .await
         .context("serve")?;
     eprintln!(
@@ -227,6 +260,13 @@ async fn run_serve(archive_arg: &str, args: serve_cmd::ServeArgs) -> Result<()> 
         summary.events_committed, summary.commits, summary.replayed_records
     );
     Ok(())
+}
+
+/// Makes the `k8s_*` functions (`k8s_pod_risks`, `k8s_subjects`, ...) available to SQL.
+fn register_k8s_functions(session: &ArchiveSession) {
+    for f in auditlake_analytics::k8s_functions() {
+        session.context().register_udf(f);
+    }
 }
 
 fn open_archive(location: &str) -> Result<Archive> {
@@ -253,8 +293,13 @@ async fn run_ingest(archive: &str, args: IngestArgs) -> Result<()> {
     options.batch_rows = args.batch_rows.max(1);
     options.writer.max_file_rows = args.max_file_rows.max(1);
     options.writer.max_file_bytes = args.max_file_bytes.max(1 << 20);
+    let observer = detect::detection(
+        &args.rules,
+        &args.findings,
+        args.findings_fold_window_seconds,
+    )?;
     let started = Instant::now();
-    let summary = auditlake_ingest::ingest(&archive, inputs, options)
+    let summary = auditlake_ingest::ingest(&archive, inputs, options, observer)
         .await
         .with_context(|| format!("ingesting into {}", archive.location().url))?;
     print_summary(&summary, started.elapsed(), &archive);
@@ -279,6 +324,9 @@ fn print_summary(s: &IngestSummary, elapsed: std::time::Duration, archive: &Arch
         s.commits,
         archive.location().url
     );
+    if s.findings > 0 {
+        eprintln!("{} finding(s) emitted", s.findings);
+    }
     if s.quarantined > 0 {
         eprintln!(
             "quarantined {} malformed input(s): see _quarantine/ in the archive",
@@ -300,6 +348,7 @@ async fn run_query(archive: &str, args: QueryArgs) -> Result<()> {
     let session = ArchiveSession::open(archive.store(), &archive.location().url)
         .await
         .context("opening the archive for SQL")?;
+    register_k8s_functions(&session);
     let (schema, batches) = session.sql(&sql).await.context("query failed")?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -89,6 +89,21 @@ pub struct ServeArgs {
     /// How long shutdown waits for requests in flight [default: 25].
     #[arg(long, env = "AUDITLAKE_SHUTDOWN_TIMEOUT_SECONDS")]
     pub shutdown_timeout_seconds: Option<u64>,
+
+    /// Rule files or directories (YAML) added to the built-in pack; same id replaces
+    /// (repeat the flag, or separate with commas).
+    #[arg(long, env = "AUDITLAKE_RULES", value_delimiter = ',')]
+    pub rules: Option<Vec<PathBuf>>,
+
+    /// Where findings go: stdout, a file path, an http(s):// URL (repeatable or comma
+    /// separated); `none` turns detection off [default: stdout].
+    #[arg(long, env = "AUDITLAKE_FINDINGS", value_delimiter = ',')]
+    pub findings: Option<Vec<String>>,
+
+    /// Repeats of a finding (same rule, principal and object) within this many seconds are
+    /// folded into one with a count [default: 300].
+    #[arg(long, env = "AUDITLAKE_FINDINGS_FOLD_WINDOW_SECONDS")]
+    pub findings_fold_window_seconds: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -102,7 +117,8 @@ fn apply(config: &mut ServeConfig, args: &ServeArgs) {
     overlay!(config, args;
         listen, insecure_plain_http, cluster, cluster_from_client_cert, ops_listen, wal_dir,
         wal_max_bytes, wal_segment_bytes, max_body_bytes, flush_interval_seconds,
-        dedup_window_seconds, dedup_max_events, shutdown_timeout_seconds;
+        dedup_window_seconds, dedup_max_events, shutdown_timeout_seconds, rules, findings,
+        findings_fold_window_seconds;
         tls_cert, tls_key, client_ca, bearer_tokens_file);
 }
 

@@ -14,6 +14,7 @@ mod finding;
 mod k8s_functions;
 mod rule;
 mod scenario;
+mod sink;
 
 pub use burst::BURST_RULE_ID;
 pub use engine::{DENIED_SQL, DONE_SQL, Detector, DetectorOptions};
@@ -24,3 +25,4 @@ pub use rule::{BUILTIN_RULE_FILES, LoadedRule, Rule, RuleSet, Scope, Severity};
 pub use scenario::{
     Expect, Label, Report, Scenario, ScenarioResult, complete_event, run_scenarios,
 };
+pub use sink::{FindingSinks, SinkError, SinkStats, SinkTarget};

@@ -10,6 +10,7 @@ mod dedup;
 mod error;
 mod file_source;
 mod manifest;
+mod observer;
 mod partitioned_writer;
 mod pipeline;
 mod quarantine;
@@ -25,6 +26,7 @@ pub use file_source::{Input, InputReader};
 pub use manifest::{
     MANIFEST_DIR, MANIFEST_FORMAT, ManifestFile, ManifestQuarantine, ManifestRecord, WalMark,
 };
+pub use observer::BatchObserver;
 pub use partitioned_writer::{
     FinishedFile, PartitionedWriter, WriterOptions, cluster_name_error, partition_of,
 };

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use crate::archive::Archive;
 use crate::error::IngestError;
 use crate::file_source::Input;
+use crate::observer::BatchObserver;
 use crate::partitioned_writer::{FinishedFile, PartitionedWriter, WriterOptions};
 
 /// How an ingest run decodes, batches and writes.
@@ -72,6 +73,8 @@ pub struct IngestSummary {
     pub archive_bytes: u64,
     /// Manifest records written.
     pub commits: u64,
+    /// Findings the observer (the detectors) reported.
+    pub findings: u64,
 }
 
 enum Decoded {
@@ -91,11 +94,13 @@ pub(crate) fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
-/// Ingests `inputs` into `archive`. Returns once everything read is committed.
+/// Ingests `inputs` into `archive`, showing every batch to `observer` first. Returns once
+/// everything read is committed.
 pub async fn ingest(
     archive: &Archive,
     inputs: Vec<Input>,
     options: IngestOptions,
+    observer: Option<Box<dyn BatchObserver>>,
 ) -> Result<IngestSummary, IngestError> {
     let (decoded_tx, decoded_rx) = sync_channel::<Decoded>(4);
     let (commit_tx, mut commit_rx) = mpsc::channel::<CommitUnit>(2);
@@ -107,7 +112,7 @@ pub async fn ingest(
     let writer_opts = options.clone();
     let encoder = std::thread::Builder::new()
         .name("auditlake-encode".into())
-        .spawn(move || encode_batches(decoded_rx, &writer_opts, commit_tx))
+        .spawn(move || encode_batches(decoded_rx, &writer_opts, observer, commit_tx))
         .map_err(|e| IngestError::Pipeline(format!("spawning encoder: {e}")))?;
 
     let mut summary = IngestSummary::default();
@@ -166,9 +171,10 @@ pub async fn ingest(
         return Err(e);
     }
     decode_result?;
-    let (inputs, bytes_read) = encode_result?;
+    let (inputs, bytes_read, findings) = encode_result?;
     summary.inputs = inputs;
     summary.bytes_read = bytes_read;
+    summary.findings = findings;
     Ok(summary)
 }
 
@@ -258,14 +264,18 @@ fn decode_inputs(
     )
 }
 
+/// What the encoder thread reports: inputs, bytes read, findings.
+type EncodeStats = (u64, u64, u64);
+
 fn encode_batches(
     rx: Receiver<Decoded>,
     options: &IngestOptions,
+    mut observer: Option<Box<dyn BatchObserver>>,
     tx: mpsc::Sender<CommitUnit>,
-) -> Result<(u64, u64), IngestError> {
+) -> Result<EncodeStats, IngestError> {
     let mut writer = PartitionedWriter::new(&options.writer_id, options.writer.clone());
     let mut quarantine = Vec::new();
-    let mut stats = (0, 0);
+    let mut stats = (0, 0, 0);
     let send = |unit| {
         tx.blocking_send(unit)
             .map_err(|_| IngestError::Pipeline("committer stopped".into()))
@@ -276,6 +286,9 @@ fn encode_batches(
                 quarantine.extend(q);
                 let span = tracing::debug_span!("batch", rows = batch.num_rows());
                 let _g = span.enter();
+                if let Some(o) = &mut observer {
+                    stats.2 += o.observe(&batch);
+                }
                 let files = writer.write(&batch)?;
                 if !files.is_empty() {
                     send(CommitUnit {
@@ -284,8 +297,11 @@ fn encode_batches(
                     })?;
                 }
             }
-            Decoded::Stats { inputs, bytes_read } => stats = (inputs, bytes_read),
+            Decoded::Stats { inputs, bytes_read } => (stats.0, stats.1) = (inputs, bytes_read),
         }
+    }
+    if let Some(o) = &mut observer {
+        stats.2 += o.finish();
     }
     let files = writer.finish_all()?;
     send(CommitUnit { files, quarantine })?;

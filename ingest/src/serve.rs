@@ -29,6 +29,7 @@ use crate::archive::Archive;
 use crate::dedup::Deduplicator;
 use crate::error::IngestError;
 use crate::manifest::WalMark;
+use crate::observer::BatchObserver;
 use crate::partitioned_writer::{FinishedFile, PartitionedWriter, WriterOptions};
 use crate::serve_metrics::ServeMetrics;
 use crate::tls::TlsError;
@@ -74,6 +75,12 @@ pub struct ServeConfig {
     pub dedup_max_events: usize,
     /// How long shutdown waits for requests in flight.
     pub shutdown_timeout_seconds: u64,
+    /// Rule files or directories added to (and overriding) the built-in rule pack.
+    pub rules: Vec<PathBuf>,
+    /// Where findings go: `stdout`, a file path, an `http(s)://` URL; `none` turns detection off.
+    pub findings: Vec<String>,
+    /// Repeats of a finding (same rule, principal, object) within this window are folded.
+    pub findings_fold_window_seconds: u64,
 }
 
 impl Default for ServeConfig {
@@ -96,6 +103,9 @@ impl Default for ServeConfig {
             dedup_window_seconds: 600,
             dedup_max_events: 2_000_000,
             shutdown_timeout_seconds: 25,
+            rules: Vec::new(),
+            findings: vec!["stdout".into()],
+            findings_fold_window_seconds: 300,
         }
     }
 }
@@ -243,6 +253,7 @@ fn archive_wal(
     mut reader: WalReader,
     settings: ArchiverSettings,
     metrics: Arc<ServeMetrics>,
+    mut observer: Option<Box<dyn BatchObserver>>,
     commits: mpsc::Sender<CommitUnit>,
 ) -> Result<(), ServeError> {
     let mut decoders: HashMap<String, EventDecoder> = HashMap::new();
@@ -325,6 +336,9 @@ fn archive_wal(
                         batch
                     };
                     metrics.events_in.inc_by(kept.num_rows() as u64);
+                    if let Some(o) = &mut observer {
+                        metrics.findings.inc_by(o.observe(&kept));
+                    }
                     finished.extend(writer.write(&kept)?);
                 }
                 last_seq = r.seq;
@@ -339,6 +353,9 @@ fn archive_wal(
             }
             ReadOutcome::Idle => {}
             ReadOutcome::Closed => {
+                if let Some(o) = &mut observer {
+                    metrics.findings.inc_by(o.finish());
+                }
                 if dirty {
                     flush(&mut writer, &mut finished, &mut quarantine, last_seq)?;
                 }
@@ -400,10 +417,12 @@ async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), ServeError> {
 }
 
 /// Runs the server until `shutdown` completes, then stops accepting, drains, commits what
-/// was accepted and returns. `bound` receives the listening addresses once bound.
+/// was accepted and returns. `observer` (the detectors) sees every new batch before it is
+/// written; `bound` receives the listening addresses once bound.
 pub async fn serve(
     archive: Archive,
     config: ServeConfig,
+    observer: Option<Box<dyn BatchObserver>>,
     shutdown: impl std::future::Future<Output = ()>,
     bound: Option<oneshot::Sender<Bound>>,
 ) -> Result<ServeSummary, ServeError> {
@@ -482,7 +501,7 @@ pub async fn serve(
         let metrics = metrics.clone();
         std::thread::Builder::new()
             .name("auditlake-archiver".into())
-            .spawn(move || archive_wal(reader, settings, metrics, commit_tx))
+            .spawn(move || archive_wal(reader, settings, metrics, observer, commit_tx))
             .map_err(|e| ServeError::Pipeline(format!("spawning the archiver: {e}")))?
     };
     if to_replay == 0 {

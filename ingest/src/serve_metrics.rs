@@ -41,6 +41,8 @@ pub struct ServeMetrics {
     pub events_committed: Counter,
     /// Manifest commits.
     pub commits: Counter,
+    /// Findings the detectors emitted.
+    pub findings: Counter,
     /// Time from the first put to the manifest record being durable.
     pub commit_seconds: Histogram,
     /// Duration of one write-ahead log write + fsync.
@@ -67,6 +69,7 @@ impl ServeMetrics {
             duplicates: Counter::default(),
             events_committed: Counter::default(),
             commits: Counter::default(),
+            findings: Counter::default(),
             commit_seconds: latency(),
             wal_fsync_seconds: latency(),
             wal_group_appends: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
@@ -112,6 +115,11 @@ impl ServeMetrics {
             m.events_committed.clone(),
         );
         registry.register("commits", "Manifest commits", m.commits.clone());
+        registry.register(
+            "findings",
+            "Findings emitted by the detectors",
+            m.findings.clone(),
+        );
         registry.register(
             "commit_seconds",
             "Time from the first put of a commit to its manifest record being durable",

@@ -27,6 +27,7 @@ async fn start(archive_dir: &Path, config: ServeConfig) -> Running {
         serve(
             archive,
             config,
+            None,
             async {
                 let _ = stopped.await;
             },

@@ -21,7 +21,7 @@ fn archive_at(dir: &Path) -> Archive {
 
 async fn ingest_files(archive: &Archive, cluster: &str, files: &[&Path]) -> IngestSummary {
     let inputs = files.iter().map(|p| Input::File(p.to_path_buf())).collect();
-    auditlake_ingest::ingest(archive, inputs, IngestOptions::new(cluster))
+    auditlake_ingest::ingest(archive, inputs, IngestOptions::new(cluster), None)
         .await
         .unwrap()
 }
@@ -399,7 +399,7 @@ async fn an_over_long_line_is_cut_while_reading_and_quarantined_with_its_true_le
     let mut options = IngestOptions::new("big");
     options.decoder.max_event_bytes = 4096;
     options.decoder.max_quarantined_bytes = 100;
-    let s = auditlake_ingest::ingest(&archive, vec![Input::File(path)], options)
+    let s = auditlake_ingest::ingest(&archive, vec![Input::File(path)], options, None)
         .await
         .unwrap();
     assert_eq!((s.events, s.quarantined), (3, 1));

@@ -1,0 +1,13 @@
+//! The hook through which the detectors see every stored batch, without this crate knowing
+//! about them (dependencies point from the binary to `ingest` and `analytics`, not between).
+
+use arrow::array::RecordBatch;
+
+/// Sees every batch of events on its way into the archive (after decoding and, on the
+/// webhook path, after duplicate removal), in order, on the archiving thread.
+pub trait BatchObserver: Send {
+    /// Looks at one batch; returns how many findings it produced (for the counters).
+    fn observe(&mut self, batch: &RecordBatch) -> u64;
+    /// The input ended (or the server is stopping): emit what is pending; returns how many.
+    fn finish(&mut self) -> u64;
+}

@@ -1,0 +1,163 @@
+//! `auditlake rules`: list the rule pack, run the labelled scenarios, backtest a rule over
+//! the archive.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use auditlake_analytics::{DENIED_SQL, DONE_SQL, DetectorOptions, RuleSet, Scope, run_scenarios};
+use auditlake_ingest::Archive;
+use auditlake_queries::{ArchiveSession, OutputFormat, write_batches};
+use clap::{Args, Subcommand};
+
+/// Flags of `auditlake rules`.
+#[derive(Args, Debug)]
+pub struct RulesArgs {
+    /// Rule files or directories added to the built-in pack (same id replaces).
+    #[arg(long, global = true, env = "AUDITLAKE_RULES", value_delimiter = ',')]
+    rules: Vec<PathBuf>,
+
+    #[command(subcommand)]
+    command: RulesCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum RulesCommand {
+    /// List the rules (id, severity, title, MITRE techniques, where each comes from).
+    List,
+    /// Run every scenario file in a directory; print pass/fail and precision/recall.
+    Test {
+        /// Directory of scenario YAML files.
+        dir: PathBuf,
+    },
+    /// Run one rule's condition as SQL over the archived events.
+    Backtest {
+        /// Rule id, e.g. K8S-RBAC-001.
+        #[arg(long)]
+        rule: String,
+        /// How far back: a number with s, m, h or d (e.g. 30d).
+        #[arg(long, default_value = "30d")]
+        since: String,
+        /// Output format: table, csv, json or ndjson.
+        #[arg(long, short, default_value = "table")]
+        format: OutputFormat,
+    },
+}
+
+/// Runs `auditlake rules ...`; `archive` is only opened by `backtest`.
+pub async fn run(archive: impl FnOnce() -> Result<Archive>, args: RulesArgs) -> Result<()> {
+    let set = RuleSet::load(&args.rules).context("loading rules")?;
+    match args.command {
+        RulesCommand::List => {
+            println!(
+                "{:<14} {:<9} {:<24} {:<70} origin",
+                "id", "severity", "mitre", "title"
+            );
+            for r in set.rules.values() {
+                println!(
+                    "{:<14} {:<9} {:<24} {:<70} {}{}",
+                    r.rule.id,
+                    r.rule.severity,
+                    r.rule.mitre.join(","),
+                    r.rule.title,
+                    r.origin,
+                    if r.rule.enabled { "" } else { " (disabled)" }
+                );
+            }
+            println!(
+                "{:<14} {:<9} {:<24} {:<70} built-in (stateful)",
+                auditlake_analytics::BURST_RULE_ID,
+                "medium",
+                "T1069,T1087",
+                "Burst of denied requests from one principal (permission enumeration)"
+            );
+            Ok(())
+        }
+        RulesCommand::Test { dir } => {
+            let report = run_scenarios(&dir, &set, &DetectorOptions::default())
+                .with_context(|| format!("running scenarios in {}", dir.display()))?;
+            print!("{}", report.table());
+            if !report.passed() {
+                bail!("some scenarios failed");
+            }
+            Ok(())
+        }
+        RulesCommand::Backtest {
+            rule,
+            since,
+            format,
+        } => {
+            let Some(loaded) = set.rules.get(&rule) else {
+                bail!("no rule {rule:?}; `auditlake rules list` shows them");
+            };
+            let seconds = parse_duration(&since)?;
+            let condition = set
+                .expand_lists(&loaded.rule.condition)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("rule {rule}"))?;
+            let details = match &loaded.rule.details {
+                Some(d) => set
+                    .expand_lists(d)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("rule {rule}"))?,
+                None => "NULL".into(),
+            };
+            let (outcome, scope) = match loaded.rule.scope {
+                Scope::Outcome => (
+                    format!("CASE WHEN {DONE_SQL} THEN 'done' ELSE 'denied' END"),
+                    format!("(({DONE_SQL}) OR ({DENIED_SQL}))"),
+                ),
+                Scope::Any => ("'observed'".into(), "TRUE".into()),
+            };
+            let cutoff_micros = now_micros() - seconds * 1_000_000;
+            let cutoff = auditlake_schema::timestamp::format_rfc3339_micros(cutoff_micros);
+            let sql = format!(
+                "SELECT stage_at, cluster, {outcome} AS outcome, user_username AS principal, \
+                 verb, resource, namespace, name, ({details}) AS details, audit_id \
+                 FROM events WHERE date >= '{}' AND stage_at >= TIMESTAMP '{cutoff}' \
+                 AND {scope} AND ({condition}) ORDER BY stage_at",
+                &cutoff[..10]
+            );
+            let archive = archive()?;
+            let session = ArchiveSession::open(archive.store(), &archive.location().url)
+                .await
+                .context("opening the archive for SQL")?;
+            crate::register_k8s_functions(&session);
+            let (schema, batches) = session
+                .sql(&sql)
+                .await
+                .with_context(|| format!("backtest of {rule}"))?;
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            write_batches(format, &schema, &batches, &mut std::io::stdout())
+                .context("writing results")?;
+            eprintln!(
+                "{rule} ({}): {rows} matching event(s) since {cutoff}",
+                loaded.rule.title
+            );
+            Ok(())
+        }
+    }
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// `30d`, `12h`, `15m`, `90s` in seconds.
+fn parse_duration(s: &str) -> Result<i64> {
+    let s = s.trim();
+    let (number, unit) = s.split_at(s.len().saturating_sub(1));
+    let n: i64 = number
+        .parse()
+        .with_context(|| format!("--since {s:?}: expected a number and s, m, h or d, e.g. 30d"))?;
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => bail!("--since {s:?}: the unit must be s, m, h or d"),
+    };
+    Ok(n.saturating_mul(scale))
+}
