@@ -2,6 +2,7 @@
 //! and evaluated vectorised on every events batch, plus the stateful detectors, with repeats
 //! folded.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
@@ -21,7 +22,7 @@ use datafusion::prelude::SessionContext;
 use crate::burst::ForbiddenBurst;
 use crate::error::RuleError;
 use crate::event_columns::EventColumns;
-use crate::finding::{Finding, Folder, Outcome};
+use crate::finding::{Finding, Folder, Outcome, fold_key};
 use crate::k8s_functions::register_functions;
 use crate::rule::{LoadedRule, RuleSet, Scope};
 
@@ -77,6 +78,8 @@ pub struct CompiledRule {
     /// The other conjuncts: evaluated only on rows the prefilter kept.
     rest: Option<Arc<dyn PhysicalExpr>>,
     details: Option<Arc<dyn PhysicalExpr>>,
+    /// Columns of the events schema the rule reads; its expressions index this projection.
+    columns: Vec<usize>,
 }
 
 /// A rule match before it becomes a finding.
@@ -85,6 +88,7 @@ struct Hit {
     row: usize,
     outcome: Outcome,
     details: Option<String>,
+    key: String,
 }
 
 /// The compiled rule pack and the stateful detectors, fed batch by batch.
@@ -92,6 +96,8 @@ pub struct Detector {
     rules: Vec<CompiledRule>,
     done: Arc<dyn PhysicalExpr>,
     denied: Arc<dyn PhysicalExpr>,
+    /// Columns `done` and `denied` read.
+    outcome_columns: Vec<usize>,
     folder: Folder,
     burst: Option<ForbiddenBurst>,
     newest_micros: i64,
@@ -112,10 +118,17 @@ fn eval_err(rule: &str, e: impl std::fmt::Display) -> RuleError {
     }
 }
 
+/// A conjunct is cheap when it reads no body column and calls no function that parses JSON
+/// (`json_*`, `k8s_*`): cheap conjuncts run on the whole batch, the others only on the rows
+/// the cheap ones kept (which costs a copy of those rows, so list and string functions such
+/// as `array_has` are better run in place).
 fn is_cheap(e: &Expr) -> bool {
     let expensive = e.exists(|n| {
         Ok(match n {
-            Expr::ScalarFunction(_) => true,
+            Expr::ScalarFunction(f) => {
+                let name = f.func.name();
+                name.starts_with("json_") || name.starts_with("k8s_")
+            }
             Expr::Column(c) => BODY_COLUMNS.contains(&c.name.as_str()),
             _ => false,
         })
@@ -163,6 +176,38 @@ fn parse_condition(ctx: &SessionContext, schema: &DFSchema, sql: &str) -> Result
     Ok(expr)
 }
 
+/// The columns `exprs` read, as indices into the events schema, and that projection's schema:
+/// a rule is evaluated on its projection, so filtering inside DataFusion (and ours) copies
+/// only the columns it reads, never the bodies it does not.
+fn projection(exprs: &[&Expr]) -> Result<(Vec<usize>, DFSchema), String> {
+    let schema = events_schema();
+    let mut indices: Vec<usize> = exprs
+        .iter()
+        .flat_map(|e| e.column_refs())
+        .map(|c| schema.index_of(&c.name).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()?;
+    indices.sort_unstable();
+    indices.dedup();
+    let projected = schema.project(&indices).map_err(|e| e.to_string())?;
+    let df = DFSchema::try_from(projected).map_err(|e| e.to_string())?;
+    Ok((indices, df))
+}
+
+fn evaluate_mask(
+    rule: &str,
+    e: &Arc<dyn PhysicalExpr>,
+    batch: &RecordBatch,
+) -> Result<BooleanArray, RuleError> {
+    let value = e.evaluate(batch).map_err(|x| eval_err(rule, x))?;
+    let array = value
+        .into_array(batch.num_rows())
+        .map_err(|x| eval_err(rule, x))?;
+    array
+        .as_boolean_opt()
+        .cloned()
+        .ok_or_else(|| eval_err(rule, "the condition did not give booleans"))
+}
+
 impl Detector {
     /// Compiles every enabled rule of `set`. A rule that does not compile is an error naming
     /// the rule, its file, and DataFusion's message (with the position, for syntax errors).
@@ -176,15 +221,15 @@ impl Detector {
         for loaded in set.enabled() {
             rules.push(Self::compile_rule(&ctx, &schema, set, loaded)?);
         }
-        let outcome = |sql: &str| {
-            parse_condition(&ctx, &schema, sql)
-                .and_then(|e| compile_expr(&ctx, &schema, e))
-                .map_err(internal)
-        };
+        let done = parse_condition(&ctx, &schema, DONE_SQL).map_err(internal)?;
+        let denied = parse_condition(&ctx, &schema, DENIED_SQL).map_err(internal)?;
+        let (outcome_columns, outcome_schema) = projection(&[&done, &denied]).map_err(internal)?;
+        let outcome = |e: Expr| compile_expr(&ctx, &outcome_schema, e).map_err(internal);
         Ok(Self {
             rules,
-            done: outcome(DONE_SQL)?,
-            denied: outcome(DENIED_SQL)?,
+            done: outcome(done)?,
+            denied: outcome(denied)?,
+            outcome_columns,
             folder: Folder::new(options.fold_window_seconds),
             burst: (options.burst_threshold > 0).then(|| {
                 ForbiddenBurst::new(options.burst_threshold, options.burst_window_seconds)
@@ -204,36 +249,42 @@ impl Detector {
             .map_err(|m| rule_err(loaded, format!("condition: {m}")))?;
         let expr = parse_condition(ctx, schema, &condition)
             .map_err(|m| rule_err(loaded, format!("condition: {m}")))?;
-        let (cheap, costly): (Vec<&Expr>, Vec<&Expr>) = split_conjunction(&expr)
-            .into_iter()
-            .partition(|e| is_cheap(e));
-        let compile_part = |parts: Vec<&Expr>| {
-            conjunction(parts.into_iter().cloned())
-                .map(|e| compile_expr(ctx, schema, e))
-                .transpose()
-                .map_err(|m| rule_err(loaded, format!("condition: {m}")))
-        };
         let details = match &loaded.rule.details {
             None => None,
             Some(sql) => {
                 let sql = set
                     .expand_lists(sql)
                     .map_err(|m| rule_err(loaded, format!("details: {m}")))?;
-                let e = ctx
-                    .parse_sql_expr(&sql, schema)
-                    .and_then(|e| e.cast_to(&DataType::Utf8, schema))
-                    .map_err(|e| rule_err(loaded, format!("details: {e}")))?;
                 Some(
-                    compile_expr(ctx, schema, e)
-                        .map_err(|m| rule_err(loaded, format!("details: {m}")))?,
+                    ctx.parse_sql_expr(&sql, schema)
+                        .and_then(|e| e.cast_to(&DataType::Utf8, schema))
+                        .map_err(|e| rule_err(loaded, format!("details: {e}")))?,
                 )
             }
         };
+        let mut read: Vec<&Expr> = vec![&expr];
+        read.extend(details.as_ref());
+        let (columns, projected) =
+            projection(&read).map_err(|m| rule_err(loaded, format!("condition: {m}")))?;
+        let (cheap, costly): (Vec<&Expr>, Vec<&Expr>) = split_conjunction(&expr)
+            .into_iter()
+            .partition(|e| is_cheap(e));
+        let compile_part = |parts: Vec<&Expr>| {
+            conjunction(parts.into_iter().cloned())
+                .map(|e| compile_expr(ctx, &projected, e))
+                .transpose()
+                .map_err(|m| rule_err(loaded, format!("condition: {m}")))
+        };
+        let details = details
+            .map(|e| compile_expr(ctx, &projected, e))
+            .transpose()
+            .map_err(|m| rule_err(loaded, format!("details: {m}")))?;
         Ok(CompiledRule {
             loaded: loaded.clone(),
             prefilter: compile_part(cheap)?,
             rest: compile_part(costly)?,
             details,
+            columns,
         })
     }
 
@@ -249,11 +300,20 @@ impl Detector {
             return Ok(Vec::new());
         }
         let cols = EventColumns::new(batch).map_err(|m| eval_err("(engine)", m))?;
-        let hits = self.match_rules(batch)?;
+        let (hits, repeats) = self.match_rules(batch, &cols)?;
         let mut out = Vec::new();
-        for hit in hits {
+        for mut hit in hits {
             let f = self.finding(&cols, &hit);
-            out.extend(self.folder.push(f));
+            out.extend(self.folder.open_window(std::mem::take(&mut hit.key), f));
+        }
+        for mut hit in repeats {
+            let (at, id) = (cols.stage_at(hit.row), cols.audit_id_str(hit.row));
+            if !self.folder.try_fold(&hit.key, at, id) {
+                // Beyond the window its first match opened (a batch spanning longer than the
+                // fold window): a finding of its own.
+                let f = self.finding(&cols, &hit);
+                out.extend(self.folder.open_window(std::mem::take(&mut hit.key), f));
+            }
         }
         if let Some(burst) = &mut self.burst {
             out.extend(burst.observe(&cols, batch.num_rows()));
@@ -272,35 +332,29 @@ impl Detector {
         self.folder.flush()
     }
 
-    fn mask(
-        &self,
-        rule: &str,
-        e: &Arc<dyn PhysicalExpr>,
+    /// The matches of every rule on `batch` that open a finding; repeats of an open finding
+    /// are counted into it here, before their details are computed or a finding is built.
+    fn match_rules(
+        &mut self,
         batch: &RecordBatch,
-    ) -> Result<BooleanArray, RuleError> {
-        let value = e.evaluate(batch).map_err(|x| eval_err(rule, x))?;
-        let array = value
-            .into_array(batch.num_rows())
-            .map_err(|x| eval_err(rule, x))?;
-        array
-            .as_boolean_opt()
-            .cloned()
-            .ok_or_else(|| eval_err(rule, "the condition did not give booleans"))
-    }
-
-    fn match_rules(&self, batch: &RecordBatch) -> Result<Vec<Hit>, RuleError> {
-        let done = self.mask("(done)", &self.done, batch)?;
-        let denied = self.mask("(denied)", &self.denied, batch)?;
+        cols: &EventColumns<'_>,
+    ) -> Result<(Vec<Hit>, Vec<Hit>), RuleError> {
+        let outcome_batch = batch
+            .project(&self.outcome_columns)
+            .map_err(|e| eval_err("(engine)", e))?;
+        let done = evaluate_mask("(done)", &self.done, &outcome_batch)?;
+        let denied = evaluate_mask("(denied)", &self.denied, &outcome_batch)?;
         let completed = or(&done, &denied).map_err(|e| eval_err("(engine)", e))?;
-        let mut hits = Vec::new();
+        let (mut hits, mut repeats) = (Vec::new(), Vec::new());
         for (index, rule) in self.rules.iter().enumerate() {
             let id = &rule.loaded.rule.id;
+            let batch = &batch.project(&rule.columns).map_err(|e| eval_err(id, e))?;
             let mut mask = match rule.loaded.rule.scope {
                 Scope::Outcome => completed.clone(),
                 Scope::Any => BooleanArray::from(vec![true; batch.num_rows()]),
             };
             if let Some(p) = &rule.prefilter {
-                mask = and(&mask, &self.mask(id, p, batch)?).map_err(|e| eval_err(id, e))?;
+                mask = and(&mask, &evaluate_mask(id, p, batch)?).map_err(|e| eval_err(id, e))?;
             }
             if mask.true_count() == 0 {
                 continue;
@@ -310,7 +364,7 @@ impl Detector {
                 .collect();
             if let Some(rest) = &rule.rest {
                 let kept = filter_record_batch(batch, &mask).map_err(|e| eval_err(id, e))?;
-                let m = self.mask(id, rest, &kept)?;
+                let m = evaluate_mask(id, rest, &kept)?;
                 rows = rows
                     .into_iter()
                     .enumerate()
@@ -318,13 +372,42 @@ impl Detector {
                     .map(|(_, r)| r)
                     .collect();
             }
-            if rows.is_empty() {
+            let outcome_of = |row: usize| match rule.loaded.rule.scope {
+                Scope::Any => Outcome::Observed,
+                Scope::Outcome if done.is_valid(row) && done.value(row) => Outcome::Done,
+                Scope::Outcome => Outcome::Denied,
+            };
+            let mut fresh: Vec<(u32, Outcome, String)> = Vec::new();
+            let mut fresh_keys: HashSet<String> = HashSet::new();
+            for r in rows {
+                let row = r as usize;
+                let outcome = outcome_of(row);
+                let key = fold_key(id, outcome, cols.principal_str(row), &cols.object_key(row));
+                // Most matches repeat an open finding: count them and go on. A repeat of a
+                // finding this batch opens is counted once that window is open.
+                if fresh_keys.contains(&key) {
+                    repeats.push(Hit {
+                        rule: index,
+                        row,
+                        outcome,
+                        details: None,
+                        key,
+                    });
+                } else if !self
+                    .folder
+                    .try_fold(&key, cols.stage_at(row), cols.audit_id_str(row))
+                {
+                    fresh_keys.insert(key.clone());
+                    fresh.push((r, outcome, key));
+                }
+            }
+            if fresh.is_empty() {
                 continue;
             }
             let details = match &rule.details {
                 Some(d) => {
-                    let selected = take_record_batch(batch, &UInt32Array::from(rows.clone()))
-                        .map_err(|e| eval_err(id, e))?;
+                    let take: UInt32Array = fresh.iter().map(|f| f.0).collect();
+                    let selected = take_record_batch(batch, &take).map_err(|e| eval_err(id, e))?;
                     let v = d
                         .evaluate(&selected)
                         .and_then(|v| v.into_array(selected.num_rows()))
@@ -334,24 +417,19 @@ impl Detector {
                         .ok_or_else(|| eval_err(id, "details did not give text"))?;
                     texts.iter().map(|t| t.map(str::to_string)).collect()
                 }
-                None => vec![None; rows.len()],
+                None => vec![None; fresh.len()],
             };
-            for (row, details) in rows.into_iter().zip(details) {
-                let row = row as usize;
-                let outcome = match rule.loaded.rule.scope {
-                    Scope::Any => Outcome::Observed,
-                    Scope::Outcome if done.is_valid(row) && done.value(row) => Outcome::Done,
-                    Scope::Outcome => Outcome::Denied,
-                };
+            for ((row, outcome, key), details) in fresh.into_iter().zip(details) {
                 hits.push(Hit {
                     rule: index,
-                    row,
+                    row: row as usize,
                     outcome,
                     details,
+                    key,
                 });
             }
         }
-        Ok(hits)
+        Ok((hits, repeats))
     }
 
     fn finding(&self, cols: &EventColumns<'_>, hit: &Hit) -> Finding {

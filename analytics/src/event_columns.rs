@@ -111,6 +111,40 @@ impl<'a> EventColumns<'a> {
             0
         }
     }
+    /// [`ObjectRef::display`] of `row`'s object, without building the `ObjectRef`.
+    pub fn object_key(&self, row: usize) -> String {
+        fn get(a: &StringArray, row: usize) -> Option<&str> {
+            a.is_valid(row).then(|| a.value(row))
+        }
+        let mut s = String::with_capacity(64);
+        s.push_str(get(self.resource, row).unwrap_or(""));
+        if let Some(sub) = get(self.subresource, row) {
+            s.push('/');
+            s.push_str(sub);
+        }
+        s.push(' ');
+        if let Some(ns) = get(self.namespace, row) {
+            s.push_str(ns);
+            s.push('/');
+        }
+        s.push_str(get(self.name, row).unwrap_or("*"));
+        s
+    }
+
+    /// `user.username` of `row`, borrowed.
+    pub fn principal_str(&self, row: usize) -> Option<&str> {
+        self.user.is_valid(row).then(|| self.user.value(row))
+    }
+
+    /// `auditID` of `row`, borrowed.
+    pub fn audit_id_str(&self, row: usize) -> &str {
+        if self.audit_id.is_valid(row) {
+            self.audit_id.value(row)
+        } else {
+            ""
+        }
+    }
+
     /// The object `row` acted on.
     pub fn object(&self, row: usize) -> ObjectRef {
         ObjectRef {

@@ -4,7 +4,15 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use auditlake_schema::timestamp::format_rfc3339_micros;
+
 use crate::rule::Severity;
+
+fn summary(o: Open) -> Finding {
+    let mut f = o.finding;
+    f.last_time = format_rfc3339_micros(o.last_micros);
+    f
+}
 
 /// The Kubernetes object a finding is about.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -98,12 +106,10 @@ pub struct Finding {
 /// Most evidence ids kept on one folded finding.
 pub const MAX_EVIDENCE: usize = 50;
 
-/// What repeats fold on: same rule, outcome, principal and object.
-type FoldKey = (String, Outcome, Option<String>, String);
-
 struct Open {
     finding: Finding,
     window_end: i64,
+    last_micros: i64,
 }
 
 /// Folds findings with the same rule, outcome, principal and object within a window of
@@ -111,7 +117,26 @@ struct Open {
 /// and when the window closes a summary with the count is emitted if there were repeats.
 pub struct Folder {
     window_micros: i64,
-    open: HashMap<FoldKey, Open>,
+    open: HashMap<String, Open>,
+    /// No open window ends before this: `expire` has nothing to do until then.
+    next_expiry: i64,
+}
+
+/// The folding key of a finding: rule, outcome, principal and object.
+pub fn fold_key(rule_id: &str, outcome: Outcome, principal: Option<&str>, object: &str) -> String {
+    let mut key = String::with_capacity(rule_id.len() + object.len() + 48);
+    key.push_str(rule_id);
+    key.push('\0');
+    key.push_str(match outcome {
+        Outcome::Done => "d",
+        Outcome::Denied => "x",
+        Outcome::Observed => "o",
+    });
+    key.push('\0');
+    key.push_str(principal.unwrap_or(""));
+    key.push('\0');
+    key.push_str(object);
+    key
 }
 
 impl Folder {
@@ -120,7 +145,33 @@ impl Folder {
         Self {
             window_micros: (window_seconds as i64).saturating_mul(1_000_000),
             open: HashMap::new(),
+            next_expiry: i64::MAX,
         }
+    }
+
+    /// Counts a match into the open window of `key` if there is one covering `time_micros`;
+    /// `true` when absorbed (a repeat, or the same event at another stage), so the caller
+    /// need not build the finding at all.
+    pub fn try_fold(&mut self, key: &str, time_micros: i64, audit_id: &str) -> bool {
+        if self.window_micros == 0 {
+            return false;
+        }
+        let Some(open) = self.open.get_mut(key) else {
+            return false;
+        };
+        if time_micros >= open.window_end {
+            return false;
+        }
+        let acc = &mut open.finding;
+        if acc.evidence.iter().any(|id| id == audit_id) {
+            return true;
+        }
+        acc.count += 1;
+        if acc.evidence.len() < MAX_EVIDENCE {
+            acc.evidence.push(audit_id.to_string());
+        }
+        open.last_micros = open.last_micros.max(time_micros);
+        true
     }
 
     /// Takes a new finding; returns what to emit now: nothing if it was folded, else the
@@ -130,46 +181,36 @@ impl Folder {
         if self.window_micros == 0 {
             return vec![f];
         }
-        let key = (
-            f.rule_id.clone(),
+        let key = fold_key(
+            &f.rule_id,
             f.outcome,
-            f.principal.clone(),
-            f.object.display(),
+            f.principal.as_deref(),
+            &f.object.display(),
         );
-        if let Some(open) = self.open.get_mut(&key)
-            && f.time_micros < open.window_end
-        {
-            let acc = &mut open.finding;
-            let new_ids: Vec<&String> = f
-                .evidence
-                .iter()
-                .filter(|id| !acc.evidence.contains(id))
-                .collect();
-            if new_ids.is_empty() {
-                return Vec::new();
-            }
-            acc.count += f.count;
-            for id in new_ids {
-                if acc.evidence.len() < MAX_EVIDENCE {
-                    acc.evidence.push(id.clone());
-                }
-            }
-            if f.time > acc.last_time {
-                acc.last_time = f.time.clone();
-            }
+        if f.evidence.len() == 1 && self.try_fold(&key, f.time_micros, &f.evidence[0]) {
             return Vec::new();
         }
+        self.open_window(key, f)
+    }
+
+    /// Opens a window for `f` (not folded) under `key`; returns what to emit.
+    pub fn open_window(&mut self, key: String, f: Finding) -> Vec<Finding> {
+        if self.window_micros == 0 {
+            return vec![f];
+        }
         let window_end = f.time_micros.saturating_add(self.window_micros);
+        self.next_expiry = self.next_expiry.min(window_end);
         let mut out = Vec::new();
         if let Some(closed) = self.open.insert(
             key,
             Open {
                 finding: f.clone(),
                 window_end,
+                last_micros: f.time_micros,
             },
         ) && closed.finding.count > 1
         {
-            out.push(closed.finding);
+            out.push(summary(closed));
         }
         out.push(f);
         out
@@ -179,13 +220,21 @@ impl Folder {
     /// the ones that folded repeats.
     pub fn expire(&mut self, now_micros: i64) -> Vec<Finding> {
         let mut out = Vec::new();
+        if now_micros < self.next_expiry {
+            return out;
+        }
+        self.next_expiry = i64::MAX;
+        let next = &mut self.next_expiry;
         self.open.retain(|_, o| {
             if o.window_end <= now_micros {
                 if o.finding.count > 1 {
-                    out.push(o.finding.clone());
+                    let mut f = o.finding.clone();
+                    f.last_time = format_rfc3339_micros(o.last_micros);
+                    out.push(f);
                 }
                 false
             } else {
+                *next = (*next).min(o.window_end);
                 true
             }
         });
@@ -242,7 +291,7 @@ mod tests {
         let out = f.push(finding("d", 61));
         assert_eq!(out.len(), 2);
         assert_eq!((out[0].count, out[0].evidence.len()), (3, 3));
-        assert_eq!(out[0].last_time, "t0059");
+        assert_eq!(out[0].last_time, "1970-01-01T00:00:59.000000Z");
         assert_eq!(out[1].evidence, ["d"]);
         assert!(
             f.flush().is_empty(),

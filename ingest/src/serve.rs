@@ -337,7 +337,15 @@ fn archive_wal(
                     };
                     metrics.events_in.inc_by(kept.num_rows() as u64);
                     if let Some(o) = &mut observer {
-                        metrics.findings.inc_by(o.observe(&kept));
+                        let found = o.observe(&kept);
+                        if found > 0 {
+                            metrics.findings.inc_by(found);
+                            // From the request's arrival to its findings being handed to the sinks.
+                            let lag = (crate::pipeline::now_micros() - r.received_at_micros).max(0);
+                            for _ in 0..found {
+                                metrics.finding_latency_seconds.observe(lag as f64 / 1e6);
+                            }
+                        }
                     }
                     finished.extend(writer.write(&kept)?);
                 }

@@ -43,6 +43,8 @@ pub struct ServeMetrics {
     pub commits: Counter,
     /// Findings the detectors emitted.
     pub findings: Counter,
+    /// Time from a request's arrival to its findings being handed to the sinks.
+    pub finding_latency_seconds: Histogram,
     /// Time from the first put to the manifest record being durable.
     pub commit_seconds: Histogram,
     /// Duration of one write-ahead log write + fsync.
@@ -70,6 +72,7 @@ impl ServeMetrics {
             events_committed: Counter::default(),
             commits: Counter::default(),
             findings: Counter::default(),
+            finding_latency_seconds: latency(),
             commit_seconds: latency(),
             wal_fsync_seconds: latency(),
             wal_group_appends: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
@@ -119,6 +122,11 @@ impl ServeMetrics {
             "findings",
             "Findings emitted by the detectors",
             m.findings.clone(),
+        );
+        registry.register(
+            "finding_latency_seconds",
+            "Time from a webhook request's arrival to its findings being emitted",
+            m.finding_latency_seconds.clone(),
         );
         registry.register(
             "commit_seconds",

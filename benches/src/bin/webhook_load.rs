@@ -226,6 +226,10 @@ fn start_server(
         .arg("--wal-dir")
         .arg(work.join("wal"))
         .args(extra)
+        .stdout(Stdio::from(
+            std::fs::File::create(work.join("findings.ndjson"))
+                .context("creating findings.ndjson")?,
+        ))
         .stderr(Stdio::from(log))
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
@@ -384,6 +388,9 @@ fn main() -> Result<()> {
     let commits = metric(&metrics, "auditlake_commits_total");
     let server_p50 = histogram_quantile_ms(&metrics, "auditlake_webhook_ack_seconds", 0.5);
     let server_p99 = histogram_quantile_ms(&metrics, "auditlake_webhook_ack_seconds", 0.99);
+    let findings = metric(&metrics, "auditlake_findings_total");
+    let finding_p50 = histogram_quantile_ms(&metrics, "auditlake_finding_latency_seconds", 0.5);
+    let finding_p99 = histogram_quantile_ms(&metrics, "auditlake_finding_latency_seconds", 0.99);
     let _ = std::fs::write(work.join("metrics.txt"), &metrics);
 
     // Stop the server and read how many events it committed.
@@ -440,6 +447,9 @@ fn main() -> Result<()> {
     println!(
         "server metrics over the whole run: {fsyncs:.0} fsyncs, {group_mean:.1} batches per fsync, {commits:.0} commits; \
          server-side ack (request headers to answer) p50 <= {server_p50} ms, p99 <= {server_p99} ms"
+    );
+    println!(
+        "detection: {findings:.0} findings; request arrival to finding p50 <= {finding_p50} ms, p99 <= {finding_p99} ms"
     );
     if committed != acked_total {
         bail!(
