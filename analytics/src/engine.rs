@@ -138,7 +138,11 @@ fn is_cheap(e: &Expr) -> bool {
 
 /// A DataFusion context with the JSON and `k8s_*` functions, and the events schema.
 fn context() -> Result<(SessionContext, DFSchema), String> {
-    let mut ctx = SessionContext::new();
+    // Same dialect as `auditlake query` and backtests, so a condition parses identically
+    // in both places.
+    let mut config = datafusion::prelude::SessionConfig::new();
+    config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+    let mut ctx = SessionContext::new_with_config(config);
     register_functions(&mut ctx).map_err(|e| e.to_string())?;
     let schema = DFSchema::try_from(events_schema().as_ref().clone()).map_err(|e| e.to_string())?;
     Ok((ctx, schema))

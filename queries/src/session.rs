@@ -34,11 +34,22 @@ pub struct ArchiveSession {
     ctx: SessionContext,
 }
 
+/// The session settings every SQL surface of auditlake shares (queries, backtests, rules).
+///
+/// The parser speaks PostgreSQL rather than DataFusion's generic dialect: the generic one
+/// accepts trailing commas in a select list and so reads `SELECT time, cluster` as
+/// `SELECT time,` followed by a `CLUSTER BY` clause, which breaks on our `cluster` column.
+pub fn analyst_config() -> SessionConfig {
+    let mut config = SessionConfig::new();
+    config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+    config
+}
+
 impl ArchiveSession {
     /// Opens a session over the archive rooted at `archive_url`, read through `store`
     /// (for `file://` archives DataFusion's own local filesystem is used).
     pub async fn open(store: Arc<dyn ObjectStore>, archive_url: &Url) -> Result<Self, QueryError> {
-        let config = SessionConfig::new()
+        let config = analyst_config()
             .with_information_schema(true)
             .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
         let mut ctx = SessionContext::new_with_config(config);

@@ -243,7 +243,8 @@ async fn partition_pruning_reads_only_the_matching_files() {
     let counts = rows_as_json(
         &query(
             &archive,
-            "SELECT cluster, hour, count(*) AS n FROM events GROUP BY 1, 2 ORDER BY 1, 2",
+            // `cluster` after a comma: DataFusion's generic dialect would take it for `CLUSTER BY`.
+            "SELECT hour, cluster, count(*) AS n FROM events GROUP BY cluster, hour ORDER BY cluster, hour",
         )
         .await,
     );

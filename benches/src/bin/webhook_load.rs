@@ -41,6 +41,10 @@ struct Args {
     /// Offered load in events/s across all clients; 0 = as fast as acknowledgements allow.
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// One HTTP/1.1 connection per client (like separate apiservers) instead of all clients
+    /// multiplexed over one HTTP/2 connection (like one apiserver's concurrent batches).
+    #[arg(long)]
+    http1: bool,
     /// The `auditlake` binary; default: the one beside this benchmark's executable.
     #[arg(long)]
     server_bin: Option<PathBuf>,
@@ -311,6 +315,7 @@ fn main() -> Result<()> {
         identity_pem: Some(pki.client_identity_pem.clone()),
         bearer_token: Some(token.into()),
         resolve_to: Some(server.webhook),
+        http1_only: args.http1,
         ..SenderOptions::new(format!(
             "https://localhost:{}/audit/webhook/load",
             server.webhook.port()
@@ -417,7 +422,12 @@ fn main() -> Result<()> {
     let retried: u64 = reports.iter().map(|r| r.retried_batches).sum();
     let secs = window.as_secs_f64();
     println!(
-        "clients {clients}, {} events/batch ({:.0} KB), offered {}, {} s measured after {} s warm-up",
+        "clients {clients} over {}, {} events/batch ({:.0} KB), offered {}, {} s measured after {} s warm-up",
+        if args.http1 {
+            "HTTP/1.1 connections"
+        } else {
+            "one HTTP/2 connection"
+        },
         args.batch_events,
         body_bytes as f64 / 1e3,
         if args.rate > 0 {
