@@ -69,7 +69,17 @@ pub async fn run(archive: Archive, archive_arg: &str, args: DemoArgs) -> Result<
         ..ServeConfig::default()
     };
     let findings_file = scratch.0.join("findings.ndjson");
-    let observer = crate::detect::detection(&[], &[findings_file.display().to_string()], 300)?;
+    let observer = crate::detect::detection(
+        &crate::detect::DetectionSettings {
+            rules: &[],
+            findings: &[findings_file.display().to_string()],
+            fold_window_seconds: 300,
+            rbac_baseline: None,
+        },
+        &archive,
+        &auditlake_ingest::new_writer_id(),
+    )
+    .await?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (bound_tx, bound_rx) = oneshot::channel();
     let server = tokio::spawn(auditlake_ingest::serve(

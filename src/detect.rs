@@ -1,12 +1,16 @@
-//! Wires the detectors (`auditlake-analytics`) into a source as its batch observer, with the
-//! findings sinks the flags name.
+//! Wires the detectors (`auditlake-analytics`) into a source as its batch observer: findings
+//! to the sinks the flags name and, with the events, to the archive's `findings` table; RBAC
+//! state restored from the archive's `rbac_history` and compared with the baseline.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use arrow::array::RecordBatch;
-use auditlake_analytics::{Detector, DetectorOptions, FindingSinks, RuleSet, SinkTarget};
-use auditlake_ingest::BatchObserver;
+use auditlake_analytics::{
+    Detector, DetectorOptions, Finding, FindingSinks, RbacBaseline, RuleSet, SinkTarget,
+};
+use auditlake_ingest::{Archive, BatchObserver, FinishedFile};
+use auditlake_queries::ArchiveSession;
 
 /// The rule pack compiled, feeding its findings to the sinks.
 pub struct Detection {
@@ -30,10 +34,31 @@ impl BatchObserver for Detection {
         let pending = self.detector.flush();
         self.emit(pending)
     }
+
+    fn commit_files(&mut self) -> Vec<FinishedFile> {
+        match self.detector.take_files() {
+            Ok(files) => files
+                .into_iter()
+                .map(|f| FinishedFile {
+                    relative_path: f.relative_path,
+                    cluster: f.cluster,
+                    bytes: f.bytes,
+                    rows: f.rows,
+                    min_micros: f.min_micros,
+                    max_micros: f.max_micros,
+                })
+                .collect(),
+            Err(e) => {
+                // The findings already went to their sinks; only the archive copy is missing.
+                tracing::error!(error = %e, "cannot encode the findings/rbac_history tables");
+                Vec::new()
+            }
+        }
+    }
 }
 
 impl Detection {
-    fn emit(&mut self, findings: Vec<auditlake_analytics::Finding>) -> u64 {
+    fn emit(&mut self, findings: Vec<Finding>) -> u64 {
         let n = findings.len() as u64;
         for f in findings {
             self.sinks.send(f);
@@ -42,16 +67,33 @@ impl Detection {
     }
 }
 
-/// Loads the built-in pack plus `rules`, compiles it, and opens the `findings` targets;
-/// `None` when the targets say `none` (detection off).
-pub fn detection(
-    rules: &[PathBuf],
-    findings: &[String],
-    fold_window_seconds: u64,
+/// What the detection flags (and config keys) say.
+pub struct DetectionSettings<'a> {
+    /// Rule files or directories on top of the built-in pack.
+    pub rules: &'a [PathBuf],
+    /// Findings targets; `none` turns detection off.
+    pub findings: &'a [String],
+    /// Fold window of repeated findings.
+    pub fold_window_seconds: u64,
+    /// Directory (or file) of RBAC manifests drift is reported against.
+    pub rbac_baseline: Option<&'a Path>,
+}
+
+/// Loads the built-in pack plus the rule files, compiles it, loads the RBAC baseline,
+/// restores the RBAC state from `archive`, and opens the findings targets; `None` when the
+/// targets say `none` (detection off).
+pub async fn detection(
+    settings: &DetectionSettings<'_>,
+    archive: &Archive,
+    run_id: &str,
 ) -> Result<Option<Box<dyn BatchObserver>>> {
+    let findings = settings.findings;
     if findings.iter().any(|f| f == "none") {
         if findings.len() > 1 {
             bail!("--findings none cannot be combined with other targets");
+        }
+        if settings.rbac_baseline.is_some() {
+            bail!("--rbac-baseline needs detection on (--findings is none)");
         }
         return Ok(None);
     }
@@ -60,17 +102,58 @@ pub fn detection(
         .map(|f| f.parse().map_err(anyhow::Error::msg))
         .collect::<Result<_>>()
         .context("--findings")?;
-    let set = RuleSet::load(rules).context("loading rules")?;
+    let set = RuleSet::load(settings.rules).context("loading rules")?;
+    let baseline = match settings.rbac_baseline {
+        Some(dir) => {
+            let b = RbacBaseline::load(dir).context("--rbac-baseline")?;
+            if b.is_empty() {
+                bail!(
+                    "--rbac-baseline {}: no Role, ClusterRole, RoleBinding or ClusterRoleBinding \
+                     in {} file(s); every RBAC change would be reported as drift",
+                    dir.display(),
+                    b.files
+                );
+            }
+            tracing::info!(path = %dir.display(), objects = b.len(), files = b.files, other_kinds_skipped = b.skipped, "RBAC baseline loaded");
+            Some(b)
+        }
+        None => None,
+    };
     let options = DetectorOptions {
-        fold_window_seconds,
+        fold_window_seconds: settings.fold_window_seconds,
+        rbac_baseline: baseline,
+        archive_run_id: Some(run_id.to_string()),
         ..DetectorOptions::default()
     };
-    let detector = Detector::compile(&set, &options).context("compiling rules")?;
+    let mut detector = Detector::compile(&set, &options).context("compiling rules")?;
+    let restored = restore_rbac_state(&mut detector, archive).await?;
     tracing::info!(
         rules = detector.rules().count(),
         targets = ?findings,
+        rbac_versions_read = restored,
+        rbac_objects = detector.rbac_objects_tracked(),
         "detectors ready"
     );
     let sinks = FindingSinks::start(&targets).context("opening findings targets")?;
     Ok(Some(Box::new(Detection { detector, sinks })))
+}
+
+/// The latest committed version of every RBAC object, so a restart neither forgets what it
+/// rebuilt nor reports it again.
+async fn restore_rbac_state(detector: &mut Detector, archive: &Archive) -> Result<usize> {
+    let session = ArchiveSession::open(archive.store(), &archive.location().url)
+        .await
+        .context("opening the archive to restore the RBAC state")?;
+    let (_, batches) = session
+        .sql(
+            "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY cluster, kind, namespace, \
+             name ORDER BY changed_at DESC, audit_id DESC) AS latest FROM rbac_history) \
+             WHERE latest = 1",
+        )
+        .await
+        .context("reading rbac_history from the archive")?;
+    detector
+        .restore_rbac_state(&batches)
+        .map_err(anyhow::Error::msg)
+        .context("restoring the RBAC state")
 }

@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod demo_cmd;
 mod detect;
+mod findings_cmd;
 mod rules_cmd;
 mod serve_cmd;
 
@@ -69,6 +70,8 @@ enum Command {
     Generate(GenerateArgs),
     /// The detection rules: list them, run the labelled scenarios, backtest one over the archive.
     Rules(rules_cmd::RulesArgs),
+    /// The archived findings (table `findings`), newest first: `--since 24h`, by rule, severity.
+    Findings(findings_cmd::FindingsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +137,11 @@ struct IngestArgs {
         default_value_t = 300
     )]
     findings_fold_window_seconds: u64,
+
+    /// Directory (or file) of RBAC manifests (a GitOps repo, `kubectl get -o yaml` output):
+    /// RBAC objects created, changed or deleted away from it are reported as drift.
+    #[arg(long, env = "AUDITLAKE_RBAC_BASELINE")]
+    rbac_baseline: Option<PathBuf>,
 
     /// Inputs: files (plain or gzip), directories (every file below), or `-` for stdin.
     #[arg(required = true)]
@@ -217,6 +225,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Generate(args) => run_generate(args),
         Command::Rules(args) => rules_cmd::run(|| open_archive(&cli.archive), args).await,
+        Command::Findings(args) => findings_cmd::run(open_archive(&cli.archive)?, args).await,
     }
 }
 
@@ -248,10 +257,16 @@ async fn run_serve(archive_arg: &str, args: serve_cmd::ServeArgs) -> Result<()> 
     check_cluster(&config.cluster)?;
     let archive = open_archive(archive_arg)?;
     let observer = detect::detection(
-        &config.rules,
-        &config.findings,
-        config.findings_fold_window_seconds,
-    )?;
+        &detect::DetectionSettings {
+            rules: &config.rules,
+            findings: &config.findings,
+            fold_window_seconds: config.findings_fold_window_seconds,
+            rbac_baseline: config.rbac_baseline.as_deref(),
+        },
+        &archive,
+        &auditlake_ingest::new_writer_id(),
+    )
+    .await?;
     let summary = auditlake_ingest::serve(archive, config, observer, shutdown_signal(), None)
         .await
         .context("serve")?;
@@ -294,10 +309,16 @@ async fn run_ingest(archive: &str, args: IngestArgs) -> Result<()> {
     options.writer.max_file_rows = args.max_file_rows.max(1);
     options.writer.max_file_bytes = args.max_file_bytes.max(1 << 20);
     let observer = detect::detection(
-        &args.rules,
-        &args.findings,
-        args.findings_fold_window_seconds,
-    )?;
+        &detect::DetectionSettings {
+            rules: &args.rules,
+            findings: &args.findings,
+            fold_window_seconds: args.findings_fold_window_seconds,
+            rbac_baseline: args.rbac_baseline.as_deref(),
+        },
+        &archive,
+        &options.writer_id,
+    )
+    .await?;
     let started = Instant::now();
     let summary = auditlake_ingest::ingest(&archive, inputs, options, observer)
         .await

@@ -70,6 +70,13 @@ pub async fn run(archive: impl FnOnce() -> Result<Archive>, args: RulesArgs) -> 
                 "T1069,T1087",
                 "Burst of denied requests from one principal (permission enumeration)"
             );
+            for (id, title, severity) in auditlake_analytics::DRIFT_RULES {
+                println!(
+                    "{id:<14} {:<9} {:<24} {title:<70} built-in (stateful; needs --rbac-baseline)",
+                    severity.as_str(),
+                    "T1098",
+                );
+            }
             Ok(())
         }
         RulesCommand::Test { dir } => {
@@ -138,7 +145,7 @@ pub async fn run(archive: impl FnOnce() -> Result<Archive>, args: RulesArgs) -> 
     }
 }
 
-fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
@@ -146,7 +153,7 @@ fn now_micros() -> i64 {
 }
 
 /// `30d`, `12h`, `15m`, `90s` in seconds.
-fn parse_duration(s: &str) -> Result<i64> {
+pub(crate) fn parse_duration(s: &str) -> Result<i64> {
     let s = s.trim();
     let (number, unit) = s.split_at(s.len().saturating_sub(1));
     let n: i64 = number

@@ -104,6 +104,11 @@ pub struct ServeArgs {
     /// folded into one with a count [default: 300].
     #[arg(long, env = "AUDITLAKE_FINDINGS_FOLD_WINDOW_SECONDS")]
     pub findings_fold_window_seconds: Option<u64>,
+
+    /// Directory (or file) of RBAC manifests (a GitOps repo, `kubectl get -o yaml` output):
+    /// RBAC objects created, changed or deleted away from it are reported as drift.
+    #[arg(long, env = "AUDITLAKE_RBAC_BASELINE")]
+    pub rbac_baseline: Option<PathBuf>,
 }
 
 macro_rules! overlay {
@@ -119,7 +124,7 @@ fn apply(config: &mut ServeConfig, args: &ServeArgs) {
         wal_max_bytes, wal_segment_bytes, max_body_bytes, flush_interval_seconds,
         dedup_window_seconds, dedup_max_events, shutdown_timeout_seconds, rules, findings,
         findings_fold_window_seconds;
-        tls_cert, tls_key, client_ca, bearer_tokens_file);
+        tls_cert, tls_key, client_ca, bearer_tokens_file, rbac_baseline);
 }
 
 /// The `AUDITLAKE_*` variables alone, parsed with the same definitions as the flags.

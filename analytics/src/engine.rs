@@ -19,11 +19,15 @@ use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 
+use crate::archive_table::TableFile;
 use crate::burst::ForbiddenBurst;
 use crate::error::RuleError;
 use crate::event_columns::EventColumns;
 use crate::finding::{Finding, Folder, Outcome, fold_key};
+use crate::findings_table::FindingsTable;
 use crate::k8s_functions::register_functions;
+use crate::rbac_drift::RbacDrift;
+use crate::rbac_state::RbacBaseline;
 use crate::rule::{LoadedRule, RuleSet, Scope};
 
 /// Columns whose values are whole JSON documents: conditions on them run only on the rows
@@ -57,6 +61,12 @@ pub struct DetectorOptions {
     pub burst_threshold: usize,
     /// Window of the 403 burst detector.
     pub burst_window_seconds: u64,
+    /// The RBAC objects that should exist (drift is reported against it); without one the
+    /// RBAC state is still rebuilt and recorded.
+    pub rbac_baseline: Option<RbacBaseline>,
+    /// Keep the `findings` and `rbac_history` tables for the archive under this run id (file
+    /// names); `None` keeps no tables (scenario runs, benchmarks).
+    pub archive_run_id: Option<String>,
 }
 
 impl Default for DetectorOptions {
@@ -65,6 +75,8 @@ impl Default for DetectorOptions {
             fold_window_seconds: 300,
             burst_threshold: 20,
             burst_window_seconds: 60,
+            rbac_baseline: None,
+            archive_run_id: None,
         }
     }
 }
@@ -100,6 +112,9 @@ pub struct Detector {
     outcome_columns: Vec<usize>,
     folder: Folder,
     burst: Option<ForbiddenBurst>,
+    drift: RbacDrift,
+    /// Findings for the archive's `findings` table, when tables are kept.
+    findings_table: Option<FindingsTable>,
     newest_micros: i64,
 }
 
@@ -238,6 +253,11 @@ impl Detector {
             burst: (options.burst_threshold > 0).then(|| {
                 ForbiddenBurst::new(options.burst_threshold, options.burst_window_seconds)
             }),
+            drift: RbacDrift::new(
+                options.rbac_baseline.clone(),
+                options.archive_run_id.as_deref().unwrap_or("none"),
+            ),
+            findings_table: options.archive_run_id.as_deref().map(FindingsTable::new),
             newest_micros: i64::MIN,
         })
     }
@@ -322,18 +342,56 @@ impl Detector {
         if let Some(burst) = &mut self.burst {
             out.extend(burst.observe(&cols, batch.num_rows()));
         }
+        for f in self.drift.observe(&cols, batch.num_rows()) {
+            out.extend(self.folder.push(f));
+        }
         let newest = (0..batch.num_rows())
             .map(|r| cols.stage_at(r))
             .max()
             .unwrap_or(i64::MIN);
         self.newest_micros = self.newest_micros.max(newest);
         out.extend(self.folder.expire(self.newest_micros));
+        self.keep(&out);
         Ok(out)
     }
 
     /// Closes every folding window: the summaries of folded repeats.
     pub fn flush(&mut self) -> Vec<Finding> {
-        self.folder.flush()
+        let out = self.folder.flush();
+        self.keep(&out);
+        out
+    }
+
+    fn keep(&mut self, findings: &[Finding]) {
+        if let Some(t) = &mut self.findings_table {
+            for f in findings {
+                t.push(f);
+            }
+        }
+    }
+
+    /// The `findings` and `rbac_history` rows gathered since the last call, as Parquet files
+    /// to commit with the events they came from (none unless `archive_run_id` was set).
+    pub fn take_files(&mut self) -> Result<Vec<TableFile>, String> {
+        if self.findings_table.is_none() {
+            return Ok(Vec::new());
+        }
+        let mut files = self.drift.take_files()?;
+        if let Some(t) = &mut self.findings_table {
+            files.extend(t.take_files()?);
+        }
+        Ok(files)
+    }
+
+    /// Restores the RBAC state from `rbac_history` rows read back from the archive;
+    /// returns how many versions were read.
+    pub fn restore_rbac_state(&mut self, batches: &[RecordBatch]) -> Result<usize, String> {
+        self.drift.restore(batches)
+    }
+
+    /// RBAC objects whose state is tracked.
+    pub fn rbac_objects_tracked(&self) -> usize {
+        self.drift.tracked()
     }
 
     /// The matches of every rule on `batch` that open a finding; repeats of an open finding

@@ -24,6 +24,8 @@ pub struct EventColumns<'a> {
     name: &'a StringArray,
     code: &'a Int32Array,
     stage_at: &'a TimestampMicrosecondArray,
+    request_object: &'a StringArray,
+    response_object: &'a StringArray,
 }
 
 fn text(a: &StringArray, row: usize) -> Option<String> {
@@ -63,7 +65,52 @@ impl<'a> EventColumns<'a> {
                 .column_by_name(col::STAGE_AT)
                 .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
                 .ok_or("column stage_at is missing or not a timestamp")?,
+            request_object: s(col::REQUEST_OBJECT)?,
+            response_object: s(col::RESPONSE_OBJECT)?,
         })
+    }
+
+    /// `requestObject` of `row` (raw JSON), when logged.
+    pub fn request_object(&self, row: usize) -> Option<&str> {
+        self.request_object
+            .is_valid(row)
+            .then(|| self.request_object.value(row))
+    }
+
+    /// `responseObject` of `row` (raw JSON), when logged.
+    pub fn response_object(&self, row: usize) -> Option<&str> {
+        self.response_object
+            .is_valid(row)
+            .then(|| self.response_object.value(row))
+    }
+
+    /// `objectRef.resource` of `row`.
+    pub fn resource_str(&self, row: usize) -> Option<&str> {
+        self.resource
+            .is_valid(row)
+            .then(|| self.resource.value(row))
+    }
+
+    /// `objectRef.apiGroup` of `row`.
+    pub fn api_group_str(&self, row: usize) -> Option<&str> {
+        self.api_group
+            .is_valid(row)
+            .then(|| self.api_group.value(row))
+    }
+
+    /// `verb` of `row`.
+    pub fn verb_str(&self, row: usize) -> Option<&str> {
+        self.verb.is_valid(row).then(|| self.verb.value(row))
+    }
+
+    /// `objectRef.namespace` and `objectRef.name` of `row`.
+    pub fn namespace_and_name(&self, row: usize) -> (Option<&str>, Option<&str>) {
+        (
+            self.namespace
+                .is_valid(row)
+                .then(|| self.namespace.value(row)),
+            self.name.is_valid(row).then(|| self.name.value(row)),
+        )
     }
 
     /// Cluster of `row`.

@@ -59,6 +59,17 @@ pub enum Outcome {
     Observed,
 }
 
+impl Outcome {
+    /// The lowercase name used in JSON and in the `findings` table.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Denied => "denied",
+            Self::Observed => "observed",
+        }
+    }
+}
+
 /// One detection, with the evidence to act on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finding {

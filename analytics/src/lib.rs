@@ -6,21 +6,31 @@
 //! - [`Finding`]: the one shape every sink gets.
 //! - [`register_functions`]: the `k8s_*` and JSON SQL functions, also for backtests.
 
+mod archive_table;
 mod burst;
 mod engine;
 mod error;
 mod event_columns;
 mod finding;
+mod findings_table;
 mod k8s_functions;
+mod rbac_drift;
+mod rbac_state;
 mod rule;
 mod scenario;
 mod sink;
 
+pub use archive_table::TableFile;
 pub use burst::BURST_RULE_ID;
 pub use engine::{DENIED_SQL, DONE_SQL, Detector, DetectorOptions};
 pub use error::RuleError;
 pub use finding::{Finding, Folder, MAX_EVIDENCE, ObjectRef, Outcome};
 pub use k8s_functions::{k8s_functions, register_functions};
+pub use rbac_drift::{
+    Change, DRIFT_ADDED_RULE_ID, DRIFT_CHANGED_RULE_ID, DRIFT_REMOVED_RULE_ID, DRIFT_RULES,
+    RbacVersion,
+};
+pub use rbac_state::{BaselineError, RbacBaseline, RbacContent, RbacKey, RbacKind};
 pub use rule::{BUILTIN_RULE_FILES, LoadedRule, Rule, RuleSet, Scope, Severity};
 pub use scenario::{
     Expect, Label, Report, Scenario, ScenarioResult, complete_event, run_scenarios,

@@ -30,7 +30,7 @@ pub use observer::BatchObserver;
 pub use partitioned_writer::{
     FinishedFile, PartitionedWriter, WriterOptions, cluster_name_error, partition_of,
 };
-pub use pipeline::{IngestOptions, IngestSummary, ingest};
+pub use pipeline::{IngestOptions, IngestSummary, ingest, new_writer_id};
 pub use quarantine::{QUARANTINE_DIR, quarantine_ndjson};
 pub use serve::{Bound, ServeConfig, ServeError, ServeSummary, serve};
 pub use serve_metrics::ServeMetrics;

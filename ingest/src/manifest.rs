@@ -110,8 +110,17 @@ impl ManifestRecord {
         format!("{sequence:020}.json")
     }
 
-    /// Events in this commit.
+    /// Events in this commit (files of the detectors' tables, also committed here, are not
+    /// events).
     pub fn rows(&self) -> u64 {
-        self.files.iter().map(|f| f.rows).sum()
+        self.event_files().map(|f| f.rows).sum()
+    }
+
+    /// The committed files of the `events` table.
+    pub fn event_files(&self) -> impl Iterator<Item = &ManifestFile> {
+        self.files.iter().filter(|f| {
+            f.path.starts_with(crate::EVENTS_DIR)
+                && f.path[crate::EVENTS_DIR.len()..].starts_with('/')
+        })
     }
 }

@@ -3,6 +3,8 @@
 
 use arrow::array::RecordBatch;
 
+use crate::partitioned_writer::FinishedFile;
+
 /// Sees every batch of events on its way into the archive (after decoding and, on the
 /// webhook path, after duplicate removal), in order, on the archiving thread.
 pub trait BatchObserver: Send {
@@ -10,4 +12,9 @@ pub trait BatchObserver: Send {
     fn observe(&mut self, batch: &RecordBatch) -> u64;
     /// The input ended (or the server is stopping): emit what is pending; returns how many.
     fn finish(&mut self) -> u64;
+    /// Files of the observer's own tables (findings, RBAC history) to commit in the same
+    /// manifest record as the events seen so far; called just before each commit.
+    fn commit_files(&mut self) -> Vec<FinishedFile> {
+        Vec::new()
+    }
 }

@@ -1,6 +1,7 @@
 //! Splits event batches by Hive partition (`cluster=/date=/hour=` of `request_received_at`)
 //! and encodes each partition's rows as ZSTD Parquet files cut by rows and bytes.
 
+pub use auditlake_schema::escape_partition_value;
 use std::collections::BTreeMap;
 
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
@@ -108,19 +109,6 @@ pub fn cluster_name_error(name: &str) -> Option<String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
     (!ok).then(|| format!("cluster {name:?}: use 1 to 253 letters, digits, '-', '_' and '.' only"))
-}
-
-/// Percent-encodes what may not appear in a Hive partition value.
-pub fn escape_partition_value(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-            s.push(b as char);
-        } else {
-            s.push_str(&format!("%{b:02X}"));
-        }
-    }
-    s
 }
 
 impl PartitionedWriter {

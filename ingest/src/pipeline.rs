@@ -289,8 +289,11 @@ fn encode_batches(
                 if let Some(o) = &mut observer {
                     stats.2 += o.observe(&batch);
                 }
-                let files = writer.write(&batch)?;
+                let mut files = writer.write(&batch)?;
                 if !files.is_empty() {
+                    if let Some(o) = &mut observer {
+                        files.extend(o.commit_files());
+                    }
                     send(CommitUnit {
                         files,
                         quarantine: std::mem::take(&mut quarantine),
@@ -303,7 +306,10 @@ fn encode_batches(
     if let Some(o) = &mut observer {
         stats.2 += o.finish();
     }
-    let files = writer.finish_all()?;
+    let mut files = writer.finish_all()?;
+    if let Some(o) = &mut observer {
+        files.extend(o.commit_files());
+    }
     send(CommitUnit { files, quarantine })?;
     Ok(stats)
 }

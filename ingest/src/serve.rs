@@ -81,6 +81,8 @@ pub struct ServeConfig {
     pub findings: Vec<String>,
     /// Repeats of a finding (same rule, principal, object) within this window are folded.
     pub findings_fold_window_seconds: u64,
+    /// Directory (or file) of RBAC manifests that RBAC drift is reported against.
+    pub rbac_baseline: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -106,6 +108,7 @@ impl Default for ServeConfig {
             rules: Vec::new(),
             findings: vec!["stdout".into()],
             findings_fold_window_seconds: 300,
+            rbac_baseline: None,
         }
     }
 }
@@ -268,10 +271,14 @@ fn archive_wal(
     let flush = |writer: &mut PartitionedWriter,
                  finished: &mut Vec<FinishedFile>,
                  quarantine: &mut Vec<Quarantined>,
+                 observer: &mut Option<Box<dyn BatchObserver>>,
                  through_seq: u64|
      -> Result<(), ServeError> {
         let mut files = std::mem::take(finished);
         files.extend(writer.finish_all()?);
+        if let Some(o) = observer {
+            files.extend(o.commit_files());
+        }
         commits
             .blocking_send(CommitUnit {
                 files,
@@ -353,7 +360,13 @@ fn archive_wal(
                 dirty = true;
                 bytes_since_commit += r.body.len() as u64;
                 if !finished.is_empty() || bytes_since_commit >= settings.flush_bytes {
-                    flush(&mut writer, &mut finished, &mut quarantine, last_seq)?;
+                    flush(
+                        &mut writer,
+                        &mut finished,
+                        &mut quarantine,
+                        &mut observer,
+                        last_seq,
+                    )?;
                     dirty = false;
                     last_commit = Instant::now();
                     bytes_since_commit = 0;
@@ -365,13 +378,25 @@ fn archive_wal(
                     metrics.findings.inc_by(o.finish());
                 }
                 if dirty {
-                    flush(&mut writer, &mut finished, &mut quarantine, last_seq)?;
+                    flush(
+                        &mut writer,
+                        &mut finished,
+                        &mut quarantine,
+                        &mut observer,
+                        last_seq,
+                    )?;
                 }
                 return Ok(());
             }
         }
         if dirty && last_commit.elapsed() >= settings.flush_interval {
-            flush(&mut writer, &mut finished, &mut quarantine, last_seq)?;
+            flush(
+                &mut writer,
+                &mut finished,
+                &mut quarantine,
+                &mut observer,
+                last_seq,
+            )?;
             dirty = false;
             last_commit = Instant::now();
             bytes_since_commit = 0;

@@ -4,7 +4,10 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
-use auditlake_schema::events_file_schema;
+use auditlake_schema::{
+    DERIVED_PARTITION_COLUMNS, FINDINGS_DIR, RBAC_HISTORY_DIR, events_file_schema,
+    findings_file_schema, rbac_history_file_schema,
+};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -45,6 +48,43 @@ pub fn analyst_config() -> SessionConfig {
     config
 }
 
+/// The `rbac_state` view over `rbac_history`.
+const RBAC_STATE_VIEW: &str = "CREATE VIEW rbac_state AS \
+    SELECT cluster, kind, namespace, name, change, content_known, role_ref, subjects, rules, \
+    matches_baseline, principal, verb, audit_id, changed_at AS valid_from, \
+    lead(changed_at) OVER (PARTITION BY cluster, kind, namespace, name ORDER BY changed_at, audit_id) \
+    AS valid_until FROM rbac_history";
+
+/// Registers the Parquet table under `<archive>/<dir>/` as `<dir>`, Hive-partitioned by
+/// `partitions`. A table with no files yet is simply empty.
+fn register_listing(
+    ctx: &SessionContext,
+    archive_url: &Url,
+    dir: &str,
+    partitions: &[&str],
+    schema: SchemaRef,
+) -> Result<(), QueryError> {
+    let url = archive_url
+        .join(&format!("{dir}/"))
+        .map_err(|e| QueryError::Archive {
+            url: archive_url.to_string(),
+            message: e.to_string(),
+        })?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(
+            partitions
+                .iter()
+                .map(|p| (p.to_string(), DataType::Utf8))
+                .collect(),
+        );
+    let config = ListingTableConfig::new(ListingTableUrl::parse(url.as_str())?)
+        .with_listing_options(options)
+        .with_schema(schema);
+    ctx.register_table(dir, Arc::new(ListingTable::try_new(config)?))?;
+    Ok(())
+}
+
 impl ArchiveSession {
     /// Opens a session over the archive rooted at `archive_url`, read through `store`
     /// (for `file://` archives DataFusion's own local filesystem is used).
@@ -66,24 +106,23 @@ impl ArchiveSession {
             ctx.register_object_store(&base, store);
         }
         datafusion_functions_json::register_all(&mut ctx)?;
-        let events_url = archive_url
-            .join("events/")
-            .map_err(|e| QueryError::Archive {
-                url: archive_url.to_string(),
-                message: e.to_string(),
-            })?;
-        let table_url = ListingTableUrl::parse(events_url.as_str())?;
-        let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
-            .with_file_extension(".parquet")
-            .with_table_partition_cols(vec![
-                ("cluster".to_string(), DataType::Utf8),
-                ("date".to_string(), DataType::Utf8),
-                ("hour".to_string(), DataType::Utf8),
-            ]);
-        let table_config = ListingTableConfig::new(table_url)
-            .with_listing_options(options)
-            .with_schema(events_file_schema());
-        ctx.register_table("events", Arc::new(ListingTable::try_new(table_config)?))?;
+        let archive = |dir: &str, partitions: &[&str], schema: SchemaRef| {
+            register_listing(&ctx, archive_url, dir, partitions, schema)
+        };
+        archive("events", &["cluster", "date", "hour"], events_file_schema())?;
+        archive(
+            FINDINGS_DIR,
+            &DERIVED_PARTITION_COLUMNS,
+            findings_file_schema(),
+        )?;
+        archive(
+            RBAC_HISTORY_DIR,
+            &DERIVED_PARTITION_COLUMNS,
+            rbac_history_file_schema(),
+        )?;
+        // Each version of an RBAC object with the time the next one replaced it, so "who was
+        // bound to what at T" is `valid_from <= T AND (valid_until IS NULL OR valid_until > T)`.
+        ctx.sql(RBAC_STATE_VIEW).await?;
         Ok(Self { ctx })
     }
 

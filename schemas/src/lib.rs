@@ -5,12 +5,17 @@
 //! Event, an `EventList`) into record batches of it and quarantines what it cannot decode.
 
 mod decoder;
+mod derived_tables;
 mod event_builder;
 mod events_schema;
 mod tape_span;
 pub mod timestamp;
 
 pub use decoder::{DecoderOptions, EventDecoder, Quarantined, SourcePos, json_syntax_error, lines};
+pub use derived_tables::{
+    DERIVED_PARTITION_COLUMNS, FINDINGS_DIR, RBAC_HISTORY_DIR, escape_partition_value,
+    findings_file_schema, rbac_history_file_schema,
+};
 pub use event_builder::EventBatchBuilder;
 pub use events_schema::{
     PARTITION_COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, col, events_file_schema, events_schema,
