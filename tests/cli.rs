@@ -371,3 +371,148 @@ fn rules_test_passes_on_the_shipped_scenarios_and_fails_on_a_wrong_expectation()
         String::from_utf8_lossy(&bad.stdout).contains("| wrong | attack | K8S-WL-001 | - | FAIL |")
     );
 }
+
+/// One RequestResponse-level patch of RoleBinding apps/ci-view by alice at `time`, leaving
+/// `subjects` (besides the service account ci) bound to ClusterRole view.
+fn ci_view_patch(audit_id: &str, time: &str, users: &[&str]) -> String {
+    let mut subjects =
+        vec![serde_json::json!({"kind": "ServiceAccount", "name": "ci", "namespace": "apps"})];
+    subjects.extend(
+        users
+            .iter()
+            .map(|u| serde_json::json!({"kind": "User", "name": u})),
+    );
+    let event = serde_json::json!({
+        "auditID": audit_id, "verb": "patch", "user": {"username": "alice"},
+        "requestReceivedTimestamp": time, "stageTimestamp": time,
+        "objectRef": {"resource": "rolebindings", "apiGroup": "rbac.authorization.k8s.io",
+                      "namespace": "apps", "name": "ci-view"},
+        "requestObject": {"subjects": subjects},
+        "responseObject": {"kind": "RoleBinding", "metadata": {"name": "ci-view", "namespace": "apps"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": subjects},
+    });
+    format!(
+        "{}\n",
+        auditlake_analytics::complete_event(0, &serde_json::Value::Null, &event)
+    )
+}
+
+#[test]
+fn rbac_drift_is_found_archived_and_remembered_across_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let baseline = dir.path().join("gitops");
+    std::fs::create_dir(&baseline).unwrap();
+    std::fs::write(
+        baseline.join("ci.yaml"),
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\n\
+         metadata: {name: ci-view, namespace: apps}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}\n\
+         subjects: [{kind: ServiceAccount, name: ci}]\n",
+    )
+    .unwrap();
+    let findings = dir.path().join("findings.ndjson");
+    // Two separate processes: the second must know what the first rebuilt.
+    let runs = [
+        ("p-1", "2026-11-01T10:00:00.000000Z", vec!["mallory"]),
+        ("p-2", "2026-11-01T11:00:00.000000Z", vec!["bob"]),
+    ];
+    for (id, time, users) in &runs {
+        let input = dir.path().join(format!("{id}.ndjson"));
+        std::fs::write(&input, ci_view_patch(id, time, users)).unwrap();
+        let out = Command::new(BIN)
+            .args(["--archive", archive.to_str().unwrap(), "ingest"])
+            .args(["--rbac-baseline", baseline.to_str().unwrap()])
+            .args(["--findings", findings.to_str().unwrap()])
+            .arg(&input)
+            .env("AUDITLAKE_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let drift: Vec<serde_json::Value> = std::fs::read_to_string(&findings)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|f| f["rule_id"] == "K8S-DRIFT-002")
+        .collect();
+    assert_eq!(drift.len(), 2, "{drift:?}");
+    let details = |f: &serde_json::Value| -> serde_json::Value {
+        serde_json::from_str(f["details"].as_str().unwrap()).unwrap()
+    };
+    let first = details(&drift[0]);
+    assert_eq!(
+        first["diff_from_baseline"]["subjects_added"],
+        serde_json::json!(["User:mallory"])
+    );
+    assert!(first["diff_from_previous"].is_null(), "{first}");
+    // The second run restored the first version from the archive's rbac_history.
+    let second = details(&drift[1]);
+    assert_eq!(
+        second["diff_from_previous"],
+        serde_json::json!({"subjects_added": ["User:bob"], "subjects_removed": ["User:mallory"]})
+    );
+    assert_eq!(drift[1]["principal"], "alice");
+    assert_eq!(drift[1]["evidence"], serde_json::json!(["p-2"]));
+
+    // Archived findings, through `auditlake findings`.
+    let out = Command::new(BIN)
+        .args(["--archive", archive.to_str().unwrap(), "findings"])
+        .args([
+            "--since",
+            "100000d",
+            "--rule",
+            "K8S-DRIFT-002",
+            "--format",
+            "ndjson",
+        ])
+        .env("AUDITLAKE_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let archived: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(archived.len(), 2);
+    assert_eq!(
+        archived[0]["evidence"],
+        serde_json::json!(["p-2"]),
+        "newest first"
+    );
+
+    // Who was bound to view through ci-view, as of a time between the two patches and after.
+    let as_of = |t: &str| {
+        query_csv(
+            &archive,
+            &format!(
+                "SELECT array_to_string(subjects, ' ') AS s FROM rbac_state \
+                 WHERE name = 'ci-view' AND valid_from <= TIMESTAMP '{t}' \
+                 AND (valid_until IS NULL OR valid_until > TIMESTAMP '{t}')"
+            ),
+        )
+    };
+    assert_eq!(
+        as_of("2026-11-01T10:30:00Z"),
+        "s\nServiceAccount:apps/ci User:mallory\n"
+    );
+    assert_eq!(
+        as_of("2026-11-01T12:00:00Z"),
+        "s\nServiceAccount:apps/ci User:bob\n"
+    );
+    // Both tables are in the manifest chain with the events.
+    let manifests = std::fs::read_dir(archive.join("_manifest"))
+        .unwrap()
+        .count();
+    assert_eq!(manifests, 2);
+}

@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use crate::engine::{Detector, DetectorOptions};
 use crate::error::RuleError;
 use crate::finding::{Finding, Outcome};
+use crate::rbac_state::RbacBaseline;
 use crate::rule::RuleSet;
 
 /// Attack or benign.
@@ -72,6 +73,9 @@ pub struct Scenario {
     /// Fields merged into every event before its own.
     #[serde(default)]
     pub defaults: Value,
+    /// RBAC manifests the drift detector compares with (none: no drift findings).
+    #[serde(default)]
+    pub rbac_baseline: Vec<Value>,
     /// The events, in order.
     pub events: Vec<Value>,
     /// The findings that must fire (and no others).
@@ -195,7 +199,18 @@ impl Scenario {
         for (list, items) in &self.lists {
             rules.set_list(list, items.clone());
         }
-        let mut detector = Detector::compile(&rules, options)?;
+        let mut options = options.clone();
+        if !self.rbac_baseline.is_empty() {
+            let mut baseline = RbacBaseline::default();
+            for m in &self.rbac_baseline {
+                baseline.add(m).map_err(|message| RuleError::Evaluate {
+                    rule: format!("(scenario {name}: rbac_baseline)"),
+                    message,
+                })?;
+            }
+            options.rbac_baseline = Some(baseline);
+        }
+        let mut detector = Detector::compile(&rules, &options)?;
         let items: Vec<Value> = self
             .events
             .iter()
