@@ -56,7 +56,7 @@ pub async fn run(archive: impl FnOnce() -> Result<Archive>, args: RulesArgs) -> 
                 println!(
                     "{:<14} {:<9} {:<24} {:<70} {}{}",
                     r.rule.id,
-                    r.rule.severity,
+                    r.rule.severity.as_str(),
                     r.rule.mitre.join(","),
                     r.rule.title,
                     r.origin,

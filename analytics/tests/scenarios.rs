@@ -63,3 +63,128 @@ fn an_unauthorized_grant_names_granter_role_subjects_scope_and_evidence() {
     assert_eq!(json["severity"], "high");
     assert_eq!(json["time"], "2026-11-01T10:00:01.000000Z");
 }
+
+/// Falco's labelled Kubernetes audit traces (`fixtures/falco-k8s-audit/`), with Falco's rule
+/// names mapped to ours by meaning (`mapping.csv`): a positive case must fire the mapped rule;
+/// a negative case must fire none of the mapped rules, unless it is negative only because of a
+/// Falco allow-list override (trusted image, allowed user), which we do not replicate.
+#[test]
+fn falco_traces_fire_the_rules_that_mean_the_same() {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use auditlake_analytics::Detector;
+    use auditlake_schema::{DecoderOptions, EventDecoder, SourcePos};
+
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/falco-k8s-audit");
+    let mapping: BTreeMap<String, String> = std::fs::read_to_string(dir.join("mapping.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let mut f = l.splitn(3, ',');
+            (f.next().unwrap().to_string(), f.next().unwrap().to_string())
+        })
+        .collect();
+    let covered: BTreeSet<&str> = mapping
+        .values()
+        .filter(|r| *r != "-")
+        .map(String::as_str)
+        .collect();
+    // Cases where our pack stays quiet on purpose; they must indeed stay quiet.
+    let by_design: BTreeMap<String, String> = std::fs::read_to_string(dir.join("differences.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let (case, reason) = l.split_once(',').unwrap();
+            (case.to_string(), reason.to_string())
+        })
+        .collect();
+    let rules = RuleSet::builtin().unwrap();
+    let mut table = String::from("| case | falco expects | ours | result |\n|---|---|---|---|\n");
+    let (mut passed, mut failed, mut not_covered, mut override_only, mut differs) = (0, 0, 0, 0, 0);
+    for line in std::fs::read_to_string(dir.join("labels_derived.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+    {
+        let cols: Vec<&str> = line.split(',').collect();
+        let (case, trace, detect, expected, overrides) =
+            (cols[0], cols[1], cols[2], cols[3], cols[5]);
+        let text = std::fs::read_to_string(dir.join("trace_files").join(trace)).unwrap();
+        let mut detector = Detector::compile(&rules, &DetectorOptions::default()).unwrap();
+        let mut decoder = EventDecoder::new("falco", DecoderOptions::default());
+        let mut quarantine = Vec::new();
+        for (i, l) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let pos = SourcePos {
+                source: trace,
+                line: Some(i as u64 + 1),
+                byte_offset: 0,
+            };
+            decoder.decode_document(l.as_bytes(), pos, &mut quarantine);
+        }
+        let mut fired = BTreeSet::new();
+        if let Some(batch) = decoder.finish_batch() {
+            for f in detector
+                .evaluate(&batch)
+                .unwrap()
+                .into_iter()
+                .chain(detector.flush())
+            {
+                fired.insert(f.rule_id);
+            }
+        }
+        let falco_rule = expected.split('=').next().unwrap_or("");
+        let ours = mapping.get(falco_rule).map(String::as_str).unwrap_or("-");
+        let fired_covered: Vec<&String> = fired
+            .iter()
+            .filter(|r| covered.contains(r.as_str()))
+            .collect();
+        let result = if detect == "True" {
+            if ours == "-" {
+                not_covered += 1;
+                "not covered (see mapping.csv)".to_string()
+            } else if fired.contains(ours) {
+                passed += 1;
+                "pass".to_string()
+            } else if let Some(reason) = by_design.get(case) {
+                differs += 1;
+                format!("quiet by design: {reason}")
+            } else {
+                failed += 1;
+                format!("FAIL: fired {fired:?}")
+            }
+        } else if fired_covered.is_empty() {
+            passed += 1;
+            "pass (quiet)".to_string()
+        } else if overrides.contains("trust_") || overrides.contains("allow_") {
+            override_only += 1;
+            format!("negative only by a Falco override ({overrides}); we fire {fired_covered:?}")
+        } else {
+            failed += 1;
+            format!("FAIL: fired {fired_covered:?}")
+        };
+        table.push_str(&format!("| {case} | {expected} | {ours} | {result} |\n"));
+    }
+    table.push_str(&format!(
+        "\n{passed} pass, {failed} fail, {differs} quiet by design, {not_covered} not covered by \
+         our pack, {override_only} negative only under a Falco allow-list\n"
+    ));
+    println!("{table}");
+    assert_eq!(failed, 0, "{table}");
+    assert_eq!(
+        differs,
+        by_design.len(),
+        "every listed difference still holds\n{table}"
+    );
+    assert_eq!(
+        passed + failed + not_covered + override_only + differs,
+        66,
+        "{table}"
+    );
+    assert!(passed >= 25, "{table}");
+}
