@@ -255,7 +255,7 @@ impl Detector {
             }),
             drift: RbacDrift::new(
                 options.rbac_baseline.clone(),
-                options.archive_run_id.as_deref().unwrap_or("none"),
+                options.archive_run_id.as_deref(),
             ),
             findings_table: options.archive_run_id.as_deref().map(FindingsTable::new),
             newest_micros: i64::MIN,

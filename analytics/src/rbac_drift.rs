@@ -115,7 +115,8 @@ pub struct RbacVersion {
 pub struct RbacDrift {
     baseline: Option<RbacBaseline>,
     state: HashMap<(String, RbacKey), RbacVersion>,
-    history: TableBuffer<RbacVersion>,
+    /// Versions for the archive's `rbac_history` table; `None` when no tables are kept.
+    history: Option<TableBuffer<RbacVersion>>,
 }
 
 /// Content of the object the event's body shows after the change, if any.
@@ -149,13 +150,14 @@ fn is_default_object(obj: Option<&Value>) -> bool {
 }
 
 impl RbacDrift {
-    /// A detector comparing with `baseline` (none: the state and history are kept, no drift
-    /// findings); `run_id` goes into the history file names.
-    pub fn new(baseline: Option<RbacBaseline>, run_id: &str) -> Self {
+    /// A detector comparing with `baseline` (none: the state is kept, no drift findings);
+    /// with `run_id` it also keeps the history for the archive (the id goes into file names).
+    pub fn new(baseline: Option<RbacBaseline>, run_id: Option<&str>) -> Self {
         Self {
             baseline,
             state: HashMap::new(),
-            history: TableBuffer::new(RBAC_HISTORY_DIR, rbac_history_file_schema(), run_id),
+            history: run_id
+                .map(|id| TableBuffer::new(RBAC_HISTORY_DIR, rbac_history_file_schema(), id)),
         }
     }
 
@@ -319,7 +321,9 @@ impl RbacDrift {
             verb: cols.verb(row).unwrap_or_default(),
             audit_id: cols.audit_id(row),
         };
-        self.history.push(&cluster, at, version.clone());
+        if let Some(h) = &mut self.history {
+            h.push(&cluster, at, version.clone());
+        }
         self.state.insert(slot, version);
 
         let Some(declared) = declared else { return };
@@ -391,7 +395,10 @@ impl RbacDrift {
 
     /// Versions recorded since the last call, as `rbac_history` Parquet files.
     pub fn take_files(&mut self) -> Result<Vec<TableFile>, String> {
-        self.history.take_files(history_batch)
+        match &mut self.history {
+            Some(h) => h.take_files(history_batch),
+            None => Ok(Vec::new()),
+        }
     }
 }
 
