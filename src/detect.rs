@@ -37,17 +37,7 @@ impl BatchObserver for Detection {
 
     fn commit_files(&mut self) -> Vec<FinishedFile> {
         match self.detector.take_files() {
-            Ok(files) => files
-                .into_iter()
-                .map(|f| FinishedFile {
-                    relative_path: f.relative_path,
-                    cluster: f.cluster,
-                    bytes: f.bytes,
-                    rows: f.rows,
-                    min_micros: f.min_micros,
-                    max_micros: f.max_micros,
-                })
-                .collect(),
+            Ok(files) => files,
             Err(e) => {
                 // The findings already went to their sinks; only the archive copy is missing.
                 tracing::error!(error = %e, "cannot encode the findings/rbac_history tables");

@@ -12,25 +12,8 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
 
-use auditlake_schema::escape_partition_value;
 use auditlake_schema::timestamp::civil_from_days;
-
-/// One finished Parquet file of a detector table, ready to be committed.
-#[derive(Debug, Clone)]
-pub struct TableFile {
-    /// Path relative to the archive root.
-    pub relative_path: String,
-    /// Cluster partition value.
-    pub cluster: String,
-    /// The file's bytes.
-    pub bytes: Vec<u8>,
-    /// Rows in the file.
-    pub rows: u64,
-    /// Earliest row time (µs).
-    pub min_micros: i64,
-    /// Latest row time (µs).
-    pub max_micros: i64,
-}
+use auditlake_schema::{FinishedFile, escape_partition_value};
 
 /// `YYYY-MM-DD` (UTC) of a time in microseconds.
 pub(crate) fn date_of(micros: i64) -> String {
@@ -73,14 +56,14 @@ impl<R> TableBuffer<R> {
     pub(crate) fn take_files(
         &mut self,
         to_batch: impl Fn(&SchemaRef, &[(i64, R)]) -> Result<RecordBatch, String>,
-    ) -> Result<Vec<TableFile>, String> {
+    ) -> Result<Vec<FinishedFile>, String> {
         let mut files = Vec::new();
         for ((cluster, date), rows) in std::mem::take(&mut self.pending) {
             let batch = to_batch(&self.schema, &rows)?;
             let bytes = encode(&self.schema, &batch)
                 .map_err(|e| format!("encoding {} Parquet: {e}", self.dir))?;
             self.files_written += 1;
-            files.push(TableFile {
+            files.push(FinishedFile {
                 relative_path: format!(
                     "{}/cluster={}/date={date}/part-{}-{:06}.parquet",
                     self.dir,

@@ -19,7 +19,6 @@ use datafusion::optimizer::simplify_expressions::ExprSimplifier;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 
-use crate::archive_table::TableFile;
 use crate::burst::ForbiddenBurst;
 use crate::error::RuleError;
 use crate::event_columns::EventColumns;
@@ -29,6 +28,7 @@ use crate::k8s_functions::register_functions;
 use crate::rbac_drift::RbacDrift;
 use crate::rbac_state::RbacBaseline;
 use crate::rule::{LoadedRule, RuleSet, Scope};
+use auditlake_schema::FinishedFile;
 
 /// Columns whose values are whole JSON documents: conditions on them run only on the rows
 /// the rule's other conjuncts kept.
@@ -372,7 +372,7 @@ impl Detector {
 
     /// The `findings` and `rbac_history` rows gathered since the last call, as Parquet files
     /// to commit with the events they came from (none unless `archive_run_id` was set).
-    pub fn take_files(&mut self) -> Result<Vec<TableFile>, String> {
+    pub fn take_files(&mut self) -> Result<Vec<FinishedFile>, String> {
         if self.findings_table.is_none() {
             return Ok(Vec::new());
         }

@@ -12,8 +12,9 @@ use arrow::datatypes::SchemaRef;
 use auditlake_schema::timestamp::parse_rfc3339_micros;
 use auditlake_schema::{FINDINGS_DIR, findings_file_schema};
 
-use crate::archive_table::{TableBuffer, TableFile};
+use crate::archive_table::TableBuffer;
 use crate::finding::Finding;
+use auditlake_schema::FinishedFile;
 
 /// Findings waiting for the next archive commit.
 pub(crate) struct FindingsTable {
@@ -35,7 +36,7 @@ impl FindingsTable {
     }
 
     /// The waiting findings as Parquet files (one per cluster and day).
-    pub(crate) fn take_files(&mut self) -> Result<Vec<TableFile>, String> {
+    pub(crate) fn take_files(&mut self) -> Result<Vec<FinishedFile>, String> {
         self.buffer.take_files(findings_batch)
     }
 }

@@ -20,7 +20,6 @@ mod rule;
 mod scenario;
 mod sink;
 
-pub use archive_table::TableFile;
 pub use burst::BURST_RULE_ID;
 pub use engine::{DENIED_SQL, DONE_SQL, Detector, DetectorOptions};
 pub use error::RuleError;

@@ -16,11 +16,12 @@ use serde_json::{Value, json};
 use auditlake_schema::timestamp::format_rfc3339_micros;
 use auditlake_schema::{RBAC_HISTORY_DIR, rbac_history_file_schema};
 
-use crate::archive_table::{TableBuffer, TableFile};
+use crate::archive_table::TableBuffer;
 use crate::event_columns::EventColumns;
 use crate::finding::{Finding, Outcome};
 use crate::rbac_state::{RbacBaseline, RbacContent, RbacKey, RbacKind, normalise_rule};
 use crate::rule::Severity;
+use auditlake_schema::FinishedFile;
 
 /// An object created or changed that the baseline does not declare.
 pub const DRIFT_ADDED_RULE_ID: &str = "K8S-DRIFT-001";
@@ -394,7 +395,7 @@ impl RbacDrift {
     }
 
     /// Versions recorded since the last call, as `rbac_history` Parquet files.
-    pub fn take_files(&mut self) -> Result<Vec<TableFile>, String> {
+    pub fn take_files(&mut self) -> Result<Vec<FinishedFile>, String> {
         match &mut self.history {
             Some(h) => h.take_files(history_batch),
             None => Ok(Vec::new()),

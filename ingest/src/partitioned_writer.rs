@@ -1,7 +1,7 @@
 //! Splits event batches by Hive partition (`cluster=/date=/hour=` of `request_received_at`)
 //! and encodes each partition's rows as ZSTD Parquet files cut by rows and bytes.
 
-pub use auditlake_schema::escape_partition_value;
+pub use auditlake_schema::{FinishedFile, escape_partition_value};
 use std::collections::BTreeMap;
 
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
@@ -42,23 +42,6 @@ impl Default for WriterOptions {
             max_open_partitions: 8,
         }
     }
-}
-
-/// A complete Parquet file ready to be committed.
-#[derive(Debug)]
-pub struct FinishedFile {
-    /// Path relative to the archive root.
-    pub relative_path: String,
-    /// Cluster partition value.
-    pub cluster: String,
-    /// The file's bytes.
-    pub bytes: Vec<u8>,
-    /// Number of events.
-    pub rows: u64,
-    /// Earliest `request_received_at` (µs).
-    pub min_micros: i64,
-    /// Latest `request_received_at` (µs).
-    pub max_micros: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

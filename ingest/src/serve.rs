@@ -359,18 +359,6 @@ fn archive_wal(
                 last_seq = r.seq;
                 dirty = true;
                 bytes_since_commit += r.body.len() as u64;
-                if !finished.is_empty() || bytes_since_commit >= settings.flush_bytes {
-                    flush(
-                        &mut writer,
-                        &mut finished,
-                        &mut quarantine,
-                        &mut observer,
-                        last_seq,
-                    )?;
-                    dirty = false;
-                    last_commit = Instant::now();
-                    bytes_since_commit = 0;
-                }
             }
             ReadOutcome::Idle => {}
             ReadOutcome::Closed => {
@@ -389,7 +377,11 @@ fn archive_wal(
                 return Ok(());
             }
         }
-        if dirty && last_commit.elapsed() >= settings.flush_interval {
+        // Commit when a file was cut, enough log bytes wait, or the interval passed.
+        let due = !finished.is_empty()
+            || bytes_since_commit >= settings.flush_bytes
+            || last_commit.elapsed() >= settings.flush_interval;
+        if dirty && due {
             flush(
                 &mut writer,
                 &mut finished,

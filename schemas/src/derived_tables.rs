@@ -86,6 +86,23 @@ pub fn rbac_history_file_schema() -> SchemaRef {
     SCHEMA.clone()
 }
 
+/// A complete Parquet file of an archive table, ready to be committed.
+#[derive(Debug)]
+pub struct FinishedFile {
+    /// Path relative to the archive root.
+    pub relative_path: String,
+    /// Cluster partition value.
+    pub cluster: String,
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+    /// Number of rows (events, findings, RBAC versions).
+    pub rows: u64,
+    /// Earliest row time (µs): `request_received_at` for events.
+    pub min_micros: i64,
+    /// Latest row time (µs).
+    pub max_micros: i64,
+}
+
 /// Percent-encodes a Hive partition value (cluster names are validated at the source to
 /// letters, digits, `-`, `_`, `.`; anything else is encoded so a path is never broken).
 pub fn escape_partition_value(v: &str) -> String {
