@@ -69,26 +69,36 @@ fn start(dir: &Path, webhook: SocketAddr, ops: SocketAddr, stderr: Stdio) -> Chi
     child
 }
 
-/// `auditlake query --format csv` over the archive at `archive`: its stdout.
-fn query_csv(archive: &Path, sql: &str) -> String {
-    let query = Command::new(BIN)
-        .args([
-            "--archive",
-            archive.to_str().unwrap(),
-            "query",
-            "--format",
-            "csv",
-            sql,
-        ])
+/// Runs `auditlake --archive <archive> <args>` (warnings-only log), asserts it succeeded,
+/// returns its stdout.
+fn auditlake_ok<S: AsRef<std::ffi::OsStr>>(archive: &Path, args: &[S]) -> String {
+    let out = Command::new(BIN)
+        .arg("--archive")
+        .arg(archive)
+        .args(args)
         .env("AUDITLAKE_LOG", "warn")
         .output()
         .unwrap();
     assert!(
-        query.status.success(),
+        out.status.success(),
         "{}",
-        String::from_utf8_lossy(&query.stderr)
+        String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(query.stdout).unwrap()
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `auditlake query --format csv` over the archive at `archive`: its stdout.
+fn query_csv(archive: &Path, sql: &str) -> String {
+    auditlake_ok(archive, &["query", "--format", "csv", sql])
+}
+
+/// The JSON objects of an NDJSON file.
+fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[test]
@@ -270,32 +280,18 @@ fn ingest_runs_the_detectors_and_a_rule_backtests_over_the_archive() {
         .collect();
     std::fs::write(&input, ndjson).unwrap();
     let findings = dir.path().join("findings.ndjson");
-    let out = Command::new(BIN)
-        .args([
-            "--archive",
-            archive.to_str().unwrap(),
+    auditlake_ok(
+        &archive,
+        &[
             "ingest",
             "--cluster",
             "prod",
-        ])
-        .args([
             "--findings",
             findings.to_str().unwrap(),
             input.to_str().unwrap(),
-        ])
-        .env("AUDITLAKE_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ],
     );
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&findings)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = read_ndjson(&findings);
     let mut rules: Vec<&str> = lines
         .iter()
         .map(|f| f["rule_id"].as_str().unwrap())
@@ -309,25 +305,19 @@ fn ingest_runs_the_detectors_and_a_rule_backtests_over_the_archive() {
     );
 
     // The same rule text over the archive: one matching event (the ResponseComplete stage).
-    let back = Command::new(BIN)
-        .args(["--archive", archive.to_str().unwrap(), "rules", "backtest"])
-        .args([
+    let csv = auditlake_ok(
+        &archive,
+        &[
+            "rules",
+            "backtest",
             "--rule",
             "K8S-RBAC-001",
             "--since",
             "100000d",
             "--format",
             "csv",
-        ])
-        .env("AUDITLAKE_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        back.status.success(),
-        "{}",
-        String::from_utf8_lossy(&back.stderr)
+        ],
     );
-    let csv = String::from_utf8(back.stdout).unwrap();
     let rows: Vec<&str> = csv.lines().skip(1).collect();
     assert_eq!(rows.len(), 1, "{csv}");
     assert!(
@@ -421,24 +411,20 @@ fn rbac_drift_is_found_archived_and_remembered_across_runs() {
     for (id, time, users) in &runs {
         let input = dir.path().join(format!("{id}.ndjson"));
         std::fs::write(&input, ci_view_patch(id, time, users)).unwrap();
-        let out = Command::new(BIN)
-            .args(["--archive", archive.to_str().unwrap(), "ingest"])
-            .args(["--rbac-baseline", baseline.to_str().unwrap()])
-            .args(["--findings", findings.to_str().unwrap()])
-            .arg(&input)
-            .env("AUDITLAKE_LOG", "warn")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        auditlake_ok(
+            &archive,
+            &[
+                "ingest".as_ref(),
+                "--rbac-baseline".as_ref(),
+                baseline.as_os_str(),
+                "--findings".as_ref(),
+                findings.as_os_str(),
+                input.as_os_str(),
+            ],
         );
     }
-    let drift: Vec<serde_json::Value> = std::fs::read_to_string(&findings)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    let drift: Vec<serde_json::Value> = read_ndjson(&findings)
+        .into_iter()
         .filter(|f| f["rule_id"] == "K8S-DRIFT-002")
         .collect();
     assert_eq!(drift.len(), 2, "{drift:?}");
@@ -461,29 +447,21 @@ fn rbac_drift_is_found_archived_and_remembered_across_runs() {
     assert_eq!(drift[1]["evidence"], serde_json::json!(["p-2"]));
 
     // Archived findings, through `auditlake findings`.
-    let out = Command::new(BIN)
-        .args(["--archive", archive.to_str().unwrap(), "findings"])
-        .args([
+    let archived: Vec<serde_json::Value> = auditlake_ok(
+        &archive,
+        &[
+            "findings",
             "--since",
             "100000d",
             "--rule",
             "K8S-DRIFT-002",
             "--format",
             "ndjson",
-        ])
-        .env("AUDITLAKE_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let archived: Vec<serde_json::Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+        ],
+    )
+    .lines()
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect();
     assert_eq!(archived.len(), 2);
     assert_eq!(
         archived[0]["evidence"],
