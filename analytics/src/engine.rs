@@ -2,7 +2,7 @@
 //! and evaluated vectorised on every events batch, plus the stateful detectors, with repeats
 //! folded.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
@@ -20,14 +20,15 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 
 use crate::burst::ForbiddenBurst;
+use crate::coalesce::direct_coalesce;
 use crate::error::RuleError;
 use crate::event_columns::EventColumns;
-use crate::finding::{Finding, Folder, Outcome, fold_key};
+use crate::finding::{Finding, Folder, Outcome, fold_key_prefix};
 use crate::findings_table::FindingsTable;
 use crate::k8s_functions::register_functions;
 use crate::rbac_drift::RbacDrift;
 use crate::rbac_state::RbacBaseline;
-use crate::rule::{LoadedRule, RuleSet, Scope};
+use crate::rule::{FoldBy, LoadedRule, RuleSet, Scope};
 use auditlake_schema::FinishedFile;
 
 /// Columns whose values are whole JSON documents: conditions on them run only on the rows
@@ -85,13 +86,92 @@ impl Default for DetectorOptions {
 pub struct CompiledRule {
     /// The rule as loaded.
     pub loaded: LoadedRule,
-    /// Conjuncts without functions or body columns: evaluated on the whole batch.
-    prefilter: Option<Arc<dyn PhysicalExpr>>,
+    /// Conjuncts without functions or body columns (indices into the detector's
+    /// [`ConjunctPool`]): evaluated on the whole batch, each at most once for all rules.
+    prefilter: Vec<usize>,
     /// The other conjuncts: evaluated only on rows the prefilter kept.
-    rest: Option<Arc<dyn PhysicalExpr>>,
-    details: Option<Arc<dyn PhysicalExpr>>,
-    /// Columns of the events schema the rule reads; its expressions index this projection.
+    rest: Option<ProjectedExpr>,
+    details: Option<ProjectedExpr>,
+}
+
+/// An expression compiled against the columns it reads only (indices into the events
+/// schema), so that filtering or taking rows for it never copies bodies it does not read.
+struct ProjectedExpr {
+    expr: Arc<dyn PhysicalExpr>,
     columns: Vec<usize>,
+}
+
+impl ProjectedExpr {
+    fn compile(ctx: &SessionContext, expr: Expr) -> Result<Self, String> {
+        let (columns, schema) = projection(&[&expr])?;
+        Ok(Self {
+            expr: compile_expr(ctx, &schema, expr)?,
+            columns,
+        })
+    }
+
+    /// Its columns of `batch` (events schema).
+    fn input(&self, batch: &RecordBatch, rule: &str) -> Result<RecordBatch, RuleError> {
+        batch.project(&self.columns).map_err(|e| eval_err(rule, e))
+    }
+}
+
+/// The cheap conjuncts of all rules, deduplicated by their text: most rules open with the
+/// same few tests on `resource`, `verb` and the principal, so each is evaluated once per
+/// batch and shared. Evaluating each on its own columns also keeps DataFusion's
+/// short-circuit `AND` from copying the bodies a rule reads later.
+#[derive(Default)]
+struct ConjunctPool {
+    conjuncts: Vec<ProjectedExpr>,
+    by_text: HashMap<String, usize>,
+}
+
+impl ConjunctPool {
+    /// The index of `expr`'s conjunct, compiling it the first time it is seen.
+    fn intern(&mut self, ctx: &SessionContext, expr: &Expr) -> Result<usize, String> {
+        let text = expr.to_string();
+        if let Some(&i) = self.by_text.get(&text) {
+            return Ok(i);
+        }
+        self.conjuncts
+            .push(ProjectedExpr::compile(ctx, expr.clone())?);
+        self.by_text.insert(text, self.conjuncts.len() - 1);
+        Ok(self.conjuncts.len() - 1)
+    }
+
+    /// `start` (`None`: every row) and the conjuncts `wanted` on `batch` (events schema):
+    /// masks already in `cache` first, then the others in the rule's order, stopping as soon
+    /// as no row is left (`None`).
+    fn mask(
+        &self,
+        cache: &mut [Option<BooleanArray>],
+        wanted: &[usize],
+        start: Option<BooleanArray>,
+        batch: &RecordBatch,
+        rule: &str,
+    ) -> Result<Option<BooleanArray>, RuleError> {
+        let mut mask = start;
+        let (cached, fresh): (Vec<usize>, Vec<usize>) =
+            wanted.iter().partition(|&&c| cache[c].is_some());
+        for c in cached.into_iter().chain(fresh) {
+            if mask.as_ref().is_some_and(|m| m.true_count() == 0) {
+                return Ok(None);
+            }
+            if cache[c].is_none() {
+                let conjunct = &self.conjuncts[c];
+                let input = conjunct.input(batch, rule)?;
+                cache[c] = Some(evaluate_mask(rule, &conjunct.expr, &input)?);
+            }
+            // Just filled in above when it was missing.
+            let Some(m) = &cache[c] else { continue };
+            mask = Some(match mask {
+                None => m.clone(),
+                Some(prev) => and(&prev, m).map_err(|e| eval_err(rule, e))?,
+            });
+        }
+        let mask = mask.unwrap_or_else(|| BooleanArray::from(vec![true; batch.num_rows()]));
+        Ok((mask.true_count() > 0).then_some(mask))
+    }
 }
 
 /// A rule match before it becomes a finding.
@@ -106,6 +186,7 @@ struct Hit {
 /// The compiled rule pack and the stateful detectors, fed batch by batch.
 pub struct Detector {
     rules: Vec<CompiledRule>,
+    conjuncts: ConjunctPool,
     done: Arc<dyn PhysicalExpr>,
     denied: Arc<dyn PhysicalExpr>,
     /// Columns `done` and `denied` read.
@@ -159,6 +240,7 @@ fn context() -> Result<(SessionContext, DFSchema), String> {
     config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
     let mut ctx = SessionContext::new_with_config(config);
     register_functions(&mut ctx).map_err(|e| e.to_string())?;
+    ctx.register_udf(direct_coalesce());
     let schema = DFSchema::try_from(events_schema().as_ref().clone()).map_err(|e| e.to_string())?;
     Ok((ctx, schema))
 }
@@ -237,8 +319,15 @@ impl Detector {
         };
         let (ctx, schema) = context().map_err(internal)?;
         let mut rules = Vec::new();
+        let mut conjuncts = ConjunctPool::default();
         for loaded in set.enabled() {
-            rules.push(Self::compile_rule(&ctx, &schema, set, loaded)?);
+            rules.push(Self::compile_rule(
+                &ctx,
+                &schema,
+                set,
+                loaded,
+                &mut conjuncts,
+            )?);
         }
         let done = parse_condition(&ctx, &schema, DONE_SQL).map_err(internal)?;
         let denied = parse_condition(&ctx, &schema, DENIED_SQL).map_err(internal)?;
@@ -246,6 +335,7 @@ impl Detector {
         let outcome = |e: Expr| compile_expr(&ctx, &outcome_schema, e).map_err(internal);
         Ok(Self {
             rules,
+            conjuncts,
             done: outcome(done)?,
             denied: outcome(denied)?,
             outcome_columns,
@@ -267,6 +357,7 @@ impl Detector {
         schema: &DFSchema,
         set: &RuleSet,
         loaded: &LoadedRule,
+        pool: &mut ConjunctPool,
     ) -> Result<CompiledRule, RuleError> {
         let condition = set
             .expand_lists(&loaded.rule.condition)
@@ -286,29 +377,27 @@ impl Detector {
                 )
             }
         };
-        let mut read: Vec<&Expr> = vec![&expr];
-        read.extend(details.as_ref());
-        let (columns, projected) =
-            projection(&read).map_err(|m| rule_err(loaded, format!("condition: {m}")))?;
         let (cheap, costly): (Vec<&Expr>, Vec<&Expr>) = split_conjunction(&expr)
             .into_iter()
             .partition(|e| is_cheap(e));
-        let compile_part = |parts: Vec<&Expr>| {
-            conjunction(parts.into_iter().cloned())
-                .map(|e| compile_expr(ctx, &projected, e))
-                .transpose()
-                .map_err(|m| rule_err(loaded, format!("condition: {m}")))
-        };
+        let rest = conjunction(costly.into_iter().cloned())
+            .map(|e| ProjectedExpr::compile(ctx, e))
+            .transpose()
+            .map_err(|m| rule_err(loaded, format!("condition: {m}")))?;
         let details = details
-            .map(|e| compile_expr(ctx, &projected, e))
+            .map(|e| ProjectedExpr::compile(ctx, e))
             .transpose()
             .map_err(|m| rule_err(loaded, format!("details: {m}")))?;
+        let prefilter = cheap
+            .into_iter()
+            .map(|e| pool.intern(ctx, e))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|m| rule_err(loaded, format!("condition: {m}")))?;
         Ok(CompiledRule {
             loaded: loaded.clone(),
-            prefilter: compile_part(cheap)?,
-            rest: compile_part(costly)?,
+            prefilter,
+            rest,
             details,
-            columns,
         })
     }
 
@@ -408,25 +497,28 @@ impl Detector {
         let denied = evaluate_mask("(denied)", &self.denied, &outcome_batch)?;
         let completed = or(&done, &denied).map_err(|e| eval_err("(engine)", e))?;
         let (mut hits, mut repeats) = (Vec::new(), Vec::new());
+        let mut cache: Vec<Option<BooleanArray>> = vec![None; self.conjuncts.conjuncts.len()];
+        // The folding key of each match is built here, allocated only for new findings.
+        let mut key = String::with_capacity(128);
         for (index, rule) in self.rules.iter().enumerate() {
             let id = &rule.loaded.rule.id;
-            let batch = &batch.project(&rule.columns).map_err(|e| eval_err(id, e))?;
-            let mut mask = match rule.loaded.rule.scope {
-                Scope::Outcome => completed.clone(),
-                Scope::Any => BooleanArray::from(vec![true; batch.num_rows()]),
+            let start = match rule.loaded.rule.scope {
+                Scope::Outcome => Some(completed.clone()),
+                Scope::Any => None,
             };
-            if let Some(p) = &rule.prefilter {
-                mask = and(&mask, &evaluate_mask(id, p, batch)?).map_err(|e| eval_err(id, e))?;
-            }
-            if mask.true_count() == 0 {
+            let Some(mask) = self
+                .conjuncts
+                .mask(&mut cache, &rule.prefilter, start, batch, id)?
+            else {
                 continue;
-            }
+            };
             let mut rows: Vec<u32> = (0..batch.num_rows() as u32)
                 .filter(|&r| mask.is_valid(r as usize) && mask.value(r as usize))
                 .collect();
             if let Some(rest) = &rule.rest {
-                let kept = filter_record_batch(batch, &mask).map_err(|e| eval_err(id, e))?;
-                let m = evaluate_mask(id, rest, &kept)?;
+                let kept = filter_record_batch(&rest.input(batch, id)?, &mask)
+                    .map_err(|e| eval_err(id, e))?;
+                let m = evaluate_mask(id, &rest.expr, &kept)?;
                 rows = rows
                     .into_iter()
                     .enumerate()
@@ -444,23 +536,26 @@ impl Detector {
             for r in rows {
                 let row = r as usize;
                 let outcome = outcome_of(row);
-                let key = fold_key(id, outcome, cols.principal_str(row), &cols.object_key(row));
+                fold_key_prefix(&mut key, id, outcome, cols.principal_str(row));
+                if rule.loaded.rule.fold_by == FoldBy::Object {
+                    cols.push_object_key(row, &mut key);
+                }
                 // Most matches repeat an open finding: count them and go on. A repeat of a
                 // finding this batch opens is counted once that window is open.
-                if fresh_keys.contains(&key) {
+                if fresh_keys.contains(key.as_str()) {
                     repeats.push(Hit {
                         rule: index,
                         row,
                         outcome,
                         details: None,
-                        key,
+                        key: key.clone(),
                     });
                 } else if !self
                     .folder
                     .try_fold(&key, cols.stage_at(row), cols.audit_id_str(row))
                 {
                     fresh_keys.insert(key.clone());
-                    fresh.push((r, outcome, key));
+                    fresh.push((r, outcome, key.clone()));
                 }
             }
             if fresh.is_empty() {
@@ -469,8 +564,10 @@ impl Detector {
             let details = match &rule.details {
                 Some(d) => {
                     let take: UInt32Array = fresh.iter().map(|f| f.0).collect();
-                    let selected = take_record_batch(batch, &take).map_err(|e| eval_err(id, e))?;
+                    let selected = take_record_batch(&d.input(batch, id)?, &take)
+                        .map_err(|e| eval_err(id, e))?;
                     let v = d
+                        .expr
                         .evaluate(&selected)
                         .and_then(|v| v.into_array(selected.num_rows()))
                         .map_err(|e| eval_err(id, e))?;

@@ -158,12 +158,12 @@ impl<'a> EventColumns<'a> {
             0
         }
     }
-    /// [`ObjectRef::display`] of `row`'s object, without building the `ObjectRef`.
-    pub fn object_key(&self, row: usize) -> String {
+    /// Appends [`ObjectRef::display`] of `row`'s object to `s`, without building the
+    /// `ObjectRef`.
+    pub fn push_object_key(&self, row: usize, s: &mut String) {
         fn get(a: &StringArray, row: usize) -> Option<&str> {
             a.is_valid(row).then(|| a.value(row))
         }
-        let mut s = String::with_capacity(64);
         s.push_str(get(self.resource, row).unwrap_or(""));
         if let Some(sub) = get(self.subresource, row) {
             s.push('/');
@@ -175,7 +175,6 @@ impl<'a> EventColumns<'a> {
             s.push('/');
         }
         s.push_str(get(self.name, row).unwrap_or("*"));
-        s
     }
 
     /// `user.username` of `row`, borrowed.

@@ -136,6 +136,20 @@ pub struct Folder {
 /// The folding key of a finding: rule, outcome, principal and object.
 pub fn fold_key(rule_id: &str, outcome: Outcome, principal: Option<&str>, object: &str) -> String {
     let mut key = String::with_capacity(rule_id.len() + object.len() + 48);
+    fold_key_prefix(&mut key, rule_id, outcome, principal);
+    key.push_str(object);
+    key
+}
+
+/// Writes the part of a folding key before the object into `key` (cleared first): the
+/// engine appends the object itself, or nothing for rules folded by principal.
+pub(crate) fn fold_key_prefix(
+    key: &mut String,
+    rule_id: &str,
+    outcome: Outcome,
+    principal: Option<&str>,
+) {
+    key.clear();
     key.push_str(rule_id);
     key.push('\0');
     key.push_str(match outcome {
@@ -146,8 +160,6 @@ pub fn fold_key(rule_id: &str, outcome: Outcome, principal: Option<&str>, object
     key.push('\0');
     key.push_str(principal.unwrap_or(""));
     key.push('\0');
-    key.push_str(object);
-    key
 }
 
 impl Folder {

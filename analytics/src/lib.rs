@@ -8,6 +8,7 @@
 
 mod archive_table;
 mod burst;
+mod coalesce;
 mod engine;
 mod error;
 mod event_columns;
@@ -30,7 +31,7 @@ pub use rbac_drift::{
     RbacVersion,
 };
 pub use rbac_state::{BaselineError, RbacBaseline, RbacContent, RbacKey, RbacKind};
-pub use rule::{BUILTIN_RULE_FILES, LoadedRule, Rule, RuleSet, Scope, Severity};
+pub use rule::{BUILTIN_RULE_FILES, FoldBy, LoadedRule, Rule, RuleSet, Scope, Severity};
 pub use scenario::{
     Expect, Label, Report, Scenario, ScenarioResult, complete_event, run_scenarios,
 };

@@ -71,6 +71,19 @@ pub enum Scope {
     Any,
 }
 
+/// What makes two matches of a rule the same finding, to be folded into one with a count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FoldBy {
+    /// Same outcome, principal and object (the default).
+    #[default]
+    Object,
+    /// Same outcome and principal, whatever the object: for rules about *who* acts (a
+    /// system:masters certificate in use), where one finding per object touched is noise.
+    /// The finding shows the first object; the evidence lists the requests.
+    Principal,
+}
+
 /// One rule as written in a rule file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,6 +111,9 @@ pub struct Rule {
     /// Which events the condition sees (default `outcome`).
     #[serde(default)]
     pub scope: Scope,
+    /// Which repeats fold into one finding (default `object`).
+    #[serde(default)]
+    pub fold_by: FoldBy,
     /// What to do about it.
     #[serde(default)]
     pub remediation: String,

@@ -64,6 +64,31 @@ fn an_unauthorized_grant_names_granter_role_subjects_scope_and_evidence() {
     assert_eq!(json["time"], "2026-11-01T10:00:01.000000Z");
 }
 
+/// K8S-AUTH-004 folds by principal: one system:masters user touching three objects is one
+/// finding (emitted at once, naming the first object) and one summary counting all three.
+#[test]
+fn a_rule_folded_by_principal_counts_every_object_in_one_finding() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/scenarios");
+    let rules = RuleSet::builtin().unwrap();
+    let scenario =
+        auditlake_analytics::Scenario::load(&dir.join("auth-system-masters-certificate.yaml"))
+            .unwrap();
+    let result = scenario
+        .run("masters", &rules, &DetectorOptions::default())
+        .unwrap();
+    let masters: Vec<_> = result
+        .findings
+        .iter()
+        .filter(|f| f.rule_id == "K8S-AUTH-004")
+        .collect();
+    assert_eq!(masters.len(), 2, "{masters:#?}");
+    assert_eq!((masters[0].count, masters[0].evidence.len()), (1, 1));
+    assert_eq!(masters[0].object.resource.as_deref(), Some("pods"));
+    assert_eq!(masters[1].count, 3);
+    assert_eq!(masters[1].evidence.len(), 3);
+    assert_eq!(masters[1].principal.as_deref(), Some("backdoor"));
+}
+
 /// Falco's labelled Kubernetes audit traces (`fixtures/falco-k8s-audit/`), with Falco's rule
 /// names mapped to ours by meaning (`mapping.csv`): a positive case must fire the mapped rule;
 /// a negative case must fire none of the mapped rules, unless it is negative only because of a

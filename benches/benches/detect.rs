@@ -4,6 +4,7 @@
 //! the rule pack may cost at most 30% of decode throughput, i.e. decode+rules >= 0.7x decode.
 
 use std::hint::black_box;
+use std::time::Instant;
 
 use auditlake_analytics::{Detector, DetectorOptions, RuleSet};
 use auditlake_fixtures::{Mix, TrafficGenerator};
@@ -64,17 +65,58 @@ fn detect(c: &mut Criterion) {
         })
     });
     group.finish();
+    interleaved(bytes, &rules);
     let mut d = EventDecoder::new("bench", DecoderOptions::default());
     let mut detector = Detector::compile(&rules, &DetectorOptions::default()).expect("compile");
-    let mut n = 0;
+    let mut found = Vec::new();
     decode_batches(&mut d, bytes, |batch| {
-        n += detector.evaluate(&batch).expect("evaluate").len()
+        found.extend(detector.evaluate(&batch).expect("evaluate"))
     });
-    n += detector.flush().len();
+    found.extend(detector.flush());
+    let mut per_rule = std::collections::BTreeMap::<&str, usize>::new();
+    for f in &found {
+        *per_rule.entry(f.rule_id.as_str()).or_default() += 1;
+    }
     eprintln!(
-        "input: {EVENTS} events, {} bytes; {} rules; {n} findings per pass",
+        "input: {EVENTS} events, {} bytes; {} rules; {} findings per pass: {per_rule:?}",
         bytes.len(),
-        detector.rules().count()
+        detector.rules().count(),
+        found.len()
+    );
+}
+
+/// The same two passes alternated, one of each per round, so that both see the same machine
+/// load (this machine is shared): prints the median of the per-round ratios and the ratio of
+/// the fastest passes.
+fn interleaved(bytes: &[u8], rules: &RuleSet) {
+    const ROUNDS: usize = 30;
+    let mut d = EventDecoder::new("bench", DecoderOptions::default());
+    let mut detector = Detector::compile(rules, &DetectorOptions::default()).expect("compile");
+    let (mut alone, mut with_rules) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let t = Instant::now();
+        decode_batches(&mut d, bytes, |batch| drop(black_box(batch)));
+        alone.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let mut n = 0;
+        decode_batches(&mut d, bytes, |batch| {
+            n += detector.evaluate(&batch).expect("evaluate").len();
+        });
+        n += detector.flush().len();
+        black_box(n);
+        with_rules.push(t.elapsed().as_secs_f64());
+    }
+    let mut ratios: Vec<f64> = alone.iter().zip(&with_rules).map(|(a, w)| a / w).collect();
+    ratios.sort_by(f64::total_cmp);
+    let fastest = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+    let mib = bytes.len() as f64 / (1024.0 * 1024.0);
+    eprintln!(
+        "interleaved, {ROUNDS} rounds: decode+rules / decode throughput: median {:.3}, \
+         fastest passes {:.3} ({:.0} vs {:.0} MiB/s)",
+        ratios[ROUNDS / 2],
+        fastest(&alone) / fastest(&with_rules),
+        mib / fastest(&with_rules),
+        mib / fastest(&alone),
     );
 }
 
