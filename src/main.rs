@@ -129,8 +129,9 @@ struct IngestArgs {
     )]
     findings: Vec<String>,
 
-    /// Repeats of a finding (same rule, principal and object) within this many seconds of
-    /// event time are folded into one with a count.
+    /// Repeats of a finding (same rule, principal and object; a rule with `fold_by: principal`
+    /// ignores the object) within this many seconds of event time are folded into one with a
+    /// count.
     #[arg(
         long,
         env = "AUDITLAKE_FINDINGS_FOLD_WINDOW_SECONDS",

@@ -100,8 +100,9 @@ pub struct ServeArgs {
     #[arg(long, env = "AUDITLAKE_FINDINGS", value_delimiter = ',')]
     pub findings: Option<Vec<String>>,
 
-    /// Repeats of a finding (same rule, principal and object) within this many seconds are
-    /// folded into one with a count [default: 300].
+    /// Repeats of a finding (same rule, principal and object; a rule with `fold_by: principal`
+    /// ignores the object) within this many seconds are folded into one with a count
+    /// [default: 300].
     #[arg(long, env = "AUDITLAKE_FINDINGS_FOLD_WINDOW_SECONDS")]
     pub findings_fold_window_seconds: Option<u64>,
 

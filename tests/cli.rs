@@ -235,6 +235,21 @@ fn demo_posts_through_the_mutual_tls_webhook_and_archives_every_event() {
         Some("1500,1500,webhook[kube-apiserver-demo token:demo-apiserver],demo-test"),
         "every event once, sent with the demo's client certificate and token: {out}"
     );
+    // Detection runs on its own thread in `serve`: every finding it emitted, the summaries
+    // of folded repeats at shutdown included, is in the archive's findings table.
+    let raised: usize = stdout
+        .split("detectors raised ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no findings count in {stdout}"));
+    assert!(raised > 0, "{stdout}");
+    let out = query_csv(&archive, "SELECT count(*) AS n FROM findings");
+    assert_eq!(
+        out.lines().nth(1),
+        Some(raised.to_string().as_str()),
+        "{out}"
+    );
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, BooleanArray, RecordBatch, UInt32Array};
-use arrow::compute::{and, filter_record_batch, or, take_record_batch};
+use arrow::compute::{and, or, take_record_batch};
 use arrow::datatypes::DataType;
 use auditlake_schema::events_schema;
 use auditlake_schema::timestamp::format_rfc3339_micros;
@@ -139,29 +139,41 @@ impl ConjunctPool {
         Ok(self.conjuncts.len() - 1)
     }
 
-    /// `start` (`None`: every row) and the conjuncts `wanted` on `batch` (events schema):
-    /// masks already in `cache` first, then the others in the rule's order, stopping as soon
-    /// as no row is left (`None`).
-    fn mask(
+    /// The rows of `batch` (events schema) in `start` (`None`: every row) where every
+    /// conjunct of `wanted` holds; empty when none.
+    ///
+    /// Conjuncts already evaluated for another rule come first (their masks are free), then
+    /// the others in the rule's order: on the whole batch (and kept in `cache` for the other
+    /// rules) while more than [`SPARSE`] of the rows are left, then only on the rows left,
+    /// taken out of the columns the conjunct reads. A rule's first test (`resource = ...`)
+    /// usually leaves a few rows, so its other tests cost next to nothing.
+    fn rows(
         &self,
         cache: &mut [Option<BooleanArray>],
         wanted: &[usize],
         start: Option<BooleanArray>,
         batch: &RecordBatch,
         rule: &str,
-    ) -> Result<Option<BooleanArray>, RuleError> {
+    ) -> Result<Vec<u32>, RuleError> {
+        let n = batch.num_rows();
         let mut mask = start;
         let (cached, fresh): (Vec<usize>, Vec<usize>) =
             wanted.iter().partition(|&&c| cache[c].is_some());
-        for c in cached.into_iter().chain(fresh) {
-            if mask.as_ref().is_some_and(|m| m.true_count() == 0) {
-                return Ok(None);
+        let mut order = cached.into_iter().chain(fresh).peekable();
+        while let Some(&c) = order.peek() {
+            let left = mask.as_ref().map_or(n, BooleanArray::true_count);
+            if left == 0 {
+                return Ok(Vec::new());
             }
             if cache[c].is_none() {
+                if (left as f64) <= SPARSE * n as f64 {
+                    break;
+                }
                 let conjunct = &self.conjuncts[c];
                 let input = conjunct.input(batch, rule)?;
                 cache[c] = Some(evaluate_mask(rule, &conjunct.expr, &input)?);
             }
+            order.next();
             // Just filled in above when it was missing.
             let Some(m) = &cache[c] else { continue };
             mask = Some(match mask {
@@ -169,9 +181,43 @@ impl ConjunctPool {
                 Some(prev) => and(&prev, m).map_err(|e| eval_err(rule, e))?,
             });
         }
-        let mask = mask.unwrap_or_else(|| BooleanArray::from(vec![true; batch.num_rows()]));
-        Ok((mask.true_count() > 0).then_some(mask))
+        let mut rows: Vec<u32> = match &mask {
+            None => (0..n as u32).collect(),
+            Some(m) => (0..n as u32)
+                .filter(|&r| m.is_valid(r as usize) && m.value(r as usize))
+                .collect(),
+        };
+        for c in order {
+            if rows.is_empty() {
+                break;
+            }
+            rows = keep_where(rule, &self.conjuncts[c], batch, rows)?;
+        }
+        Ok(rows)
     }
+}
+
+/// The share of a batch's rows below which a rule's remaining tests run on the rows left
+/// rather than on the whole batch.
+const SPARSE: f64 = 0.2;
+
+/// The `rows` of `batch` (events schema) for which `e` holds.
+fn keep_where(
+    rule: &str,
+    e: &ProjectedExpr,
+    batch: &RecordBatch,
+    rows: Vec<u32>,
+) -> Result<Vec<u32>, RuleError> {
+    let take = UInt32Array::from(rows);
+    let input = take_record_batch(&e.input(batch, rule)?, &take).map_err(|x| eval_err(rule, x))?;
+    let m = evaluate_mask(rule, &e.expr, &input)?;
+    Ok(take
+        .values()
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| m.is_valid(i) && m.value(i))
+        .map(|(_, &r)| r)
+        .collect())
 }
 
 /// A rule match before it becomes a finding.
@@ -506,25 +552,16 @@ impl Detector {
                 Scope::Outcome => Some(completed.clone()),
                 Scope::Any => None,
             };
-            let Some(mask) = self
+            let mut rows = self
                 .conjuncts
-                .mask(&mut cache, &rule.prefilter, start, batch, id)?
-            else {
+                .rows(&mut cache, &rule.prefilter, start, batch, id)?;
+            if let Some(rest) = &rule.rest
+                && !rows.is_empty()
+            {
+                rows = keep_where(id, rest, batch, rows)?;
+            }
+            if rows.is_empty() {
                 continue;
-            };
-            let mut rows: Vec<u32> = (0..batch.num_rows() as u32)
-                .filter(|&r| mask.is_valid(r as usize) && mask.value(r as usize))
-                .collect();
-            if let Some(rest) = &rule.rest {
-                let kept = filter_record_batch(&rest.input(batch, id)?, &mask)
-                    .map_err(|e| eval_err(id, e))?;
-                let m = evaluate_mask(id, &rest.expr, &kept)?;
-                rows = rows
-                    .into_iter()
-                    .enumerate()
-                    .filter(|(i, _)| m.is_valid(*i) && m.value(*i))
-                    .map(|(_, r)| r)
-                    .collect();
             }
             let outcome_of = |row: usize| match rule.loaded.rule.scope {
                 Scope::Any => Outcome::Observed,

@@ -7,6 +7,7 @@
 
 mod archive;
 mod dedup;
+mod detection_thread;
 mod error;
 mod file_source;
 mod manifest;
@@ -16,6 +17,7 @@ mod pipeline;
 mod quarantine;
 mod serve;
 mod serve_metrics;
+mod thread_priority;
 mod tls;
 pub mod wal;
 mod webhook;

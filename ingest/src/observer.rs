@@ -6,7 +6,8 @@ use arrow::array::RecordBatch;
 use crate::partitioned_writer::FinishedFile;
 
 /// Sees every batch of events on its way into the archive (after decoding and, on the
-/// webhook path, after duplicate removal), in order, on the archiving thread.
+/// webhook path, after duplicate removal), in order: on the archiving thread for files, on a
+/// detection thread of its own behind a bounded queue for the webhook.
 pub trait BatchObserver: Send {
     /// Looks at one batch; returns how many findings it produced (for the counters).
     fn observe(&mut self, batch: &RecordBatch) -> u64;

@@ -4,6 +4,9 @@
 //! ```text
 //! apiserver --HTTPS--> webhook --append+fsync--> WAL --read in order--> archiver thread
 //!     ^ 200 after fsync                                (decode, dedup, Parquet)
+//!                                                    batches |   \--> detection thread
+//!                                                            |        (rules, drift; its
+//!                                                            |         tables at commit)
 //!                                                           | files + WAL mark
 //!                                     committer task: intent file, puts, manifest, WAL trim
 //! ```
@@ -27,6 +30,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::archive::Archive;
 use crate::dedup::Deduplicator;
+use crate::detection_thread::DetectionThread;
 use crate::error::IngestError;
 use crate::manifest::WalMark;
 use crate::observer::BatchObserver;
@@ -256,9 +260,12 @@ fn archive_wal(
     mut reader: WalReader,
     settings: ArchiverSettings,
     metrics: Arc<ServeMetrics>,
-    mut observer: Option<Box<dyn BatchObserver>>,
+    observer: Option<Box<dyn BatchObserver>>,
     commits: mpsc::Sender<CommitUnit>,
 ) -> Result<(), ServeError> {
+    let mut detection = observer
+        .map(|o| DetectionThread::start(o, metrics.clone()))
+        .transpose()?;
     let mut decoders: HashMap<String, EventDecoder> = HashMap::new();
     let mut writer = PartitionedWriter::new(&settings.writer_id, settings.writer.clone());
     let mut dedup = Deduplicator::new(settings.dedup_window_micros, settings.dedup_max_events);
@@ -268,17 +275,16 @@ fn archive_wal(
     let mut dirty = false;
     let mut last_commit = Instant::now();
     let mut bytes_since_commit = 0u64;
+    // `tables`: the detectors' files for the events up to `through_seq`.
     let flush = |writer: &mut PartitionedWriter,
                  finished: &mut Vec<FinishedFile>,
                  quarantine: &mut Vec<Quarantined>,
-                 observer: &mut Option<Box<dyn BatchObserver>>,
+                 tables: Vec<FinishedFile>,
                  through_seq: u64|
      -> Result<(), ServeError> {
         let mut files = std::mem::take(finished);
         files.extend(writer.finish_all()?);
-        if let Some(o) = observer {
-            files.extend(o.commit_files());
-        }
+        files.extend(tables);
         commits
             .blocking_send(CommitUnit {
                 files,
@@ -343,16 +349,8 @@ fn archive_wal(
                         batch
                     };
                     metrics.events_in.inc_by(kept.num_rows() as u64);
-                    if let Some(o) = &mut observer {
-                        let found = o.observe(&kept);
-                        if found > 0 {
-                            metrics.findings.inc_by(found);
-                            // From the request's arrival to its findings being handed to the sinks.
-                            let lag = (crate::pipeline::now_micros() - r.received_at_micros).max(0);
-                            for _ in 0..found {
-                                metrics.finding_latency_seconds.observe(lag as f64 / 1e6);
-                            }
-                        }
+                    if let Some(d) = &detection {
+                        d.observe(kept.clone(), r.received_at_micros)?;
                     }
                     finished.extend(writer.write(&kept)?);
                 }
@@ -362,15 +360,17 @@ fn archive_wal(
             }
             ReadOutcome::Idle => {}
             ReadOutcome::Closed => {
-                if let Some(o) = &mut observer {
-                    metrics.findings.inc_by(o.finish());
-                }
-                if dirty {
+                let tables = match detection.take() {
+                    Some(d) => d.finish()?,
+                    None => Vec::new(),
+                };
+                // Summaries of folded findings come out here, maybe with no new events.
+                if dirty || !tables.is_empty() {
                     flush(
                         &mut writer,
                         &mut finished,
                         &mut quarantine,
-                        &mut observer,
+                        tables,
                         last_seq,
                     )?;
                 }
@@ -382,11 +382,15 @@ fn archive_wal(
             || bytes_since_commit >= settings.flush_bytes
             || last_commit.elapsed() >= settings.flush_interval;
         if dirty && due {
+            let tables = match &detection {
+                Some(d) => d.commit_files()?,
+                None => Vec::new(),
+            };
             flush(
                 &mut writer,
                 &mut finished,
                 &mut quarantine,
-                &mut observer,
+                tables,
                 last_seq,
             )?;
             dirty = false;
@@ -526,7 +530,10 @@ pub async fn serve(
         let metrics = metrics.clone();
         std::thread::Builder::new()
             .name("auditlake-archiver".into())
-            .spawn(move || archive_wal(reader, settings, metrics, observer, commit_tx))
+            .spawn(move || {
+                crate::thread_priority::lower_current_thread();
+                archive_wal(reader, settings, metrics, observer, commit_tx)
+            })
             .map_err(|e| ServeError::Pipeline(format!("spawning the archiver: {e}")))?
     };
     if to_replay == 0 {

@@ -1,0 +1,127 @@
+//! The detectors of `auditlake serve` on a thread of their own, fed through a bounded queue.
+//!
+//! Why: on the archiver thread, every rule's time added to decoding and Parquet encoding, so
+//! detection lowered the rate the log drains at and, on a busy machine, the webhook's tail
+//! latency. Here the archiver hands each batch over and goes on; the queue's bound keeps
+//! memory fixed (a detector that cannot keep up slows the archiver down, it never drops a
+//! batch). At each commit the two meet: the detector has then seen every batch up to the
+//! commit point, so its `findings` and `rbac_history` files go into the same manifest record
+//! as the events they came from.
+
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use arrow::array::RecordBatch;
+
+use crate::observer::BatchObserver;
+use crate::partitioned_writer::FinishedFile;
+use crate::pipeline::now_micros;
+use crate::serve::ServeError;
+use crate::serve_metrics::ServeMetrics;
+
+/// Batches waiting for the detectors at most: at 400 events per webhook request, about 25k
+/// events, a fraction of a second of work.
+const QUEUE_BATCHES: usize = 64;
+
+enum Work {
+    /// A batch, with the time its request arrived (for the arrival-to-finding latency).
+    Batch(RecordBatch, i64),
+    /// Every batch before this one is seen: answer with the tables' files.
+    Commit(SyncSender<Vec<FinishedFile>>),
+    /// The input ended: emit what is pending, answer with the tables' last files, and stop.
+    Finish(SyncSender<Vec<FinishedFile>>),
+}
+
+/// Handle on the detection thread.
+pub(crate) struct DetectionThread {
+    work: SyncSender<Work>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn stopped() -> ServeError {
+    ServeError::Pipeline("the detection thread stopped (see the log for its panic)".into())
+}
+
+impl DetectionThread {
+    /// Starts `observer` on its own thread; findings are counted into `metrics` there.
+    pub(crate) fn start(
+        mut observer: Box<dyn BatchObserver>,
+        metrics: Arc<ServeMetrics>,
+    ) -> Result<Self, ServeError> {
+        let (work, queue) = sync_channel::<Work>(QUEUE_BATCHES);
+        let thread = std::thread::Builder::new()
+            .name("auditlake-detect".into())
+            .spawn(move || {
+                crate::thread_priority::lower_current_thread();
+                run(observer.as_mut(), queue, &metrics)
+            })
+            .map_err(|e| ServeError::Pipeline(format!("spawning the detection thread: {e}")))?;
+        Ok(Self {
+            work,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `batch` (waits while the queue is full).
+    pub(crate) fn observe(
+        &self,
+        batch: RecordBatch,
+        received_at_micros: i64,
+    ) -> Result<(), ServeError> {
+        self.work
+            .send(Work::Batch(batch, received_at_micros))
+            .map_err(|_| stopped())
+    }
+
+    /// Waits until every queued batch is seen and returns the tables' files to commit.
+    pub(crate) fn commit_files(&self) -> Result<Vec<FinishedFile>, ServeError> {
+        let (answer, files) = sync_channel(1);
+        self.work
+            .send(Work::Commit(answer))
+            .map_err(|_| stopped())?;
+        files.recv().map_err(|_| stopped())
+    }
+
+    /// Sees the rest of the queue, emits pending findings (folded summaries), stops the
+    /// thread and returns the tables' files to commit.
+    pub(crate) fn finish(mut self) -> Result<Vec<FinishedFile>, ServeError> {
+        let (answer, files) = sync_channel(1);
+        self.work
+            .send(Work::Finish(answer))
+            .map_err(|_| stopped())?;
+        let files = files.recv().map_err(|_| stopped())?;
+        if let Some(t) = self.thread.take() {
+            t.join().map_err(|_| stopped())?;
+        }
+        Ok(files)
+    }
+}
+
+fn run(observer: &mut dyn BatchObserver, queue: Receiver<Work>, metrics: &ServeMetrics) {
+    while let Ok(work) = queue.recv() {
+        match work {
+            Work::Batch(batch, received_at) => {
+                let span = tracing::debug_span!("detect", rows = batch.num_rows());
+                let _g = span.enter();
+                let found = observer.observe(&batch);
+                if found > 0 {
+                    metrics.findings.inc_by(found);
+                    let lag = (now_micros() - received_at).max(0) as f64 / 1e6;
+                    for _ in 0..found {
+                        metrics.finding_latency_seconds.observe(lag);
+                    }
+                }
+            }
+            Work::Commit(answer) => {
+                // The archiver waits for this answer; if it is gone, so is the server.
+                let _ = answer.send(observer.commit_files());
+            }
+            Work::Finish(answer) => {
+                metrics.findings.inc_by(observer.finish());
+                let _ = answer.send(observer.commit_files());
+                return;
+            }
+        }
+    }
+}
