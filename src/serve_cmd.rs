@@ -186,8 +186,7 @@ mod tests {
 
     #[test]
     fn the_shipped_kubernetes_config_file_is_valid() {
-        let file =
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/auditlake.toml");
+        let file = auditlake_fixtures::checkout_dir().join("deploy/kubernetes/auditlake.toml");
         let c = resolve(&ServeArgs {
             config: Some(file),
             ..Default::default()

@@ -277,7 +277,7 @@ fn an_auditlake_variable_overrides_the_flag_and_the_config_file() {
 fn ingest_runs_the_detectors_and_a_rule_backtests_over_the_archive() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("archive");
-    let scenario = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let scenario = auditlake_fixtures::checkout_dir()
         .join("fixtures/scenarios/rbac-crb-cluster-admin-by-stranger.yaml");
     // The scenario's events as NDJSON, through the same completion the scenario runner uses.
     let s = auditlake_analytics::Scenario::load(&scenario).unwrap();
@@ -347,7 +347,7 @@ fn ingest_runs_the_detectors_and_a_rule_backtests_over_the_archive() {
 
 #[test]
 fn rules_test_passes_on_the_shipped_scenarios_and_fails_on_a_wrong_expectation() {
-    let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/scenarios");
+    let scenarios = auditlake_fixtures::checkout_dir().join("fixtures/scenarios");
     let ok = Command::new(BIN)
         .args(["rules", "test", scenarios.to_str().unwrap()])
         .env("AUDITLAKE_LOG", "warn")

@@ -6,9 +6,17 @@ use std::path::PathBuf;
 
 use auditlake_analytics::{DetectorOptions, RuleSet, run_scenarios};
 
+/// `fixtures/<sub>` of the checkout under test, from the directory cargo runs the test with
+/// (not a compiled-in path, which goes stale when checkouts share a target directory).
+fn fixtures(sub: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("run by cargo test"))
+        .join("../fixtures")
+        .join(sub)
+}
+
 #[test]
 fn every_scenario_fires_exactly_its_expected_findings() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/scenarios");
+    let dir = fixtures("scenarios");
     let rules = RuleSet::builtin().unwrap();
     let report = run_scenarios(&dir, &rules, &DetectorOptions::default()).unwrap();
     let table = report.table();
@@ -20,7 +28,7 @@ fn every_scenario_fires_exactly_its_expected_findings() {
 
 #[test]
 fn an_unauthorized_grant_names_granter_role_subjects_scope_and_evidence() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/scenarios");
+    let dir = fixtures("scenarios");
     let rules = RuleSet::builtin().unwrap();
     let scenario =
         auditlake_analytics::Scenario::load(&dir.join("rbac-crb-cluster-admin-by-stranger.yaml"))
@@ -68,7 +76,7 @@ fn an_unauthorized_grant_names_granter_role_subjects_scope_and_evidence() {
 /// finding (emitted at once, naming the first object) and one summary counting all three.
 #[test]
 fn a_rule_folded_by_principal_counts_every_object_in_one_finding() {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/scenarios");
+    let dir = fixtures("scenarios");
     let rules = RuleSet::builtin().unwrap();
     let scenario =
         auditlake_analytics::Scenario::load(&dir.join("auth-system-masters-certificate.yaml"))
@@ -100,7 +108,7 @@ fn falco_traces_fire_the_rules_that_mean_the_same() {
     use auditlake_analytics::Detector;
     use auditlake_schema::{DecoderOptions, EventDecoder, SourcePos};
 
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/falco-k8s-audit");
+    let dir = fixtures("falco-k8s-audit");
     let mapping: BTreeMap<String, String> = std::fs::read_to_string(dir.join("mapping.csv"))
         .unwrap()
         .lines()
