@@ -6,6 +6,18 @@ use std::path::PathBuf;
 
 use auditlake_analytics::{DetectorOptions, RuleSet, run_scenarios};
 
+/// The findings of the built-in pack on one scenario of `fixtures/scenarios/`.
+fn run_builtin(file: &str) -> auditlake_analytics::ScenarioResult {
+    let scenario = auditlake_analytics::Scenario::load(&fixtures("scenarios").join(file)).unwrap();
+    scenario
+        .run(
+            file,
+            &RuleSet::builtin().unwrap(),
+            &DetectorOptions::default(),
+        )
+        .unwrap()
+}
+
 /// `fixtures/<sub>` of the checkout under test, from the directory cargo runs the test with
 /// (not a compiled-in path, which goes stale when checkouts share a target directory).
 fn fixtures(sub: &str) -> PathBuf {
@@ -28,14 +40,7 @@ fn every_scenario_fires_exactly_its_expected_findings() {
 
 #[test]
 fn an_unauthorized_grant_names_granter_role_subjects_scope_and_evidence() {
-    let dir = fixtures("scenarios");
-    let rules = RuleSet::builtin().unwrap();
-    let scenario =
-        auditlake_analytics::Scenario::load(&dir.join("rbac-crb-cluster-admin-by-stranger.yaml"))
-            .unwrap();
-    let result = scenario
-        .run("stranger", &rules, &DetectorOptions::default())
-        .unwrap();
+    let result = run_builtin("rbac-crb-cluster-admin-by-stranger.yaml");
     let grant = result
         .findings
         .iter()
@@ -76,14 +81,7 @@ fn an_unauthorized_grant_names_granter_role_subjects_scope_and_evidence() {
 /// finding (emitted at once, naming the first object) and one summary counting all three.
 #[test]
 fn a_rule_folded_by_principal_counts_every_object_in_one_finding() {
-    let dir = fixtures("scenarios");
-    let rules = RuleSet::builtin().unwrap();
-    let scenario =
-        auditlake_analytics::Scenario::load(&dir.join("auth-system-masters-certificate.yaml"))
-            .unwrap();
-    let result = scenario
-        .run("masters", &rules, &DetectorOptions::default())
-        .unwrap();
+    let result = run_builtin("auth-system-masters-certificate.yaml");
     let masters: Vec<_> = result
         .findings
         .iter()

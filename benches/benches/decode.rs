@@ -6,9 +6,9 @@
 use std::hint::black_box;
 use std::io::Cursor;
 
-use auditlake_benches::{arrow_json_scalar_schema, serde_decode_lines};
+use auditlake_benches::{arrow_json_scalar_schema, decode_batches, serde_decode_lines};
 use auditlake_fixtures::{Mix, TrafficGenerator};
-use auditlake_schema::{DecoderOptions, EventDecoder, SourcePos, lines};
+use auditlake_schema::{DecoderOptions, EventDecoder};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const EVENTS: usize = 20_000;
@@ -21,24 +21,7 @@ fn decode(c: &mut Criterion) {
     group.sample_size(20);
     group.bench_function("auditlake_simd_json", |b| {
         let mut d = EventDecoder::new("bench", DecoderOptions::default());
-        let mut q = Vec::new();
-        b.iter(|| {
-            for (n, off, line) in lines(bytes) {
-                d.decode_line(
-                    line,
-                    SourcePos {
-                        source: "bench",
-                        line: Some(n),
-                        byte_offset: off as u64,
-                    },
-                    &mut q,
-                );
-                if d.buffered_rows() >= 8192 {
-                    black_box(d.finish_batch());
-                }
-            }
-            black_box(d.finish_batch());
-        })
+        b.iter(|| decode_batches(&mut d, bytes, |batch| drop(black_box(batch))))
     });
     group.bench_function("serde_json_baseline", |b| {
         b.iter(|| black_box(serde_decode_lines(bytes, "bench")))

@@ -7,39 +7,12 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use auditlake_analytics::{Detector, DetectorOptions, RuleSet};
+use auditlake_benches::decode_batches;
 use auditlake_fixtures::{Mix, TrafficGenerator};
-use auditlake_schema::{DecoderOptions, EventDecoder, SourcePos, lines};
+use auditlake_schema::{DecoderOptions, EventDecoder};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 const EVENTS: usize = 20_000;
-
-/// Decodes `bytes` into 8192-row batches, handing each to `each`.
-fn decode_batches(
-    d: &mut EventDecoder,
-    bytes: &[u8],
-    mut each: impl FnMut(arrow::array::RecordBatch),
-) {
-    let mut q = Vec::new();
-    for (n, off, line) in lines(bytes) {
-        d.decode_line(
-            line,
-            SourcePos {
-                source: "bench",
-                line: Some(n),
-                byte_offset: off as u64,
-            },
-            &mut q,
-        );
-        if d.buffered_rows() >= 8192
-            && let Some(b) = d.finish_batch()
-        {
-            each(b);
-        }
-    }
-    if let Some(b) = d.finish_batch() {
-        each(b);
-    }
-}
 
 fn detect(c: &mut Criterion) {
     let text = TrafficGenerator::new(11, Mix::default()).ndjson(EVENTS);

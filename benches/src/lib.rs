@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use auditlake_schema::EventBatchBuilder;
 use auditlake_schema::timestamp::parse_rfc3339_micros;
+use auditlake_schema::{EventBatchBuilder, EventDecoder, SourcePos, lines};
 use serde_json::Value;
 
 fn s(v: &Value) -> Option<&str> {
@@ -121,6 +121,31 @@ pub fn arrow_json_scalar_schema() -> SchemaRef {
         Field::new("requestReceivedTimestamp", ts.clone(), true),
         Field::new("stageTimestamp", ts, true),
     ]))
+}
+
+/// Decodes the NDJSON `bytes` with auditlake's decoder into 8,192-row batches, as the ingest
+/// pipeline batches them, handing each to `each` (malformed lines are quarantined and dropped).
+pub fn decode_batches(d: &mut EventDecoder, bytes: &[u8], mut each: impl FnMut(RecordBatch)) {
+    let mut quarantine = Vec::new();
+    for (n, off, line) in lines(bytes) {
+        d.decode_line(
+            line,
+            SourcePos {
+                source: "bench",
+                line: Some(n),
+                byte_offset: off as u64,
+            },
+            &mut quarantine,
+        );
+        if d.buffered_rows() >= 8192
+            && let Some(b) = d.finish_batch()
+        {
+            each(b);
+        }
+    }
+    if let Some(b) = d.finish_batch() {
+        each(b);
+    }
 }
 
 #[cfg(test)]
