@@ -8,6 +8,7 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 use sha2::{Digest, Sha256};
+use tracing::Instrument;
 use url::Url;
 
 use crate::error::IngestError;
@@ -145,6 +146,7 @@ impl Archive {
             .put_opts(&self.path(relative), PutPayload::from(bytes), opts)
             .await?;
         self.fsync_local(relative)
+            .await
             .map_err(|e| object_store::Error::Generic {
                 store: "LocalFileSystem",
                 source: Box::new(e),
@@ -152,17 +154,22 @@ impl Archive {
     }
 
     /// object_store 0.13's LocalFileSystem does not fsync: without this a committed file
-    /// could vanish on power loss while its manifest record survives.
-    fn fsync_local(&self, relative: &str) -> std::io::Result<()> {
+    /// could vanish on power loss while its manifest record survives. Runs on tokio's
+    /// blocking pool, so a slow disk never holds a worker that serves requests.
+    async fn fsync_local(&self, relative: &str) -> std::io::Result<()> {
         let Some(dir) = &self.location.local_dir else {
             return Ok(());
         };
         let file = dir.join(relative);
-        std::fs::File::open(&file)?.sync_all()?;
-        if let Some(parent) = file.parent() {
-            sync_dir(parent)?;
-        }
-        Ok(())
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file)?.sync_all()?;
+            if let Some(parent) = file.parent() {
+                sync_dir(parent)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     /// Puts one file a commit will name and returns its SHA-256 (hex) and size.
@@ -174,8 +181,8 @@ impl Archive {
         let sha256 = hex::encode(Sha256::digest(&body));
         let bytes = body.len() as u64;
         let span = tracing::debug_span!("put_file", path = %relative, bytes);
-        let _g = span.enter();
         self.put(relative, body, PutMode::Overwrite)
+            .instrument(span)
             .await
             .map_err(store_err("put", relative))?;
         Ok((sha256, bytes))

@@ -3,6 +3,7 @@
 
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use arrow::array::RecordBatch;
 use auditlake_schema::{DecoderOptions, EventDecoder, Quarantined, SourcePos};
@@ -126,8 +127,7 @@ pub async fn ingest(
             files = unit.files.len(),
             quarantined = unit.quarantine.len()
         );
-        let _g = span.enter();
-        match archive
+        let committed = archive
             .commit(
                 &options.writer_id,
                 unit.files,
@@ -136,8 +136,10 @@ pub async fn ingest(
                 None,
                 None,
             )
-            .await
-        {
+            .instrument(span.clone())
+            .await;
+        let _g = span.enter(); // no await below in this iteration
+        match committed {
             Ok(outcome) => {
                 let r = &outcome.record;
                 summary.commits += 1;

@@ -27,6 +27,7 @@ use auditlake_schema::{DecoderOptions, EventDecoder, Quarantined, SourcePos};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
+use tracing::Instrument;
 
 use crate::archive::Archive;
 use crate::dedup::Deduplicator;
@@ -565,7 +566,6 @@ pub async fn serve(
                     quarantined = unit.quarantine.len(),
                     wal_through_seq = through
                 );
-                let _g = span.enter();
                 let intent_dir = wal_dir.clone();
                 let hook = move |paths: &[String]| {
                     write_intent(
@@ -588,6 +588,7 @@ pub async fn serve(
                         }),
                         Some(&hook),
                     )
+                    .instrument(span.clone())
                     .await?;
                 let intent = wal_dir.join(INTENT_FILE);
                 match std::fs::remove_file(&intent) {
@@ -613,7 +614,12 @@ pub async fn serve(
                         .checked_sub(keep)
                         .unwrap_or_else(Instant::now)
                 };
-                let freed = wal.trim(through, keep_since)?;
+                // Deleting segments blocks on the disk: not on a worker the requests need.
+                let trimmer = wal.clone();
+                let freed = tokio::task::spawn_blocking(move || trimmer.trim(through, keep_since))
+                    .await
+                    .map_err(|e| ServeError::Pipeline(format!("trimming the log: {e}")))??;
+                let _g = span.enter(); // no await below in this iteration
                 tracing::info!(
                     sequence = outcome.record.sequence,
                     files = outcome.record.files.len(),

@@ -435,29 +435,43 @@ impl Wal {
     /// were last appended to before `keep_since` (kept that long to rebuild the duplicate
     /// filter after a restart). Returns the bytes freed.
     pub fn trim(&self, committed_seq: u64, keep_since: Instant) -> Result<u64, WalError> {
-        let mut segments = self
-            .shared
-            .segments
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let mut freed = 0;
-        // The last segment is the active one (or will be continued): never removed here.
-        while segments.len() > 1 {
-            let Some(s) = segments.front() else { break };
-            if s.last_seq > committed_seq || s.last_append > keep_since {
-                break;
+        // Taken out of the list under the lock, deleted after it: unlinking a 64 MiB segment
+        // takes ~14 ms on ext4, and the appender needs this lock after every fsync, so
+        // deleting under it held acknowledgements back by ~100 ms per trim.
+        let doomed: Vec<Segment> = {
+            let mut segments = self
+                .shared
+                .segments
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let mut doomed = Vec::new();
+            // The last segment is the active one (or will be continued): never removed here.
+            while segments.len() > 1 {
+                let Some(s) = segments.front() else { break };
+                if s.last_seq > committed_seq || s.last_append > keep_since {
+                    break;
+                }
+                doomed.extend(segments.pop_front());
             }
+            doomed
+        };
+        let mut freed = 0;
+        for s in &doomed {
             match std::fs::remove_file(&s.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
+                // Still on disk and no longer listed: recovery after a restart finds it again
+                // and skips its records, which are all archived.
                 Err(e) => return Err(io_err(&s.path)(e)),
             }
             freed += s.bytes;
-            segments.pop_front();
+            self.shared
+                .stats
+                .bytes
+                .fetch_sub(s.bytes, Ordering::Relaxed);
         }
         if freed > 0 {
             sync_dir(&self.shared.dir)?;
-            self.shared.stats.bytes.fetch_sub(freed, Ordering::Relaxed);
         }
         Ok(freed)
     }
