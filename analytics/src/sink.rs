@@ -258,4 +258,88 @@ mod tests {
         );
         assert!("".parse::<SinkTarget>().is_err());
     }
+
+    /// Reads one HTTP/1.1 request from `stream`, answers `status` and returns the body.
+    fn answer(mut stream: std::net::TcpStream, status: &str) -> String {
+        use std::io::Read;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let (head_end, length) = loop {
+            let n = stream.read(&mut chunk).unwrap();
+            assert!(n > 0, "connection closed before the request ended");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let length = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                break (end + 4, length);
+            }
+        };
+        while buf.len() < head_end + length {
+            let n = stream.read(&mut chunk).unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        write!(
+            stream,
+            "HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        String::from_utf8(buf[head_end..head_end + length].to_vec()).unwrap()
+    }
+
+    #[test]
+    fn an_http_endpoint_that_refuses_once_gets_the_finding_on_the_retry() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/alert", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let first = answer(listener.accept().unwrap().0, "503 Service Unavailable");
+            let second = answer(listener.accept().unwrap().0, "200 OK");
+            (first, second)
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("findings.ndjson");
+        let sinks =
+            FindingSinks::start(&[SinkTarget::Http(url), SinkTarget::File(file.clone())]).unwrap();
+        sinks.send(Finding {
+            rule_id: "K8S-RBAC-001".into(),
+            severity: crate::rule::Severity::High,
+            title: "Binding to a powerful role".into(),
+            outcome: crate::finding::Outcome::Done,
+            cluster: "prod".into(),
+            time: "2026-11-01T10:00:00.000000Z".into(),
+            last_time: "2026-11-01T10:00:00.000000Z".into(),
+            principal: Some("mallory".into()),
+            impersonated: None,
+            source_ip: Some("10.0.0.1".into()),
+            verb: Some("create".into()),
+            object: crate::finding::ObjectRef::default(),
+            details: None,
+            response_code: Some(201),
+            evidence: vec!["crb-1".into()],
+            count: 1,
+            mitre: vec!["T1098".into()],
+            remediation: String::new(),
+            time_micros: 0,
+        });
+        let stats = sinks.close();
+        assert_eq!(
+            stats,
+            SinkStats {
+                findings: 1,
+                failed: 0
+            }
+        );
+        let (first, second) = server.join().unwrap();
+        assert_eq!(first, second, "the retry sends the same finding");
+        let posted: serde_json::Value = serde_json::from_str(&second).unwrap();
+        assert_eq!(posted["rule_id"], "K8S-RBAC-001");
+        assert_eq!(posted["principal"], "mallory");
+        assert_eq!(posted["evidence"], serde_json::json!(["crb-1"]));
+        let written = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(written.lines().count(), 1);
+        let line: serde_json::Value = serde_json::from_str(written.trim()).unwrap();
+        assert_eq!(line, posted, "the file gets the same JSON as the endpoint");
+    }
 }
