@@ -87,7 +87,7 @@ pub struct CompiledRule {
     /// The rule as loaded.
     pub loaded: LoadedRule,
     /// Conjuncts without functions or body columns (indices into the detector's
-    /// [`ConjunctPool`]): evaluated on the whole batch, each at most once for all rules.
+    /// [`ConjunctPool`]): shared by the rules that have them (see [`ConjunctPool::rows`]).
     prefilter: Vec<usize>,
     /// The other conjuncts: evaluated only on rows the prefilter kept.
     rest: Option<ProjectedExpr>,
