@@ -568,13 +568,24 @@ pub async fn serve(
                 );
                 let intent_dir = wal_dir.clone();
                 let hook = move |paths: &[String]| {
-                    write_intent(
-                        &intent_dir,
-                        &CommitIntent {
-                            wal_through_seq: through,
-                            paths: paths.to_vec(),
-                        },
-                    )
+                    let write = || {
+                        write_intent(
+                            &intent_dir,
+                            &CommitIntent {
+                                wal_through_seq: through,
+                                paths: paths.to_vec(),
+                            },
+                        )
+                    };
+                    // Two fsyncs: tell the runtime this worker blocks, so the requests it
+                    // would serve move to another one meanwhile.
+                    if tokio::runtime::Handle::current().runtime_flavor()
+                        == tokio::runtime::RuntimeFlavor::MultiThread
+                    {
+                        tokio::task::block_in_place(write)
+                    } else {
+                        write()
+                    }
                 };
                 let outcome = archive
                     .commit(
