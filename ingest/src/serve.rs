@@ -276,29 +276,12 @@ fn archive_wal(
     let mut dirty = false;
     let mut last_commit = Instant::now();
     let mut bytes_since_commit = 0u64;
-    // `tables`: the detectors' files for the events up to `through_seq`.
-    let flush = |writer: &mut PartitionedWriter,
-                 finished: &mut Vec<FinishedFile>,
-                 quarantine: &mut Vec<Quarantined>,
-                 tables: Vec<FinishedFile>,
-                 through_seq: u64|
-     -> Result<(), ServeError> {
-        let mut files = std::mem::take(finished);
-        files.extend(writer.finish_all()?);
-        files.extend(tables);
-        commits
-            .blocking_send(CommitUnit {
-                files,
-                quarantine: std::mem::take(quarantine),
-                through_seq,
-            })
-            .map_err(|_| ServeError::Pipeline("the committer stopped".into()))
-    };
     loop {
         let wait = settings
             .flush_interval
             .saturating_sub(last_commit.elapsed())
             .max(Duration::from_millis(5));
+        let mut closing = false;
         match reader.next(wait)? {
             ReadOutcome::Record(r) => {
                 let span = tracing::debug_span!("wal_record", seq = r.seq, bytes = r.body.len());
@@ -360,40 +343,38 @@ fn archive_wal(
                 bytes_since_commit += r.body.len() as u64;
             }
             ReadOutcome::Idle => {}
-            ReadOutcome::Closed => {
-                let tables = match detection.take() {
-                    Some(d) => d.finish()?,
-                    None => Vec::new(),
-                };
-                // Summaries of folded findings come out here, maybe with no new events.
-                if dirty || !tables.is_empty() {
-                    flush(
-                        &mut writer,
-                        &mut finished,
-                        &mut quarantine,
-                        tables,
-                        last_seq,
-                    )?;
-                }
-                return Ok(());
-            }
+            ReadOutcome::Closed => closing = true,
         }
-        // Commit when a file was cut, enough log bytes wait, or the interval passed.
+        // Commit when a file was cut, enough log bytes wait, the interval passed, or the log
+        // closed.
         let due = !finished.is_empty()
             || bytes_since_commit >= settings.flush_bytes
             || last_commit.elapsed() >= settings.flush_interval;
-        if dirty && due {
-            let tables = match &detection {
-                Some(d) => d.commit_files()?,
-                None => Vec::new(),
-            };
-            flush(
-                &mut writer,
-                &mut finished,
-                &mut quarantine,
-                tables,
-                last_seq,
-            )?;
+        if closing || (dirty && due) {
+            // The detectors' files for the events up to `last_seq`; at the end also the
+            // summaries of folded findings, which may come with no new events.
+            let tables = if closing {
+                detection.take().map(DetectionThread::finish)
+            } else {
+                detection.as_ref().map(DetectionThread::commit_files)
+            }
+            .transpose()?
+            .unwrap_or_default();
+            if dirty || !tables.is_empty() {
+                let mut files = std::mem::take(&mut finished);
+                files.extend(writer.finish_all()?);
+                files.extend(tables);
+                commits
+                    .blocking_send(CommitUnit {
+                        files,
+                        quarantine: std::mem::take(&mut quarantine),
+                        through_seq: last_seq,
+                    })
+                    .map_err(|_| ServeError::Pipeline("the committer stopped".into()))?;
+            }
+            if closing {
+                return Ok(());
+            }
             dirty = false;
             last_commit = Instant::now();
             bytes_since_commit = 0;
