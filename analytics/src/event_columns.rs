@@ -28,8 +28,14 @@ pub struct EventColumns<'a> {
     response_object: &'a StringArray,
 }
 
+/// The value of `row`, borrowed; `None` when null.
+fn get(a: &StringArray, row: usize) -> Option<&str> {
+    a.is_valid(row).then(|| a.value(row))
+}
+
+/// The value of `row`, owned; `None` when null.
 fn text(a: &StringArray, row: usize) -> Option<String> {
-    a.is_valid(row).then(|| a.value(row).to_string())
+    get(a, row).map(str::to_string)
 }
 
 impl<'a> EventColumns<'a> {
@@ -72,45 +78,32 @@ impl<'a> EventColumns<'a> {
 
     /// `requestObject` of `row` (raw JSON), when logged.
     pub fn request_object(&self, row: usize) -> Option<&str> {
-        self.request_object
-            .is_valid(row)
-            .then(|| self.request_object.value(row))
+        get(self.request_object, row)
     }
 
     /// `responseObject` of `row` (raw JSON), when logged.
     pub fn response_object(&self, row: usize) -> Option<&str> {
-        self.response_object
-            .is_valid(row)
-            .then(|| self.response_object.value(row))
+        get(self.response_object, row)
     }
 
     /// `objectRef.resource` of `row`.
     pub fn resource_str(&self, row: usize) -> Option<&str> {
-        self.resource
-            .is_valid(row)
-            .then(|| self.resource.value(row))
+        get(self.resource, row)
     }
 
     /// `objectRef.apiGroup` of `row`.
     pub fn api_group_str(&self, row: usize) -> Option<&str> {
-        self.api_group
-            .is_valid(row)
-            .then(|| self.api_group.value(row))
+        get(self.api_group, row)
     }
 
     /// `verb` of `row`.
     pub fn verb_str(&self, row: usize) -> Option<&str> {
-        self.verb.is_valid(row).then(|| self.verb.value(row))
+        get(self.verb, row)
     }
 
     /// `objectRef.namespace` and `objectRef.name` of `row`.
     pub fn namespace_and_name(&self, row: usize) -> (Option<&str>, Option<&str>) {
-        (
-            self.namespace
-                .is_valid(row)
-                .then(|| self.namespace.value(row)),
-            self.name.is_valid(row).then(|| self.name.value(row)),
-        )
+        (get(self.namespace, row), get(self.name, row))
     }
 
     /// Cluster of `row`.
@@ -123,7 +116,7 @@ impl<'a> EventColumns<'a> {
     }
     /// Stage of `row`.
     pub fn stage(&self, row: usize) -> Option<&str> {
-        self.stage.is_valid(row).then(|| self.stage.value(row))
+        get(self.stage, row)
     }
     /// Verb of `row`.
     pub fn verb(&self, row: usize) -> Option<String> {
@@ -161,9 +154,6 @@ impl<'a> EventColumns<'a> {
     /// Appends [`ObjectRef::display`] of `row`'s object to `s`, without building the
     /// `ObjectRef`.
     pub fn push_object_key(&self, row: usize, s: &mut String) {
-        fn get(a: &StringArray, row: usize) -> Option<&str> {
-            a.is_valid(row).then(|| a.value(row))
-        }
         s.push_str(get(self.resource, row).unwrap_or(""));
         if let Some(sub) = get(self.subresource, row) {
             s.push('/');
@@ -179,16 +169,12 @@ impl<'a> EventColumns<'a> {
 
     /// `user.username` of `row`, borrowed.
     pub fn principal_str(&self, row: usize) -> Option<&str> {
-        self.user.is_valid(row).then(|| self.user.value(row))
+        get(self.user, row)
     }
 
     /// `auditID` of `row`, borrowed.
     pub fn audit_id_str(&self, row: usize) -> &str {
-        if self.audit_id.is_valid(row) {
-            self.audit_id.value(row)
-        } else {
-            ""
-        }
+        get(self.audit_id, row).unwrap_or("")
     }
 
     /// The object `row` acted on.
