@@ -244,11 +244,23 @@ impl RbacContent {
     /// What changed from `baseline` to `self`, as JSON: role reference before and after,
     /// subjects or rules added and removed.
     pub fn diff(&self, baseline: &Self) -> Value {
-        fn sets<'a>(
-            now: &'a BTreeSet<String>,
-            was: &'a BTreeSet<String>,
-        ) -> (Vec<&'a String>, Vec<&'a String>) {
-            (now.difference(was).collect(), was.difference(now).collect())
+        /// `<name>_added` and `<name>_removed`, each only when not empty.
+        fn set_diff(
+            d: &mut serde_json::Map<String, Value>,
+            name: &str,
+            now: &BTreeSet<String>,
+            was: &BTreeSet<String>,
+            show: impl Fn(&String) -> Option<Value>,
+        ) {
+            for (side, items) in [
+                ("added", now.difference(was)),
+                ("removed", was.difference(now)),
+            ] {
+                let items: Vec<Value> = items.filter_map(&show).collect();
+                if !items.is_empty() {
+                    d.insert(format!("{name}_{side}"), Value::Array(items));
+                }
+            }
         }
         let mut d = serde_json::Map::new();
         match (self, baseline) {
@@ -265,13 +277,9 @@ impl RbacContent {
                         json!({"baseline": base_ref, "now": role_ref}),
                     );
                 }
-                let (added, removed) = sets(subjects, base_subjects);
-                if !added.is_empty() {
-                    d.insert("subjects_added".into(), json!(added));
-                }
-                if !removed.is_empty() {
-                    d.insert("subjects_removed".into(), json!(removed));
-                }
+                set_diff(&mut d, "subjects", subjects, base_subjects, |s| {
+                    Some(json!(s))
+                });
             }
             (
                 Self::Role { rules, aggregation },
@@ -286,18 +294,10 @@ impl RbacContent {
                         json!({"baseline": base_agg, "now": aggregation}),
                     );
                 }
-                let parse = |v: Vec<&String>| -> Vec<Value> {
-                    v.into_iter()
-                        .filter_map(|s| serde_json::from_str(s).ok())
-                        .collect()
-                };
-                let (added, removed) = sets(rules, base_rules);
-                if !added.is_empty() {
-                    d.insert("rules_added".into(), json!(parse(added)));
-                }
-                if !removed.is_empty() {
-                    d.insert("rules_removed".into(), json!(parse(removed)));
-                }
+                // Rules are kept as normalised JSON text: shown as objects.
+                set_diff(&mut d, "rules", rules, base_rules, |r| {
+                    serde_json::from_str(r).ok()
+                });
             }
             _ => {
                 d.insert("baseline".into(), baseline.to_json());
