@@ -239,21 +239,11 @@ impl RbacDrift {
                 Some((c, o)) => (Some(c), Some(o)),
                 None => (None, None),
             };
-            let content_known = change == Change::Removed || content.is_some();
             let default_reconcile = is_default_object(object.as_ref())
                 && cols
                     .principal_str(row)
                     .is_some_and(|p| DEFAULT_RECONCILERS.contains(&p));
-            self.record(
-                cols,
-                row,
-                key,
-                change,
-                content,
-                content_known,
-                default_reconcile,
-                &mut out,
-            );
+            out.extend(self.record(cols, row, key, change, content, default_reconcile));
         }
         out
     }
@@ -283,11 +273,10 @@ impl RbacDrift {
                 namespace: namespace.into(),
                 name,
             };
-            self.record(cols, row, key, Change::Removed, None, true, false, out);
+            out.extend(self.record(cols, row, key, Change::Removed, None, false));
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn record(
         &mut self,
         cols: &EventColumns<'_>,
@@ -295,10 +284,8 @@ impl RbacDrift {
         key: RbacKey,
         change: Change,
         content: Option<RbacContent>,
-        content_known: bool,
         default_reconcile: bool,
-        out: &mut Vec<Finding>,
-    ) {
+    ) -> Option<Finding> {
         let cluster = cols.cluster(row);
         let at = cols.stage_at(row);
         let declared = self.baseline.as_ref().map(|b| b.get(&key));
@@ -315,8 +302,9 @@ impl RbacDrift {
             changed_at: at,
             key: key.clone(),
             change,
+            // A removal needs no body; anything else is known only when its body was logged.
+            content_known: change == Change::Removed || content.is_some(),
             content: content.clone(),
-            content_known,
             matches_baseline,
             principal: cols.principal(row),
             verb: cols.verb(row).unwrap_or_default(),
@@ -327,9 +315,9 @@ impl RbacDrift {
         }
         self.state.insert(slot, version);
 
-        let Some(declared) = declared else { return };
+        let declared = declared?;
         if matches_baseline == Some(true) || (declared.is_none() && default_reconcile) {
-            return;
+            return None;
         }
         let (rule, details) = match (change, declared, &content) {
             (Change::Removed, Some(d), _) => (
@@ -362,7 +350,7 @@ impl RbacDrift {
             .find(|r| r.0 == rule)
             .copied()
             .unwrap_or((rule, "RBAC drift", Severity::High));
-        out.push(Finding {
+        Some(Finding {
             rule_id: rule.into(),
             severity,
             title: title.into(),
@@ -391,7 +379,7 @@ impl RbacDrift {
                 repository so the baseline says what the cluster should hold."
                 .into(),
             time_micros: at,
-        });
+        })
     }
 
     /// Versions recorded since the last call, as `rbac_history` Parquet files.
