@@ -159,8 +159,11 @@ struct Posted {
 /// senders, like an apiserver's webhook backend, and prints throughput and ack latency.
 async fn post_generated(sender: &WebhookSender, args: &DemoArgs) -> Result<Posted> {
     let batch = args.batch_events.max(1);
-    let mut generator =
-        TrafficGenerator::new(args.seed, Mix::default()).with_mean_gap_micros(400_000);
+    // Live traffic: the simulated clock ends about now.
+    let span_seconds = (args.events as u64).saturating_mul(400_000) / 1_000_000;
+    let mut generator = TrafficGenerator::new(args.seed, Mix::default())
+        .with_mean_gap_micros(400_000)
+        .starting_recently(span_seconds);
     let mut bodies = Vec::new();
     let mut left = args.events;
     let mut bytes = 0;

@@ -35,12 +35,25 @@ pub struct ServeArgs {
     #[arg(long, env = "AUDITLAKE_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
 
-    /// Serve plain HTTP without TLS (loopback tests and demos only; logged as a warning).
+    /// Serve plain HTTP without TLS: loopback addresses only (tests and demos), unless
+    /// --allow-plain-http-beyond-loopback.
     #[arg(long, env = "AUDITLAKE_INSECURE_PLAIN_HTTP", num_args = 0..=1, default_missing_value = "true")]
     pub insecure_plain_http: Option<bool>,
 
-    /// File of accepted bearer tokens, one per line, optionally followed by a name that is
-    /// recorded as the sender; requests without a valid token get 401/403.
+    /// Allow --insecure-plain-http on an address other than loopback: events and tokens then
+    /// cross the network unencrypted.
+    #[arg(long, env = "AUDITLAKE_ALLOW_PLAIN_HTTP_BEYOND_LOOPBACK", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_plain_http_beyond_loopback: Option<bool>,
+
+    /// Start without client authentication (no --client-ca, no --bearer-tokens-file): anyone
+    /// who reaches the port can add events. Refused otherwise.
+    #[arg(long, env = "AUDITLAKE_ALLOW_UNAUTHENTICATED", num_args = 0..=1, default_missing_value = "true")]
+    pub allow_unauthenticated: Option<bool>,
+
+    /// File of accepted bearer tokens: `<token> [<name>] [clusters=a,b]` per line (tokens of
+    /// at least 20 characters; the name is recorded as the sender; a token naming clusters
+    /// may post only those). Requests without a valid token get 401/403. Reloaded on SIGHUP
+    /// and when the file changes, like the certificates.
     #[arg(long, env = "AUDITLAKE_BEARER_TOKENS_FILE")]
     pub bearer_tokens_file: Option<PathBuf>,
 
@@ -49,7 +62,8 @@ pub struct ServeArgs {
     #[arg(long, env = "AUDITLAKE_CLUSTER")]
     pub cluster: Option<String>,
 
-    /// Use the client certificate's common name as the cluster when the path names none.
+    /// The client certificate's common name is the cluster: a request whose path names
+    /// another cluster is refused with 403.
     #[arg(long, env = "AUDITLAKE_CLUSTER_FROM_CLIENT_CERT", num_args = 0..=1, default_missing_value = "true")]
     pub cluster_from_client_cert: Option<bool>,
 
@@ -58,8 +72,14 @@ pub struct ServeArgs {
     pub ops_listen: Option<String>,
 
     /// Write-ahead log directory on local disk; keep it across restarts [default: ./auditlake-wal].
+    /// It records the archive it feeds and refuses to replay into another.
     #[arg(long, env = "AUDITLAKE_WAL_DIR")]
     pub wal_dir: Option<PathBuf>,
+
+    /// Archive the write-ahead log's records into --archive although the log was written for
+    /// another archive (after moving an archive, say).
+    #[arg(long, env = "AUDITLAKE_WAL_RETARGET", num_args = 0..=1, default_missing_value = "true")]
+    pub wal_retarget: Option<bool>,
 
     /// Answer 429 (Retry-After) once the write-ahead log holds this many bytes [default: 1 GiB].
     #[arg(long, env = "AUDITLAKE_WAL_MAX_BYTES")]
@@ -72,6 +92,28 @@ pub struct ServeArgs {
     /// Largest request body, compressed and decompressed; larger gets 413 [default: 16 MiB].
     #[arg(long, env = "AUDITLAKE_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<u64>,
+
+    /// Request bodies in memory at once, all requests together; a request waits up to 5 s for
+    /// room, then gets 503 [default: 128 MiB; at least twice --max-body-bytes].
+    #[arg(long, env = "AUDITLAKE_MAX_INFLIGHT_BODY_BYTES")]
+    pub max_inflight_body_bytes: Option<u64>,
+
+    /// Webhook connections open at once; more wait in the listen backlog [default: 1024,
+    /// lowered to fit the open files limit].
+    #[arg(long, env = "AUDITLAKE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// A TLS handshake and a request's headers must arrive within this [default: 10].
+    #[arg(long, env = "AUDITLAKE_HEADER_READ_TIMEOUT_SECONDS")]
+    pub header_read_timeout_seconds: Option<u64>,
+
+    /// A request must be read and answered within this, else 408 [default: 60].
+    #[arg(long, env = "AUDITLAKE_REQUEST_TIMEOUT_SECONDS")]
+    pub request_timeout_seconds: Option<u64>,
+
+    /// A connection with no traffic for this long is closed [default: 120].
+    #[arg(long, env = "AUDITLAKE_IDLE_TIMEOUT_SECONDS")]
+    pub idle_timeout_seconds: Option<u64>,
 
     /// Longest an accepted event waits before its Parquet file is committed; a commit also
     /// happens once a quarter of --wal-max-bytes is waiting [default: 30].
@@ -121,10 +163,12 @@ macro_rules! overlay {
 
 fn apply(config: &mut ServeConfig, args: &ServeArgs) {
     overlay!(config, args;
-        listen, insecure_plain_http, cluster, cluster_from_client_cert, ops_listen, wal_dir,
-        wal_max_bytes, wal_segment_bytes, max_body_bytes, flush_interval_seconds,
-        dedup_window_seconds, dedup_max_events, shutdown_timeout_seconds, rules, findings,
-        findings_fold_window_seconds;
+        listen, insecure_plain_http, allow_plain_http_beyond_loopback, allow_unauthenticated,
+        cluster, cluster_from_client_cert, ops_listen, wal_dir, wal_retarget, wal_max_bytes,
+        wal_segment_bytes, max_body_bytes, max_inflight_body_bytes, max_connections,
+        header_read_timeout_seconds, request_timeout_seconds, idle_timeout_seconds,
+        flush_interval_seconds, dedup_window_seconds, dedup_max_events,
+        shutdown_timeout_seconds, rules, findings, findings_fold_window_seconds;
         tls_cert, tls_key, client_ca, bearer_tokens_file, rbac_baseline);
 }
 

@@ -44,6 +44,7 @@ fn start(dir: &Path, webhook: SocketAddr, ops: SocketAddr, stderr: Stdio) -> Chi
             dir.join("archive").to_str().unwrap(),
             "serve",
             "--insecure-plain-http",
+            "--allow-unauthenticated",
         ])
         .args([
             "--listen",
@@ -119,6 +120,7 @@ fn every_acknowledged_event_survives_sigkill_exactly_once() {
                         break;
                     }
                     let items: Vec<serde_json::Value> = TrafficGenerator::new(t * 100_000 + i, Mix::default())
+                        .starting_recently(60)
                         .ndjson(100)
                         .lines()
                         .map(|l| serde_json::from_str(l).unwrap())

@@ -75,7 +75,7 @@ impl<R> TableBuffer<R> {
                 max_micros: rows.iter().map(|r| r.0).max().unwrap_or(0),
                 rows: rows.len() as u64,
                 cluster,
-                bytes,
+                bytes: bytes.into(),
             });
         }
         Ok(files)

@@ -14,7 +14,7 @@ use url::Url;
 use crate::error::IngestError;
 use crate::manifest::{MANIFEST_DIR, ManifestFile, ManifestQuarantine, ManifestRecord, WalMark};
 use crate::partitioned_writer::FinishedFile;
-use crate::quarantine::{QUARANTINE_DIR, quarantine_ndjson};
+use crate::quarantine::QUARANTINE_DIR;
 
 /// A parsed archive location: the object store, the prefix inside it and its URL.
 #[derive(Debug, Clone)]
@@ -82,6 +82,23 @@ impl ArchiveLocation {
     }
 }
 
+/// Parts of the quarantine file uploaded at a time (bounds its memory while streaming).
+const QUARANTINE_PART_BYTES: usize = 8 << 20;
+
+/// What one commit makes visible: data files, quarantined inputs and, for the webhook, how
+/// far its write-ahead log is archived.
+#[derive(Debug, Default)]
+pub struct CommitContents {
+    /// Finished Parquet files of every table.
+    pub files: Vec<FinishedFile>,
+    /// Inputs that could not be decoded.
+    pub quarantine: Vec<schema::Quarantined>,
+    /// Where the quarantine file goes ([`Archive::quarantine_path`]); `None` with no quarantine.
+    pub quarantine_path: Option<String>,
+    /// The write-ahead log position this commit covers.
+    pub wal: Option<WalMark>,
+}
+
 /// Called by [`Archive::commit`] with every path it is about to put, before the first put.
 pub type BeforePut<'a> = &'a (dyn Fn(&[String]) -> Result<(), IngestError> + Sync);
 
@@ -135,7 +152,7 @@ impl Archive {
     async fn put(
         &self,
         relative: &str,
-        bytes: Vec<u8>,
+        bytes: bytes::Bytes,
         mode: PutMode,
     ) -> Result<(), object_store::Error> {
         let opts = PutOptions {
@@ -176,7 +193,7 @@ impl Archive {
     async fn put_evidence(
         &self,
         relative: &str,
-        body: Vec<u8>,
+        body: bytes::Bytes,
     ) -> Result<(String, u64), IngestError> {
         let sha256 = hex::encode(Sha256::digest(&body));
         let bytes = body.len() as u64;
@@ -188,53 +205,103 @@ impl Archive {
         Ok((sha256, bytes))
     }
 
+    /// Streams the quarantine file of a commit to the store record by record (a multipart
+    /// upload once it is large), hashing as it goes; returns its SHA-256 and size.
+    async fn put_quarantine(
+        &self,
+        relative: &str,
+        records: &[schema::Quarantined],
+    ) -> Result<(String, u64), IngestError> {
+        use tokio::io::AsyncWriteExt;
+        let path = self.path(relative);
+        let io = |e: std::io::Error| IngestError::Store {
+            operation: "put",
+            path: relative.to_string(),
+            source: object_store::Error::Generic {
+                store: "quarantine",
+                source: Box::new(e),
+            },
+        };
+        let mut out = object_store::buffered::BufWriter::with_capacity(
+            self.store.clone(),
+            path,
+            QUARANTINE_PART_BYTES,
+        );
+        let mut sha = Sha256::new();
+        let mut bytes = 0u64;
+        let mut line = Vec::new();
+        for q in records {
+            line.clear();
+            crate::quarantine::quarantine_line(q, &mut line);
+            sha.update(&line);
+            bytes += line.len() as u64;
+            if let Err(e) = out.write_all(&line).await {
+                out.abort().await.ok();
+                return Err(io(e));
+            }
+        }
+        out.shutdown().await.map_err(io)?;
+        self.fsync_local(relative)
+            .await
+            .map_err(|e| IngestError::Fsync {
+                path: relative.into(),
+                source: e,
+            })?;
+        Ok((hex::encode(sha.finalize()), bytes))
+    }
+
     /// Commits finished data files and quarantined inputs: puts every file, then appends a
     /// manifest record naming them (with SHA-256, rows, time range) to the hash chain.
     /// Nothing a commit wrote is referenced until its manifest record exists.
+    ///
+    /// Safe to call again with the same `contents` after a failure: the files are put again
+    /// under the same names, and a manifest record that the failed attempt did write (its
+    /// answer lost) is found and returned instead of being written twice.
     pub async fn commit(
         &self,
         writer_id: &str,
-        files: Vec<FinishedFile>,
-        quarantine: &[schema::Quarantined],
-        quarantine_cluster: &str,
-        wal: Option<WalMark>,
+        contents: &CommitContents,
         before_put: Option<BeforePut<'_>>,
     ) -> Result<CommitOutcome, IngestError> {
         let started = Instant::now();
-        let quarantine_rel =
-            (!quarantine.is_empty()).then(|| Self::quarantine_path(writer_id, quarantine_cluster));
+        let quarantine_rel = contents.quarantine_path.as_deref();
         if let Some(hook) = before_put {
-            let mut paths: Vec<String> = files.iter().map(|f| f.relative_path.clone()).collect();
-            paths.extend(quarantine_rel.clone());
+            let mut paths: Vec<String> = contents
+                .files
+                .iter()
+                .map(|f| f.relative_path.clone())
+                .collect();
+            paths.extend(quarantine_rel.map(str::to_string));
             hook(&paths)?;
         }
-        let mut entries = Vec::with_capacity(files.len());
-        for f in files {
-            let rel = f.relative_path;
-            let (sha256, bytes) = self.put_evidence(&rel, f.bytes).await?;
+        let mut entries = Vec::with_capacity(contents.files.len());
+        for f in &contents.files {
+            let rel = &f.relative_path;
+            let (sha256, bytes) = self.put_evidence(rel, f.bytes.clone()).await?;
             entries.push(ManifestFile {
-                path: rel,
+                path: rel.clone(),
                 sha256,
                 bytes,
                 rows: f.rows,
-                cluster: f.cluster,
+                cluster: f.cluster.clone(),
                 min_request_received_at: f.min_micros,
                 max_request_received_at: f.max_micros,
             });
         }
         let mut quarantine_entries = Vec::new();
-        if let Some(rel) = quarantine_rel {
-            let body = quarantine_ndjson(quarantine);
-            let (sha256, bytes) = self.put_evidence(&rel, body).await?;
+        if let Some(rel) = quarantine_rel
+            && !contents.quarantine.is_empty()
+        {
+            let (sha256, bytes) = self.put_quarantine(rel, &contents.quarantine).await?;
             quarantine_entries.push(ManifestQuarantine {
-                path: rel,
+                path: rel.to_string(),
                 sha256,
                 bytes,
-                records: quarantine.len() as u64,
+                records: contents.quarantine.len() as u64,
             });
         }
         let record = self
-            .append_manifest(writer_id, entries, quarantine_entries, wal)
+            .append_manifest(writer_id, entries, quarantine_entries, contents.wal.clone())
             .await?;
         Ok(CommitOutcome {
             record,
@@ -276,8 +343,9 @@ impl Archive {
         Ok(())
     }
 
-    /// The relative path a quarantine file of this commit will get.
-    fn quarantine_path(writer_id: &str, cluster: &str) -> String {
+    /// A fresh relative path for a quarantine file of `writer_id` (decided once per commit,
+    /// so a retried commit writes the same file).
+    pub fn quarantine_path(writer_id: &str, cluster: &str) -> String {
         format!(
             "{QUARANTINE_DIR}/cluster={}/{writer_id}-{:06}.ndjson",
             crate::partitioned_writer::escape_partition_value(cluster),
@@ -322,6 +390,30 @@ impl Archive {
         Ok((record, hex::encode(Sha256::digest(&bytes))))
     }
 
+    /// A record among the last few written by `writer_id` with exactly these contents.
+    async fn find_recent(
+        &self,
+        writer_id: &str,
+        files: &[ManifestFile],
+        quarantine: &[ManifestQuarantine],
+        wal: Option<&WalMark>,
+    ) -> Result<Option<ManifestRecord>, IngestError> {
+        /// Records looked at: other writers may have committed after the lost answer.
+        const LOOK_BACK: usize = 32;
+        let paths = self.manifest_paths().await?;
+        for path in paths.iter().rev().take(LOOK_BACK) {
+            let (record, _) = self.read_manifest(path).await?;
+            if record.writer == writer_id
+                && record.files == files
+                && record.quarantine == quarantine
+                && record.wal.as_ref() == wal
+            {
+                return Ok(Some(record));
+            }
+        }
+        Ok(None)
+    }
+
     async fn append_manifest(
         &self,
         writer_id: &str,
@@ -331,6 +423,17 @@ impl Archive {
     ) -> Result<ManifestRecord, IngestError> {
         const ATTEMPTS: u32 = 16;
         for _ in 0..ATTEMPTS {
+            if let Some(done) = self
+                .find_recent(writer_id, &files, &quarantine, wal.as_ref())
+                .await?
+            {
+                // An earlier attempt of this very commit got its record in; its answer was lost.
+                tracing::info!(
+                    sequence = done.sequence,
+                    "the manifest record of this commit was already written"
+                );
+                return Ok(done);
+            }
             let head = self.manifest_head().await?;
             let (sequence, previous_sha256) = match &head {
                 Some((r, sha)) => (r.sequence + 1, Some(sha.clone())),
@@ -351,7 +454,7 @@ impl Archive {
             })?;
             // Create-if-absent: of two writers racing for one sequence number, one wins and
             // the other re-reads the head and chains after it.
-            match self.put(&rel, body, PutMode::Create).await {
+            match self.put(&rel, body.into(), PutMode::Create).await {
                 Ok(()) => return Ok(record),
                 Err(object_store::Error::AlreadyExists { .. }) => continue,
                 Err(source) => {

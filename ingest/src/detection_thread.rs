@@ -31,6 +31,8 @@ enum Work {
     Commit(SyncSender<Vec<FinishedFile>>),
     /// The input ended: emit what is pending, answer with the tables' last files, and stop.
     Finish(SyncSender<Vec<FinishedFile>>),
+    /// The batches since the last commit will come again: drop their table rows.
+    Discard(SyncSender<()>),
 }
 
 /// Handle on the detection thread.
@@ -83,6 +85,16 @@ impl DetectionThread {
         files.recv().map_err(|_| stopped())
     }
 
+    /// Drops the table rows of the batches seen since the last commit (they will be seen
+    /// again after the archiver restarts from that commit).
+    pub(crate) fn discard_uncommitted(&self) -> Result<(), ServeError> {
+        let (answer, done) = sync_channel(1);
+        self.work
+            .send(Work::Discard(answer))
+            .map_err(|_| stopped())?;
+        done.recv().map_err(|_| stopped())
+    }
+
     /// Sees the rest of the queue, emits pending findings (folded summaries), stops the
     /// thread and returns the tables' files to commit.
     pub(crate) fn finish(mut self) -> Result<Vec<FinishedFile>, ServeError> {
@@ -98,13 +110,32 @@ impl DetectionThread {
     }
 }
 
+/// Runs `f` on the observer; a panic in a detector is logged and counted, and archiving
+/// goes on (the batch's findings are lost, its events are not).
+fn guarded<T>(what: &'static str, metrics: &ServeMetrics, fallback: T, f: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            metrics.detector_failures.inc();
+            tracing::error!(stage = what, panic = %message,
+                "a detector panicked; its findings for this batch are lost, the events are archived");
+            fallback
+        }
+    }
+}
+
 fn run(observer: &mut dyn BatchObserver, queue: Receiver<Work>, metrics: &ServeMetrics) {
     while let Ok(work) = queue.recv() {
         match work {
             Work::Batch(batch, received_at) => {
                 let span = tracing::debug_span!("detect", rows = batch.num_rows());
                 let _g = span.enter();
-                let found = observer.observe(&batch);
+                let found = guarded("observe", metrics, 0, || observer.observe(&batch));
                 if found > 0 {
                     metrics.findings.inc_by(found);
                     let lag = (now_micros() - received_at).max(0) as f64 / 1e6;
@@ -115,11 +146,18 @@ fn run(observer: &mut dyn BatchObserver, queue: Receiver<Work>, metrics: &ServeM
             }
             Work::Commit(answer) => {
                 // The archiver waits for this answer; if it is gone, so is the server.
-                let _ = answer.send(observer.commit_files());
+                let files = guarded("commit", metrics, Vec::new(), || observer.commit_files());
+                let _ = answer.send(files);
+            }
+            Work::Discard(answer) => {
+                guarded("discard", metrics, (), || observer.discard_uncommitted());
+                let _ = answer.send(());
             }
             Work::Finish(answer) => {
-                metrics.findings.inc_by(observer.finish());
-                let _ = answer.send(observer.commit_files());
+                let found = guarded("finish", metrics, 0, || observer.finish());
+                metrics.findings.inc_by(found);
+                let files = guarded("commit", metrics, Vec::new(), || observer.commit_files());
+                let _ = answer.send(files);
                 return;
             }
         }

@@ -6,15 +6,22 @@
 //! then a hash-chained manifest record written create-if-absent).
 
 mod archive;
+mod archive_health;
+mod archiver;
+mod bearer_tokens;
+mod committer;
+mod credentials;
 mod dedup;
 mod detection_thread;
 mod error;
 mod file_source;
+mod http_connections;
 mod manifest;
 mod observer;
 mod partitioned_writer;
 mod pipeline;
 mod quarantine;
+mod record_attempts;
 mod serve;
 mod serve_metrics;
 mod thread_priority;
@@ -22,7 +29,8 @@ mod tls;
 pub mod wal;
 mod webhook;
 
-pub use archive::{Archive, ArchiveLocation};
+pub use archive::{Archive, ArchiveLocation, CommitContents};
+pub use bearer_tokens::{BearerTokens, MIN_TOKEN_CHARS};
 pub use error::IngestError;
 pub use file_source::{Input, InputReader};
 pub use manifest::{
@@ -30,14 +38,13 @@ pub use manifest::{
 };
 pub use observer::BatchObserver;
 pub use partitioned_writer::{
-    FinishedFile, PartitionedWriter, WriterOptions, cluster_name_error, partition_of,
+    ArrivalWindow, FinishedFile, PartitionedWriter, WriterOptions, cluster_name_error, partition_of,
 };
 pub use pipeline::{IngestOptions, IngestSummary, ingest, new_writer_id};
-pub use quarantine::{QUARANTINE_DIR, quarantine_ndjson};
+pub use quarantine::{QUARANTINE_DIR, quarantine_line, quarantine_ndjson};
 pub use serve::{Bound, ServeConfig, ServeError, ServeSummary, serve};
 pub use serve_metrics::ServeMetrics;
 pub use tls::{TlsError, certificate_identity, server_config};
-pub use webhook::BearerTokens;
 
 /// Prefix under the archive root holding the events table.
 pub const EVENTS_DIR: &str = "events";

@@ -18,4 +18,8 @@ pub trait BatchObserver: Send {
     fn commit_files(&mut self) -> Vec<FinishedFile> {
         Vec::new()
     }
+    /// The batches seen since the last [`BatchObserver::commit_files`] will be seen again
+    /// (the archiver restarts from its last commit): drop the table rows they produced, so
+    /// the archive's tables hold them once.
+    fn discard_uncommitted(&mut self) {}
 }

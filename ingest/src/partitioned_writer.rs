@@ -1,5 +1,10 @@
 //! Splits event batches by Hive partition (`cluster=/date=/hour=` of `request_received_at`)
 //! and encodes each partition's rows as ZSTD Parquet files cut by rows and bytes.
+//!
+//! A source that knows when each event arrived (the webhook) sets an [`ArrivalWindow`]: an
+//! event whose request time lies far outside it (a broken clock, or a forged timestamp) is
+//! filed under the hour it *arrived* instead, keeping its true `request_received_at`, so one
+//! request can never open thousands of partitions.
 
 pub use auditlake_schema::{FinishedFile, escape_partition_value};
 use std::collections::BTreeMap;
@@ -30,6 +35,39 @@ pub struct WriterOptions {
     pub zstd_level: i32,
     /// Partitions open at once; the one written least recently is cut beyond this.
     pub max_open_partitions: usize,
+    /// Request times accepted for partitioning around each event's arrival (`ingested_at`);
+    /// `None` partitions by request time whatever it is (backfills of old files).
+    pub arrival_window: Option<ArrivalWindow>,
+}
+
+/// How far an event's request time may lie from its arrival for the event to be filed
+/// under its request time; beyond, it is filed under its arrival hour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArrivalWindow {
+    /// µs before arrival (late delivery: retries, buffering, replays).
+    pub behind_micros: i64,
+    /// µs after arrival (clock skew).
+    pub ahead_micros: i64,
+}
+
+impl ArrivalWindow {
+    /// The webhook's window: 7 days behind (the apiserver retries for minutes; managed
+    /// clouds' pipelines can lag by hours), 1 hour ahead.
+    pub const WEBHOOK: Self = Self {
+        behind_micros: 7 * 24 * 3_600_000_000,
+        ahead_micros: 3_600_000_000,
+    };
+
+    /// The time an event arriving at `arrived` with request time `request` is filed under.
+    pub fn partition_time(&self, request: i64, arrived: i64) -> i64 {
+        if request < arrived.saturating_sub(self.behind_micros)
+            || request > arrived.saturating_add(self.ahead_micros)
+        {
+            arrived
+        } else {
+            request
+        }
+    }
 }
 
 impl Default for WriterOptions {
@@ -40,6 +78,7 @@ impl Default for WriterOptions {
             row_group_rows: 64 * 1024,
             zstd_level: 1,
             max_open_partitions: 8,
+            arrival_window: None,
         }
     }
 }
@@ -66,6 +105,7 @@ pub struct PartitionedWriter {
     open: BTreeMap<PartitionKey, OpenFile>,
     files_started: u64,
     writes: u64,
+    out_of_window: u64,
 }
 
 /// The `cluster=/date=/hour=` partition directory (relative to the events table) of a row.
@@ -86,12 +126,22 @@ fn partition_dir(cluster: &str, hour: i64) -> String {
 /// Why `name` cannot be a cluster name, if it cannot: cluster names are Hive partition values
 /// that analysts type in SQL, so letters, digits, `-`, `_` and `.` only.
 pub fn cluster_name_error(name: &str) -> Option<String> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
+    // `.` and `..` (or any name led by a dot) read as path steps to every tool that lists
+    // the archive, so a name starts with a letter or digit.
+    let ok = name.len() <= 253
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    (!ok).then(|| format!("cluster {name:?}: use 1 to 253 letters, digits, '-', '_' and '.' only"))
+    (!ok).then(|| {
+        format!(
+            "cluster {name:?}: use 1 to 253 letters, digits, '-', '_' and '.' only, starting \
+             with a letter or digit"
+        )
+    })
 }
 
 impl PartitionedWriter {
@@ -121,12 +171,18 @@ impl PartitionedWriter {
             open: BTreeMap::new(),
             files_started: 0,
             writes: 0,
+            out_of_window: 0,
         }
     }
 
     /// Rows buffered in files not yet finished.
     pub fn buffered_rows(&self) -> u64 {
         self.open.values().map(|f| f.rows).sum()
+    }
+
+    /// Events filed under their arrival hour since the last call (see [`ArrivalWindow`]).
+    pub fn take_out_of_window(&mut self) -> u64 {
+        std::mem::take(&mut self.out_of_window)
     }
 
     /// Adds a batch of the events schema; returns the files that this completed.
@@ -140,7 +196,32 @@ impl PartitionedWriter {
             .column_by_name(col::REQUEST_RECEIVED_AT)
             .ok_or_else(|| IngestError::Pipeline("batch without request_received_at".into()))?
             .as_primitive::<TimestampMicrosecondType>();
-        let hour_of = |i: usize| received.value(i).div_euclid(3_600_000_000);
+        let arrived = match self.options.arrival_window {
+            Some(w) => Some((
+                w,
+                batch
+                    .column_by_name(col::INGESTED_AT)
+                    .ok_or_else(|| IngestError::Pipeline("batch without ingested_at".into()))?
+                    .as_primitive::<TimestampMicrosecondType>(),
+            )),
+            None => None,
+        };
+        let mut outliers = 0u64;
+        let mut hour_of = |i: usize| {
+            let t = received.value(i);
+            let t = match arrived {
+                Some((w, a)) => {
+                    let p = w.partition_time(t, a.value(i));
+                    outliers += u64::from(p != t);
+                    p
+                }
+                None => t,
+            };
+            t.div_euclid(3_600_000_000)
+        };
+        let hours: Vec<i64> = (0..batch.num_rows()).map(&mut hour_of).collect();
+        self.out_of_window += outliers;
+        let hour_of = |i: usize| hours[i];
         let first = (clusters.value(0), hour_of(0));
         let uniform =
             (1..batch.num_rows()).all(|i| clusters.value(i) == first.0 && hour_of(i) == first.1);
@@ -207,7 +288,7 @@ impl PartitionedWriter {
         if !self.open.contains_key(&key) {
             let props = self.properties.clone();
             let writer = ArrowWriter::try_new(
-                Vec::with_capacity(1 << 20),
+                Vec::with_capacity(64 << 10),
                 events_file_schema(),
                 Some(props),
             )?;
@@ -254,7 +335,10 @@ impl PartitionedWriter {
             SCHEMA_VERSION_KEY.to_string(),
             auditlake_schema::SCHEMA_VERSION.to_string(),
         ));
-        let bytes = writer.into_inner()?;
+        let mut bytes = writer.into_inner()?;
+        // The buffer grew in steps; a small file must not keep a large allocation while it
+        // waits for its commit.
+        bytes.shrink_to_fit();
         self.files_started += 1;
         let relative_path = format!(
             "{EVENTS_DIR}/{}/part-{}-{:06}.parquet",
@@ -265,7 +349,7 @@ impl PartitionedWriter {
         Ok(FinishedFile {
             relative_path,
             cluster: key.cluster.clone(),
-            bytes,
+            bytes: bytes.into(),
             rows: f.rows,
             min_micros: f.min_micros,
             max_micros: f.max_micros,
@@ -294,5 +378,53 @@ mod tests {
             partition_of("a b/c", 0),
             "cluster=a%20b%2Fc/date=1970-01-01/hour=00"
         );
+    }
+
+    #[test]
+    fn cluster_names_are_partition_values_not_path_steps() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a b",
+            "é",
+            &"x".repeat(254),
+        ] {
+            assert!(cluster_name_error(bad).is_some(), "{bad:?} accepted");
+        }
+        for good in [
+            "prod-eu",
+            "a",
+            "0",
+            "gke_project_europe-west1_prod",
+            "eks.prod.v2",
+        ] {
+            assert_eq!(cluster_name_error(good), None, "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn far_off_request_times_are_filed_under_their_arrival() {
+        let w = ArrivalWindow::WEBHOOK;
+        let arrived = 1_793_502_720_000_000;
+        let hour = 3_600_000_000;
+        assert_eq!(
+            w.partition_time(arrived - 2 * hour, arrived),
+            arrived - 2 * hour
+        );
+        assert_eq!(
+            w.partition_time(arrived - 6 * 24 * hour, arrived),
+            arrived - 6 * 24 * hour
+        );
+        assert_eq!(w.partition_time(arrived - 8 * 24 * hour, arrived), arrived);
+        assert_eq!(
+            w.partition_time(arrived + 30 * 60_000_000, arrived),
+            arrived + 30 * 60_000_000
+        );
+        assert_eq!(w.partition_time(arrived + 2 * hour, arrived), arrived);
+        assert_eq!(w.partition_time(i64::MIN, arrived), arrived);
+        assert_eq!(w.partition_time(i64::MAX, i64::MAX), i64::MAX);
     }
 }

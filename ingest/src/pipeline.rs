@@ -9,11 +9,12 @@ use arrow::array::RecordBatch;
 use auditlake_schema::{DecoderOptions, EventDecoder, Quarantined, SourcePos};
 use tokio::sync::mpsc;
 
-use crate::archive::Archive;
+use crate::archive::{Archive, CommitContents};
 use crate::error::IngestError;
 use crate::file_source::Input;
 use crate::observer::BatchObserver;
 use crate::partitioned_writer::{FinishedFile, PartitionedWriter, WriterOptions};
+use crate::quarantine::quarantine_weight;
 
 /// How an ingest run decodes, batches and writes.
 #[derive(Debug, Clone)]
@@ -80,7 +81,12 @@ pub struct IngestSummary {
 
 enum Decoded {
     Batch(RecordBatch, Vec<Quarantined>),
-    Stats { inputs: u64, bytes_read: u64 },
+    Stats {
+        inputs: u64,
+        bytes_read: u64,
+        /// Bad items counted in summary records rather than recorded one by one.
+        summarised: u64,
+    },
 }
 
 struct CommitUnit {
@@ -127,15 +133,16 @@ pub async fn ingest(
             files = unit.files.len(),
             quarantined = unit.quarantine.len()
         );
+        let quarantined = unit.quarantine.len() as u64;
+        let contents = CommitContents {
+            files: unit.files,
+            quarantine_path: (!unit.quarantine.is_empty())
+                .then(|| Archive::quarantine_path(&options.writer_id, &options.cluster)),
+            quarantine: unit.quarantine,
+            wal: None,
+        };
         let committed = archive
-            .commit(
-                &options.writer_id,
-                unit.files,
-                &unit.quarantine,
-                &options.cluster,
-                None,
-                None,
-            )
+            .commit(&options.writer_id, &contents, None)
             .instrument(span.clone())
             .await;
         let _g = span.enter(); // no await below in this iteration
@@ -146,12 +153,12 @@ pub async fn ingest(
                 summary.files += r.files.len() as u64;
                 summary.events += r.rows();
                 summary.archive_bytes += r.files.iter().map(|f| f.bytes).sum::<u64>();
-                summary.quarantined += unit.quarantine.len() as u64;
+                summary.quarantined += quarantined;
                 tracing::info!(
                     sequence = r.sequence,
                     files = r.files.len(),
                     events = r.rows(),
-                    quarantined = unit.quarantine.len(),
+                    quarantined,
                     commit_latency_ms = outcome.latency.as_millis() as u64,
                     "committed"
                 );
@@ -173,7 +180,8 @@ pub async fn ingest(
         return Err(e);
     }
     decode_result?;
-    let (inputs, bytes_read, findings) = encode_result?;
+    let (inputs, bytes_read, findings, summarised) = encode_result?;
+    summary.quarantined += summarised;
     summary.inputs = inputs;
     summary.bytes_read = bytes_read;
     summary.findings = findings;
@@ -231,10 +239,12 @@ fn decode_inputs(
             events += decoder.decode_line(&line, pos, &mut quarantine) as u64;
             if decoder.buffered_rows() >= options.batch_rows
                 || decoder.buffered_input_bytes() >= options.batch_bytes
+                || quarantine_is_large(&quarantine)
             {
-                if let Some(b) = decoder.finish_batch() {
-                    send(&tx, Decoded::Batch(b, std::mem::take(&mut quarantine)))?;
-                }
+                let b = decoder
+                    .finish_batch()
+                    .unwrap_or_else(|| RecordBatch::new_empty(auditlake_schema::events_schema()));
+                send(&tx, Decoded::Batch(b, std::mem::take(&mut quarantine)))?;
                 decoder.set_ingested_at(now_micros());
                 if last_progress.elapsed() >= Duration::from_secs(5) {
                     last_progress = Instant::now();
@@ -262,12 +272,25 @@ fn decode_inputs(
         Decoded::Stats {
             inputs: inputs.len() as u64,
             bytes_read,
+            summarised: decoder.take_summarised(),
         },
     )
 }
 
-/// What the encoder thread reports: inputs, bytes read, findings.
-type EncodeStats = (u64, u64, u64);
+/// Quarantine records waiting are due for a commit (bounds their memory on an input that
+/// is mostly bad: records are committed in pieces, never dropped).
+fn quarantine_is_large(q: &[Quarantined]) -> bool {
+    q.len() >= MAX_QUARANTINE_RECORDS_PER_COMMIT
+        || q.iter().map(quarantine_weight).sum::<usize>() >= MAX_QUARANTINE_BYTES_PER_COMMIT
+}
+
+/// A commit is due once this many quarantine records wait...
+const MAX_QUARANTINE_RECORDS_PER_COMMIT: usize = 10_000;
+/// ...or once they would take this many bytes.
+const MAX_QUARANTINE_BYTES_PER_COMMIT: usize = 32 << 20;
+
+/// What the encoder thread reports: inputs, bytes read, findings, summarised bad items.
+type EncodeStats = (u64, u64, u64, u64);
 
 fn encode_batches(
     rx: Receiver<Decoded>,
@@ -277,7 +300,7 @@ fn encode_batches(
 ) -> Result<EncodeStats, IngestError> {
     let mut writer = PartitionedWriter::new(&options.writer_id, options.writer.clone());
     let mut quarantine = Vec::new();
-    let mut stats = (0, 0, 0);
+    let mut stats = (0, 0, 0, 0);
     let send = |unit| {
         tx.blocking_send(unit)
             .map_err(|_| IngestError::Pipeline("committer stopped".into()))
@@ -292,7 +315,7 @@ fn encode_batches(
                     stats.2 += o.observe(&batch);
                 }
                 let mut files = writer.write(&batch)?;
-                if !files.is_empty() {
+                if !files.is_empty() || quarantine_is_large(&quarantine) {
                     if let Some(o) = &mut observer {
                         files.extend(o.commit_files());
                     }
@@ -302,7 +325,11 @@ fn encode_batches(
                     })?;
                 }
             }
-            Decoded::Stats { inputs, bytes_read } => (stats.0, stats.1) = (inputs, bytes_read),
+            Decoded::Stats {
+                inputs,
+                bytes_read,
+                summarised,
+            } => (stats.0, stats.1, stats.3) = (inputs, bytes_read, summarised),
         }
     }
     if let Some(o) = &mut observer {

@@ -6,37 +6,47 @@ use auditlake_schema::Quarantined;
 /// Prefix under the archive root holding quarantine files.
 pub const QUARANTINE_DIR: &str = "_quarantine";
 
-/// Serialises quarantined inputs as NDJSON. The raw bytes go in `raw` when they are UTF-8
-/// and in `raw_base64` otherwise, so invalid UTF-8 survives byte for byte.
+/// Appends one quarantined input as an NDJSON line to `out`. The raw bytes go in `raw` when
+/// they are UTF-8 and in `raw_base64` otherwise, so invalid UTF-8 survives byte for byte.
+pub fn quarantine_line(q: &Quarantined, out: &mut Vec<u8>) {
+    let mut obj = serde_json::Map::new();
+    obj.insert("source".into(), q.source.clone().into());
+    if let Some(line) = q.line {
+        obj.insert("line".into(), line.into());
+    }
+    if let Some(item) = q.item {
+        obj.insert("item".into(), item.into());
+    }
+    obj.insert("byte_offset".into(), q.byte_offset.into());
+    obj.insert("reason".into(), q.reason.clone().into());
+    match std::str::from_utf8(&q.raw) {
+        Ok(s) => obj.insert("raw".into(), s.into()),
+        Err(_) => obj.insert("raw_base64".into(), base64(&q.raw).into()),
+    };
+    obj.insert("raw_len".into(), q.raw_len.into());
+    obj.insert(
+        "raw_truncated".into(),
+        (q.raw_len > q.raw.len() as u64).into(),
+    );
+    // A map of strings and numbers always serialises.
+    if serde_json::to_writer(&mut *out, &obj).is_ok() {
+        out.push(b'\n');
+    }
+}
+
+/// Serialises quarantined inputs as NDJSON (see [`quarantine_line`]).
 pub fn quarantine_ndjson(records: &[Quarantined]) -> Vec<u8> {
     let mut out = Vec::new();
     for q in records {
-        let mut obj = serde_json::Map::new();
-        obj.insert("source".into(), q.source.clone().into());
-        if let Some(line) = q.line {
-            obj.insert("line".into(), line.into());
-        }
-        if let Some(item) = q.item {
-            obj.insert("item".into(), item.into());
-        }
-        obj.insert("byte_offset".into(), q.byte_offset.into());
-        obj.insert("reason".into(), q.reason.clone().into());
-        match std::str::from_utf8(&q.raw) {
-            Ok(s) => obj.insert("raw".into(), s.into()),
-            Err(_) => obj.insert("raw_base64".into(), base64(&q.raw).into()),
-        };
-        obj.insert("raw_len".into(), q.raw_len.into());
-        obj.insert(
-            "raw_truncated".into(),
-            (q.raw_len > q.raw.len() as u64).into(),
-        );
-        // A map of strings and numbers always serialises.
-        if let Ok(line) = serde_json::to_vec(&obj) {
-            out.extend_from_slice(&line);
-            out.push(b'\n');
-        }
+        quarantine_line(q, &mut out);
     }
     out
+}
+
+/// Bytes the quarantine file of `records` takes at most, roughly (for commit cadence).
+pub fn quarantine_weight(q: &Quarantined) -> usize {
+    // base64 inflates by 4/3; JSON escaping of text rarely more.
+    q.raw.len() * 4 / 3 + q.reason.len() + q.source.len() + 128
 }
 
 fn base64(bytes: &[u8]) -> String {

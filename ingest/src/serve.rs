@@ -11,35 +11,37 @@
 //!                                     committer task: intent file, puts, manifest, WAL trim
 //! ```
 //!
-//! On start the log is recovered (a torn tail cut off), the manifest chain says how far it
-//! is archived, and the archiver replays the rest before the server reports ready.
+//! On start the log is recovered (a torn tail cut off, damage set aside), the manifest chain
+//! says how far it is archived, and the archiver replays the rest before the server reports
+//! ready. A supervisor watches the archiver: a failed commit is retried with backoff (and
+//! the server reports not ready meanwhile), a failed archiver is restarted from the last
+//! commit, and one that keeps failing without progress stops the process with an error, so
+//! the orchestrator restarts it; archiving never stops silently.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arrow::array::BooleanArray;
-use arrow::compute::filter_record_batch;
-use auditlake_schema::{DecoderOptions, EventDecoder, Quarantined, SourcePos};
+use auditlake_schema::DecoderOptions;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::Instrument;
 
 use crate::archive::Archive;
-use crate::dedup::Deduplicator;
+use crate::archive_health::ArchiveHealth;
+use crate::archiver::{self, ArchiverFailure, ArchiverKit, ArchiverSettings};
+use crate::committer::{Committer, error_chain, resolve_intent};
+use crate::credentials::Credentials;
 use crate::detection_thread::DetectionThread;
 use crate::error::IngestError;
-use crate::manifest::WalMark;
 use crate::observer::BatchObserver;
-use crate::partitioned_writer::{FinishedFile, PartitionedWriter, WriterOptions};
+use crate::partitioned_writer::{ArrivalWindow, WriterOptions};
+use crate::record_attempts::RecordAttempts;
 use crate::serve_metrics::ServeMetrics;
 use crate::tls::TlsError;
-use crate::wal::{self, ReadOutcome, Wal, WalError, WalOptions, WalReader};
-use crate::webhook::{self, BearerTokens, WebhookSettings, WebhookState};
+use crate::wal::{self, Wal, WalError, WalOptions};
+use crate::webhook::{self, ConnectionLimits, WebhookSettings, WebhookState};
 
 /// Every setting of `auditlake serve`; the TOML config file has exactly these keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -53,8 +55,15 @@ pub struct ServeConfig {
     pub tls_key: Option<PathBuf>,
     /// CA that signs the apiserver's client certificate (PEM); enables mutual TLS.
     pub client_ca: Option<PathBuf>,
-    /// Serve plain HTTP (no TLS). Only for tests and loopback demos.
+    /// Serve plain HTTP (no TLS). Only on a loopback address unless
+    /// `allow_plain_http_beyond_loopback`.
     pub insecure_plain_http: bool,
+    /// Allow plain HTTP on an address other than loopback (events and credentials cross the
+    /// network unencrypted).
+    pub allow_plain_http_beyond_loopback: bool,
+    /// Start without any client authentication (no client CA, no bearer tokens): anyone who
+    /// reaches the port can add events to the archive.
+    pub allow_unauthenticated: bool,
     /// File of accepted bearer tokens (one per line, optionally followed by a name).
     pub bearer_tokens_file: Option<PathBuf>,
     /// Cluster of requests to `/audit/webhook` (the path `/audit/webhook/{cluster}` overrides).
@@ -65,12 +74,26 @@ pub struct ServeConfig {
     pub ops_listen: String,
     /// Directory of the write-ahead log (local disk; keep it across restarts).
     pub wal_dir: PathBuf,
+    /// Archive the log's records into this archive even though the log was written for
+    /// another one (the log records its archive and is otherwise refused).
+    pub wal_retarget: bool,
     /// Answer 429 once the write-ahead log holds this many bytes.
     pub wal_max_bytes: u64,
     /// Size at which the write-ahead log starts a new segment.
     pub wal_segment_bytes: u64,
     /// Largest request body, before and after gzip decompression.
     pub max_body_bytes: u64,
+    /// Request bodies held in memory at once, all requests together (a request waits for
+    /// room, then gets 503); at least twice `max_body_bytes`.
+    pub max_inflight_body_bytes: u64,
+    /// Connections open at once (webhook); further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// A TLS handshake and a request's headers must arrive within this time.
+    pub header_read_timeout_seconds: u64,
+    /// A request (body included) must be read and answered within this time.
+    pub request_timeout_seconds: u64,
+    /// A connection with no traffic for this long is closed.
+    pub idle_timeout_seconds: u64,
     /// Longest an accepted event waits before its Parquet file is committed (sooner once a
     /// quarter of `wal_max_bytes` is waiting).
     pub flush_interval_seconds: u64,
@@ -98,14 +121,22 @@ impl Default for ServeConfig {
             tls_key: None,
             client_ca: None,
             insecure_plain_http: false,
+            allow_plain_http_beyond_loopback: false,
+            allow_unauthenticated: false,
             bearer_tokens_file: None,
             cluster: "default".into(),
             cluster_from_client_cert: false,
             ops_listen: "127.0.0.1:9464".into(),
             wal_dir: PathBuf::from("auditlake-wal"),
+            wal_retarget: false,
             wal_max_bytes: 1 << 30,
             wal_segment_bytes: 64 << 20,
             max_body_bytes: 16 << 20,
+            max_inflight_body_bytes: 128 << 20,
+            max_connections: 1024,
+            header_read_timeout_seconds: 10,
+            request_timeout_seconds: 60,
+            idle_timeout_seconds: 120,
             flush_interval_seconds: 30,
             dedup_window_seconds: 600,
             dedup_max_events: 2_000_000,
@@ -174,244 +205,63 @@ pub struct ServeSummary {
     pub commits: u64,
 }
 
-const INTENT_FILE: &str = "commit-intent.json";
-
-/// The files a commit is about to put, written to the WAL directory first so that, if the
-/// process dies before the manifest record names them, the next start deletes them (the
-/// SQL table lists every file under `events/`, so an orphan would count twice).
-#[derive(Debug, Serialize, Deserialize)]
-struct CommitIntent {
-    wal_through_seq: u64,
-    paths: Vec<String>,
-}
-
-fn file_err(path: &Path) -> impl FnOnce(std::io::Error) -> ServeError + '_ {
-    move |source| ServeError::File {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn write_intent(dir: &Path, intent: &CommitIntent) -> Result<(), IngestError> {
-    use std::io::Write;
-    let path = dir.join(INTENT_FILE);
-    let tmp = dir.join(format!("{INTENT_FILE}.tmp"));
-    let io = |source| IngestError::Fsync {
-        path: path.clone(),
-        source,
-    };
-    let body = serde_json::to_vec(intent).map_err(|e| io(std::io::Error::other(e)))?;
-    let mut f = std::fs::File::create(&tmp).map_err(io)?;
-    f.write_all(&body).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io)
-}
-
-/// Deletes what an interrupted commit put, if its manifest record never got written.
-async fn resolve_intent(archive: &Archive, dir: &Path, committed: u64) -> Result<(), ServeError> {
-    let path = dir.join(INTENT_FILE);
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(file_err(&path)(e)),
-    };
-    match serde_json::from_slice::<CommitIntent>(&bytes) {
-        Ok(intent) if intent.wal_through_seq > committed => {
-            tracing::warn!(
-                files = intent.paths.len(),
-                through_seq = intent.wal_through_seq,
-                "the last commit before the restart did not finish; deleting the files it put"
-            );
-            archive.delete_uncommitted(&intent.paths).await?;
-        }
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "unreadable commit intent ignored")
-        }
-    }
-    std::fs::remove_file(&path).map_err(file_err(&path))?;
-    Ok(())
-}
-
-struct CommitUnit {
-    files: Vec<FinishedFile>,
-    quarantine: Vec<Quarantined>,
-    through_seq: u64,
-}
-
-struct ArchiverSettings {
-    writer_id: String,
-    decoder: DecoderOptions,
-    writer: WriterOptions,
-    flush_interval: Duration,
-    /// Commit once this many log bytes are read since the last commit, so the uncommitted
-    /// part of the log stays well under `wal_max_bytes` at any ingest rate.
-    flush_bytes: u64,
-    committed_seq: u64,
-    dedup_window_micros: i64,
-    dedup_max_events: usize,
-}
-
-/// Reads the log in order, decodes, drops duplicates, encodes Parquet and hands finished
-/// files with the WAL position they cover to the committer.
-fn archive_wal(
-    mut reader: WalReader,
-    settings: ArchiverSettings,
-    metrics: Arc<ServeMetrics>,
-    observer: Option<Box<dyn BatchObserver>>,
-    commits: mpsc::Sender<CommitUnit>,
-) -> Result<(), ServeError> {
-    let mut detection = observer
-        .map(|o| DetectionThread::start(o, metrics.clone()))
-        .transpose()?;
-    let mut decoders: HashMap<String, EventDecoder> = HashMap::new();
-    let mut writer = PartitionedWriter::new(&settings.writer_id, settings.writer.clone());
-    let mut dedup = Deduplicator::new(settings.dedup_window_micros, settings.dedup_max_events);
-    let mut finished: Vec<FinishedFile> = Vec::new();
-    let mut quarantine = Vec::new();
-    let mut last_seq = settings.committed_seq;
-    let mut dirty = false;
-    let mut last_commit = Instant::now();
-    let mut bytes_since_commit = 0u64;
-    loop {
-        let wait = settings
-            .flush_interval
-            .saturating_sub(last_commit.elapsed())
-            .max(Duration::from_millis(5));
-        let mut closing = false;
-        match reader.next(wait)? {
-            ReadOutcome::Record(r) => {
-                let span = tracing::debug_span!("wal_record", seq = r.seq, bytes = r.body.len());
-                let _g = span.enter();
-                let decoder = decoders.entry(r.cluster.clone()).or_insert_with(|| {
-                    let mut d = EventDecoder::new(&r.cluster, settings.decoder.clone());
-                    d.enable_row_digests();
-                    d
-                });
-                decoder.set_ingested_at(r.received_at_micros);
-                let source = if r.identity.is_empty() {
-                    format!("webhook wal:{}", r.seq)
-                } else {
-                    format!("webhook[{}] wal:{}", r.identity, r.seq)
-                };
-                let mut q = Vec::new();
-                let pos = SourcePos {
-                    source: &source,
-                    line: None,
-                    byte_offset: 0,
-                };
-                decoder.decode_document(&r.body, pos, &mut q);
-                let batch = decoder.finish_batch();
-                let digests = decoder.take_row_digests();
-                let keep: BooleanArray = digests
-                    .iter()
-                    .map(|d| Some(dedup.first_sighting(*d, r.received_at_micros)))
-                    .collect();
-                if r.seq <= settings.committed_seq {
-                    // Already archived: read only to remember its events as seen.
-                    continue;
-                }
-                let duplicates = keep.false_count() as u64;
-                if duplicates > 0 {
-                    metrics.duplicates.inc_by(duplicates);
-                    tracing::info!(seq = r.seq, duplicates, "dropped resent events");
-                }
-                if !q.is_empty() {
-                    metrics.quarantined.inc_by(q.len() as u64);
-                    tracing::warn!(seq = r.seq, quarantined = q.len(), first_reason = %q[0].reason, "events quarantined");
-                    quarantine.extend(q);
-                }
-                if let Some(batch) = batch {
-                    let kept = if duplicates > 0 {
-                        filter_record_batch(&batch, &keep).map_err(|e| {
-                            ServeError::Pipeline(format!("filtering duplicates: {e}"))
-                        })?
-                    } else {
-                        batch
-                    };
-                    metrics.events_in.inc_by(kept.num_rows() as u64);
-                    if let Some(d) = &detection {
-                        d.observe(kept.clone(), r.received_at_micros)?;
-                    }
-                    finished.extend(writer.write(&kept)?);
-                }
-                last_seq = r.seq;
-                dirty = true;
-                bytes_since_commit += r.body.len() as u64;
-            }
-            ReadOutcome::Idle => {}
-            ReadOutcome::Closed => closing = true,
-        }
-        // Commit when a file was cut, enough log bytes wait, the interval passed, or the log
-        // closed.
-        let due = !finished.is_empty()
-            || bytes_since_commit >= settings.flush_bytes
-            || last_commit.elapsed() >= settings.flush_interval;
-        if closing || (dirty && due) {
-            // The detectors' files for the events up to `last_seq`; at the end also the
-            // summaries of folded findings, which may come with no new events.
-            let tables = if closing {
-                detection.take().map(DetectionThread::finish)
-            } else {
-                detection.as_ref().map(DetectionThread::commit_files)
-            }
-            .transpose()?
-            .unwrap_or_default();
-            if dirty || !tables.is_empty() {
-                let mut files = std::mem::take(&mut finished);
-                files.extend(writer.finish_all()?);
-                files.extend(tables);
-                commits
-                    .blocking_send(CommitUnit {
-                        files,
-                        quarantine: std::mem::take(&mut quarantine),
-                        through_seq: last_seq,
-                    })
-                    .map_err(|_| ServeError::Pipeline("the committer stopped".into()))?;
-            }
-            if closing {
-                return Ok(());
-            }
-            dirty = false;
-            last_commit = Instant::now();
-            bytes_since_commit = 0;
-        }
-    }
-}
-
-/// The TLS config asked for, or `None` for plain HTTP (only when asked for explicitly).
-fn tls_config(config: &ServeConfig) -> Result<Option<Arc<rustls::ServerConfig>>, ServeError> {
-    if config.insecure_plain_http {
-        tracing::warn!(listen = %config.listen, "serving the webhook over PLAIN HTTP: audit events and credentials cross the network unencrypted");
-        return Ok(None);
-    }
-    match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Ok(Some(crate::tls::server_config(
-            cert,
-            key,
-            config.client_ca.as_deref(),
-        )?)),
-        _ => Err(ServeError::Config(
-            "--tls-cert and --tls-key are required (or --insecure-plain-http for a loopback test)"
-                .into(),
-        )),
-    }
-}
+/// The archiver is restarted after a failure at most this many times in a row without a
+/// commit in between; then the process stops with an error.
+const MAX_RESTARTS_WITHOUT_PROGRESS: u32 = 5;
+/// Connections the operations port serves at once.
+const OPS_MAX_CONNECTIONS: usize = 64;
 
 fn validate(config: &ServeConfig) -> Result<(), ServeError> {
+    let refuse = |m: String| Err(ServeError::Config(m));
     if config.insecure_plain_http && config.client_ca.is_some() {
-        return Err(ServeError::Config(
+        return refuse(
             "--client-ca needs TLS; it cannot be combined with --insecure-plain-http".into(),
-        ));
+        );
     }
     if config.max_body_bytes == 0 || config.wal_max_bytes == 0 || config.flush_interval_seconds == 0
     {
-        return Err(ServeError::Config(
+        return refuse(
             "max_body_bytes, wal_max_bytes and flush_interval_seconds must be above 0".into(),
+        );
+    }
+    if config.max_inflight_body_bytes < 2 * config.max_body_bytes {
+        return refuse(format!(
+            "max_inflight_body_bytes ({}) must be at least twice max_body_bytes ({})",
+            config.max_inflight_body_bytes, config.max_body_bytes
         ));
+    }
+    if config.max_connections == 0
+        || config.header_read_timeout_seconds == 0
+        || config.request_timeout_seconds == 0
+        || config.idle_timeout_seconds == 0
+    {
+        return refuse("max_connections and the timeouts must be above 0".into());
+    }
+    if config.client_ca.is_none() && config.bearer_tokens_file.is_none() {
+        if !config.allow_unauthenticated {
+            return refuse(
+                "no client authentication: give --client-ca (mutual TLS with the apiserver's \
+                 client certificate) and/or --bearer-tokens-file, or --allow-unauthenticated \
+                 to accept events from anyone who can reach the port"
+                    .into(),
+            );
+        }
+        tracing::warn!(listen = %config.listen, "NO CLIENT AUTHENTICATION: anyone who reaches the webhook can add events to the archive (--allow-unauthenticated)");
+    }
+    if config.insecure_plain_http {
+        let loopback = config
+            .listen
+            .parse::<SocketAddr>()
+            .map(|a| a.ip().is_loopback())
+            .unwrap_or_else(|_| config.listen.starts_with("localhost:"));
+        if !loopback && !config.allow_plain_http_beyond_loopback {
+            return refuse(format!(
+                "--insecure-plain-http serves only a loopback address (127.0.0.1, ::1), not {}: \
+                 use TLS, or add --allow-plain-http-beyond-loopback",
+                config.listen
+            ));
+        }
+        tracing::warn!(listen = %config.listen, "serving the webhook over PLAIN HTTP: audit events and credentials cross the network unencrypted");
     }
     Ok(())
 }
@@ -427,8 +277,202 @@ async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), ServeError> {
     Ok((listener, local))
 }
 
+/// A secret of this process that keys the duplicate digests (std's hasher seeds are random
+/// per process).
+fn process_key() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(crate::pipeline::now_micros())
+}
+
+/// What the supervisor needs to (re)start the archiver and the committer.
+struct Supervisor {
+    archive: Archive,
+    wal: Wal,
+    wal_id: String,
+    config: ServeConfig,
+    metrics: Arc<ServeMetrics>,
+    health: Arc<ArchiveHealth>,
+    give_up_at: watch::Receiver<Option<tokio::time::Instant>>,
+    digest_key: u64,
+}
+
+impl Supervisor {
+    /// Retries `op` with backoff until it succeeds, or gives up once shutdown's deadline
+    /// passed (the store may be down when the server starts: keep saying so, keep trying).
+    async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, ServeError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ServeError>>,
+    {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) => {
+                    let chain = error_chain(&e);
+                    self.health.commit_failed(format!("{what}: {chain}"));
+                    self.metrics.archiving_failing.set(1);
+                    if (*self.give_up_at.borrow())
+                        .is_some_and(|t| tokio::time::Instant::now() + backoff > t)
+                    {
+                        return Err(e);
+                    }
+                    tracing::error!(error = %chain, retry_in_seconds = backoff.as_secs(), "{what} failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
+    /// Runs archiver + committer, restarting them from the last commit after a failure,
+    /// until the log closes and everything read is committed.
+    async fn run(
+        self,
+        mut kit: ArchiverKit,
+        durable_at_start: u64,
+    ) -> Result<ServeSummary, ServeError> {
+        let mut summary = ServeSummary::default();
+        let mut first = true;
+        let mut restarts_without_progress = 0u32;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let committed = self
+                .retry("reading the manifest", || async {
+                    Ok(self.archive.wal_mark(&self.wal_id).await?)
+                })
+                .await?;
+            self.retry("cleaning up an interrupted commit", || {
+                resolve_intent(&self.archive, &self.config.wal_dir, committed)
+            })
+            .await?;
+            self.wal.set_archived(committed);
+            let replay_target = if first { durable_at_start } else { 0 };
+            if first {
+                summary.replayed_records = durable_at_start.saturating_sub(committed);
+                tracing::info!(
+                    archived_through = committed,
+                    to_replay = summary.replayed_records,
+                    "write-ahead log position in the archive"
+                );
+                if durable_at_start <= committed {
+                    self.health.set_replayed();
+                    tracing::info!("ready");
+                }
+                first = false;
+            }
+            let writer_id = crate::pipeline::new_writer_id();
+            let settings = ArchiverSettings {
+                writer_id: writer_id.clone(),
+                wal_id: self.wal_id.clone(),
+                quarantine_cluster: self.config.cluster.clone(),
+                decoder: DecoderOptions {
+                    max_summary_bytes: self.config.max_body_bytes as usize,
+                    ..DecoderOptions::default()
+                },
+                writer: WriterOptions {
+                    arrival_window: Some(ArrivalWindow::WEBHOOK),
+                    ..WriterOptions::default()
+                },
+                flush_interval: Duration::from_secs(self.config.flush_interval_seconds),
+                flush_bytes: (self.config.wal_max_bytes / 4).max(1 << 20),
+                committed_seq: committed,
+                replay_target,
+                dedup_window_micros: (self.config.dedup_window_seconds as i64)
+                    .saturating_mul(1_000_000),
+                dedup_max_events: self.config.dedup_max_events,
+                digest_key: self.digest_key,
+            };
+            let cuts = wal::pending_cuts(&self.config.wal_dir)?;
+            let (commit_tx, commit_rx) = mpsc::channel(2);
+            let committer = tokio::spawn(
+                Committer {
+                    archive: self.archive.clone(),
+                    wal: self.wal.clone(),
+                    wal_dir: self.config.wal_dir.clone(),
+                    writer_id,
+                    metrics: self.metrics.clone(),
+                    health: self.health.clone(),
+                    keep_segments: Duration::from_secs(self.config.dedup_window_seconds),
+                    wal_max_bytes: self.config.wal_max_bytes,
+                    replay_target,
+                    give_up_at: self.give_up_at.clone(),
+                }
+                .run(commit_rx),
+            );
+            let reader = self.wal.reader(0, tokio::runtime::Handle::current());
+            let metrics = self.metrics.clone();
+            let thread = std::thread::Builder::new()
+                .name("auditlake-archiver".into())
+                .spawn(move || {
+                    crate::thread_priority::lower_current_thread();
+                    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        archiver::run(reader, &settings, &mut kit, cuts, &metrics, &commit_tx)
+                    }));
+                    drop(commit_tx);
+                    let outcome = match outcome {
+                        Ok(r) => r,
+                        Err(panic) => Err(ArchiverFailure(format!(
+                            "panic: {}",
+                            panic
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| panic.downcast_ref::<String>().cloned())
+                                .unwrap_or_default()
+                        ))),
+                    };
+                    (kit, outcome)
+                })
+                .map_err(|e| ServeError::Pipeline(format!("spawning the archiver: {e}")))?;
+            let (kit_back, outcome) = tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .map_err(|e| ServeError::Pipeline(format!("archiver: {e}")))?
+                .map_err(|_| ServeError::Pipeline("the archiver thread was lost".into()))?;
+            kit = kit_back;
+            let done = committer
+                .await
+                .map_err(|e| ServeError::Pipeline(format!("committer: {e}")))?;
+            summary.commits += done.commits;
+            summary.events_committed += done.events;
+            if let Some(message) = done.abandoned {
+                return Err(ServeError::Pipeline(message));
+            }
+            let ArchiverFailure(message) = match outcome {
+                Ok(()) => return Ok(summary),
+                Err(f) => f,
+            };
+            self.metrics.archiver_restarts.inc();
+            let record = kit.attempts.failed()?;
+            if done.commits > 0 {
+                restarts_without_progress = 0;
+                backoff = Duration::from_secs(1);
+            }
+            restarts_without_progress += 1;
+            if restarts_without_progress > MAX_RESTARTS_WITHOUT_PROGRESS {
+                return Err(ServeError::Pipeline(format!(
+                    "the archiver failed {restarts_without_progress} times in a row without \
+                     committing anything; stopping so the process is restarted (accepted \
+                     events stay in the write-ahead log). Last failure: {message}"
+                )));
+            }
+            tracing::error!(error = %message, record, restart_in_seconds = backoff.as_secs(),
+                "the archiver failed; restarting it from the last commit");
+            if let Some(d) = &kit.detection {
+                // Blocks briefly: the detection thread answers once its queue is seen.
+                d.discard_uncommitted()?;
+            }
+            let stopping = self.give_up_at.borrow().is_some();
+            if !stopping {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
 /// Runs the server until `shutdown` completes, then stops accepting, drains, commits what
-/// was accepted and returns. `observer` (the detectors) sees every new batch before it is
+/// was accepted and returns. Returns an error (so the process exits non-zero) when
+/// archiving cannot go on. `observer` (the detectors) sees every new batch before it is
 /// written; `bound` receives the listening addresses once bound.
 pub async fn serve(
     archive: Archive,
@@ -438,13 +482,17 @@ pub async fn serve(
     bound: Option<oneshot::Sender<Bound>>,
 ) -> Result<ServeSummary, ServeError> {
     validate(&config)?;
-    let tls = tls_config(&config)?;
-    let tokens = match &config.bearer_tokens_file {
-        Some(p) => Some(BearerTokens::load(p).map_err(file_err(p))?),
-        None => None,
-    };
+    let credentials = Credentials::load(&config)?;
     let metrics = ServeMetrics::new();
-    let ready = Arc::new(AtomicBool::new(false));
+    let flush = Duration::from_secs(config.flush_interval_seconds);
+    let health = Arc::new(ArchiveHealth::new((flush * 3).max(Duration::from_secs(60))));
+    let limits = ConnectionLimits {
+        max_connections: crate::webhook::usable_connections(config.max_connections),
+        handshake_timeout: Duration::from_secs(config.header_read_timeout_seconds),
+        header_read_timeout: Duration::from_secs(config.header_read_timeout_seconds),
+        request_timeout: Duration::from_secs(config.request_timeout_seconds),
+        idle_timeout: Duration::from_secs(config.idle_timeout_seconds),
+    };
 
     // Operations endpoint first, so probes see "not ready" during replay.
     let (ops_listener, ops_addr) = bind(&config.ops_listen).await?;
@@ -453,32 +501,35 @@ pub async fn serve(
         webhook: webhook_addr,
         ops: ops_addr,
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let ops = tokio::spawn({
-        let router = webhook::ops_router(metrics.clone(), ready.clone());
-        let stop = stop_rx.clone();
-        async move {
-            let _ = axum::serve(ops_listener, router)
-                .with_graceful_shutdown(async move {
-                    let mut stop = stop;
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await;
-        }
-    });
+    let (ops_stop_tx, ops_stop_rx) = watch::channel(false);
+    let ops = tokio::spawn(webhook::serve_connections(
+        ops_listener,
+        None,
+        webhook::ops_router(metrics.clone(), health.clone()),
+        ops_stop_rx,
+        Duration::from_secs(1),
+        ConnectionLimits {
+            max_connections: OPS_MAX_CONNECTIONS,
+            ..limits
+        },
+        metrics.clone(),
+    ));
 
-    // Recover the log and find how far it is archived.
+    // The log belongs to this archive; recover it.
+    wal::bind_archive(
+        &config.wal_dir,
+        archive.location().url.as_str(),
+        config.wal_retarget,
+    )?;
     let span = tracing::info_span!("recover", wal_dir = %config.wal_dir.display());
     let recovered = {
         let _g = span.enter();
         wal::recover(&config.wal_dir, |_| {})?
     };
-    let committed = archive.wal_mark(&recovered.wal_id).await?;
-    resolve_intent(&archive, &config.wal_dir, committed).await?;
-    let replay_target = recovered.next_seq - 1;
-    let to_replay = replay_target.saturating_sub(committed);
-    tracing::info!(wal_id = %recovered.wal_id, records = recovered.records, archived_through = committed,
-        to_replay, torn_bytes = recovered.torn_bytes, "write-ahead log recovered");
+    metrics.wal_cut_regions.inc_by(recovered.cut.len() as u64);
+    let durable_at_start = recovered.next_seq - 1;
+    tracing::info!(wal_id = %recovered.wal_id, records = recovered.records, torn_bytes = recovered.torn_bytes,
+        damaged_regions = recovered.cut.iter().filter(|c| !c.torn_tail).count(), "write-ahead log recovered");
     let wal_id = recovered.wal_id.clone();
     let on_fsync: wal::FsyncObserver = {
         let m = metrics.clone();
@@ -492,191 +543,102 @@ pub async fn serve(
         },
         on_fsync,
     )?;
-    metrics.watch_wal(wal.stats());
+    metrics.watch_wal(wal.clone());
+    health.watch(wal.clone());
 
-    // Archiver thread and committer task.
-    let writer_id = crate::pipeline::new_writer_id();
-    let (commit_tx, mut commit_rx) = mpsc::channel::<CommitUnit>(2);
-    let reader = wal.reader(0, tokio::runtime::Handle::current());
-    let archiver = {
-        let settings = ArchiverSettings {
-            writer_id: writer_id.clone(),
-            decoder: DecoderOptions::default(),
-            writer: WriterOptions::default(),
-            flush_interval: Duration::from_secs(config.flush_interval_seconds),
-            flush_bytes: (config.wal_max_bytes / 4).max(1 << 20),
-            committed_seq: committed,
-            dedup_window_micros: (config.dedup_window_seconds as i64).saturating_mul(1_000_000),
-            dedup_max_events: config.dedup_max_events,
-        };
-        let metrics = metrics.clone();
-        std::thread::Builder::new()
-            .name("auditlake-archiver".into())
-            .spawn(move || {
-                crate::thread_priority::lower_current_thread();
-                archive_wal(reader, settings, metrics, observer, commit_tx)
-            })
-            .map_err(|e| ServeError::Pipeline(format!("spawning the archiver: {e}")))?
+    let kit = ArchiverKit {
+        detection: observer
+            .map(|o| DetectionThread::start(o, metrics.clone()))
+            .transpose()?,
+        attempts: RecordAttempts::open(&config.wal_dir)?,
     };
-    if to_replay == 0 {
-        ready.store(true, Ordering::Release);
-        tracing::info!("ready");
-    }
-    let committer = {
-        let archive = archive.clone();
-        let wal = wal.clone();
-        let metrics = metrics.clone();
-        let ready = ready.clone();
-        let wal_dir = config.wal_dir.clone();
-        let cluster = config.cluster.clone();
-        let keep = Duration::from_secs(config.dedup_window_seconds);
-        let wal_max = config.wal_max_bytes;
-        async move {
-            let mut summary = ServeSummary {
-                replayed_records: to_replay,
-                ..Default::default()
-            };
-            // Kept here rather than read back from `ready`, which shutdown clears: a commit
-            // during the drain must not report the server ready again.
-            let mut replay_pending = to_replay > 0;
-            while let Some(unit) = commit_rx.recv().await {
-                let through = unit.through_seq;
-                let span = tracing::info_span!(
-                    "commit",
-                    files = unit.files.len(),
-                    quarantined = unit.quarantine.len(),
-                    wal_through_seq = through
-                );
-                let intent_dir = wal_dir.clone();
-                let hook = move |paths: &[String]| {
-                    let write = || {
-                        write_intent(
-                            &intent_dir,
-                            &CommitIntent {
-                                wal_through_seq: through,
-                                paths: paths.to_vec(),
-                            },
-                        )
-                    };
-                    // Two fsyncs: tell the runtime this worker blocks, so the requests it
-                    // would serve move to another one meanwhile.
-                    if tokio::runtime::Handle::current().runtime_flavor()
-                        == tokio::runtime::RuntimeFlavor::MultiThread
-                    {
-                        tokio::task::block_in_place(write)
-                    } else {
-                        write()
-                    }
-                };
-                let outcome = archive
-                    .commit(
-                        &writer_id,
-                        unit.files,
-                        &unit.quarantine,
-                        &cluster,
-                        Some(WalMark {
-                            id: wal_id.clone(),
-                            through_seq: through,
-                        }),
-                        Some(&hook),
-                    )
-                    .instrument(span.clone())
-                    .await?;
-                let intent = wal_dir.join(INTENT_FILE);
-                match std::fs::remove_file(&intent) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(file_err(&intent)(e)),
-                }
-                let rows = outcome.record.rows();
-                metrics.commits.inc();
-                metrics.events_committed.inc_by(rows);
-                metrics
-                    .commit_seconds
-                    .observe(outcome.latency.as_secs_f64());
-                summary.commits += 1;
-                summary.events_committed += rows;
-                // Committed segments are kept for the dedup window (to rebuild the filter
-                // after a restart) unless the log is over half its limit.
-                let under_pressure = wal.stats().bytes.load(Ordering::Relaxed) > wal_max / 2;
-                let keep_since = if under_pressure {
-                    Instant::now()
-                } else {
-                    Instant::now()
-                        .checked_sub(keep)
-                        .unwrap_or_else(Instant::now)
-                };
-                // Deleting segments blocks on the disk: not on a worker the requests need.
-                let trimmer = wal.clone();
-                let freed = tokio::task::spawn_blocking(move || trimmer.trim(through, keep_since))
-                    .await
-                    .map_err(|e| ServeError::Pipeline(format!("trimming the log: {e}")))??;
-                let _g = span.enter(); // no await below in this iteration
-                tracing::info!(
-                    sequence = outcome.record.sequence,
-                    files = outcome.record.files.len(),
-                    events = rows,
-                    quarantined = unit.quarantine.len(),
-                    commit_latency_ms = outcome.latency.as_millis() as u64,
-                    wal_freed_bytes = freed,
-                    "committed"
-                );
-                if replay_pending && through >= replay_target {
-                    replay_pending = false;
-                    ready.store(true, Ordering::Release);
-                    tracing::info!(replayed = to_replay, "write-ahead log replayed; ready");
-                }
-            }
-            Ok::<_, ServeError>(summary)
+    let (give_up_tx, give_up_at) = watch::channel(None);
+    let mut supervisor = tokio::spawn(
+        Supervisor {
+            archive: archive.clone(),
+            wal: wal.clone(),
+            wal_id,
+            config: config.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            give_up_at,
+            digest_key: process_key(),
         }
-    };
-    let committer = tokio::spawn(committer);
+        .run(kit, durable_at_start),
+    );
 
     let state = WebhookState {
         settings: Arc::new(WebhookSettings {
             default_cluster: config.cluster.clone(),
             cluster_from_client_cert: config.cluster_from_client_cert,
-            require_client_cert: config.client_ca.is_some(),
-            tokens,
             max_body_bytes: config.max_body_bytes.min(usize::MAX as u64) as usize,
             wal_max_bytes: config.wal_max_bytes,
         }),
+        credentials: credentials.clone(),
+        body_budget: webhook::BodyBudget::new(config.max_inflight_body_bytes),
         wal: wal.clone(),
         metrics: metrics.clone(),
-        ready: ready.clone(),
+        health: health.clone(),
     };
-    tracing::info!(webhook = %addrs.webhook, ops = %addrs.ops, tls = tls.is_some(),
-        mutual_tls = config.client_ca.is_some(), bearer_tokens = state.settings.tokens.is_some(), "listening");
+    let reload = tokio::spawn(crate::credentials::reload_on_change(
+        config.clone(),
+        credentials.clone(),
+    ));
+    let snapshot = credentials.current();
+    tracing::info!(webhook = %addrs.webhook, ops = %addrs.ops, tls = snapshot.tls.is_some(),
+        mutual_tls = config.client_ca.is_some(), bearer_tokens = snapshot.tokens.is_some(),
+        max_connections = limits.max_connections, "listening");
     if let Some(tx) = bound {
         let _ = tx.send(addrs);
     }
+    let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(webhook::serve_connections(
         webhook_listener,
-        tls,
+        Some(credentials),
         webhook::router(state),
         stop_rx,
         Duration::from_secs(config.shutdown_timeout_seconds),
+        limits,
+        metrics.clone(),
     ));
 
-    shutdown.await;
-    tracing::info!("shutting down: no new requests; draining, then committing what was accepted");
-    ready.store(false, Ordering::Release);
+    let failed = tokio::select! {
+        () = shutdown => None,
+        r = &mut supervisor => Some(r),
+    };
+    health.set_stopping();
+    reload.abort();
     let _ = stop_tx.send(true);
     let _ = server.await;
     wal.close();
+    let result = match failed {
+        Some(r) => {
+            let e = match r {
+                Ok(Ok(_)) => ServeError::Pipeline("archiving ended unexpectedly".into()),
+                Ok(Err(e)) => e,
+                Err(e) => ServeError::Pipeline(format!("the supervisor failed: {e}")),
+            };
+            tracing::error!(error = %error_chain(&e), "archiving cannot go on; stopping with an error so the process is restarted");
+            Err(e)
+        }
+        None => {
+            tracing::info!(
+                "shutting down: no new requests; draining, then committing what was accepted"
+            );
+            let deadline =
+                tokio::time::Instant::now() + Duration::from_secs(config.shutdown_timeout_seconds);
+            let _ = give_up_tx.send(Some(deadline));
+            match supervisor.await {
+                Ok(r) => r,
+                Err(e) => Err(ServeError::Pipeline(format!("the supervisor failed: {e}"))),
+            }
+        }
+    };
     drop(wal);
-    let archived = tokio::task::spawn_blocking(move || archiver.join())
-        .await
-        .map_err(|e| ServeError::Pipeline(format!("archiver: {e}")))?;
-    let summary = committer
-        .await
-        .map_err(|e| ServeError::Pipeline(format!("committer: {e}")))??;
-    match archived {
-        Ok(r) => r?,
-        Err(_) => return Err(ServeError::Pipeline("the archiver thread panicked".into())),
-    }
     let _ = tokio::task::spawn_blocking(move || wal_thread.join()).await;
+    let _ = ops_stop_tx.send(true);
     let _ = ops.await;
+    let summary = result?;
     tracing::info!(
         events_committed = summary.events_committed,
         commits = summary.commits,

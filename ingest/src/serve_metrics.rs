@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::wal::WalStats;
+use crate::wal::Wal;
 
 /// Label of an HTTP answer: its status code.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,9 +53,41 @@ pub struct ServeMetrics {
     pub wal_group_appends: Histogram,
     /// Time from a webhook request's arrival to its answer.
     pub ack_seconds: Histogram,
+    /// Commit attempts that failed (each is retried).
+    pub commit_failures: Counter,
+    /// 1 while the last commit attempt failed, else 0.
+    pub archiving_failing: Gauge,
+    /// Unix time of the last failed commit attempt.
+    pub last_commit_error_time: Gauge,
+    /// Unix time of the last successful commit.
+    pub last_commit_time: Gauge,
+    /// Times the archiver was restarted after a failure.
+    pub archiver_restarts: Counter,
+    /// Write-ahead log records set aside after the archiver failed on them repeatedly.
+    pub poison_records: Counter,
+    /// Quarantined inputs folded into a summary record instead of one record each.
+    pub quarantine_summarised: Counter,
+    /// Events filed under their arrival hour (request time far from arrival).
+    pub events_out_of_window: Counter,
+    /// Batches the detectors failed on (a panic or an evaluation error); archiving went on.
+    pub detector_failures: Counter,
+    /// Damaged write-ahead log stretches set aside at start.
+    pub wal_cut_regions: Counter,
+    /// Connections refused or delayed because the connection cap was reached.
+    pub connections_over_cap: Counter,
+    /// Connections closed by a timeout (TLS handshake, request header, idle, request).
+    pub connection_timeouts: Family<TimeoutLabel, Counter>,
     wal_bytes: Gauge,
-    wal: std::sync::Mutex<Option<Arc<WalStats>>>,
+    wal_oldest_unarchived_age: Gauge,
+    wal: std::sync::Mutex<Option<Wal>>,
     registry: Registry,
+}
+
+/// Label of a connection timeout: which one fired.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TimeoutLabel {
+    /// `handshake`, `header`, `idle` or `request`.
+    pub kind: &'static str,
 }
 
 impl ServeMetrics {
@@ -77,7 +109,20 @@ impl ServeMetrics {
             wal_fsync_seconds: latency(),
             wal_group_appends: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             ack_seconds: latency(),
+            commit_failures: Counter::default(),
+            archiving_failing: Gauge::default(),
+            last_commit_error_time: Gauge::default(),
+            last_commit_time: Gauge::default(),
+            archiver_restarts: Counter::default(),
+            poison_records: Counter::default(),
+            quarantine_summarised: Counter::default(),
+            events_out_of_window: Counter::default(),
+            detector_failures: Counter::default(),
+            wal_cut_regions: Counter::default(),
+            connections_over_cap: Counter::default(),
+            connection_timeouts: Family::default(),
             wal_bytes: Gauge::default(),
+            wal_oldest_unarchived_age: Gauge::default(),
             wal: std::sync::Mutex::new(None),
             registry: Registry::with_prefix("auditlake"),
         };
@@ -153,12 +198,84 @@ impl ServeMetrics {
             "Bytes in write-ahead log segments",
             m.wal_bytes.clone(),
         );
+        registry.register(
+            "wal_oldest_unarchived_age_seconds",
+            "Age of the oldest write-ahead log record not yet in a committed archive file (0 when none)",
+            m.wal_oldest_unarchived_age.clone(),
+        );
+        registry.register(
+            "commit_failures",
+            "Commit attempts that failed (each is retried with backoff)",
+            m.commit_failures.clone(),
+        );
+        registry.register(
+            "archiving_failing",
+            "1 while the last commit attempt failed",
+            m.archiving_failing.clone(),
+        );
+        registry.register(
+            "last_commit_error_timestamp_seconds",
+            "Unix time of the last failed commit attempt",
+            m.last_commit_error_time.clone(),
+        );
+        registry.register(
+            "last_commit_timestamp_seconds",
+            "Unix time of the last successful commit",
+            m.last_commit_time.clone(),
+        );
+        registry.register(
+            "archiver_restarts",
+            "Times the archiver was restarted after a failure",
+            m.archiver_restarts.clone(),
+        );
+        registry.register(
+            "wal_poison_records",
+            "Write-ahead log records set aside in the quarantine after the archiver failed on them repeatedly",
+            m.poison_records.clone(),
+        );
+        registry.register(
+            "quarantine_summarised",
+            "Quarantined inputs counted in a per-input summary record instead of one record each",
+            m.quarantine_summarised.clone(),
+        );
+        registry.register(
+            "events_out_of_window",
+            "Events filed under their arrival hour because their request time was far from it",
+            m.events_out_of_window.clone(),
+        );
+        registry.register(
+            "detector_failures",
+            "Batches the detectors failed on (archiving went on)",
+            m.detector_failures.clone(),
+        );
+        registry.register(
+            "wal_cut_regions",
+            "Damaged or torn write-ahead log stretches set aside at start",
+            m.wal_cut_regions.clone(),
+        );
+        registry.register(
+            "connections_over_cap",
+            "Times the connection cap held new connections back",
+            m.connections_over_cap.clone(),
+        );
+        registry.register(
+            "connection_timeouts",
+            "Connections closed by a timeout, by kind",
+            m.connection_timeouts.clone(),
+        );
         Arc::new(Self { registry, ..m })
     }
 
-    /// Reads the WAL's size from `stats` when rendering.
-    pub fn watch_wal(&self, stats: Arc<WalStats>) {
-        *self.wal.lock().unwrap_or_else(|e| e.into_inner()) = Some(stats);
+    /// Reads the WAL's size and oldest unarchived record from `wal` when rendering.
+    pub fn watch_wal(&self, wal: Wal) {
+        *self.wal.lock().unwrap_or_else(|e| e.into_inner()) = Some(wal);
+    }
+
+    /// Counts a connection closed by the timeout `kind`.
+    pub fn timed_out(&self, kind: &'static str) {
+        self.connection_timeouts
+            .get_or_create(&TimeoutLabel { kind })
+            .inc();
     }
 
     /// Counts an HTTP answer.
@@ -177,9 +294,13 @@ impl ServeMetrics {
 
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
-        if let Some(stats) = &*self.wal.lock().unwrap_or_else(|e| e.into_inner()) {
-            self.wal_bytes
-                .set(stats.bytes.load(Ordering::Relaxed).min(i64::MAX as u64) as i64);
+        if let Some(wal) = &*self.wal.lock().unwrap_or_else(|e| e.into_inner()) {
+            let bytes = wal.stats().bytes.load(Ordering::Relaxed);
+            self.wal_bytes.set(bytes.min(i64::MAX as u64) as i64);
+            let age = wal.oldest_unarchived_micros().map_or(0, |t| {
+                (crate::pipeline::now_micros() - t).max(0) / 1_000_000
+            });
+            self.wal_oldest_unarchived_age.set(age);
         }
         let mut out = String::new();
         // Writing into a String cannot fail.

@@ -48,8 +48,8 @@ fn certificates(what: &'static str, path: &Path) -> Result<Vec<CertificateDer<'s
 }
 
 /// A rustls server config for `cert`/`key` (PEM), verifying client certificates against
-/// `client_ca` when given. Clients without a certificate still complete the handshake and
-/// are answered 401 by the webhook, so the refusal is visible to them.
+/// `client_ca` when given: then a client without a certificate from that CA does not get
+/// past the handshake (it never reaches HTTP, so it cannot hold a request slot open).
 pub fn server_config(
     cert: &Path,
     key: &Path,
@@ -72,7 +72,6 @@ pub fn server_config(
                     .map_err(|e| pem_err("client CA", ca)(e.to_string()))?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .allow_unauthenticated()
                 .build()
                 .map_err(|e| TlsError::Config(e.to_string()))?;
             builder.with_client_cert_verifier(verifier)

@@ -1,14 +1,16 @@
 //! The kube-apiserver audit webhook target: HTTPS (or, when asked for, plain HTTP) with
-//! optional client certificates and bearer tokens. A 200 means the body is in the fsynced
+//! client certificates and/or bearer tokens. A 200 means the body is in the fsynced
 //! write-ahead log; the apiserver retries anything else, so the answers are chosen for it:
 //! 400/413 for a body no retry can fix is still refused (nothing is stored), 429/503 with
-//! `Retry-After` when the log is full or the disk fails.
+//! `Retry-After` when the log is full or the disk fails. Answers never reveal paths or OS
+//! errors: those go to the log.
+//!
+//! Memory per request is bounded whatever the concurrency: a body is read only once it has
+//! room in a shared budget ([`BodyBudget`]), and it is never copied after it is read (the
+//! log writes it from the request's own buffer).
 
 use std::io::Read;
-use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -17,91 +19,59 @@ use axum::extract::{Extension, Path as UrlPath, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tower::ServiceExt;
+use tokio::sync::Semaphore;
 
+use crate::archive_health::ArchiveHealth;
+use crate::credentials::Credentials;
 use crate::serve_metrics::ServeMetrics;
-use crate::tls::certificate_identity;
 use crate::wal::{Wal, WalError};
 
-/// Bearer tokens accepted by the webhook, kept only as SHA-256 digests.
-#[derive(Clone, Default)]
-pub struct BearerTokens {
-    tokens: Vec<([u8; 32], String)>,
-}
+pub use crate::http_connections::{ConnectionLimits, Peer, serve_connections, usable_connections};
 
-impl BearerTokens {
-    /// Reads a tokens file: one token per line, optionally followed by whitespace and a name
-    /// recorded as the sender's identity; blank lines and `#` comments are skipped.
-    pub fn load(path: &Path) -> Result<Self, std::io::Error> {
-        let text = std::fs::read_to_string(path)?;
-        let mut tokens = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let mut parts = line.splitn(2, char::is_whitespace);
-            let token = parts.next().unwrap_or_default();
-            let name = parts
-                .next()
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map_or_else(|| format!("token-line-{}", i + 1), str::to_string);
-            tokens.push((Sha256::digest(token.as_bytes()).into(), name));
-        }
-        if tokens.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "no token in the file",
-            ));
-        }
-        Ok(Self { tokens })
-    }
-
-    /// The name of the token presented, comparing against every token in constant time.
-    fn check(&self, presented: &[u8]) -> Option<&str> {
-        let digest: [u8; 32] = Sha256::digest(presented).into();
-        let mut found = None;
-        for (t, name) in &self.tokens {
-            if bool::from(t.ct_eq(&digest)) {
-                found = Some(name.as_str());
-            }
-        }
-        found
-    }
-}
-
-/// Who is on the other end of a connection.
-#[derive(Clone, Debug, Default)]
-pub struct Peer {
-    /// The verified client certificate's identity, if one was presented.
-    pub certificate: Option<String>,
-    /// The TCP peer.
-    pub addr: Option<SocketAddr>,
-}
-
-/// How the webhook authenticates and limits requests.
+/// How the webhook names clusters and limits requests.
 #[derive(Clone)]
 pub struct WebhookSettings {
     /// Cluster for requests to `/audit/webhook` (no cluster in the path).
     pub default_cluster: String,
-    /// Tag events with the client certificate's identity as cluster when the path names none.
+    /// The client certificate's common name is the cluster (and binds it: a request for
+    /// another cluster is refused).
     pub cluster_from_client_cert: bool,
-    /// A client certificate is required (mutual TLS is configured).
-    pub require_client_cert: bool,
-    /// Bearer tokens, when configured: requests must carry one.
-    pub tokens: Option<BearerTokens>,
     /// Largest request body accepted, compressed or not, and after decompression.
     pub max_body_bytes: usize,
     /// Refuse new bodies (429) once the write-ahead log holds this many bytes.
     pub wal_max_bytes: u64,
+}
+
+/// Request bodies held in memory at once, all requests together. A request reserves the
+/// most its body can take (its `Content-Length`, or the body limit; twice that when gzip,
+/// for the decompressed copy) before reading it, and waits for room up to a few seconds.
+#[derive(Clone)]
+pub struct BodyBudget {
+    /// Permits of 1 KiB each.
+    kib: Arc<Semaphore>,
+}
+
+/// How long a request waits for room in the body budget before 503.
+const BUDGET_WAIT: Duration = Duration::from_secs(5);
+
+impl BodyBudget {
+    /// A budget of `bytes` (at least 1 KiB).
+    pub fn new(bytes: u64) -> Self {
+        let kib = usize::try_from(bytes / 1024)
+            .unwrap_or(usize::MAX)
+            .clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            kib: Arc::new(Semaphore::new(kib)),
+        }
+    }
+
+    async fn reserve(&self, bytes: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        tokio::time::timeout(BUDGET_WAIT, self.kib.clone().acquire_many_owned(kib))
+            .await
+            .ok()?
+            .ok()
+    }
 }
 
 /// State shared by the webhook handlers.
@@ -109,12 +79,16 @@ pub struct WebhookSettings {
 pub struct WebhookState {
     /// Settings.
     pub settings: Arc<WebhookSettings>,
+    /// Certificates and tokens in force (reloadable).
+    pub credentials: Credentials,
+    /// Memory for request bodies.
+    pub body_budget: BodyBudget,
     /// The log bodies are appended to.
     pub wal: Wal,
     /// Metrics.
     pub metrics: Arc<ServeMetrics>,
-    /// Set once the log has been replayed into the archive.
-    pub ready: Arc<AtomicBool>,
+    /// Whether requests are taken (replayed, not stopping).
+    pub health: Arc<ArchiveHealth>,
 }
 
 fn answer(status: StatusCode, retry_after: Option<u64>, message: impl Into<String>) -> Response {
@@ -177,21 +151,16 @@ async fn receive(
     response
 }
 
-/// Who sent the request, or the answer refusing it.
+/// Who sent the request and the clusters their credentials allow, or the answer refusing it.
 fn authenticate(
-    settings: &WebhookSettings,
+    state: &WebhookState,
     peer: &Peer,
     headers: &HeaderMap,
-) -> Result<String, Box<Response>> {
-    if settings.require_client_cert && peer.certificate.is_none() {
-        return Err(Box::new(answer(
-            StatusCode::UNAUTHORIZED,
-            None,
-            "a client certificate signed by the configured client CA is required",
-        )));
-    }
+) -> Result<(String, Option<Vec<String>>), Box<Response>> {
     let mut identity = peer.certificate.clone().unwrap_or_default();
-    if let Some(tokens) = &settings.tokens {
+    let mut clusters = None;
+    let credentials = state.credentials.current();
+    if let Some(tokens) = &credentials.tokens {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
@@ -202,8 +171,14 @@ fn authenticate(
             return Err(Box::new(r));
         };
         match tokens.check(presented.trim_ascii()) {
-            Some(name) if identity.is_empty() => identity = name.to_string(),
-            Some(name) => identity = format!("{identity} token:{name}"),
+            Some(t) => {
+                identity = if identity.is_empty() {
+                    t.name.to_string()
+                } else {
+                    format!("{identity} token:{}", t.name)
+                };
+                clusters = t.clusters.map(<[String]>::to_vec);
+            }
             None => {
                 return Err(Box::new(answer(
                     StatusCode::FORBIDDEN,
@@ -213,7 +188,46 @@ fn authenticate(
             }
         }
     }
-    Ok(identity)
+    Ok((identity, clusters))
+}
+
+/// The cluster of a request: the path's, else the certificate's (when it names clusters),
+/// else the token's single cluster, else the default; refused with 403 when the
+/// credentials are bound to another cluster.
+fn resolve_cluster(
+    settings: &WebhookSettings,
+    peer: &Peer,
+    path: Option<String>,
+    token_clusters: Option<&[String]>,
+) -> Result<String, Box<Response>> {
+    let certificate = settings
+        .cluster_from_client_cert
+        .then(|| peer.certificate.clone())
+        .flatten();
+    let cluster = path
+        .filter(|c| !c.is_empty())
+        .or_else(|| certificate.clone())
+        .or_else(|| match token_clusters {
+            Some([only]) => Some(only.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| settings.default_cluster.clone());
+    let forbidden = |m: String| Err(Box::new(answer(StatusCode::FORBIDDEN, None, m)));
+    if let Some(cert) = &certificate
+        && *cert != cluster
+    {
+        return forbidden(format!(
+            "the client certificate is for cluster {cert:?}; it may not post events of cluster {cluster:?}"
+        ));
+    }
+    if let Some(allowed) = token_clusters
+        && !allowed.contains(&cluster)
+    {
+        return forbidden(format!(
+            "the bearer token may post events of {allowed:?} only, not of cluster {cluster:?}"
+        ));
+    }
+    Ok(cluster)
 }
 
 async fn accept(
@@ -224,18 +238,28 @@ async fn accept(
     body: Body,
 ) -> Response {
     let settings = &state.settings;
-    let identity = match authenticate(settings, &peer, headers) {
+    let (identity, token_clusters) = match authenticate(state, &peer, headers) {
         Ok(id) => id,
         Err(r) => {
             tracing::warn!(peer = ?peer.addr, "webhook request refused: not authenticated");
             return *r;
         }
     };
-    if !state.ready.load(Ordering::Acquire) {
+    let cluster = match resolve_cluster(settings, &peer, cluster, token_clusters.as_deref()) {
+        Ok(c) => c,
+        Err(r) => {
+            tracing::warn!(peer = ?peer.addr, identity = %identity, "webhook request refused: credentials bound to another cluster");
+            return *r;
+        }
+    };
+    if let Some(problem) = crate::partitioned_writer::cluster_name_error(&cluster) {
+        return answer(StatusCode::BAD_REQUEST, None, problem);
+    }
+    if !state.health.accepting() {
         return answer(
             StatusCode::SERVICE_UNAVAILABLE,
             Some(5),
-            "replaying the write-ahead log; not ready yet",
+            "not taking requests yet (replaying the write-ahead log) or any more (shutting down)",
         );
     }
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
@@ -248,7 +272,11 @@ async fn accept(
             );
         }
     }
-    let wal_bytes = state.wal.stats().bytes.load(Ordering::Relaxed);
+    let wal_bytes = state
+        .wal
+        .stats()
+        .bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
     if wal_bytes >= settings.wal_max_bytes {
         tracing::warn!(
             wal_bytes,
@@ -258,22 +286,35 @@ async fn accept(
         return answer(
             StatusCode::TOO_MANY_REQUESTS,
             Some(10),
-            format!(
-                "write-ahead log holds {wal_bytes} bytes (wal_max_bytes {}); the archive is behind",
-                settings.wal_max_bytes
-            ),
+            "the write-ahead log is full: the archive is behind",
         );
     }
     let limit = settings.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large(limit);
+    }
+    let gzip = is_gzip(headers);
+    // Reserve what the body can take before reading it: the declared length (or the limit),
+    // and the limit again for a decompressed copy.
+    let reserve = declared.map_or(limit, |n| n as usize) + if gzip { limit } else { 0 };
+    let Some(_room) = state.body_budget.reserve(reserve).await else {
+        tracing::warn!(
+            bytes = reserve,
+            "request bodies in memory are at their limit: answering 503"
+        );
+        return answer(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(5),
+            "too many request bodies in flight; retry shortly",
+        );
+    };
     let raw = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
-        Err(_) => {
-            return answer(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                None,
-                format!("request body exceeds max_body_bytes ({limit})"),
-            );
-        }
+        Err(_) => return too_large(limit),
     };
     let body = match decompress(headers, raw, limit) {
         Ok(b) => b,
@@ -285,18 +326,6 @@ async fn accept(
             None,
             format!("request body: {problem}"),
         );
-    }
-    let cluster = cluster
-        .filter(|c| !c.is_empty())
-        .or_else(|| {
-            settings
-                .cluster_from_client_cert
-                .then(|| peer.certificate.clone())
-                .flatten()
-        })
-        .unwrap_or_else(|| settings.default_cluster.clone());
-    if let Some(problem) = crate::partitioned_writer::cluster_name_error(&cluster) {
-        return answer(StatusCode::BAD_REQUEST, None, problem);
     }
     let len = body.len();
     let received = crate::pipeline::now_micros();
@@ -313,26 +342,46 @@ async fn accept(
         Err(e) => match &*e {
             WalError::Record(m) => answer(StatusCode::BAD_REQUEST, None, m.clone()),
             WalError::Closed => answer(StatusCode::SERVICE_UNAVAILABLE, Some(5), "shutting down"),
-            WalError::Io { .. } => answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(10),
-                format!("cannot store the body: {e}"),
-            ),
+            WalError::Io { .. } | WalError::OtherArchive { .. } => {
+                // The path and the OS error are for the operator, not for the client.
+                tracing::error!(error = %e, "cannot store a request body: answering 503");
+                answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Some(10),
+                    "cannot store the body right now",
+                )
+            }
         },
     }
 }
 
-fn decompress(headers: &HeaderMap, raw: Bytes, limit: usize) -> Result<Vec<u8>, Box<Response>> {
-    let encoding = headers
+fn too_large(limit: usize) -> Response {
+    answer(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        None,
+        format!("request body exceeds max_body_bytes ({limit})"),
+    )
+}
+
+fn content_encoding(headers: &HeaderMap) -> String {
+    headers
         .get(header::CONTENT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("identity")
         .trim()
-        .to_ascii_lowercase();
-    match encoding.as_str() {
-        "" | "identity" => Ok(raw.to_vec()),
+        .to_ascii_lowercase()
+}
+
+fn is_gzip(headers: &HeaderMap) -> bool {
+    matches!(content_encoding(headers).as_str(), "gzip" | "x-gzip")
+}
+
+/// The body as stored: `raw` itself unless it is gzip (never copied otherwise).
+fn decompress(headers: &HeaderMap, raw: Bytes, limit: usize) -> Result<Bytes, Box<Response>> {
+    match content_encoding(headers).as_str() {
+        "" | "identity" => Ok(raw),
         "gzip" | "x-gzip" => {
-            let mut out = Vec::with_capacity(raw.len() * 4);
+            let mut out = Vec::with_capacity((raw.len() * 4).min(limit + 1));
             let mut reader = flate2::read::MultiGzDecoder::new(&raw[..]).take(limit as u64 + 1);
             if let Err(e) = reader.read_to_end(&mut out) {
                 return Err(Box::new(answer(
@@ -348,7 +397,7 @@ fn decompress(headers: &HeaderMap, raw: Bytes, limit: usize) -> Result<Vec<u8>, 
                     format!("decompressed body exceeds max_body_bytes ({limit})"),
                 )));
             }
-            Ok(out)
+            Ok(Bytes::from(out))
         }
         other => Err(Box::new(answer(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -358,117 +407,21 @@ fn decompress(headers: &HeaderMap, raw: Bytes, limit: usize) -> Result<Vec<u8>, 
     }
 }
 
-/// Serves `router` on `listener` (TLS when `tls` is given) until `shutdown` turns true,
-/// then stops accepting and waits up to `drain` for requests in flight.
-pub async fn serve_connections(
-    listener: TcpListener,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    router: Router,
-    mut shutdown: watch::Receiver<bool>,
-    drain: Duration,
-) {
-    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    loop {
-        let stopping = async {
-            // The `Ref` must not live across an await of this (Send) future.
-            let _ = shutdown.wait_for(|s| *s).await.map(|_| ());
-        };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = stopping => break,
-        };
-        let (tcp, addr) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let router = router.clone();
-        let acceptor = acceptor.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            match acceptor {
-                None => {
-                    let peer = Peer {
-                        certificate: None,
-                        addr: Some(addr),
-                    };
-                    serve_one(tcp, peer, router, watcher).await;
-                }
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
-                    let tls = match handshake {
-                        Ok(Ok(s)) => s,
-                        Ok(Err(e)) => {
-                            tracing::warn!(peer = %addr, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::warn!(peer = %addr, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let certificate = tls
-                        .get_ref()
-                        .1
-                        .peer_certificates()
-                        .and_then(|c| c.first())
-                        .map(certificate_identity);
-                    let peer = Peer {
-                        certificate,
-                        addr: Some(addr),
-                    };
-                    serve_one(tls, peer, router, watcher).await;
-                }
-            }
-        });
-    }
-    drop(listener);
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("webhook connections drained"),
-        _ = tokio::time::sleep(drain) => tracing::warn!(drain_seconds = drain.as_secs(), "webhook connections still open after the drain timeout"),
-    }
-}
-
-/// Serves HTTP/1.1 or HTTP/2 on one connection, every request tagged with `peer`.
-async fn serve_one<I>(
-    io: I,
-    peer: Peer,
-    router: Router,
-    watcher: hyper_util::server::graceful::Watcher,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let svc = router.map_request(move |mut req: axum::extract::Request<_>| {
-        req.extensions_mut().insert(peer.clone());
-        req
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(svc));
-    let _ = watcher.watch(conn.into_owned()).await;
-}
-
-/// The operations routes: `/healthz`, `/readyz`, `/metrics`.
-pub fn ops_router(metrics: Arc<ServeMetrics>, ready: Arc<AtomicBool>) -> Router {
+/// The operations routes: `/healthz`, `/readyz` (with the reason when not ready), `/metrics`.
+pub fn ops_router(metrics: Arc<ServeMetrics>, health: Arc<ArchiveHealth>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
             get(move || {
-                let ready = ready.clone();
+                let health = health.clone();
                 async move {
-                    if ready.load(Ordering::Acquire) {
-                        (StatusCode::OK, "ready\n")
-                    } else {
-                        (
+                    match health.readiness() {
+                        Ok(()) => (StatusCode::OK, "ready\n".to_string()),
+                        Err(why) => (
                             StatusCode::SERVICE_UNAVAILABLE,
-                            "replaying the write-ahead log\n",
-                        )
+                            format!("not ready: {why}\n"),
+                        ),
                     }
                 }
             }),

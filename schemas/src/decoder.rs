@@ -24,6 +24,11 @@ pub struct DecoderOptions {
     pub max_event_bytes: usize,
     /// How many bytes of a quarantined input are kept in the quarantine record.
     pub max_quarantined_bytes: usize,
+    /// Quarantine records made for one input (a line, a request body) at most; the rest of
+    /// its bad items are counted in one summary record that keeps the whole input.
+    pub max_quarantined_per_input: usize,
+    /// How many bytes of the input a summary record keeps.
+    pub max_summary_bytes: usize,
 }
 
 impl Default for DecoderOptions {
@@ -33,6 +38,8 @@ impl Default for DecoderOptions {
         Self {
             max_event_bytes: 8 << 20,
             max_quarantined_bytes: 1 << 20,
+            max_quarantined_per_input: 100,
+            max_summary_bytes: 16 << 20,
         }
     }
 }
@@ -102,9 +109,21 @@ impl Parser {
             },
         );
         self.tape = tape.reset();
+        if bytes.len() > KEEP_PARSER_BUFFERS_UP_TO {
+            // The tape of a large input can be ten times its size (a body of millions of tiny
+            // values): give it back instead of holding it until the next large input.
+            *self = Self::new();
+        }
         res
     }
 }
+
+/// Inputs up to this size leave their parse buffers for the next input to reuse.
+const KEEP_PARSER_BUFFERS_UP_TO: usize = 4 << 20;
+
+/// Bodies up to this size are checked with simd-json (fast, but its tape of a large input
+/// can be ten times the input); larger ones with serde_json, which allocates nothing.
+const SIMD_SYNTAX_CHECK_UP_TO: usize = 1 << 20;
 
 /// Decodes audit events into record batches of the events schema.
 pub struct EventDecoder {
@@ -115,6 +134,48 @@ pub struct EventDecoder {
     scratch: Scratch,
     ingested_at: i64,
     input_bytes: usize,
+    summarised: u64,
+}
+
+/// The quarantine records of one input: at most `cap` one by one; beyond, bad items are
+/// only counted (so a body of millions of bad items costs a count, not millions of records).
+struct Bounded<'q> {
+    out: &'q mut Vec<Quarantined>,
+    start: usize,
+    cap: usize,
+    suppressed: u64,
+}
+
+impl<'q> Bounded<'q> {
+    fn new(out: &'q mut Vec<Quarantined>, cap: usize) -> Self {
+        let start = out.len();
+        Self {
+            out,
+            start,
+            cap,
+            suppressed: 0,
+        }
+    }
+
+    /// Adds the record `make` builds, or counts it once the cap is reached.
+    fn push_with(&mut self, make: impl FnOnce() -> Quarantined) {
+        if self.out.len() - self.start < self.cap {
+            self.out.push(make());
+        } else {
+            self.suppressed += 1;
+        }
+    }
+
+    /// Records made for this input so far.
+    fn made(&self) -> usize {
+        self.out.len() - self.start
+    }
+
+    /// Drops what this input recorded (the input is being decoded another way).
+    fn reset(&mut self) {
+        self.out.truncate(self.start);
+        self.suppressed = 0;
+    }
 }
 
 /// Buffers reused across events so the hot path does not allocate.
@@ -139,7 +200,32 @@ impl EventDecoder {
             scratch: Scratch::default(),
             ingested_at: 0,
             input_bytes: 0,
+            summarised: 0,
         }
+    }
+
+    /// Bad items counted in a summary record rather than recorded one by one, since the
+    /// last call.
+    pub fn take_summarised(&mut self) -> u64 {
+        std::mem::take(&mut self.summarised)
+    }
+
+    /// Ends one input: if its bad items were capped, adds the summary record keeping the
+    /// whole input.
+    fn close_input(&mut self, q: Bounded<'_>, bytes: &[u8], pos: SourcePos<'_>) {
+        if q.suppressed == 0 {
+            return;
+        }
+        let made = q.made() as u64;
+        let reason = format!(
+            "{} items of this input could not be decoded: the first {made} are recorded one by \
+             one, {} more are only counted here; this record keeps the whole input",
+            made + q.suppressed,
+            q.suppressed
+        );
+        self.summarised += q.suppressed;
+        let record = quarantine_record(pos, None, reason, bytes, self.options.max_summary_bytes);
+        q.out.push(record);
     }
 
     /// Options in force.
@@ -156,9 +242,12 @@ impl EventDecoder {
     /// exact bytes of its event, taken with [`EventDecoder::take_row_digests`]. A source
     /// that receives resends (the webhook) deduplicates on it: the digest covers `auditID`,
     /// `stage` and `stageTimestamp`, and two events that differ in any byte differ in it.
-    pub fn enable_row_digests(&mut self) {
+    /// `key` is a secret of the process: without it, whoever can post events could craft
+    /// one whose digest equals another's and have the real one dropped as a resend.
+    pub fn enable_row_digests(&mut self, key: u64) {
         self.scratch.digests.get_or_insert_with(Vec::new);
-        self.scratch.digest_seed = twox_hash::XxHash3_64::oneshot(self.cluster.as_bytes());
+        self.scratch.digest_seed =
+            twox_hash::XxHash3_64::oneshot_with_seed(key, self.cluster.as_bytes());
     }
 
     /// The digests of the rows decoded since the last call, in row order.
@@ -201,7 +290,10 @@ impl EventDecoder {
             self.quarantine_oversized(line, line.len() as u64, pos, quarantine);
             return 0;
         }
-        self.decode_value_bytes(line, pos, quarantine)
+        let mut q = Bounded::new(quarantine, self.options.max_quarantined_per_input);
+        let n = self.decode_value_bytes(line, pos, &mut q);
+        self.close_input(q, line, pos);
+        n
     }
 
     /// Quarantines a line longer than `max_event_bytes` without parsing it. `kept` is what a
@@ -231,16 +323,18 @@ impl EventDecoder {
         pos: SourcePos<'_>,
         quarantine: &mut Vec<Quarantined>,
     ) -> usize {
-        let before = quarantine.len();
-        let whole = self.decode_value_bytes(bytes, pos, quarantine);
-        let Some(first) = quarantine.get(before) else {
-            return whole;
-        };
+        let mut q = Bounded::new(quarantine, self.options.max_quarantined_per_input);
+        let whole = self.decode_value_bytes(bytes, pos, &mut q);
         // One JSON value that failed to parse may still be NDJSON: retry line by line.
-        if whole != 0 || !first.reason.starts_with("invalid JSON") || !contains_two_lines(bytes) {
+        let parse_failed = whole == 0
+            && q.out
+                .get(q.start)
+                .is_some_and(|r| r.reason.starts_with("invalid JSON"));
+        if !parse_failed || !contains_two_lines(bytes) {
+            self.close_input(q, bytes, pos);
             return whole;
         }
-        quarantine.truncate(before);
+        q.reset();
         let mut appended = 0;
         for (line_no, start, line) in lines(bytes) {
             let line_pos = SourcePos {
@@ -248,8 +342,19 @@ impl EventDecoder {
                 line: Some(pos.line.unwrap_or(1) + line_no),
                 byte_offset: pos.byte_offset + start as u64,
             };
-            appended += self.decode_line(line, line_pos, quarantine);
+            if line.len() > self.options.max_event_bytes {
+                let reason = format!(
+                    "line of {} bytes exceeds max_event_bytes ({})",
+                    line.len(),
+                    self.options.max_event_bytes
+                );
+                let max = self.options.max_quarantined_bytes;
+                q.push_with(|| quarantine_record(line_pos, None, reason, line, max));
+                continue;
+            }
+            appended += self.decode_value_bytes(line, line_pos, &mut q);
         }
+        self.close_input(q, bytes, pos);
         appended
     }
 
@@ -257,7 +362,7 @@ impl EventDecoder {
         &mut self,
         bytes: &[u8],
         pos: SourcePos<'_>,
-        quarantine: &mut Vec<Quarantined>,
+        quarantine: &mut Bounded<'_>,
     ) -> usize {
         let Self {
             cluster,
@@ -295,7 +400,8 @@ impl EventDecoder {
                 } else {
                     format!("invalid JSON: {e}")
                 };
-                quarantine.push(self.quarantined(pos, None, reason, bytes));
+                let max = self.options.max_quarantined_bytes;
+                quarantine.push_with(|| quarantine_record(pos, None, reason, bytes, max));
                 0
             }
         }
@@ -343,6 +449,9 @@ pub fn json_syntax_error(bytes: &[u8]) -> Option<String> {
 }
 
 fn syntax_error_with(parser: &mut Parser, bytes: &[u8]) -> Option<String> {
+    if bytes.len() > SIMD_SYNTAX_CHECK_UP_TO {
+        return syntax_error_streaming(bytes);
+    }
     let err = parser.parse(bytes, |_, _| ()).err()?;
     if let Err(utf8) = std::str::from_utf8(bytes) {
         return Some(format!("invalid UTF-8 at byte {}", utf8.valid_up_to()));
@@ -359,6 +468,28 @@ fn syntax_error_with(parser: &mut Parser, bytes: &[u8]) -> Option<String> {
             return Some(format!(
                 "invalid JSON on line {} (byte {start}): {e}",
                 line_no + 1
+            ));
+        }
+    }
+    None
+}
+
+/// The syntax check of a large body: JSON values one after another (one value, or NDJSON),
+/// validated without building anything, so its memory does not grow with the body.
+fn syntax_error_streaming(bytes: &[u8]) -> Option<String> {
+    if let Err(utf8) = std::str::from_utf8(bytes) {
+        return Some(format!("invalid UTF-8 at byte {}", utf8.valid_up_to()));
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Some("empty body".to_string());
+    }
+    let values = serde_json::Deserializer::from_slice(bytes).into_iter::<serde::de::IgnoredAny>();
+    for v in values {
+        if let Err(e) = v {
+            return Some(format!(
+                "invalid JSON on line {} (column {}): {e}",
+                e.line(),
+                e.column()
             ));
         }
     }
@@ -404,7 +535,7 @@ fn decode_root(
     ctx: &Ctx<'_>,
     b: &mut EventBatchBuilder,
     scratch: &mut Scratch,
-    quarantine: &mut Vec<Quarantined>,
+    quarantine: &mut Bounded<'_>,
 ) -> usize {
     if root.value.is_array() {
         return decode_items(root, None, ctx, b, scratch, quarantine);
@@ -426,13 +557,13 @@ fn decode_root(
             "EventList field `items`: expected array, found {}",
             type_name(items.value)
         );
-        quarantine.push(record_of_value(root, ctx, None, reason, scratch));
+        quarantine.push_with(|| record_of_value(root, ctx, None, reason, scratch));
         return 0;
     }
     match append_event(root, None, ctx, None, b, scratch) {
         Ok(()) => 1,
         Err(reason) => {
-            quarantine.push(record_of_value(root, ctx, None, reason, scratch));
+            quarantine.push_with(|| record_of_value(root, ctx, None, reason, scratch));
             0
         }
     }
@@ -444,14 +575,14 @@ fn decode_items(
     ctx: &Ctx<'_>,
     b: &mut EventBatchBuilder,
     scratch: &mut Scratch,
-    quarantine: &mut Vec<Quarantined>,
+    quarantine: &mut Bounded<'_>,
 ) -> usize {
     let mut n = 0;
     for (i, item) in items.items().enumerate() {
         match append_event(item, list_api_version, ctx, Some(i as u64), b, scratch) {
             Ok(()) => n += 1,
             Err(reason) => {
-                quarantine.push(record_of_value(item, ctx, Some(i as u64), reason, scratch))
+                quarantine.push_with(|| record_of_value(item, ctx, Some(i as u64), reason, scratch))
             }
         }
     }

@@ -93,8 +93,8 @@ pub struct FinishedFile {
     pub relative_path: String,
     /// Cluster partition value.
     pub cluster: String,
-    /// The file's bytes.
-    pub bytes: Vec<u8>,
+    /// The file's bytes (shared, so a commit that is retried never copies them).
+    pub bytes: bytes::Bytes,
     /// Number of rows (events, findings, RBAC versions).
     pub rows: u64,
     /// Earliest row time (µs): `request_received_at` for events.

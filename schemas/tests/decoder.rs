@@ -131,6 +131,7 @@ fn invalid_utf8_and_huge_lines_are_quarantined_with_position() {
     let options = DecoderOptions {
         max_event_bytes: 4096,
         max_quarantined_bytes: 100,
+        ..DecoderOptions::default()
     };
     let (batch, q) = decode_lines(&text, options);
     assert_eq!(batch.unwrap().num_rows(), 2);

@@ -136,7 +136,7 @@ struct Bodies {
 
 impl Bodies {
     fn new(pool: usize, events: usize) -> Self {
-        let mut generator = TrafficGenerator::new(11, Mix::default());
+        let mut generator = TrafficGenerator::new(11, Mix::default()).starting_recently(3600);
         let marker = br#""auditID":""#;
         let templates = (0..pool)
             .map(|_| {

@@ -6,29 +6,41 @@
 //! the HTTP side and the Parquet side: a slow archive costs disk, never memory. Segments are
 //! deleted once every record in them is in a committed Parquet file.
 //!
-//! Frame: `b"ALW1"`, payload length (u32 LE), CRC-32 of the payload (u32 LE), then the
-//! payload: seq (u64), received_at µs (i64), cluster length (u16), identity length (u16),
-//! cluster, identity, body. A torn frame at the end of the last segment is an append whose
-//! fsync never finished (so it was never acknowledged) and is cut off on recovery.
+//! The frame layout is in `frame.rs` and specified in `ingest/WAL.md`; recovery
+//! (`recovery.rs`) cuts only a torn append at the very end and sets damaged bytes aside
+//! without losing the intact records after them. A log belongs to one archive: it records the
+//! archive's URL and refuses to replay into another ([`bind_archive`]).
+
+mod frame;
+mod recovery;
+
+pub use recovery::{CutRegion, PendingCut, Recovered, pending_cuts, recover, segment_files};
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{BufReader, IoSlice, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::{oneshot, watch};
 
-const MAGIC: &[u8; 4] = b"ALW1";
-const HEADER: usize = 12;
-const FIXED_PAYLOAD: usize = 8 + 8 + 2 + 2;
+use frame::Read1;
+
 const SEGMENT_SUFFIX: &str = ".wal";
 const ID_FILE: &str = "wal-id";
-/// Appends gathered under one fsync at most (bounds the writer's buffer).
+/// The archive this log feeds (its URL): a log replays only into the archive it belongs to.
+const ARCHIVE_FILE: &str = "archive";
+/// Where recovery keeps bytes it had to cut out of the log.
+const QUARANTINE_DIR: &str = "quarantine";
+/// Appends gathered under one fsync at most (bounds one group's write).
 const MAX_GROUP_BYTES: usize = 64 << 20;
+/// Arrival times are remembered for one record per this many µs of arrival time, so the age
+/// of the oldest record not yet archived is known to a second with bounded memory.
+const ARRIVAL_SAMPLE_MICROS: i64 = 1_000_000;
 
 /// Why the log could not take or give back a record.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +59,20 @@ pub enum WalError {
     /// A field does not fit its frame (cluster or identity over 64 KiB).
     #[error("write-ahead log record: {0}")]
     Record(String),
+    /// The log was written for another archive.
+    #[error(
+        "write-ahead log {dir} belongs to the archive {bound}, not {requested}: replaying it here \
+         would copy that archive's events into this one. Use the write-ahead log directory of \
+         this archive, or pass --wal-retarget to archive this log's records into {requested}"
+    )]
+    OtherArchive {
+        /// The log directory.
+        dir: PathBuf,
+        /// The archive it records.
+        bound: String,
+        /// The archive asked for.
+        requested: String,
+    },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WalError + '_ {
@@ -80,101 +106,6 @@ pub struct WalRecord {
     pub body: Vec<u8>,
 }
 
-fn encode_frame(out: &mut Vec<u8>, r: &WalRecord) -> Result<(), WalError> {
-    let too_long = |what: &str, len: usize| {
-        WalError::Record(format!("{what} of {len} bytes is longer than 65535"))
-    };
-    let cluster_len =
-        u16::try_from(r.cluster.len()).map_err(|_| too_long("cluster", r.cluster.len()))?;
-    let identity_len =
-        u16::try_from(r.identity.len()).map_err(|_| too_long("identity", r.identity.len()))?;
-    let payload_len = FIXED_PAYLOAD + r.cluster.len() + r.identity.len() + r.body.len();
-    let payload_len32 = u32::try_from(payload_len)
-        .map_err(|_| WalError::Record(format!("body of {} bytes", r.body.len())))?;
-    let start = out.len();
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&payload_len32.to_le_bytes());
-    out.extend_from_slice(&[0; 4]);
-    let payload_start = out.len();
-    out.extend_from_slice(&r.seq.to_le_bytes());
-    out.extend_from_slice(&r.received_at_micros.to_le_bytes());
-    out.extend_from_slice(&cluster_len.to_le_bytes());
-    out.extend_from_slice(&identity_len.to_le_bytes());
-    out.extend_from_slice(r.cluster.as_bytes());
-    out.extend_from_slice(r.identity.as_bytes());
-    out.extend_from_slice(&r.body);
-    let crc = crc32fast::hash(&out[payload_start..]);
-    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
-    Ok(())
-}
-
-/// Outcome of reading one frame.
-enum Frame {
-    Record(WalRecord, u64),
-    /// Clean end of file.
-    End,
-    /// A short or corrupt frame; the reason.
-    Torn(String),
-}
-
-fn read_frame(reader: &mut impl Read, max_frame: u64) -> std::io::Result<Frame> {
-    let mut header = [0u8; HEADER];
-    let mut got = 0;
-    while got < HEADER {
-        match reader.read(&mut header[got..])? {
-            0 if got == 0 => return Ok(Frame::End),
-            0 => return Ok(Frame::Torn(format!("header cut after {got} bytes"))),
-            n => got += n,
-        }
-    }
-    if &header[..4] != MAGIC {
-        return Ok(Frame::Torn("bad magic".into()));
-    }
-    let len = u32::from_le_bytes([header[4], header[5], header[6], header[7]]) as usize;
-    let crc = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-    if len < FIXED_PAYLOAD || len as u64 > max_frame {
-        return Ok(Frame::Torn(format!("implausible payload length {len}")));
-    }
-    let mut payload = vec![0u8; len];
-    if let Err(e) = reader.read_exact(&mut payload) {
-        return if e.kind() == ErrorKind::UnexpectedEof {
-            Ok(Frame::Torn(format!("payload cut short of {len} bytes")))
-        } else {
-            Err(e)
-        };
-    }
-    if crc32fast::hash(&payload) != crc {
-        return Ok(Frame::Torn("CRC mismatch".into()));
-    }
-    let u64_at = |i: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&payload[i..i + 8]);
-        b
-    };
-    let seq = u64::from_le_bytes(u64_at(0));
-    let received_at_micros = i64::from_le_bytes(u64_at(8));
-    let cluster_len = u16::from_le_bytes([payload[16], payload[17]]) as usize;
-    let identity_len = u16::from_le_bytes([payload[18], payload[19]]) as usize;
-    if FIXED_PAYLOAD + cluster_len + identity_len > len {
-        return Ok(Frame::Torn("field lengths exceed the payload".into()));
-    }
-    let text =
-        |range: std::ops::Range<usize>| String::from_utf8_lossy(&payload[range]).into_owned();
-    let cluster = text(FIXED_PAYLOAD..FIXED_PAYLOAD + cluster_len);
-    let identity = text(FIXED_PAYLOAD + cluster_len..FIXED_PAYLOAD + cluster_len + identity_len);
-    payload.drain(..FIXED_PAYLOAD + cluster_len + identity_len);
-    Ok(Frame::Record(
-        WalRecord {
-            seq,
-            received_at_micros,
-            cluster,
-            identity,
-            body: payload,
-        },
-        (HEADER + len) as u64,
-    ))
-}
-
 #[derive(Debug, Clone)]
 struct Segment {
     path: PathBuf,
@@ -190,120 +121,15 @@ fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{first_seq:020}{SEGMENT_SUFFIX}"))
 }
 
-fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, WalError> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let name = entry.file_name();
-        let Some(first) = name
-            .to_str()
-            .and_then(|n| n.strip_suffix(SEGMENT_SUFFIX))
-            .and_then(|n| n.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        out.push((first, entry.path()));
-    }
-    out.sort();
-    Ok(out)
+/// Locks a mutex whose data stays consistent even if a holder panicked (plain lists).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), WalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(io_err(dir))
-}
-
-/// What recovery found in the log directory.
-#[derive(Debug)]
-pub struct Recovered {
-    /// Identifier of this log, stable across restarts; manifests name it.
-    pub wal_id: String,
-    /// Records found, oldest first.
-    pub records: u64,
-    /// The sequence number the next append gets.
-    pub next_seq: u64,
-    /// Bytes cut off the end of the last segment (an append that was never acknowledged).
-    pub torn_bytes: u64,
-    segments: Vec<Segment>,
-}
-
-/// Scans the log in `dir`, cutting off a torn tail, and calls `each` for every record in
-/// order. Creates the directory and the log's id on first use.
-pub fn recover(dir: &Path, mut each: impl FnMut(&WalRecord)) -> Result<Recovered, WalError> {
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let id_path = dir.join(ID_FILE);
-    let wal_id = match std::fs::read_to_string(&id_path) {
-        Ok(id) => id.trim().to_string(),
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            let id = format!("wal-{}", crate::pipeline::new_writer_id());
-            let tmp = dir.join(format!("{ID_FILE}.tmp"));
-            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-            f.write_all(id.as_bytes()).map_err(io_err(&tmp))?;
-            f.sync_all().map_err(io_err(&tmp))?;
-            std::fs::rename(&tmp, &id_path).map_err(io_err(&id_path))?;
-            sync_dir(dir)?;
-            id
-        }
-        Err(e) => return Err(io_err(&id_path)(e)),
-    };
-    let listed = list_segments(dir)?;
-    let mut segments = Vec::with_capacity(listed.len());
-    let mut records = 0;
-    let mut next_seq = 1;
-    let mut torn_bytes = 0;
-    let last_index = listed.len().saturating_sub(1);
-    for (i, (first_seq, path)) in listed.into_iter().enumerate() {
-        let file = File::open(&path).map_err(io_err(&path))?;
-        let len = file.metadata().map_err(io_err(&path))?.len();
-        let mut reader = BufReader::with_capacity(1 << 20, file);
-        let mut offset = 0u64;
-        let mut last_seq = 0;
-        loop {
-            match read_frame(&mut reader, len).map_err(io_err(&path))? {
-                Frame::Record(r, n) => {
-                    offset += n;
-                    last_seq = r.seq;
-                    next_seq = r.seq + 1;
-                    records += 1;
-                    each(&r);
-                }
-                Frame::End => break,
-                Frame::Torn(why) => {
-                    let cut = len - offset;
-                    if i == last_index {
-                        tracing::warn!(segment = %path.display(), offset, bytes = cut, reason = %why,
-                            "cutting off a torn append at the end of the write-ahead log (it was never acknowledged)");
-                    } else {
-                        tracing::error!(segment = %path.display(), offset, bytes = cut, reason = %why,
-                            "write-ahead log segment is corrupt before its end; the rest of it is skipped");
-                    }
-                    torn_bytes += cut;
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(io_err(&path))?;
-                    f.set_len(offset).map_err(io_err(&path))?;
-                    f.sync_all().map_err(io_err(&path))?;
-                    break;
-                }
-            }
-        }
-        segments.push(Segment {
-            path,
-            first_seq,
-            last_seq,
-            bytes: offset,
-            last_append: Instant::now(),
-        });
-    }
-    Ok(Recovered {
-        wal_id,
-        records,
-        next_seq,
-        torn_bytes,
-        segments,
-    })
 }
 
 enum Msg {
@@ -315,7 +141,7 @@ struct Append {
     cluster: String,
     identity: String,
     received_at_micros: i64,
-    body: Vec<u8>,
+    body: Bytes,
     done: oneshot::Sender<Result<u64, Arc<WalError>>>,
 }
 
@@ -330,6 +156,40 @@ struct Shared {
     dir: PathBuf,
     segments: Mutex<VecDeque<Segment>>,
     stats: Arc<WalStats>,
+    /// (seq, arrival µs) of one record per second of arrivals not yet archived.
+    arrivals: Mutex<VecDeque<(u64, i64)>>,
+    /// Every record up to this one is in a committed archive file.
+    archived: AtomicU64,
+}
+
+/// Records (or checks) the archive the log in `dir` feeds. A log that recorded another
+/// archive is refused unless `retarget`, which re-binds it (its records are then archived
+/// into `archive_url`).
+pub fn bind_archive(dir: &Path, archive_url: &str, retarget: bool) -> Result<(), WalError> {
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let path = dir.join(ARCHIVE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(bound) if bound.trim() == archive_url => return Ok(()),
+        Ok(bound) if !retarget => {
+            return Err(WalError::OtherArchive {
+                dir: dir.to_path_buf(),
+                bound: bound.trim().to_string(),
+                requested: archive_url.to_string(),
+            });
+        }
+        Ok(bound) => {
+            tracing::warn!(wal_dir = %dir.display(), from = %bound.trim(), to = archive_url,
+            "write-ahead log re-targeted: its records not yet archived go to the new archive")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&path)(e)),
+    }
+    let tmp = dir.join(format!("{ARCHIVE_FILE}.tmp"));
+    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+    f.write_all(archive_url.as_bytes()).map_err(io_err(&tmp))?;
+    f.sync_all().map_err(io_err(&tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+    sync_dir(dir)
 }
 
 /// The log's writing end: appends, trimming and the sequence number made durable last.
@@ -358,6 +218,8 @@ impl Wal {
             dir: options.dir.clone(),
             segments: Mutex::new(recovered.segments.into_iter().collect()),
             stats,
+            arrivals: Mutex::new(recovered.arrivals),
+            archived: AtomicU64::new(0),
         });
         let (tx, rx) = channel();
         let (durable_tx, durable) = watch::channel(recovered.next_seq - 1);
@@ -395,7 +257,7 @@ impl Wal {
         cluster: String,
         identity: String,
         received_at_micros: i64,
-        body: Vec<u8>,
+        body: Bytes,
     ) -> Result<u64, Arc<WalError>> {
         let (done, wait) = oneshot::channel();
         self.tx
@@ -414,6 +276,30 @@ impl Wal {
     /// [`WalError::Closed`] and readers end after the last durable record.
     pub fn close(&self) {
         let _ = self.tx.send(Msg::Close);
+    }
+
+    /// Notes that every record up to `seq` is in a committed archive file (for the age of
+    /// the oldest record not yet archived).
+    pub fn set_archived(&self, seq: u64) {
+        self.shared.archived.fetch_max(seq, Ordering::Relaxed);
+        let archived = self.shared.archived.load(Ordering::Relaxed);
+        let mut arrivals = lock(&self.shared.arrivals);
+        // Keep the last sample at or before the first record not archived: it bounds that
+        // record's arrival from below.
+        while arrivals.get(1).is_some_and(|&(s, _)| s <= archived + 1) {
+            arrivals.pop_front();
+        }
+    }
+
+    /// Arrival time (µs) of the oldest durable record not yet archived, to within a second
+    /// (never later than the truth); `None` when everything durable is archived.
+    pub fn oldest_unarchived_micros(&self) -> Option<i64> {
+        let durable = *self.durable.borrow();
+        let archived = self.shared.archived.load(Ordering::Relaxed);
+        if durable <= archived {
+            return None;
+        }
+        lock(&self.shared.arrivals).front().map(|&(_, t)| t)
     }
 
     /// Watches the last sequence number known to be on disk.
@@ -439,11 +325,7 @@ impl Wal {
         // takes ~14 ms on ext4, and the appender needs this lock after every fsync, so
         // deleting under it held acknowledgements back by ~100 ms per trim.
         let doomed: Vec<Segment> = {
-            let mut segments = self
-                .shared
-                .segments
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut segments = lock(&self.shared.segments);
             let mut doomed = Vec::new();
             // The last segment is the active one (or will be continued): never removed here.
             while segments.len() > 1 {
@@ -459,7 +341,7 @@ impl Wal {
         for s in &doomed {
             match std::fs::remove_file(&s.path) {
                 Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 // Still on disk and no longer listed: recovery after a restart finds it again
                 // and skips its records, which are all archived.
                 Err(e) => return Err(io_err(&s.path)(e)),
@@ -500,7 +382,6 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: Receiver<Msg>) {
-        let mut buf = Vec::with_capacity(1 << 20);
         let mut group = Vec::new();
         let mut closing = false;
         while !closing {
@@ -522,7 +403,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.write_group(&mut group, &mut buf);
+            self.write_group(&mut group);
         }
         if let Some((file, path, _)) = self.file.take()
             && let Err(e) = file.sync_all()
@@ -531,21 +412,19 @@ impl Writer {
         }
     }
 
-    fn write_group(&mut self, group: &mut Vec<Append>, buf: &mut Vec<u8>) {
-        buf.clear();
+    fn write_group(&mut self, group: &mut Vec<Append>) {
+        // Each append is its frame head (small) and its body, written from the request's
+        // own buffer: the body is never copied into a frame buffer.
+        let mut parts: Vec<(Vec<u8>, Bytes)> = Vec::with_capacity(group.len());
         let mut seqs = Vec::with_capacity(group.len());
         let mut seq = self.next_seq;
-        for a in group.iter_mut() {
-            let record = WalRecord {
-                seq,
-                received_at_micros: a.received_at_micros,
-                cluster: std::mem::take(&mut a.cluster),
-                identity: std::mem::take(&mut a.identity),
-                body: std::mem::take(&mut a.body),
-            };
-            match encode_frame(buf, &record) {
-                Ok(()) => {
+        let mut first_arrival = None;
+        for a in group.iter() {
+            match frame::head(seq, a.received_at_micros, &a.cluster, &a.identity, &a.body) {
+                Ok(head) => {
+                    parts.push((head, a.body.clone()));
                     seqs.push(Some(seq));
+                    first_arrival.get_or_insert((seq, a.received_at_micros));
                     seq += 1;
                 }
                 Err(e) => {
@@ -555,11 +434,21 @@ impl Writer {
             }
         }
         let started = Instant::now();
-        let result = self.write_and_sync(buf, seq - 1);
+        let result = self.write_and_sync(&parts, seq - 1);
+        drop(parts);
         let appended = seq - self.next_seq;
         match result {
             Ok(()) => {
                 (self.on_fsync)(group.len(), started.elapsed());
+                if let Some((s, t)) = first_arrival {
+                    let mut arrivals = lock(&self.shared.arrivals);
+                    if arrivals
+                        .back()
+                        .is_none_or(|&(_, last)| t - last >= ARRIVAL_SAMPLE_MICROS)
+                    {
+                        arrivals.push_back((s, t));
+                    }
+                }
                 self.next_seq = seq;
                 self.durable.send_replace(seq - 1);
                 for (a, s) in group.drain(..).zip(seqs) {
@@ -582,11 +471,15 @@ impl Writer {
         }
     }
 
-    /// Writes `buf` to the active segment (starting one if needed) and fsyncs it. On
+    /// Writes the frames to the active segment (starting one if needed) and fsyncs it. On
     /// failure the segment is cut back to where it was and closed, so a half-written group
     /// never sits before later appends.
-    fn write_and_sync(&mut self, buf: &[u8], last_seq: u64) -> Result<(), WalError> {
-        if buf.is_empty() {
+    fn write_and_sync(
+        &mut self,
+        parts: &[(Vec<u8>, Bytes)],
+        last_seq: u64,
+    ) -> Result<(), WalError> {
+        if parts.is_empty() {
             return Ok(());
         }
         if self.file.is_none() {
@@ -596,7 +489,8 @@ impl Writer {
             return Err(WalError::Closed);
         };
         let before = *len;
-        let written = file.write_all(buf).and_then(|()| file.sync_data());
+        let total: usize = parts.iter().map(|(h, b)| h.len() + b.len()).sum();
+        let written = write_all_vectored(file, parts).and_then(|()| file.sync_data());
         if let Err(e) = written {
             let _ = file.set_len(before);
             let _ = file.seek(SeekFrom::Start(before));
@@ -605,17 +499,13 @@ impl Writer {
             self.file = None;
             return Err(err);
         }
-        *len += buf.len() as u64;
+        *len += total as u64;
         self.shared
             .stats
             .bytes
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            .fetch_add(total as u64, Ordering::Relaxed);
         {
-            let mut segments = self
-                .shared
-                .segments
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let mut segments = lock(&self.shared.segments);
             if let Some(s) = segments.back_mut() {
                 s.last_seq = last_seq;
                 s.bytes = *len;
@@ -637,11 +527,7 @@ impl Writer {
             .map_err(io_err(&path))?;
         let len = file.metadata().map_err(io_err(&path))?.len();
         sync_dir(&self.options.dir)?;
-        let mut segments = self
-            .shared
-            .segments
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut segments = lock(&self.shared.segments);
         if segments.back().is_none_or(|s| s.path != path) {
             segments.push_back(Segment {
                 path: path.clone(),
@@ -654,6 +540,25 @@ impl Writer {
         self.file = Some((file, path, len));
         Ok(())
     }
+}
+
+/// Writes every head and body in order with as few system calls as the kernel allows.
+fn write_all_vectored(file: &mut File, parts: &[(Vec<u8>, Bytes)]) -> std::io::Result<()> {
+    let mut slices: Vec<IoSlice<'_>> = parts
+        .iter()
+        .flat_map(|(h, b)| [IoSlice::new(h), IoSlice::new(b)])
+        .filter(|s| !s.is_empty())
+        .collect();
+    let mut rest = &mut slices[..];
+    while !rest.is_empty() {
+        match file.write_vectored(rest) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut rest, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Reads records back in order for the archiver, waiting for appends to become durable.
@@ -720,11 +625,7 @@ impl WalReader {
         let want = self.after_seq + 1;
         loop {
             if self.current.is_none() {
-                let segments = self
-                    .shared
-                    .segments
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
+                let segments = lock(&self.shared.segments);
                 // The segment that holds `want`: the last one starting at or before it.
                 let Some(s) = segments.iter().rev().find(|s| s.first_seq <= want) else {
                     return Ok(None);
@@ -737,20 +638,16 @@ impl WalReader {
             let Some((reader, path, offset)) = self.current.as_mut() else {
                 return Ok(None);
             };
-            match read_frame(reader, u64::from(u32::MAX)).map_err(io_err(path))? {
-                Frame::Record(r, n) => {
+            match frame::read(reader).map_err(io_err(path))? {
+                Read1::Record(r, n) => {
                     *offset += n;
                     if r.seq >= want {
                         return Ok(Some(r));
                     }
                 }
-                Frame::End | Frame::Torn(_) => {
+                Read1::End | Read1::Incomplete => {
                     // End of this segment: move to the one starting right after, if any.
-                    let segments = self
-                        .shared
-                        .segments
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner());
+                    let segments = lock(&self.shared.segments);
                     let next = segments
                         .iter()
                         .find(|s| s.first_seq > self.after_seq && s.path != *path)
@@ -802,17 +699,27 @@ mod tests {
             let appends = (0..2).map(|i| {
                 let wal = wal.clone();
                 async move {
-                    wal.append("c".into(), "id".into(), i, vec![b'x'; 50 + i as usize])
-                        .await
-                        .unwrap()
+                    wal.append(
+                        "c".into(),
+                        "id".into(),
+                        i,
+                        Bytes::from(vec![b'x'; 50 + i as usize]),
+                    )
+                    .await
+                    .unwrap()
                 }
             });
             futures::future::join_all(appends).await
         });
         for i in 2..10 {
             seqs.push(
-                rt.block_on(wal.append("c".into(), "id".into(), i, vec![b'x'; 50 + i as usize]))
-                    .unwrap(),
+                rt.block_on(wal.append(
+                    "c".into(),
+                    "id".into(),
+                    i,
+                    Bytes::from(vec![b'x'; 50 + i as usize]),
+                ))
+                .unwrap(),
             );
         }
         seqs.sort();
@@ -837,18 +744,17 @@ mod tests {
             ReadOutcome::Idle
         ));
         // Segments are 200 bytes: several exist; trimming through 6 removes the full ones.
-        let before = list_segments(dir.path()).unwrap().len();
+        let before = segment_files(dir.path()).unwrap().len();
         assert!(before > 3);
         wal.trim(6, Instant::now()).unwrap();
-        let after = list_segments(dir.path()).unwrap();
+        let after = segment_files(dir.path()).unwrap();
         assert!(after.len() < before);
-        assert!(after.iter().all(|(first, _)| *first <= 10));
         wal.close();
         drop(wal);
         thread.join().unwrap();
 
         // Tear the last frame as a crash mid-append would.
-        let (_, last) = list_segments(dir.path()).unwrap().pop().unwrap();
+        let last = segment_files(dir.path()).unwrap().pop().unwrap();
         let len = std::fs::metadata(&last).unwrap().len();
         std::fs::OpenOptions::new()
             .write(true)
@@ -866,5 +772,130 @@ mod tests {
             std::fs::metadata(&last).unwrap().len() + recovered.torn_bytes,
             len - 7
         );
+    }
+
+    /// Writes `n` records of distinct bodies into one segment and stops the log.
+    fn log_of(dir: &Path, n: u64) -> Vec<Vec<u8>> {
+        let rt = runtime();
+        let recovered = recover(dir, |_| {}).unwrap();
+        let options = WalOptions {
+            dir: dir.to_path_buf(),
+            segment_bytes: 1 << 20,
+        };
+        let (wal, thread) = Wal::start(recovered, options, Arc::new(|_, _| {})).unwrap();
+        let bodies: Vec<Vec<u8>> = (1..=n)
+            .map(|i| format!("{{\"record\":{i},\"pad\":\"{}\"}}", "x".repeat(40)).into_bytes())
+            .collect();
+        for (i, b) in bodies.iter().enumerate() {
+            let seq = rt
+                .block_on(wal.append("c".into(), String::new(), i as i64, Bytes::from(b.clone())))
+                .unwrap();
+            assert_eq!(seq, i as u64 + 1);
+        }
+        wal.close();
+        drop(wal);
+        thread.join().unwrap();
+        bodies
+    }
+
+    #[test]
+    fn a_flipped_bit_mid_log_costs_one_record_not_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let bodies = log_of(dir.path(), 10);
+        let segment = segment_files(dir.path()).unwrap().pop().unwrap();
+        let mut bytes = std::fs::read(&segment).unwrap();
+        // Flip one bit inside the body of record 3.
+        let frame_len = bytes.len() / 10;
+        let at = 2 * frame_len + frame_len - 5;
+        bytes[at] ^= 0x10;
+        std::fs::write(&segment, &bytes).unwrap();
+
+        let mut seen = Vec::new();
+        let recovered = recover(dir.path(), |r| seen.push((r.seq, r.body.clone()))).unwrap();
+        let seqs: Vec<u64> = seen.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            seqs,
+            [1, 2, 4, 5, 6, 7, 8, 9, 10],
+            "every other record survives"
+        );
+        for (seq, body) in &seen {
+            assert_eq!(body, &bodies[*seq as usize - 1]);
+        }
+        assert_eq!(recovered.next_seq, 11, "no sequence number is reused");
+        assert_eq!(recovered.torn_bytes, 0, "this is damage, not a torn tail");
+        assert_eq!(recovered.cut.len(), 1);
+        let cut = &recovered.cut[0];
+        assert!(!cut.torn_tail);
+        assert_eq!(
+            (cut.offset, cut.len),
+            (2 * frame_len as u64, frame_len as u64)
+        );
+        assert_eq!(cut.after_seq, 2);
+        // The damaged bytes are kept, byte for byte, until the archive holds them.
+        let pending = pending_cuts(dir.path()).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].bytes, bytes[2 * frame_len..3 * frame_len]);
+        // The segment was rewritten without them: a second recovery finds nothing to cut,
+        // and a reader following the log reads records 4.. after 2.
+        let mut again = Vec::new();
+        let recovered = recover(dir.path(), |r| again.push(r.seq)).unwrap();
+        assert_eq!(again, seqs);
+        assert!(recovered.cut.is_empty());
+        let rt = runtime();
+        let options = WalOptions {
+            dir: dir.path().to_path_buf(),
+            segment_bytes: 1 << 20,
+        };
+        let (wal, thread) = Wal::start(recovered, options, Arc::new(|_, _| {})).unwrap();
+        let mut reader = wal.reader(2, rt.handle().clone());
+        match reader.next(Duration::from_secs(5)).unwrap() {
+            ReadOutcome::Record(r) => assert_eq!(r.seq, 4),
+            other => panic!("{other:?}"),
+        }
+        wal.close();
+        drop(wal);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn damage_at_the_end_of_a_full_segment_is_not_mistaken_for_a_torn_append() {
+        let dir = tempfile::tempdir().unwrap();
+        log_of(dir.path(), 4);
+        let first = segment_files(dir.path()).unwrap().pop().unwrap();
+        // A later segment exists: the first one's last frame was acknowledged.
+        let second = dir.path().join(format!("{:020}{SEGMENT_SUFFIX}", 5));
+        let mut frame5 = frame::head(5, 0, "c", "", b"{}").unwrap();
+        frame5.extend_from_slice(b"{}");
+        std::fs::write(&second, &frame5).unwrap();
+        let len = std::fs::metadata(&first).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        let mut seen = Vec::new();
+        let recovered = recover(dir.path(), |r| seen.push(r.seq)).unwrap();
+        assert_eq!(seen, [1, 2, 3, 5]);
+        assert_eq!(recovered.cut.len(), 1);
+        assert!(!recovered.cut[0].torn_tail, "{:?}", recovered.cut[0]);
+        assert_eq!(recovered.torn_bytes, 0);
+    }
+
+    #[test]
+    fn a_log_replays_only_into_the_archive_it_was_written_for() {
+        let dir = tempfile::tempdir().unwrap();
+        bind_archive(dir.path(), "file:///a/", false).unwrap();
+        bind_archive(dir.path(), "file:///a/", false).unwrap();
+        let e = bind_archive(dir.path(), "s3://other/", false).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("belongs to the archive file:///a/, not s3://other/")
+                && msg.contains("--wal-retarget"),
+            "{msg}"
+        );
+        bind_archive(dir.path(), "s3://other/", true).unwrap();
+        bind_archive(dir.path(), "s3://other/", false).unwrap();
+        assert!(bind_archive(dir.path(), "file:///a/", false).is_err());
     }
 }

@@ -1,0 +1,406 @@
+//! The archiver thread of `auditlake serve`: reads the write-ahead log in order, decodes,
+//! drops resent events, shows batches to the detectors, encodes Parquet, and decides when a
+//! commit is due; the committer task does the commits.
+//!
+//! A record it fails on (an error, a panic, or the process dying while on it) is retried
+//! from the last commit; after [`crate::record_attempts::MAX_FAILURES`] failures it is set
+//! aside whole in the quarantine and the log moves on. Memory stays bounded whatever a
+//! request holds: each input gets at most a fixed number of quarantine records, a commit is
+//! due once the quarantine is large, and events whose request time is far from their
+//! arrival are filed under the arrival hour (see [`crate::ArrivalWindow`]).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use arrow::array::BooleanArray;
+use arrow::compute::filter_record_batch;
+use auditlake_schema::{DecoderOptions, EventDecoder, Quarantined, SourcePos};
+use tokio::sync::mpsc;
+
+use crate::archive::{Archive, CommitContents};
+use crate::dedup::Deduplicator;
+use crate::detection_thread::DetectionThread;
+use crate::manifest::WalMark;
+use crate::partitioned_writer::{FinishedFile, PartitionedWriter, WriterOptions};
+use crate::quarantine::quarantine_weight;
+use crate::record_attempts::{Attempt, RecordAttempts};
+use crate::serve::ServeError;
+use crate::serve_metrics::ServeMetrics;
+use crate::wal::{PendingCut, ReadOutcome, WalReader, WalRecord};
+
+/// A commit is due once this many quarantine records wait...
+const MAX_QUARANTINE_RECORDS_PER_COMMIT: usize = 10_000;
+/// ...or once they would take this many bytes.
+const MAX_QUARANTINE_BYTES_PER_COMMIT: usize = 32 << 20;
+
+/// How one archiver run reads, batches and writes.
+pub(crate) struct ArchiverSettings {
+    /// Names this run's files and manifest records.
+    pub writer_id: String,
+    /// The log's identifier, in every commit's mark.
+    pub wal_id: String,
+    /// Cluster the quarantine file of a commit is filed under.
+    pub quarantine_cluster: String,
+    pub decoder: DecoderOptions,
+    pub writer: WriterOptions,
+    pub flush_interval: Duration,
+    /// Commit once this many log bytes are read since the last commit.
+    pub flush_bytes: u64,
+    /// Every record up to this one is archived: read only to rebuild the duplicate filter.
+    pub committed_seq: u64,
+    /// The last record durable at start: reaching it ends the replay, and commits at once.
+    pub replay_target: u64,
+    pub dedup_window_micros: i64,
+    pub dedup_max_events: usize,
+    /// Process secret keying the duplicate digests.
+    pub digest_key: u64,
+}
+
+/// One commit's worth of work for the committer.
+pub(crate) struct CommitUnit {
+    pub contents: CommitContents,
+    /// The last log record it covers.
+    pub through_seq: u64,
+    /// Local files to delete once it is committed (damaged log bytes now in the archive).
+    pub cleanup: Vec<PathBuf>,
+}
+
+/// What an archiver run keeps across restarts: the detectors and the attempts file.
+pub(crate) struct ArchiverKit {
+    pub detection: Option<DetectionThread>,
+    pub attempts: RecordAttempts,
+}
+
+/// Why a run ended early.
+pub(crate) struct ArchiverFailure(pub String);
+
+impl From<ServeError> for ArchiverFailure {
+    fn from(e: ServeError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<crate::wal::WalError> for ArchiverFailure {
+    fn from(e: crate::wal::WalError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<crate::error::IngestError> for ArchiverFailure {
+    fn from(e: crate::error::IngestError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// The part of a commit being gathered.
+struct Pending {
+    finished: Vec<FinishedFile>,
+    quarantine: Vec<Quarantined>,
+    quarantine_weight: usize,
+    cleanup: Vec<PathBuf>,
+    dirty: bool,
+    bytes: u64,
+    since: Instant,
+    outlier_log: LogEvery,
+}
+
+/// Counts occurrences of something worth a warning and says when to log it: at most once a
+/// minute, with the count since the last message (a flood of them must not flood the log).
+struct LogEvery {
+    last: Option<Instant>,
+    count: u64,
+}
+
+impl LogEvery {
+    const INTERVAL: Duration = Duration::from_secs(60);
+
+    /// Adds `n`; `Some(total)` when a message is due.
+    fn count(&mut self, n: u64) -> Option<u64> {
+        self.count += n;
+        if self.last.is_some_and(|t| t.elapsed() < Self::INTERVAL) {
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
+impl Pending {
+    fn new() -> Self {
+        Self {
+            finished: Vec::new(),
+            quarantine: Vec::new(),
+            quarantine_weight: 0,
+            cleanup: Vec::new(),
+            dirty: false,
+            bytes: 0,
+            since: Instant::now(),
+            outlier_log: LogEvery {
+                last: None,
+                count: 0,
+            },
+        }
+    }
+
+    fn quarantine(&mut self, q: Vec<Quarantined>) {
+        self.quarantine_weight += q.iter().map(quarantine_weight).sum::<usize>();
+        self.quarantine.extend(q);
+    }
+}
+
+/// A record set aside after repeated failures, kept whole in the quarantine.
+fn poison_record(r: &WalRecord, failures: u64, max_bytes: usize) -> Quarantined {
+    Quarantined {
+        source: source_name(r),
+        line: None,
+        item: None,
+        byte_offset: 0,
+        reason: format!(
+            "the archiver failed {failures} times on this write-ahead log record (an error, a \
+             panic or the process dying while decoding or writing it); it is set aside here \
+             whole instead of being archived as events"
+        ),
+        raw: r.body[..r.body.len().min(max_bytes)].to_vec(),
+        raw_len: r.body.len() as u64,
+    }
+}
+
+/// Damaged log bytes found at start, as quarantine records.
+fn cut_record(cut: &PendingCut) -> Quarantined {
+    Quarantined {
+        source: format!("write-ahead log {}", cut.region.segment),
+        line: None,
+        item: None,
+        byte_offset: cut.region.offset,
+        reason: cut.region.describe(),
+        raw: cut.bytes.clone(),
+        raw_len: cut.bytes.len() as u64,
+    }
+}
+
+fn source_name(r: &WalRecord) -> String {
+    if r.identity.is_empty() {
+        format!("webhook wal:{}", r.seq)
+    } else {
+        format!("webhook[{}] wal:{}", r.identity, r.seq)
+    }
+}
+
+/// Runs until the log closes (`Ok`) or something fails (`Err`: the supervisor restarts it
+/// from the last commit). Hands commit units to `commits`.
+pub(crate) fn run(
+    mut reader: WalReader,
+    s: &ArchiverSettings,
+    kit: &mut ArchiverKit,
+    cuts: Vec<PendingCut>,
+    metrics: &ServeMetrics,
+    commits: &mpsc::Sender<CommitUnit>,
+) -> Result<(), ArchiverFailure> {
+    let mut decoders: HashMap<String, EventDecoder> = HashMap::new();
+    let mut writer = PartitionedWriter::new(&s.writer_id, s.writer.clone());
+    let mut dedup = Deduplicator::new(s.dedup_window_micros, s.dedup_max_events);
+    let mut pending = Pending::new();
+    if !cuts.is_empty() {
+        pending.quarantine(cuts.iter().map(cut_record).collect());
+        pending.cleanup = cuts.into_iter().flat_map(|c| c.files).collect();
+        pending.dirty = true;
+    }
+    let mut last_seq = s.committed_seq;
+    let mut replay_committed = s.replay_target <= s.committed_seq;
+    loop {
+        let wait = s
+            .flush_interval
+            .saturating_sub(pending.since.elapsed())
+            .max(Duration::from_millis(5));
+        let mut closing = false;
+        match reader.next(wait)? {
+            ReadOutcome::Record(r) => {
+                let span = tracing::debug_span!("wal_record", seq = r.seq, bytes = r.body.len());
+                let _g = span.enter();
+                match kit.attempts.begin(r.seq)? {
+                    Attempt::SetAside => {
+                        if r.seq > s.committed_seq {
+                            let failures = kit.attempts.failures(r.seq);
+                            tracing::error!(
+                                seq = r.seq,
+                                failures,
+                                bytes = r.body.len(),
+                                "setting a write-ahead log record aside in the quarantine: the archiver failed on it repeatedly"
+                            );
+                            metrics.poison_records.inc();
+                            metrics.quarantined.inc();
+                            pending.quarantine(vec![poison_record(
+                                &r,
+                                failures,
+                                s.decoder.max_summary_bytes,
+                            )]);
+                            last_seq = r.seq;
+                            pending.dirty = true;
+                        }
+                        kit.attempts.set_aside(r.seq)?;
+                    }
+                    Attempt::Try(attempt) => {
+                        if attempt > 1 {
+                            tracing::warn!(
+                                seq = r.seq,
+                                attempt,
+                                "retrying a write-ahead log record the archiver failed on"
+                            );
+                        }
+                        let archived = r.seq <= s.committed_seq;
+                        archive_record(
+                            &r,
+                            s,
+                            &mut decoders,
+                            &mut dedup,
+                            &mut writer,
+                            kit.detection.as_ref(),
+                            metrics,
+                            (archived, &mut pending),
+                        )?;
+                        kit.attempts.done(r.seq)?;
+                        if !archived {
+                            last_seq = r.seq;
+                            pending.dirty = true;
+                            pending.bytes += r.body.len() as u64;
+                        }
+                    }
+                }
+            }
+            ReadOutcome::Idle => {}
+            ReadOutcome::Closed => closing = true,
+        }
+        let replay_done = !replay_committed && last_seq >= s.replay_target;
+        let due = replay_done
+            || !pending.finished.is_empty()
+            || pending.bytes >= s.flush_bytes
+            || pending.quarantine.len() >= MAX_QUARANTINE_RECORDS_PER_COMMIT
+            || pending.quarantine_weight >= MAX_QUARANTINE_BYTES_PER_COMMIT
+            || pending.since.elapsed() >= s.flush_interval;
+        if closing || (pending.dirty && due) {
+            // The detectors' files for the events up to `last_seq`; at the end also the
+            // summaries of folded findings, which may come with no new events.
+            let tables = if closing {
+                kit.detection.take().map(DetectionThread::finish)
+            } else {
+                kit.detection.as_ref().map(DetectionThread::commit_files)
+            }
+            .transpose()?
+            .unwrap_or_default();
+            if pending.dirty || !tables.is_empty() {
+                let mut files = std::mem::take(&mut pending.finished);
+                files.extend(writer.finish_all()?);
+                files.extend(tables);
+                let quarantine = std::mem::take(&mut pending.quarantine);
+                let unit = CommitUnit {
+                    contents: CommitContents {
+                        files,
+                        quarantine_path: (!quarantine.is_empty())
+                            .then(|| Archive::quarantine_path(&s.writer_id, &s.quarantine_cluster)),
+                        quarantine,
+                        wal: Some(WalMark {
+                            id: s.wal_id.clone(),
+                            through_seq: last_seq,
+                        }),
+                    },
+                    through_seq: last_seq,
+                    cleanup: std::mem::take(&mut pending.cleanup),
+                };
+                commits
+                    .blocking_send(unit)
+                    .map_err(|_| ArchiverFailure("the committer stopped".into()))?;
+                if replay_done {
+                    replay_committed = true;
+                }
+            }
+            if closing {
+                return Ok(());
+            }
+            let log = std::mem::replace(
+                &mut pending.outlier_log,
+                LogEvery {
+                    last: None,
+                    count: 0,
+                },
+            );
+            pending = Pending::new();
+            pending.outlier_log = log;
+        }
+    }
+}
+
+/// Decodes one record, drops its resent events, and writes the rest (or, for a record
+/// already archived, only remembers its events as seen).
+#[allow(clippy::too_many_arguments)]
+fn archive_record(
+    r: &WalRecord,
+    s: &ArchiverSettings,
+    decoders: &mut HashMap<String, EventDecoder>,
+    dedup: &mut Deduplicator,
+    writer: &mut PartitionedWriter,
+    detection: Option<&DetectionThread>,
+    metrics: &ServeMetrics,
+    (archived, pending): (bool, &mut Pending),
+) -> Result<(), ArchiverFailure> {
+    let decoder = decoders.entry(r.cluster.clone()).or_insert_with(|| {
+        let mut d = EventDecoder::new(&r.cluster, s.decoder.clone());
+        d.enable_row_digests(s.digest_key);
+        d
+    });
+    decoder.set_ingested_at(r.received_at_micros);
+    let source = source_name(r);
+    let mut q = Vec::new();
+    let pos = SourcePos {
+        source: &source,
+        line: None,
+        byte_offset: 0,
+    };
+    decoder.decode_document(&r.body, pos, &mut q);
+    let summarised = decoder.take_summarised();
+    let batch = decoder.finish_batch();
+    let digests = decoder.take_row_digests();
+    let keep: BooleanArray = digests
+        .iter()
+        .map(|d| Some(dedup.first_sighting(*d, r.received_at_micros)))
+        .collect();
+    if archived {
+        return Ok(());
+    }
+    let duplicates = keep.false_count() as u64;
+    if duplicates > 0 {
+        metrics.duplicates.inc_by(duplicates);
+        tracing::info!(seq = r.seq, duplicates, "dropped resent events");
+    }
+    if !q.is_empty() {
+        metrics.quarantined.inc_by(q.len() as u64 + summarised);
+        metrics.quarantine_summarised.inc_by(summarised);
+        tracing::warn!(seq = r.seq, quarantined = q.len() as u64 + summarised, first_reason = %q[0].reason, "events quarantined");
+        pending.quarantine(q);
+    }
+    if let Some(batch) = batch {
+        let kept = if duplicates > 0 {
+            filter_record_batch(&batch, &keep)
+                .map_err(|e| ArchiverFailure(format!("filtering duplicates: {e}")))?
+        } else {
+            batch
+        };
+        metrics.events_in.inc_by(kept.num_rows() as u64);
+        if let Some(d) = detection {
+            d.observe(kept.clone(), r.received_at_micros)?;
+        }
+        pending.finished.extend(writer.write(&kept)?);
+        let outliers = writer.take_out_of_window();
+        if outliers > 0 {
+            metrics.events_out_of_window.inc_by(outliers);
+            if let Some(total) = pending.outlier_log.count(outliers) {
+                tracing::warn!(
+                    seq = r.seq,
+                    events = total,
+                    "events whose request time is more than 7 days before or 1 hour after their arrival were filed under the arrival hour (count since the last such message)"
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! The committer task of `auditlake serve`: commits what the archiver hands over, in order,
+//! retrying a failed commit with backoff until it succeeds (the write-ahead log keeps every
+//! event meanwhile), then trims the log.
+//!
+//! Before the first put of a commit it writes a commit intent to the log directory naming
+//! the files it is about to put; if the process dies before the manifest record names them,
+//! the next start deletes them ([`resolve_intent`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
+
+use crate::archive::Archive;
+use crate::archive_health::ArchiveHealth;
+use crate::archiver::CommitUnit;
+use crate::error::IngestError;
+use crate::serve::ServeError;
+use crate::serve_metrics::ServeMetrics;
+use crate::wal::Wal;
+
+const INTENT_FILE: &str = "commit-intent.json";
+/// First wait before a failed commit is tried again; doubled up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The files a commit is about to put, written to the WAL directory first.
+#[derive(Debug, Serialize, Deserialize)]
+struct CommitIntent {
+    wal_through_seq: u64,
+    paths: Vec<String>,
+}
+
+fn write_intent(dir: &Path, intent: &CommitIntent) -> Result<(), IngestError> {
+    use std::io::Write;
+    let path = dir.join(INTENT_FILE);
+    let tmp = dir.join(format!("{INTENT_FILE}.tmp"));
+    let io = |source| IngestError::Fsync {
+        path: path.clone(),
+        source,
+    };
+    let body = serde_json::to_vec(intent).map_err(|e| io(std::io::Error::other(e)))?;
+    let mut f = std::fs::File::create(&tmp).map_err(io)?;
+    f.write_all(&body).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)
+}
+
+/// Deletes what an interrupted commit put, if its manifest record never got written.
+pub(crate) async fn resolve_intent(
+    archive: &Archive,
+    dir: &Path,
+    committed: u64,
+) -> Result<(), ServeError> {
+    let path = dir.join(INTENT_FILE);
+    let file_err = |source| ServeError::File {
+        path: path.clone(),
+        source,
+    };
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(file_err(e)),
+    };
+    match serde_json::from_slice::<CommitIntent>(&bytes) {
+        Ok(intent) if intent.wal_through_seq > committed => {
+            tracing::warn!(
+                files = intent.paths.len(),
+                through_seq = intent.wal_through_seq,
+                "the last commit before the restart did not finish; deleting the files it put"
+            );
+            archive.delete_uncommitted(&intent.paths).await?;
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "unreadable commit intent ignored")
+        }
+    }
+    std::fs::remove_file(&path).map_err(file_err)?;
+    Ok(())
+}
+
+/// The error and its causes on one line (object store errors nest several).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let msg = c.to_string();
+        if !out.contains(&msg) {
+            out.push_str(": ");
+            out.push_str(&msg);
+        }
+        cause = c.source();
+    }
+    out
+}
+
+/// Unix time in seconds, for the gauges.
+fn unix_seconds() -> i64 {
+    crate::pipeline::now_micros() / 1_000_000
+}
+
+/// What the committer does between commits and how long it keeps trying at shutdown.
+pub(crate) struct Committer {
+    pub archive: Archive,
+    pub wal: Wal,
+    pub wal_dir: PathBuf,
+    pub writer_id: String,
+    pub metrics: Arc<ServeMetrics>,
+    pub health: Arc<ArchiveHealth>,
+    /// Committed segments are kept this long to rebuild the duplicate filter after a restart.
+    pub keep_segments: Duration,
+    pub wal_max_bytes: u64,
+    /// Committing through this record ends the replay: the server becomes ready.
+    pub replay_target: u64,
+    /// Set at shutdown to the time after which a failing commit is given up.
+    pub give_up_at: watch::Receiver<Option<tokio::time::Instant>>,
+}
+
+/// What a committer run did.
+#[derive(Debug, Default)]
+pub(crate) struct Committed {
+    pub through_seq: u64,
+    pub commits: u64,
+    pub events: u64,
+    /// Set when it gave up at shutdown with units not committed.
+    pub abandoned: Option<String>,
+}
+
+impl Committer {
+    /// Commits every unit received until the archiver drops its sender.
+    pub(crate) async fn run(mut self, mut units: mpsc::Receiver<CommitUnit>) -> Committed {
+        let mut done = Committed::default();
+        while let Some(unit) = units.recv().await {
+            if let Err(e) = self.commit_with_retry(&unit, &mut done).await {
+                // Only at shutdown: the records stay in the log for the next start.
+                units.close();
+                let left = 1 + std::iter::from_fn(|| units.try_recv().ok()).count();
+                let message = format!(
+                    "gave up committing at shutdown ({left} commit(s) not done; their records stay \
+                     in the write-ahead log and are archived at the next start): {e}"
+                );
+                tracing::error!("{message}");
+                done.abandoned = Some(message);
+                break;
+            }
+        }
+        done
+    }
+
+    async fn commit_with_retry(
+        &mut self,
+        unit: &CommitUnit,
+        done: &mut Committed,
+    ) -> Result<(), String> {
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1u64.. {
+            match self.commit_once(unit, done).await {
+                Ok(()) => {
+                    if attempt > 1 {
+                        tracing::info!(
+                            attempt,
+                            "commit succeeded after retries; archiving recovered"
+                        );
+                    }
+                    self.health.commit_succeeded();
+                    self.metrics.archiving_failing.set(0);
+                    return Ok(());
+                }
+                Err(e) => {
+                    let chain = error_chain(&e);
+                    self.metrics.commit_failures.inc();
+                    self.metrics.archiving_failing.set(1);
+                    self.metrics.last_commit_error_time.set(unix_seconds());
+                    self.health.commit_failed(chain.clone());
+                    let give_up_at = *self.give_up_at.borrow();
+                    if give_up_at.is_some_and(|t| tokio::time::Instant::now() + backoff > t) {
+                        return Err(chain);
+                    }
+                    tracing::error!(error = %chain, attempt, wal_through_seq = unit.through_seq,
+                        retry_in_seconds = backoff.as_secs(),
+                        "commit failed; retrying (the write-ahead log keeps every event meanwhile)");
+                    let mut give_up = self.give_up_at.clone();
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        // Shutdown: retry now rather than after a long backoff.
+                        _ = give_up.changed() => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+        unreachable!("the retry loop only ends by returning")
+    }
+
+    async fn commit_once(
+        &mut self,
+        unit: &CommitUnit,
+        done: &mut Committed,
+    ) -> Result<(), IngestError> {
+        let through = unit.through_seq;
+        let span = tracing::info_span!(
+            "commit",
+            files = unit.contents.files.len(),
+            quarantined = unit.contents.quarantine.len(),
+            wal_through_seq = through
+        );
+        let intent_dir = self.wal_dir.clone();
+        let hook = move |paths: &[String]| {
+            let write = || {
+                write_intent(
+                    &intent_dir,
+                    &CommitIntent {
+                        wal_through_seq: through,
+                        paths: paths.to_vec(),
+                    },
+                )
+            };
+            // Two fsyncs: tell the runtime this worker blocks, so the requests it would
+            // serve move to another one meanwhile.
+            if tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread
+            {
+                tokio::task::block_in_place(write)
+            } else {
+                write()
+            }
+        };
+        let outcome = self
+            .archive
+            .commit(&self.writer_id, &unit.contents, Some(&hook))
+            .instrument(span.clone())
+            .await?;
+        // From here on the commit is durable: what follows may fail without harm.
+        let intent = self.wal_dir.join(INTENT_FILE);
+        match std::fs::remove_file(&intent) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                tracing::error!(path = %intent.display(), error = %e, "cannot remove the commit intent (the next start ignores it)")
+            }
+        }
+        for f in &unit.cleanup {
+            if let Err(e) = std::fs::remove_file(f)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::error!(path = %f.display(), error = %e, "cannot remove a quarantined write-ahead log piece now in the archive");
+            }
+        }
+        let rows = outcome.record.rows();
+        self.metrics.commits.inc();
+        self.metrics.events_committed.inc_by(rows);
+        self.metrics
+            .commit_seconds
+            .observe(outcome.latency.as_secs_f64());
+        self.metrics.last_commit_time.set(unix_seconds());
+        done.commits += 1;
+        done.events += rows;
+        done.through_seq = through;
+        self.wal.set_archived(through);
+        // Committed segments are kept for the dedup window (to rebuild the filter after a
+        // restart) unless the log is over half its limit.
+        let under_pressure =
+            self.wal.stats().bytes.load(Ordering::Relaxed) > self.wal_max_bytes / 2;
+        let keep_since = if under_pressure {
+            Instant::now()
+        } else {
+            Instant::now()
+                .checked_sub(self.keep_segments)
+                .unwrap_or_else(Instant::now)
+        };
+        // Deleting segments blocks on the disk: not on a worker the requests need.
+        let trimmer = self.wal.clone();
+        let freed = match tokio::task::spawn_blocking(move || trimmer.trim(through, keep_since))
+            .await
+        {
+            Ok(Ok(freed)) => freed,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "trimming the write-ahead log failed; it is tried again after the next commit");
+                0
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "trimming the write-ahead log panicked");
+                0
+            }
+        };
+        let _g = span.enter(); // no await below
+        tracing::info!(
+            sequence = outcome.record.sequence,
+            files = outcome.record.files.len(),
+            events = rows,
+            quarantined = unit.contents.quarantine.len(),
+            commit_latency_ms = outcome.latency.as_millis() as u64,
+            wal_freed_bytes = freed,
+            "committed"
+        );
+        if through >= self.replay_target && !self.health.replayed() {
+            self.health.set_replayed();
+            tracing::info!("write-ahead log replayed; ready");
+        }
+        Ok(())
+    }
+}
