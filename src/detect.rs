@@ -9,13 +9,17 @@ use arrow::array::RecordBatch;
 use auditlake_analytics::{
     Detector, DetectorOptions, Finding, FindingSinks, RbacBaseline, RuleSet, SinkTarget,
 };
-use auditlake_ingest::{Archive, BatchObserver, FinishedFile};
+use auditlake_ingest::{Archive, BatchObserver, FinishedFile, ObserverCounter};
 use auditlake_queries::ArchiveSession;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The rule pack compiled, feeding its findings to the sinks.
 pub struct Detection {
     detector: Detector,
     sinks: FindingSinks,
+    /// Batches a rule failed to evaluate on (archiving went on).
+    rule_errors: Arc<AtomicU64>,
 }
 
 impl BatchObserver for Detection {
@@ -24,6 +28,7 @@ impl BatchObserver for Detection {
             Ok(findings) => self.emit(findings),
             Err(e) => {
                 // A rule that fails at run time must not stop archiving; say so loudly.
+                self.rule_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, rows = batch.num_rows(), "detectors failed on a batch");
                 0
             }
@@ -33,6 +38,47 @@ impl BatchObserver for Detection {
     fn finish(&mut self) -> u64 {
         let pending = self.detector.flush();
         self.emit(pending)
+    }
+
+    fn discard_uncommitted(&mut self) {
+        self.detector.discard_pending_files();
+    }
+
+    fn counters(&self) -> Vec<ObserverCounter> {
+        let c = self.sinks.counters();
+        let evicted = self.detector.evictions();
+        vec![
+            ObserverCounter {
+                name: "findings_dropped",
+                help: "Findings a target's full queue did not take (the findings table keeps them)",
+                value: c.dropped.clone(),
+            },
+            ObserverCounter {
+                name: "findings_delivery_failed",
+                help: "Findings a target failed to deliver after its retries",
+                value: c.failed.clone(),
+            },
+            ObserverCounter {
+                name: "detector_state_evicted_fold_windows",
+                help: "Open finding windows closed early because their cap was reached",
+                value: evicted.fold_windows,
+            },
+            ObserverCounter {
+                name: "detector_state_evicted_burst_principals",
+                help: "Principals the 403-burst detector forgot because its cap was reached",
+                value: evicted.burst_principals,
+            },
+            ObserverCounter {
+                name: "detector_state_evicted_rbac_objects",
+                help: "RBAC objects whose state was forgotten because the cap was reached",
+                value: evicted.rbac_objects,
+            },
+            ObserverCounter {
+                name: "rule_evaluation_errors",
+                help: "Batches a rule failed to evaluate on (archiving went on)",
+                value: self.rule_errors.clone(),
+            },
+        ]
     }
 
     fn commit_files(&mut self) -> Vec<FinishedFile> {
@@ -125,7 +171,11 @@ pub async fn detection(
         "detectors ready"
     );
     let sinks = FindingSinks::start(&targets).context("opening findings targets")?;
-    Ok(Some(Box::new(Detection { detector, sinks })))
+    Ok(Some(Box::new(Detection {
+        detector,
+        sinks,
+        rule_errors: Arc::default(),
+    })))
 }
 
 /// The latest committed version of every RBAC object, so a restart neither forgets what it

@@ -159,6 +159,12 @@ struct QueryArgs {
     #[arg(long, conflicts_with = "sql")]
     file: Option<PathBuf>,
 
+    /// Allow `CREATE EXTERNAL TABLE` and `CREATE VIEW` (to join the archive with a file of
+    /// your own). They can read any file this process can; without this flag only queries
+    /// run (no DDL, no INSERT or COPY, no SET).
+    #[arg(long)]
+    allow_external_tables: bool,
+
     /// The SQL to run.
     #[arg(required_unless_present = "file")]
     sql: Option<String>,
@@ -167,8 +173,10 @@ struct QueryArgs {
 fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("invalid --log filter {filter:?}"))?;
+    // Colour only for a person at a terminal: a log collector would store the escapes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -367,9 +375,12 @@ async fn run_query(archive: &str, args: QueryArgs) -> Result<()> {
         (None, None) => bail!("give the SQL as an argument or with --file"),
     };
     let archive = open_archive(archive)?;
-    let session = ArchiveSession::open(archive.store(), &archive.location().url)
+    let mut session = ArchiveSession::open(archive.store(), &archive.location().url)
         .await
         .context("opening the archive for SQL")?;
+    if args.allow_external_tables {
+        session.allow_external_tables();
+    }
     register_k8s_functions(&session);
     let (schema, batches) = session.sql(&sql).await.context("query failed")?;
     let stdout = std::io::stdout();

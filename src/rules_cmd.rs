@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use auditlake_analytics::{DENIED_SQL, DONE_SQL, DetectorOptions, RuleSet, Scope, run_scenarios};
 use auditlake_ingest::Archive;
-use auditlake_queries::{ArchiveSession, OutputFormat, write_batches};
+use auditlake_queries::{ArchiveSession, Backtest, OutputFormat, write_batches};
 use clap::{Args, Subcommand};
 
 /// Flags of `auditlake rules`.
@@ -106,7 +106,7 @@ pub async fn run(archive: impl FnOnce() -> Result<Archive>, args: RulesArgs) -> 
                     .expand_lists(d)
                     .map_err(anyhow::Error::msg)
                     .with_context(|| format!("rule {rule}"))?,
-                None => "NULL".into(),
+                None => String::new(),
             };
             let (outcome, scope) = match loaded.rule.scope {
                 Scope::Outcome => (
@@ -115,22 +115,21 @@ pub async fn run(archive: impl FnOnce() -> Result<Archive>, args: RulesArgs) -> 
                 ),
                 Scope::Any => ("'observed'".into(), "TRUE".into()),
             };
-            let cutoff_micros = now_micros() - seconds * 1_000_000;
+            let cutoff_micros = now_micros() - seconds.saturating_mul(1_000_000);
             let cutoff = auditlake_schema::timestamp::format_rfc3339_micros(cutoff_micros);
-            let sql = format!(
-                "SELECT stage_at, cluster, {outcome} AS outcome, user_username AS principal, \
-                 verb, resource, namespace, name, ({details}) AS details, audit_id \
-                 FROM events WHERE date >= '{}' AND stage_at >= TIMESTAMP '{cutoff}' \
-                 AND {scope} AND ({condition}) ORDER BY stage_at",
-                &cutoff[..10]
-            );
             let archive = archive()?;
             let session = ArchiveSession::open(archive.store(), &archive.location().url)
                 .await
                 .context("opening the archive for SQL")?;
             crate::register_k8s_functions(&session);
             let (schema, batches) = session
-                .sql(&sql)
+                .backtest(&Backtest {
+                    condition: &condition,
+                    details: loaded.rule.details.as_ref().map(|_| details.as_str()),
+                    scope: &scope,
+                    outcome: &outcome,
+                    since_micros: cutoff_micros,
+                })
                 .await
                 .with_context(|| format!("backtest of {rule}"))?;
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
@@ -155,7 +154,9 @@ pub(crate) fn now_micros() -> i64 {
 /// `30d`, `12h`, `15m`, `90s` in seconds.
 pub(crate) fn parse_duration(s: &str) -> Result<i64> {
     let s = s.trim();
-    let (number, unit) = s.split_at(s.len().saturating_sub(1));
+    // Split before the last character, not the last byte (`5é` must be an error, not a panic).
+    let cut = s.char_indices().last().map_or(0, |(i, _)| i);
+    let (number, unit) = s.split_at(cut);
     let n: i64 = number
         .parse()
         .with_context(|| format!("--since {s:?}: expected a number and s, m, h or d, e.g. 30d"))?;
@@ -167,4 +168,18 @@ pub(crate) fn parse_duration(s: &str) -> Result<i64> {
         _ => bail!("--since {s:?}: the unit must be s, m, h or d"),
     };
     Ok(n.saturating_mul(scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_and_bad_ones_are_errors_not_panics() {
+        assert_eq!(parse_duration("30d").unwrap(), 30 * 86_400);
+        assert_eq!(parse_duration(" 90s ").unwrap(), 90);
+        for bad in ["5é", "é", "", "d", "5", "5w", "-"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -51,6 +51,12 @@ impl<R> TableBuffer<R> {
             .push((micros, row));
     }
 
+    /// Drops what is pending (its rows will be produced again: the events they came from
+    /// are being replayed).
+    pub(crate) fn discard(&mut self) {
+        self.pending.clear();
+    }
+
     /// Encodes what is pending into one Parquet file per partition, with `to_batch` building
     /// the columns of a partition's rows.
     pub(crate) fn take_files(

@@ -1,6 +1,10 @@
 //! A stateful detector: a burst of 403 answers to one principal (permission enumeration).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use crate::bounded_state::{MAX_BURST_PRINCIPALS, evict_oldest};
 
 use auditlake_schema::timestamp::format_rfc3339_micros;
 
@@ -11,19 +15,23 @@ use crate::rule::Severity;
 /// Rule id of the 403 burst detector.
 pub const BURST_RULE_ID: &str = "K8S-RECON-002";
 
-/// Most principals tracked at once; beyond, the least recently denied are forgotten.
-const MAX_PRINCIPALS: usize = 100_000;
-
 struct Recent {
     denials: VecDeque<(i64, String)>,
     fired_until: i64,
 }
 
 /// Counts 403 answers per principal in a sliding window of event time.
+///
+/// At most [`MAX_BURST_PRINCIPALS`] principals are tracked; beyond, the least recently
+/// denied are forgotten. Forgetting principals still inside the window could hide a real
+/// burst behind a flood of made-up ones, so that raises a finding of its own (fail closed).
 pub struct ForbiddenBurst {
     threshold: usize,
     window_micros: i64,
     principals: HashMap<String, Recent>,
+    evicted: Arc<AtomicU64>,
+    /// No capacity finding before this time (one per window).
+    overflow_quiet_until: i64,
 }
 
 impl ForbiddenBurst {
@@ -33,7 +41,14 @@ impl ForbiddenBurst {
             threshold: threshold.max(1),
             window_micros: (window_seconds.max(1) as i64).saturating_mul(1_000_000),
             principals: HashMap::new(),
+            evicted: Arc::default(),
+            overflow_quiet_until: i64::MIN,
         }
+    }
+
+    /// Principals forgotten because the cap was reached.
+    pub fn evictions(&self) -> Arc<AtomicU64> {
+        self.evicted.clone()
     }
 
     /// Feeds a batch; returns a finding per principal whose denials reached the threshold
@@ -100,7 +115,7 @@ impl ForbiddenBurst {
                 });
             }
         }
-        if self.principals.len() > MAX_PRINCIPALS {
+        if self.principals.len() > MAX_BURST_PRINCIPALS {
             let newest = self
                 .principals
                 .values()
@@ -108,9 +123,52 @@ impl ForbiddenBurst {
                 .max()
                 .unwrap_or(0);
             let horizon = newest - self.window_micros;
-            self.principals
-                .retain(|_, r| r.denials.back().is_some_and(|d| d.0 > horizon));
+            let last = |r: &Recent| r.denials.back().map_or(i64::MIN, |d| d.0);
+            let gone = evict_oldest(
+                &mut self.principals,
+                MAX_BURST_PRINCIPALS,
+                &self.evicted,
+                last,
+            );
+            let in_window = gone.iter().filter(|(_, r)| last(r) > horizon).count();
+            if in_window > 0 && newest >= self.overflow_quiet_until {
+                self.overflow_quiet_until = newest + self.window_micros;
+                out.push(self.overflow_finding(in_window, newest));
+            }
         }
         out
+    }
+
+    /// The finding raised when principals still inside the window had to be forgotten.
+    fn overflow_finding(&self, forgotten: usize, at: i64) -> Finding {
+        Finding {
+            rule_id: BURST_RULE_ID.into(),
+            severity: Severity::Medium,
+            title: "Burst of denied requests from one principal (permission enumeration)".into(),
+            outcome: Outcome::Observed,
+            cluster: String::new(),
+            time: format_rfc3339_micros(at),
+            last_time: format_rfc3339_micros(at),
+            principal: None,
+            impersonated: None,
+            source_ip: None,
+            verb: None,
+            object: ObjectRef::default(),
+            details: Some(format!(
+                "more than {MAX_BURST_PRINCIPALS} distinct principals were denied within {} s: \
+                 {forgotten} still inside the window were forgotten, so a burst among them may \
+                 go unreported (a flood of made-up identities, or a cluster-wide outage of \
+                 permissions)",
+                self.window_micros / 1_000_000
+            )),
+            response_code: Some(403),
+            evidence: Vec::new(),
+            count: forgotten as u64,
+            mitre: vec!["T1069".into(), "T1087".into()],
+            remediation: "Look at who was denied in this window (`auditlake query` on \
+                response_code = 403): many distinct identities at once is itself suspicious."
+                .into(),
+            time_micros: at,
+        }
     }
 }

@@ -518,10 +518,33 @@ impl Detector {
         Ok(files)
     }
 
+    /// Drops the `findings` and `rbac_history` rows gathered since the last
+    /// [`Detector::take_files`]: the events they came from will be seen again (the archiver
+    /// restarts from its last commit), and the tables must hold each row once.
+    pub fn discard_pending_files(&mut self) {
+        self.drift.discard_pending();
+        if let Some(t) = &mut self.findings_table {
+            t.discard();
+        }
+    }
+
     /// Restores the RBAC state from `rbac_history` rows read back from the archive;
     /// returns how many versions were read.
     pub fn restore_rbac_state(&mut self, batches: &[RecordBatch]) -> Result<usize, String> {
         self.drift.restore(batches)
+    }
+
+    /// What the detectors forgot because a cap on their state was reached (shared counters).
+    pub fn evictions(&self) -> crate::bounded_state::EvictionCounters {
+        crate::bounded_state::EvictionCounters {
+            fold_windows: self.folder.evictions(),
+            burst_principals: self
+                .burst
+                .as_ref()
+                .map(ForbiddenBurst::evictions)
+                .unwrap_or_default(),
+            rbac_objects: self.drift.evictions(),
+        }
     }
 
     /// RBAC objects whose state is tracked.

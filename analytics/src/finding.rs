@@ -1,6 +1,10 @@
 //! Findings: the one JSON shape every sink gets, and the folding of repeats.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use crate::bounded_state::{MAX_FOLD_WINDOWS, evict_oldest};
 
 use serde::{Deserialize, Serialize};
 
@@ -126,11 +130,15 @@ struct Open {
 /// Folds findings with the same rule, outcome, principal and object within a window of
 /// event time: the first is emitted at once (an alert must not wait), repeats are counted,
 /// and when the window closes a summary with the count is emitted if there were repeats.
+///
+/// At most [`MAX_FOLD_WINDOWS`] windows are open: beyond, the ones ending first are closed
+/// early (their summaries emitted), so a flood of distinct keys costs bounded memory.
 pub struct Folder {
     window_micros: i64,
     open: HashMap<String, Open>,
     /// No open window ends before this: `expire` has nothing to do until then.
     next_expiry: i64,
+    evicted: Arc<AtomicU64>,
 }
 
 /// The folding key of a finding: rule, outcome, principal and object.
@@ -169,7 +177,13 @@ impl Folder {
             window_micros: (window_seconds as i64).saturating_mul(1_000_000),
             open: HashMap::new(),
             next_expiry: i64::MAX,
+            evicted: Arc::default(),
         }
+    }
+
+    /// Windows closed early because the cap was reached (counted from creation).
+    pub fn evictions(&self) -> Arc<AtomicU64> {
+        self.evicted.clone()
     }
 
     /// Counts a match into the open window of `key` if there is one covering `time_micros`;
@@ -236,6 +250,13 @@ impl Folder {
             out.push(summary(closed));
         }
         out.push(f);
+        for (_, early) in evict_oldest(&mut self.open, MAX_FOLD_WINDOWS, &self.evicted, |o| {
+            o.window_end
+        }) {
+            if early.finding.count > 1 {
+                out.push(summary(early));
+            }
+        }
         out
     }
 

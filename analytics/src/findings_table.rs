@@ -35,6 +35,11 @@ impl FindingsTable {
             .push(&finding.cluster, finding.time_micros, finding.clone());
     }
 
+    /// Drops the waiting findings (see `TableBuffer::discard`).
+    pub(crate) fn discard(&mut self) {
+        self.buffer.discard();
+    }
+
     /// The waiting findings as Parquet files (one per cluster and day).
     pub(crate) fn take_files(&mut self) -> Result<Vec<FinishedFile>, String> {
         self.buffer.take_files(findings_batch)

@@ -7,6 +7,7 @@
 //! - [`register_functions`]: the `k8s_*` and JSON SQL functions, also for backtests.
 
 mod archive_table;
+mod bounded_state;
 mod burst;
 mod coalesce;
 mod engine;
@@ -21,6 +22,9 @@ mod rule;
 mod scenario;
 mod sink;
 
+pub use bounded_state::{
+    EvictionCounters, MAX_BURST_PRINCIPALS, MAX_FOLD_WINDOWS, MAX_RBAC_OBJECTS,
+};
 pub use burst::BURST_RULE_ID;
 pub use engine::{DENIED_SQL, DONE_SQL, Detector, DetectorOptions};
 pub use error::RuleError;
@@ -35,4 +39,4 @@ pub use rule::{BUILTIN_RULE_FILES, FoldBy, LoadedRule, Rule, RuleSet, Scope, Sev
 pub use scenario::{
     Expect, Label, Report, Scenario, ScenarioResult, complete_event, run_scenarios,
 };
-pub use sink::{FindingSinks, SinkError, SinkStats, SinkTarget};
+pub use sink::{FindingSinks, SinkCounters, SinkError, SinkStats, SinkTarget};

@@ -113,9 +113,14 @@ pub struct RbacVersion {
 }
 
 /// The stateful drift detector.
+///
+/// At most [`crate::bounded_state::MAX_RBAC_OBJECTS`] objects are tracked; beyond, those
+/// changed longest ago are forgotten (a later change to one is still compared with the
+/// baseline; only its diff from the previous version is then unknown).
 pub struct RbacDrift {
     baseline: Option<RbacBaseline>,
     state: HashMap<(String, RbacKey), RbacVersion>,
+    evicted: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Versions for the archive's `rbac_history` table; `None` when no tables are kept.
     history: Option<TableBuffer<RbacVersion>>,
 }
@@ -157,9 +162,25 @@ impl RbacDrift {
         Self {
             baseline,
             state: HashMap::new(),
+            evicted: Default::default(),
             history: run_id
                 .map(|id| TableBuffer::new(RBAC_HISTORY_DIR, rbac_history_file_schema(), id)),
         }
+    }
+
+    /// Objects forgotten because the cap was reached.
+    pub fn evictions(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.evicted.clone()
+    }
+
+    /// Keeps the state within its cap.
+    fn bound(&mut self) {
+        crate::bounded_state::evict_oldest(
+            &mut self.state,
+            crate::bounded_state::MAX_RBAC_OBJECTS,
+            &self.evicted,
+            |v| v.changed_at,
+        );
     }
 
     /// Objects currently tracked.
@@ -183,6 +204,7 @@ impl RbacDrift {
                 }
                 restored += 1;
             }
+            self.bound();
         }
         Ok(restored)
     }
@@ -314,6 +336,13 @@ impl RbacDrift {
             h.push(&cluster, at, version.clone());
         }
         self.state.insert(slot, version);
+        // Not `self.bound()`: `declared` still borrows the baseline.
+        crate::bounded_state::evict_oldest(
+            &mut self.state,
+            crate::bounded_state::MAX_RBAC_OBJECTS,
+            &self.evicted,
+            |v| v.changed_at,
+        );
 
         let declared = declared?;
         if matches_baseline == Some(true) || (declared.is_none() && default_reconcile) {
@@ -380,6 +409,14 @@ impl RbacDrift {
                 .into(),
             time_micros: at,
         })
+    }
+
+    /// Drops the versions recorded since the last [`RbacDrift::take_files`] (they will be
+    /// recorded again: their events are being replayed).
+    pub fn discard_pending(&mut self) {
+        if let Some(h) = &mut self.history {
+            h.discard();
+        }
     }
 
     /// Versions recorded since the last call, as `rbac_history` Parquet files.

@@ -1,13 +1,22 @@
 //! Where findings go: stdout (NDJSON), a file (NDJSON, appended), an HTTP endpoint (one JSON
-//! object per POST, retried with backoff). Delivery runs on its own thread behind a bounded
-//! queue, so a slow endpoint slows the detectors (and, behind them, archiving) rather than
-//! dropping findings.
+//! object per POST, retried with backoff).
+//!
+//! Each target has its own bounded queue and its own delivery worker, so a slow or stuck
+//! target never holds the detectors (and, behind them, archiving) nor the other targets:
+//! when a target's queue is full, further findings for it are dropped and counted (the
+//! archive's `findings` table, written by the detectors themselves, still holds every one).
+//! An HTTP target posts up to [`HTTP_CONCURRENCY`] findings at once. Closing waits at most a
+//! deadline for the queues to drain, then counts what was left undelivered.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::{Receiver, Sender, channel};
 
 use crate::finding::Finding;
 
@@ -20,6 +29,17 @@ pub enum SinkTarget {
     File(PathBuf),
     /// `POST` of each finding as JSON.
     Http(String),
+}
+
+impl SinkTarget {
+    /// A short, bounded name for logs and counters (`stdout`, `file`, `http`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::File(_) => "file",
+            Self::Http(_) => "http",
+        }
+    }
 }
 
 impl FromStr for SinkTarget {
@@ -39,19 +59,44 @@ impl FromStr for SinkTarget {
     }
 }
 
-/// What the delivery thread did.
+/// What happened to the findings handed over, over all targets (a finding sent to two
+/// targets counts twice in the per-target numbers).
+#[derive(Debug, Default)]
+pub struct SinkCounters {
+    /// Findings handed over.
+    pub findings: Arc<AtomicU64>,
+    /// Deliveries that failed for good (after retries).
+    pub failed: Arc<AtomicU64>,
+    /// Findings not queued for a target because its queue was full.
+    pub dropped: Arc<AtomicU64>,
+    /// Targets still busy when closing gave up waiting (their queued findings are lost to
+    /// them).
+    pub abandoned: Arc<AtomicU64>,
+}
+
+/// A copy of the counters at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SinkStats {
     /// Findings handed over.
     pub findings: u64,
     /// Deliveries that failed for good (after retries), over all targets.
     pub failed: u64,
+    /// Deliveries dropped because a target's queue was full.
+    pub dropped: u64,
+    /// Targets still busy when closing gave up waiting.
+    pub abandoned: u64,
 }
 
-/// Findings queued to a delivery thread; dropping it delivers what is queued and stops.
-pub struct FindingSinks {
-    tx: Option<SyncSender<Finding>>,
-    worker: Option<std::thread::JoinHandle<SinkStats>>,
+impl SinkCounters {
+    /// The counts now.
+    pub fn snapshot(&self) -> SinkStats {
+        SinkStats {
+            findings: self.findings.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            abandoned: self.abandoned.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// Why sinks could not start.
@@ -70,106 +115,99 @@ pub enum SinkError {
     Http(String),
 }
 
-enum Out {
-    Stdout,
-    File(std::fs::File, PathBuf),
-    Http(String),
-}
-
+/// Findings queued per target at most.
+pub const QUEUE_FINDINGS: usize = 1024;
 /// HTTP attempts per finding and the first backoff (doubled after each failure).
 const HTTP_ATTEMPTS: u32 = 5;
 const HTTP_BACKOFF: Duration = Duration::from_millis(500);
+/// One POST may take this long.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// POSTs in flight per HTTP target.
+pub const HTTP_CONCURRENCY: usize = 8;
+/// How long closing waits for the queues to drain.
+pub const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// One target's queue and worker.
+struct Lane {
+    kind: &'static str,
+    tx: Option<Sender<Arc<str>>>,
+    worker: Option<std::thread::JoinHandle<()>>,
+    /// Rate limit of the "queue full" error: last time it was logged.
+    last_full_log: Option<Instant>,
+}
+
+/// The findings targets; dropping it closes them (see [`FindingSinks::close`]).
+pub struct FindingSinks {
+    lanes: Vec<Lane>,
+    counters: Arc<SinkCounters>,
+}
 
 impl FindingSinks {
-    /// Opens every target (files are created or appended) and starts the delivery thread.
+    /// Opens every target (files are created or appended) and starts their workers.
     pub fn start(targets: &[SinkTarget]) -> Result<Self, SinkError> {
-        let mut outs = Vec::new();
+        let counters = Arc::new(SinkCounters::default());
+        let mut lanes = Vec::new();
         for t in targets {
-            outs.push(match t {
-                SinkTarget::Stdout => Out::Stdout,
-                SinkTarget::File(p) => Out::File(
-                    std::fs::OpenOptions::new()
+            let (tx, rx) = channel::<Arc<str>>(QUEUE_FINDINGS);
+            let c = counters.clone();
+            let worker = match t {
+                SinkTarget::Stdout => spawn("stdout", move || {
+                    write_lines(rx, std::io::stdout(), "stdout", &c)
+                }),
+                SinkTarget::File(p) => {
+                    let file = std::fs::OpenOptions::new()
                         .create(true)
                         .append(true)
                         .open(p)
                         .map_err(|source| SinkError::File {
                             path: p.clone(),
                             source,
-                        })?,
-                    p.clone(),
-                ),
-                SinkTarget::Http(url) => Out::Http(url.clone()),
+                        })?;
+                    let name = p.display().to_string();
+                    spawn("file", move || write_lines(rx, file, &name, &c))
+                }
+                SinkTarget::Http(url) => {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| SinkError::Http(e.to_string()))?;
+                    let client = reqwest::Client::builder()
+                        .timeout(HTTP_TIMEOUT)
+                        .build()
+                        .map_err(|e| SinkError::Http(e.to_string()))?;
+                    let url = url.clone();
+                    spawn("http", move || {
+                        runtime.block_on(post_all(rx, client, url, c));
+                    })
+                }
+            }?;
+            lanes.push(Lane {
+                kind: t.kind(),
+                tx: Some(tx),
+                worker: Some(worker),
+                last_full_log: None,
             });
         }
-        let http = if outs.iter().any(|o| matches!(o, Out::Http(_))) {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| SinkError::Http(e.to_string()))?;
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .map_err(|e| SinkError::Http(e.to_string()))?;
-            Some((runtime, client))
-        } else {
-            None
-        };
-        let (tx, rx) = sync_channel::<Finding>(1024);
-        let worker = std::thread::Builder::new()
-            .name("auditlake-findings".into())
-            .spawn(move || deliver(rx, outs, http))
-            .map_err(|e| SinkError::Http(format!("spawning the delivery thread: {e}")))?;
-        Ok(Self {
-            tx: Some(tx),
-            worker: Some(worker),
-        })
+        Ok(Self { lanes, counters })
     }
 
-    /// Queues a finding (waits while the queue is full).
-    pub fn send(&self, finding: Finding) {
-        if let Some(tx) = &self.tx
-            && tx.send(finding).is_err()
-        {
-            tracing::error!("the findings delivery thread stopped; a finding was not delivered");
-        }
+    /// The counters (shared: they keep counting until the sinks are closed).
+    pub fn counters(&self) -> Arc<SinkCounters> {
+        self.counters.clone()
     }
 
-    /// Delivers what is queued and stops; returns the counts.
-    pub fn close(mut self) -> SinkStats {
-        self.shutdown()
-    }
-
-    fn shutdown(&mut self) -> SinkStats {
-        self.tx.take();
-        self.worker
-            .take()
-            .and_then(|w| w.join().ok())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for FindingSinks {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-fn deliver(
-    rx: Receiver<Finding>,
-    mut outs: Vec<Out>,
-    http: Option<(tokio::runtime::Runtime, reqwest::Client)>,
-) -> SinkStats {
-    let mut stats = SinkStats::default();
-    for finding in rx {
-        stats.findings += 1;
-        let json = match serde_json::to_string(&finding) {
-            Ok(j) => j,
+    /// Queues a finding for every target; never waits. A target whose queue is full does
+    /// not get it (counted in `dropped`, logged at most once a minute per target).
+    pub fn send(&mut self, finding: Finding) {
+        let json: Arc<str> = match serde_json::to_string(&finding) {
+            Ok(j) => j.into(),
             Err(e) => {
                 tracing::error!(rule = %finding.rule_id, error = %e, "cannot serialise a finding");
-                stats.failed += 1;
-                continue;
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                return;
             }
         };
+        self.counters.findings.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             rule = %finding.rule_id,
             severity = %finding.severity,
@@ -178,32 +216,123 @@ fn deliver(
             count = finding.count,
             "finding"
         );
-        for out in &mut outs {
-            let ok = match out {
-                Out::Stdout => {
-                    let mut stdout = std::io::stdout().lock();
-                    writeln!(stdout, "{json}")
-                        .and_then(|()| stdout.flush())
-                        .is_ok()
-                }
-                Out::File(f, path) => match writeln!(f, "{json}").and_then(|()| f.flush()) {
-                    Ok(()) => true,
-                    Err(e) => {
-                        tracing::error!(path = %path.display(), error = %e, "writing a finding");
-                        false
+        for lane in &mut self.lanes {
+            let Some(tx) = &lane.tx else { continue };
+            match tx.try_send(json.clone()) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => {
+                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                    if lane
+                        .last_full_log
+                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                    {
+                        lane.last_full_log = Some(Instant::now());
+                        tracing::error!(
+                            target = lane.kind,
+                            queued = QUEUE_FINDINGS,
+                            "findings target is not keeping up: findings for it are dropped (counted in auditlake_findings_dropped_total; the archive's findings table keeps them all)"
+                        );
                     }
-                },
-                Out::Http(url) => match &http {
-                    Some((runtime, client)) => runtime.block_on(post(client, url, &json)),
-                    None => false,
-                },
-            };
-            if !ok {
-                stats.failed += 1;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
-    stats
+
+    /// Delivers what is queued, waiting at most `deadline`, and stops; returns the counts.
+    pub fn close_within(mut self, deadline: Duration) -> SinkStats {
+        self.shutdown(deadline)
+    }
+
+    /// [`FindingSinks::close_within`] with [`CLOSE_DEADLINE`].
+    pub fn close(self) -> SinkStats {
+        self.close_within(CLOSE_DEADLINE)
+    }
+
+    fn shutdown(&mut self, deadline: Duration) -> SinkStats {
+        let until = Instant::now() + deadline;
+        for lane in &mut self.lanes {
+            lane.tx.take();
+        }
+        for lane in &mut self.lanes {
+            let Some(worker) = lane.worker.take() else {
+                continue;
+            };
+            while !worker.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if worker.is_finished() {
+                let _ = worker.join();
+            } else {
+                // Its queue's remaining findings are lost to this target (never to the
+                // archive); the thread ends by itself when its current delivery does.
+                tracing::error!(
+                    target = lane.kind,
+                    deadline_seconds = deadline.as_secs(),
+                    "findings target still busy at shutdown; giving up on what is queued for it"
+                );
+                self.counters.abandoned.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.counters.snapshot()
+    }
+}
+
+impl Drop for FindingSinks {
+    fn drop(&mut self) {
+        if self.lanes.iter().any(|l| l.worker.is_some()) {
+            self.shutdown(CLOSE_DEADLINE);
+        }
+    }
+}
+
+fn spawn(
+    kind: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<std::thread::JoinHandle<()>, SinkError> {
+    std::thread::Builder::new()
+        .name(format!("auditlake-findings-{kind}"))
+        .spawn(f)
+        .map_err(|e| SinkError::Http(format!("spawning the delivery thread: {e}")))
+}
+
+fn write_lines(mut rx: Receiver<Arc<str>>, mut out: impl Write, name: &str, c: &SinkCounters) {
+    while let Some(json) = rx.blocking_recv() {
+        if let Err(e) = writeln!(out, "{json}").and_then(|()| out.flush()) {
+            tracing::error!(target = name, error = %e, "writing a finding");
+            c.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Posts findings from `rx`, up to [`HTTP_CONCURRENCY`] at once, until the queue closes and
+/// every post in flight ends.
+async fn post_all(
+    mut rx: Receiver<Arc<str>>,
+    client: reqwest::Client,
+    url: String,
+    counters: Arc<SinkCounters>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(HTTP_CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        // The semaphore is never closed: acquiring only waits for a free slot.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let Some(json) = rx.recv().await else { break };
+        let (client, url, counters) = (client.clone(), url.clone(), counters.clone());
+        tasks.spawn(async move {
+            let _slot = slot;
+            if !post(&client, &url, &json).await {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
 }
 
 async fn post(client: &reqwest::Client, url: &str, json: &str) -> bool {
@@ -300,7 +429,7 @@ mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("findings.ndjson");
-        let sinks =
+        let mut sinks =
             FindingSinks::start(&[SinkTarget::Http(url), SinkTarget::File(file.clone())]).unwrap();
         sinks.send(Finding {
             rule_id: "K8S-RBAC-001".into(),
@@ -328,7 +457,7 @@ mod tests {
             stats,
             SinkStats {
                 findings: 1,
-                failed: 0
+                ..SinkStats::default()
             }
         );
         let (first, second) = server.join().unwrap();

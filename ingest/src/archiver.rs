@@ -29,6 +29,8 @@ use crate::serve::ServeError;
 use crate::serve_metrics::ServeMetrics;
 use crate::wal::{PendingCut, ReadOutcome, WalReader, WalRecord};
 
+/// Decoders (one per cluster) kept at most.
+const MAX_DECODERS: usize = 64;
 /// A commit is due once this many quarantine records wait...
 const MAX_QUARANTINE_RECORDS_PER_COMMIT: usize = 10_000;
 /// ...or once they would take this many bytes.
@@ -343,6 +345,11 @@ fn archive_record(
     metrics: &ServeMetrics,
     (archived, pending): (bool, &mut Pending),
 ) -> Result<(), ArchiverFailure> {
+    if decoders.len() >= MAX_DECODERS && !decoders.contains_key(&r.cluster) {
+        // Each decoder keeps buffers; clusters are named by requests. A decoder holds no
+        // rows between records, so starting afresh loses nothing.
+        decoders.clear();
+    }
     let decoder = decoders.entry(r.cluster.clone()).or_insert_with(|| {
         let mut d = EventDecoder::new(&r.cluster, s.decoder.clone());
         d.enable_row_digests(s.digest_key);

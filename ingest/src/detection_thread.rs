@@ -51,6 +51,7 @@ impl DetectionThread {
         mut observer: Box<dyn BatchObserver>,
         metrics: Arc<ServeMetrics>,
     ) -> Result<Self, ServeError> {
+        metrics.add_external(observer.counters());
         let (work, queue) = sync_channel::<Work>(QUEUE_BATCHES);
         let thread = std::thread::Builder::new()
             .name("auditlake-detect".into())

@@ -86,7 +86,22 @@ impl Input {
     }
 }
 
+/// Every file below `dir`, hidden entries skipped. A directory reached twice (a symlink
+/// loop, or two links to one directory) is read once.
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    walk_once(dir, out, &mut seen)
+}
+
+fn walk_once(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    seen: &mut std::collections::HashSet<PathBuf>,
+) -> io::Result<()> {
+    if !seen.insert(std::fs::canonicalize(dir)?) {
+        tracing::warn!(dir = %dir.display(), "directory already read (a symlink loop?); skipped");
+        return Ok(());
+    }
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         if path
@@ -96,7 +111,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> io::Result<()> {
             continue;
         }
         if path.is_dir() {
-            walk(&path, out)?
+            walk_once(&path, out, seen)?
         } else {
             out.push(path)
         }
@@ -233,6 +248,18 @@ mod tests {
                 ]
             );
         }
+    }
+
+    #[test]
+    fn a_symlink_loop_is_read_once_not_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("logs");
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join("audit.log"), "{}\n").unwrap();
+        std::os::unix::fs::symlink(dir.path(), sub.join("loop")).unwrap();
+        std::os::unix::fs::symlink(&sub, dir.path().join("again")).unwrap();
+        let inputs = Input::expand(&[dir.path().to_path_buf()]).unwrap();
+        assert_eq!(inputs.len(), 1, "{inputs:?}");
     }
 
     #[test]

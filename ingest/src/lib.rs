@@ -36,7 +36,7 @@ pub use file_source::{Input, InputReader};
 pub use manifest::{
     MANIFEST_DIR, MANIFEST_FORMAT, ManifestFile, ManifestQuarantine, ManifestRecord, WalMark,
 };
-pub use observer::BatchObserver;
+pub use observer::{BatchObserver, ObserverCounter};
 pub use partitioned_writer::{
     ArrivalWindow, FinishedFile, PartitionedWriter, WriterOptions, cluster_name_error, partition_of,
 };

@@ -1,6 +1,9 @@
 //! The hook through which the detectors see every stored batch, without this crate knowing
 //! about them (dependencies point from the binary to `ingest` and `analytics`, not between).
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
 use arrow::array::RecordBatch;
 
 use crate::partitioned_writer::FinishedFile;
@@ -22,4 +25,20 @@ pub trait BatchObserver: Send {
     /// (the archiver restarts from its last commit): drop the table rows they produced, so
     /// the archive's tables hold them once.
     fn discard_uncommitted(&mut self) {}
+    /// Counters the observer keeps (findings a sink dropped, rule errors), exposed with the
+    /// server's metrics.
+    fn counters(&self) -> Vec<ObserverCounter> {
+        Vec::new()
+    }
+}
+
+/// A counter an observer keeps, shown on `/metrics` as `auditlake_<name>_total`.
+#[derive(Debug, Clone)]
+pub struct ObserverCounter {
+    /// Metric name without prefix or `_total` (lowercase, `_`).
+    pub name: &'static str,
+    /// Its help text.
+    pub help: &'static str,
+    /// The value, updated by the observer.
+    pub value: Arc<AtomicU64>,
 }

@@ -80,6 +80,7 @@ pub struct ServeMetrics {
     wal_bytes: Gauge,
     wal_oldest_unarchived_age: Gauge,
     wal: std::sync::Mutex<Option<Wal>>,
+    external: std::sync::Mutex<Vec<crate::observer::ObserverCounter>>,
     registry: Registry,
 }
 
@@ -124,6 +125,7 @@ impl ServeMetrics {
             wal_bytes: Gauge::default(),
             wal_oldest_unarchived_age: Gauge::default(),
             wal: std::sync::Mutex::new(None),
+            external: std::sync::Mutex::new(Vec::new()),
             registry: Registry::with_prefix("auditlake"),
         };
         let mut registry = Registry::with_prefix("auditlake");
@@ -271,6 +273,14 @@ impl ServeMetrics {
         *self.wal.lock().unwrap_or_else(|e| e.into_inner()) = Some(wal);
     }
 
+    /// Shows `counters` (kept by the detectors) with the server's metrics.
+    pub fn add_external(&self, counters: Vec<crate::observer::ObserverCounter>) {
+        self.external
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(counters);
+    }
+
     /// Counts a connection closed by the timeout `kind`.
     pub fn timed_out(&self, kind: &'static str) {
         self.connection_timeouts
@@ -305,6 +315,20 @@ impl ServeMetrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let external = self.external.lock().unwrap_or_else(|e| e.into_inner());
+        if !external.is_empty() {
+            // Before the OpenMetrics end marker.
+            let end = out.rfind("# EOF").unwrap_or(out.len());
+            let mut extra = String::new();
+            for c in external.iter() {
+                let v = c.value.load(Ordering::Relaxed);
+                extra.push_str(&format!(
+                    "# HELP auditlake_{0} {1}.\n# TYPE auditlake_{0} counter\nauditlake_{0}_total {v}\n",
+                    c.name, c.help
+                ));
+            }
+            out.insert_str(end, &extra);
+        }
         out
     }
 }

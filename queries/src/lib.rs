@@ -4,8 +4,10 @@
 //! so filters on them prune files) and the JSON functions (`json_get_str(request_object,
 //! 'roleRef', 'name')`), and [`OutputFormat`] renders results as table, CSV, JSON or NDJSON.
 
+mod backtest;
 mod output;
 mod session;
 
+pub use backtest::Backtest;
 pub use output::{OutputFormat, write_batches};
 pub use session::{ArchiveSession, QueryError};

@@ -12,7 +12,7 @@ use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use object_store::ObjectStore;
 use url::Url;
 
@@ -22,6 +22,9 @@ pub enum QueryError {
     /// DataFusion rejected or failed the query (its message names the position and cause).
     #[error("{0}")]
     DataFusion(#[from] datafusion::error::DataFusionError),
+    /// A rule's expression could not be parsed as one SQL expression.
+    #[error("rule {0}")]
+    Rule(String),
     /// The archive URL cannot back a table.
     #[error("archive {url}: {message}")]
     Archive {
@@ -32,9 +35,20 @@ pub enum QueryError {
     },
 }
 
-/// A SQL session with the archive's tables registered.
+/// A SQL session with the archive's tables registered. Read-only: statements that define
+/// tables or views (which could read any local file), write (`INSERT`, `COPY`) or change the
+/// session are refused, unless external tables were explicitly allowed.
 pub struct ArchiveSession {
     ctx: SessionContext,
+    options: SQLOptions,
+}
+
+/// What a session's users may run: queries only.
+fn read_only() -> SQLOptions {
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
 }
 
 /// The session settings every SQL surface of auditlake shares (queries, backtests, rules).
@@ -123,7 +137,16 @@ impl ArchiveSession {
         // Each version of an RBAC object with the time the next one replaced it, so "who was
         // bound to what at T" is `valid_from <= T AND (valid_until IS NULL OR valid_until > T)`.
         ctx.sql(RBAC_STATE_VIEW).await?;
-        Ok(Self { ctx })
+        Ok(Self {
+            ctx,
+            options: read_only(),
+        })
+    }
+
+    /// Lets `CREATE EXTERNAL TABLE` and `CREATE VIEW` run (to join the archive with a file
+    /// of your own): they can read any file this process can. Writing stays refused.
+    pub fn allow_external_tables(&mut self) {
+        self.options = read_only().with_allow_ddl(true);
     }
 
     /// The underlying DataFusion context, for registering more tables or functions.
@@ -136,7 +159,7 @@ impl ArchiveSession {
         let statements = split_statements(sql);
         let mut last = None;
         for stmt in statements {
-            let df = self.ctx.sql(&stmt).await?;
+            let df = self.ctx.sql_with_options(&stmt, self.options).await?;
             let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
             let batches = df.collect().await?;
             last = Some((schema, batches));
@@ -186,7 +209,8 @@ fn split_statements(sql: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::split_statements;
+    use super::*;
+    use crate::Backtest;
 
     #[test]
     fn splits_on_semicolons_outside_quotes_and_comments() {
@@ -194,5 +218,59 @@ mod tests {
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].trim(), "SELECT 'a;b'");
         assert_eq!(s[1].trim(), "SELECT 2");
+    }
+
+    async fn empty_session() -> (tempfile::TempDir, ArchiveSession) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = Url::from_directory_path(dir.path()).unwrap();
+        let store = Arc::new(object_store::local::LocalFileSystem::new());
+        let s = ArchiveSession::open(store, &url).await.unwrap();
+        (dir, s)
+    }
+
+    #[tokio::test]
+    async fn statements_that_define_write_or_read_files_are_refused() {
+        let (dir, s) = empty_session().await;
+        let out = dir.path().join("copied.csv");
+        for sql in [
+            "CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'".to_string(),
+            format!("COPY (SELECT 1) TO '{}' STORED AS CSV", out.display()),
+            "INSERT INTO events SELECT * FROM events".to_string(),
+            "CREATE VIEW v AS SELECT 1".to_string(),
+            "SET datafusion.execution.batch_size = 1".to_string(),
+            "SELECT * FROM '/etc/passwd'".to_string(),
+        ] {
+            let e = s.sql(&sql).await.err();
+            assert!(e.is_some(), "{sql} ran");
+        }
+        assert!(!out.exists(), "COPY wrote a file");
+        assert!(s.sql("SELECT count(*) FROM events").await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_rule_condition_is_one_expression_never_a_second_statement() {
+        let (dir, s) = empty_session().await;
+        let out = dir.path().join("smuggled.csv");
+        let smuggled = format!("TRUE; COPY (SELECT 1) TO '{}' STORED AS CSV", out.display());
+        let b = Backtest {
+            condition: &smuggled,
+            details: None,
+            scope: "TRUE",
+            outcome: "'observed'",
+            since_micros: 0,
+        };
+        let e = s
+            .backtest(&b)
+            .await
+            .expect_err("a smuggled statement must not parse");
+        assert!(e.to_string().contains("condition"), "{e}");
+        assert!(!out.exists());
+        let ok = Backtest {
+            condition: "verb = 'create'",
+            ..b
+        };
+        let (schema, batches) = s.backtest(&ok).await.unwrap();
+        assert_eq!(schema.field(2).name(), "outcome");
+        assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
     }
 }
