@@ -457,6 +457,9 @@ impl Supervisor {
             }
             tracing::error!(error = %message, record, restart_in_seconds = backoff.as_secs(),
                 "the archiver failed; restarting it from the last commit");
+            // Not ready until a commit succeeds again.
+            self.health
+                .commit_failed(format!("the archiver failed and is restarting: {message}"));
             if let Some(d) = &kit.detection {
                 // Blocks briefly: the detection thread answers once its queue is seen.
                 d.discard_uncommitted()?;

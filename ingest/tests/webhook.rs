@@ -1,5 +1,6 @@
 //! The webhook target over real HTTP and TLS on loopback: authentication, bad bodies,
-//! poison events, resends, backpressure. Certificates are generated per test.
+//! poison events, resends, backpressure, and the hardening regressions (each test is named
+//! after the failure it prevents). Certificates are generated per test.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::collections::HashSet;
@@ -7,7 +8,9 @@ use std::path::Path;
 
 use arrow::array::AsArray;
 use auditlake_fixtures::{Mix, TrafficGenerator};
-use auditlake_ingest::{Archive, ArchiveLocation, Bound, ServeConfig, ServeSummary, serve};
+use auditlake_ingest::{
+    Archive, ArchiveLocation, Bound, ServeConfig, ServeError, ServeSummary, serve,
+};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use tokio::sync::oneshot;
 
@@ -15,7 +18,7 @@ use tokio::sync::oneshot;
 struct Running {
     bound: Bound,
     stop: oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<ServeSummary>,
+    done: tokio::task::JoinHandle<Result<ServeSummary, ServeError>>,
 }
 
 async fn start(archive_dir: &Path, config: ServeConfig) -> Running {
@@ -34,7 +37,6 @@ async fn start(archive_dir: &Path, config: ServeConfig) -> Running {
             Some(bound_tx),
         )
         .await
-        .unwrap()
     });
     let bound = bound_rx.await.unwrap();
     Running { bound, stop, done }
@@ -42,9 +44,49 @@ async fn start(archive_dir: &Path, config: ServeConfig) -> Running {
 
 impl Running {
     async fn stop(self) -> ServeSummary {
-        self.stop.send(()).unwrap();
-        self.done.await.unwrap()
+        let _ = self.stop.send(());
+        self.done.await.unwrap().unwrap()
     }
+
+    /// `/readyz`: its status code and text.
+    async fn readyz(&self) -> (u16, String) {
+        let r = reqwest::get(format!("http://{}/readyz", self.bound.ops))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// `/metrics` text.
+    async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.bound.ops))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits up to `secs` for `/readyz` to answer `code`; returns its text.
+    async fn wait_readyz(&self, code: u16, secs: u64) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let (got, text) = self.readyz().await;
+            if got == code {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz still {got} ({text}) after {secs} s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// The value of the metric line starting with `name` (no labels), if present.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn base_config(dir: &Path) -> ServeConfig {
@@ -456,4 +498,611 @@ async fn a_bare_event_and_ndjson_are_accepted_too() {
         .map(|e| e["auditID"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(got, want);
+}
+
+// ---------------------------------------------------------------------------------------
+// Hardening regressions: each test is named after the failure it prevents.
+
+const TOKEN: &str = "apiserver-token-0123456789abcdef";
+
+/// TLS with mutual TLS (client certificates from `pki`'s CA) and the bearer token `TOKEN`.
+fn tls_config(dir: &Path, pki: &auditlake_fixtures::Pki, tokens: &str) -> ServeConfig {
+    let files = pki.write_to(&dir.join("pki")).unwrap();
+    let tokens_file = dir.join("tokens");
+    std::fs::write(&tokens_file, tokens).unwrap();
+    ServeConfig {
+        tls_cert: Some(files.server_cert),
+        tls_key: Some(files.server_key),
+        client_ca: Some(files.ca),
+        bearer_tokens_file: Some(tokens_file),
+        ..base_config(dir)
+    }
+}
+
+/// An HTTPS client trusting `pki`'s CA, presenting `identity` (certificate + key PEM).
+fn https_client(
+    pki: &auditlake_fixtures::Pki,
+    identity: Option<&str>,
+    addr: std::net::SocketAddr,
+) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
+        .resolve("localhost", addr);
+    if let Some(id) = identity {
+        b = b.identity(reqwest::Identity::from_pem(id.as_bytes()).unwrap());
+    }
+    b.build().unwrap()
+}
+
+/// POSTs `body` to `path` of the TLS webhook at `addr` with the bearer token; the status.
+async fn post_tls(
+    client: &reqwest::Client,
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: String,
+) -> u16 {
+    client
+        .post(format!("https://localhost:{}{path}", addr.port()))
+        .header("Content-Type", "application/json")
+        .bearer_auth(TOKEN)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+fn ids(items: &[serde_json::Value]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|e| {
+            (
+                e["auditID"].as_str().unwrap().to_string(),
+                e["stage"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_fails_then_recovers_loses_nothing_and_readyz_says_why_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive_dir = dir.path().join("archive");
+    let pki = auditlake_fixtures::Pki::generate("prod-eu").unwrap();
+    let config = ServeConfig {
+        flush_interval_seconds: 1,
+        cluster_from_client_cert: true,
+        ..tls_config(dir.path(), &pki, &format!("{TOKEN} apiserver\n"))
+    };
+    let server = start(&archive_dir, config).await;
+    server.wait_readyz(200, 10).await;
+    // The archive's events/ becomes a regular file: every put under it fails.
+    std::fs::create_dir_all(&archive_dir).unwrap();
+    std::fs::write(archive_dir.join("events"), b"not a directory").unwrap();
+    let client = https_client(&pki, Some(&pki.client_identity_pem), server.bound.webhook);
+    let mut sent = HashSet::new();
+    for seed in 0..5 {
+        let items = generated(100 + seed, 40);
+        let status = post_tls(
+            &client,
+            server.bound.webhook,
+            "/audit/webhook",
+            event_list(&items),
+        )
+        .await;
+        assert_eq!(
+            status, 200,
+            "the log keeps taking requests while the store fails"
+        );
+        sent.extend(ids(&items));
+    }
+    let why = server.wait_readyz(503, 20).await;
+    assert!(
+        why.contains("archiving is failing") && why.contains("events"),
+        "{why}"
+    );
+    let m = server.metrics().await;
+    assert!(
+        metric(&m, "auditlake_commit_failures_total").unwrap() >= 1.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "auditlake_archiving_failing"), Some(1.0));
+    assert!(metric(&m, "auditlake_last_commit_error_timestamp_seconds").unwrap() > 0.0);
+    assert!(metric(&m, "auditlake_wal_oldest_unarchived_age_seconds").is_some());
+    // The store recovers: archiving resumes by itself, nothing lost, nothing twice.
+    std::fs::remove_file(archive_dir.join("events")).unwrap();
+    server.wait_readyz(200, 45).await;
+    let m = server.metrics().await;
+    assert_eq!(metric(&m, "auditlake_archiving_failing"), Some(0.0), "{m}");
+    let summary = server.stop().await;
+    assert_eq!(summary.events_committed, 200);
+    let rows = archived_rows(&archive_dir);
+    let got: HashSet<_> = rows
+        .iter()
+        .map(|(i, s, _)| (i.clone(), s.clone()))
+        .collect();
+    assert_eq!(rows.len(), 200);
+    assert_eq!(got, sent);
+}
+
+/// A body of millions of tiny values: slow to decode, so the test can act meanwhile.
+fn zeros_body(bytes: usize) -> String {
+    let mut s = String::with_capacity(bytes);
+    s.push('[');
+    while s.len() + 3 < bytes {
+        s.push_str("0,");
+    }
+    s.push_str("0]");
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archiver_that_keeps_failing_stops_the_server_with_an_error_instead_of_lingering() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive_dir = dir.path().join("archive");
+    let config = ServeConfig {
+        insecure_plain_http: true,
+        allow_unauthenticated: true,
+        wal_segment_bytes: 1, // one record per segment
+        ..base_config(dir.path())
+    };
+    let server = start(&archive_dir, config).await;
+    let url = format!("http://{}/audit/webhook/prod", server.bound.webhook);
+    let http = reqwest::Client::new();
+    for body in [zeros_body(16 << 20), event_list(&generated(7, 5))] {
+        let r = http
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // While the archiver decodes the first body, the second record's segment disappears:
+    // the archiver cannot read on, now or after any restart from the last commit.
+    std::fs::remove_file(dir.path().join("wal").join(format!("{:020}.wal", 2))).unwrap();
+    let (code, why) = {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let r = server.readyz().await;
+            if r.0 == 503 || std::time::Instant::now() > deadline {
+                break r;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    };
+    assert_eq!(code, 503, "not ready while the archiver restarts: {why}");
+    let outcome = tokio::time::timeout(std::time::Duration::from_secs(180), server.done)
+        .await
+        .expect("the server must stop by itself, not linger")
+        .unwrap();
+    let e = outcome.expect_err("archiving cannot go on: an error, so the process exits non-zero");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("the archiver failed") && msg.contains("without committing anything"),
+        "{msg}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_or_a_bound_token_cannot_post_events_of_another_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive_dir = dir.path().join("archive");
+    let pki = auditlake_fixtures::Pki::generate("prod-eu").unwrap();
+    let config = ServeConfig {
+        cluster_from_client_cert: true,
+        ..tls_config(dir.path(), &pki, &format!("{TOKEN} apiserver\n"))
+    };
+    let server = start(&archive_dir, config).await;
+    let client = https_client(&pki, Some(&pki.client_identity_pem), server.bound.webhook);
+    let addr = server.bound.webhook;
+    let body = || event_list(&generated(21, 3));
+    assert_eq!(
+        post_tls(&client, addr, "/audit/webhook/prod-us", body()).await,
+        403
+    );
+    assert_eq!(
+        post_tls(&client, addr, "/audit/webhook/prod-eu", body()).await,
+        200
+    );
+    assert_eq!(post_tls(&client, addr, "/audit/webhook", body()).await, 200);
+    server.stop().await;
+    assert!(archive_dir.join("events/cluster=prod-eu").is_dir());
+    assert!(!archive_dir.join("events/cluster=prod-us").exists());
+
+    // A token that names its clusters (TLS without client certificates).
+    let dir = tempfile::tempdir().unwrap();
+    let archive_dir = dir.path().join("archive");
+    let config = ServeConfig {
+        client_ca: None,
+        ..tls_config(
+            dir.path(),
+            &pki,
+            &format!("{TOKEN} staging-apiserver clusters=staging\n"),
+        )
+    };
+    let server = start(&archive_dir, config).await;
+    let client = https_client(&pki, None, server.bound.webhook);
+    let addr = server.bound.webhook;
+    assert_eq!(
+        post_tls(&client, addr, "/audit/webhook/prod", body()).await,
+        403
+    );
+    assert_eq!(post_tls(&client, addr, "/audit/webhook", body()).await, 200);
+    server.stop().await;
+    assert!(archive_dir.join("events/cluster=staging").is_dir());
+    assert!(!archive_dir.join("events/cluster=prod").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_bit_mid_log_loses_only_that_record_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive_dir = dir.path().join("archive");
+    let wal_dir = dir.path().join("wal");
+    // A log of ten accepted requests that were never archived (the process died).
+    let batches: Vec<Vec<serde_json::Value>> = (0..10).map(|i| generated(300 + i, 20)).collect();
+    {
+        let rt = tokio::runtime::Handle::current();
+        let recovered = auditlake_ingest::wal::recover(&wal_dir, |_| {}).unwrap();
+        let (wal, thread) = auditlake_ingest::wal::Wal::start(
+            recovered,
+            auditlake_ingest::wal::WalOptions {
+                dir: wal_dir.clone(),
+                segment_bytes: 64 << 20,
+            },
+            std::sync::Arc::new(|_, _| {}),
+        )
+        .unwrap();
+        for b in &batches {
+            wal.append(
+                "prod".into(),
+                String::new(),
+                auditlake_fixtures_now(),
+                event_list(b).into_bytes().into(),
+            )
+            .await
+            .unwrap();
+        }
+        wal.close();
+        drop(wal);
+        let _ = rt;
+        tokio::task::spawn_blocking(move || thread.join().unwrap())
+            .await
+            .unwrap();
+    }
+    let segment = auditlake_ingest::wal::segment_files(&wal_dir).unwrap()[0].clone();
+    let mut bytes = std::fs::read(&segment).unwrap();
+    // Flip a bit inside the third record's body.
+    let third = nth_frame_start(&bytes, 2);
+    bytes[third + 200] ^= 0x04;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    let config = ServeConfig {
+        insecure_plain_http: true,
+        allow_unauthenticated: true,
+        ..base_config(dir.path())
+    };
+    let server = start(&archive_dir, config).await;
+    server.wait_readyz(200, 30).await;
+    let m = server.metrics().await;
+    assert_eq!(
+        metric(&m, "auditlake_wal_cut_regions_total"),
+        Some(1.0),
+        "{m}"
+    );
+    server.stop().await;
+    let got: HashSet<_> = archived_rows(&archive_dir)
+        .into_iter()
+        .map(|(i, s, _)| (i, s))
+        .collect();
+    let want: HashSet<_> = batches
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .flat_map(|(_, b)| ids(b))
+        .collect();
+    assert_eq!(got, want, "every record but the damaged one is archived");
+    // The damaged bytes are in the archive's quarantine, with the reason.
+    let q = quarantined(&archive_dir);
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert!(
+        q[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("corrupt write-ahead log bytes"),
+        "{q:?}"
+    );
+    assert!(q[0]["raw_len"].as_u64().unwrap() > 1000);
+    assert!(
+        !wal_dir.join("quarantine").read_dir().unwrap().any(|_| true),
+        "the local copy is removed once the archive holds it"
+    );
+}
+
+/// Arrival time for records written straight into a log.
+fn auditlake_fixtures_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// Offset of the `n`th (from 0) frame in a segment: frames start with `ALW1` and a length.
+fn nth_frame_start(segment: &[u8], n: usize) -> usize {
+    let mut at = 0;
+    for _ in 0..n {
+        assert_eq!(&segment[at..at + 4], b"ALW1");
+        let len = u32::from_le_bytes(segment[at + 4..at + 8].try_into().unwrap()) as usize;
+        at += 12 + len;
+    }
+    at
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_ahead_log_never_replays_into_another_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServeConfig {
+        insecure_plain_http: true,
+        allow_unauthenticated: true,
+        ..base_config(dir.path())
+    };
+    let server = start(&dir.path().join("archive-a"), config.clone()).await;
+    server.stop().await;
+    let archive_b = Archive::open(
+        ArchiveLocation::parse(dir.path().join("archive-b").to_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let e = serve(archive_b.clone(), config.clone(), None, async {}, None)
+        .await
+        .expect_err("a log of archive A must not start against archive B");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("archive-a") && msg.contains("archive-b") && msg.contains("--wal-retarget"),
+        "{msg}"
+    );
+    // Re-targeting is explicit.
+    let config = ServeConfig {
+        wal_retarget: true,
+        ..config
+    };
+    serve(archive_b, config, None, async {}, None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_to_start_open_to_anyone_or_in_plain_http_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = auditlake_fixtures::Pki::generate("prod").unwrap();
+    let archive =
+        Archive::open(ArchiveLocation::parse(dir.path().join("a").to_str().unwrap()).unwrap())
+            .unwrap();
+    let no_auth = ServeConfig {
+        client_ca: None,
+        bearer_tokens_file: None,
+        ..tls_config(dir.path(), &pki, "")
+    };
+    let e = serve(archive.clone(), no_auth, None, async {}, None)
+        .await
+        .expect_err("TLS without client CA or tokens must be refused");
+    assert!(
+        e.to_string().contains("no client authentication")
+            && e.to_string().contains("--allow-unauthenticated"),
+        "{e}"
+    );
+    let plain_everywhere = ServeConfig {
+        insecure_plain_http: true,
+        allow_unauthenticated: true,
+        listen: "0.0.0.0:0".into(),
+        ..base_config(dir.path())
+    };
+    let e = serve(
+        archive.clone(),
+        plain_everywhere.clone(),
+        None,
+        async {},
+        None,
+    )
+    .await
+    .expect_err("plain HTTP beyond loopback must be refused");
+    assert!(e.to_string().contains("loopback"), "{e}");
+    let forced = ServeConfig {
+        allow_plain_http_beyond_loopback: true,
+        ..plain_everywhere
+    };
+    serve(archive, forced, None, async {}, None).await.unwrap();
+}
+
+/// The value of `name{labels}` in the metrics text.
+fn labelled(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Reads until the server closes the connection; `true` if it did within `secs`.
+async fn closed_within(stream: &mut tokio::net::TcpStream, secs: u64) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slowloris_connection_floods_are_cut_and_the_apiserver_still_gets_through() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let archive_dir = dir.path().join("archive");
+    let pki = auditlake_fixtures::Pki::generate("prod").unwrap();
+    let config = ServeConfig {
+        max_connections: 100,
+        header_read_timeout_seconds: 2,
+        request_timeout_seconds: 5,
+        idle_timeout_seconds: 4,
+        ..tls_config(dir.path(), &pki, &format!("{TOKEN} apiserver\n"))
+    };
+    let server = start(&archive_dir, config).await;
+    let addr = server.bound.webhook;
+    // 300 connections that never start TLS, 3 times the cap.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    // 20 that drip a TLS ClientHello, one byte every 300 ms.
+    let drips: Vec<_> = (0..20)
+        .map(|_| {
+            tokio::spawn(async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let started = std::time::Instant::now();
+                for b in [0x16u8, 0x03, 0x01, 0x02, 0x00].iter().cycle() {
+                    if s.write_all(&[*b]).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                    if started.elapsed() > std::time::Duration::from_secs(60) {
+                        break;
+                    }
+                }
+                started.elapsed()
+            })
+        })
+        .collect();
+    // The apiserver, during the flood.
+    let client = https_client(&pki, Some(&pki.client_identity_pem), addr);
+    let sent = std::time::Instant::now();
+    let status = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        post_tls(
+            &client,
+            addr,
+            "/audit/webhook",
+            event_list(&generated(31, 5)),
+        ),
+    )
+    .await
+    .expect("the apiserver's request must get through the flood");
+    assert_eq!(status, 200);
+    let waited = sent.elapsed();
+    // Every flooding connection is cut by the server, within the timeouts (the last wave
+    // waits its turn behind the cap).
+    for (i, c) in idle.iter_mut().enumerate() {
+        assert!(closed_within(c, 20).await, "idle connection {i} still open");
+    }
+    for d in drips {
+        let lasted = d.await.unwrap();
+        assert!(
+            lasted < std::time::Duration::from_secs(20),
+            "a dripping handshake lasted {lasted:?}"
+        );
+    }
+    let m = server.metrics().await;
+    assert!(
+        labelled(
+            &m,
+            "auditlake_connection_timeouts_total{kind=\"handshake\"}"
+        ) >= 300.0,
+        "{m}"
+    );
+    assert!(metric(&m, "auditlake_connections_over_cap_total").unwrap() >= 1.0);
+    server.stop().await;
+    eprintln!("apiserver request answered after {waited:?} during a flood of 320 connections");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dripped_headers_or_body_and_silent_http2_clients_are_cut() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServeConfig {
+        insecure_plain_http: true,
+        allow_unauthenticated: true,
+        header_read_timeout_seconds: 2,
+        request_timeout_seconds: 4,
+        idle_timeout_seconds: 30,
+        ..base_config(dir.path())
+    };
+    let server = start(&dir.path().join("archive"), config).await;
+    let addr = server.bound.webhook;
+    // Headers a line at a time, forever.
+    let mut headers = tokio::net::TcpStream::connect(addr).await.unwrap();
+    headers
+        .write_all(b"POST /audit/webhook HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let drip = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        while headers.write_all(b"X-Slow: 1\r\n").await.is_ok()
+            && started.elapsed() < std::time::Duration::from_secs(30)
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+        started.elapsed()
+    });
+    // Complete headers, then a body a byte at a time: 408 at the request timeout.
+    let mut body = tokio::net::TcpStream::connect(addr).await.unwrap();
+    body.write_all(
+        b"POST /audit/webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n[",
+    )
+    .await
+    .unwrap();
+    let body_drip = tokio::spawn(async move {
+        let started = std::time::Instant::now();
+        let mut answer = Vec::new();
+        loop {
+            use tokio::io::AsyncReadExt;
+            let mut buf = [0u8; 512];
+            tokio::select! {
+                n = body.read(&mut buf) => match n {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                },
+                () = tokio::time::sleep(std::time::Duration::from_millis(300)) => {
+                    if body.write_all(b"0").await.is_err() { break; }
+                }
+            }
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                break;
+            }
+        }
+        (
+            started.elapsed(),
+            String::from_utf8_lossy(&answer).into_owned(),
+        )
+    });
+    // An HTTP/2 client that sends its preface and then nothing.
+    let mut h2 = tokio::net::TcpStream::connect(addr).await.unwrap();
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    h2.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap(); // empty SETTINGS
+    let silent_h2 = std::time::Instant::now();
+    assert!(
+        closed_within(&mut h2, 10).await,
+        "silent HTTP/2 client kept"
+    );
+    assert!(silent_h2.elapsed() < std::time::Duration::from_secs(6));
+    let lasted = drip.await.unwrap();
+    assert!(
+        lasted < std::time::Duration::from_secs(8),
+        "dripped headers kept the connection {lasted:?}"
+    );
+    let (lasted, answer) = body_drip.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(lasted < std::time::Duration::from_secs(10), "{lasted:?}");
+    let m = server.metrics().await;
+    assert!(labelled(&m, "auditlake_connection_timeouts_total{kind=\"request\"}") >= 1.0);
+    assert!(
+        labelled(&m, "auditlake_connection_timeouts_total{kind=\"header\"}") >= 1.0,
+        "{m}"
+    );
+    server.stop().await;
 }
