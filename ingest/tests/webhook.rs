@@ -39,7 +39,10 @@ async fn start(archive_dir: &Path, config: ServeConfig) -> Running {
         .await
     });
     let bound = bound_rx.await.unwrap();
-    Running { bound, stop, done }
+    let running = Running { bound, stop, done };
+    // Requests get 503 until the log is replayed, as an apiserver would be told.
+    running.wait_readyz(200, 60).await;
+    running
 }
 
 impl Running {
@@ -652,7 +655,7 @@ async fn an_archiver_that_keeps_failing_stops_the_server_with_an_error_instead_o
     let server = start(&archive_dir, config).await;
     let url = format!("http://{}/audit/webhook/prod", server.bound.webhook);
     let http = reqwest::Client::new();
-    for body in [zeros_body(16 << 20), event_list(&generated(7, 5))] {
+    for body in [zeros_body(4 << 20), event_list(&generated(7, 5))] {
         let r = http
             .post(&url)
             .header("Content-Type", "application/json")

@@ -12,6 +12,7 @@ use simd_json::prelude::*;
 use simd_json::tape::{Array, Object, Value};
 use simd_json::{Buffers, INPUT_PADDING, Tape, fill_tape_padded};
 
+use crate::large_document;
 use crate::tape_span::{Doc, Located};
 
 use crate::event_builder::EventBatchBuilder;
@@ -120,6 +121,15 @@ impl Parser {
 
 /// Inputs up to this size leave their parse buffers for the next input to reuse.
 const KEEP_PARSER_BUFFERS_UP_TO: usize = 4 << 20;
+
+/// Documents larger than this are cut into their events before parsing (see
+/// [`crate::large_document`]): memory then follows the largest event, not the document.
+const LARGE_DOCUMENT_BYTES: usize = 1 << 20;
+
+/// Where `part` (a slice of `whole`) starts in it.
+fn offset_in(whole: &[u8], part: &[u8]) -> u64 {
+    (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize) as u64
+}
 
 /// Bodies up to this size are checked with simd-json (fast, but its tape of a large input
 /// can be ten times the input); larger ones with serde_json, which allocates nothing.
@@ -324,17 +334,161 @@ impl EventDecoder {
         quarantine: &mut Vec<Quarantined>,
     ) -> usize {
         let mut q = Bounded::new(quarantine, self.options.max_quarantined_per_input);
-        let whole = self.decode_value_bytes(bytes, pos, &mut q);
+        let n = if bytes.len() > LARGE_DOCUMENT_BYTES {
+            self.decode_large(bytes, pos, &mut q)
+        } else {
+            self.decode_small(bytes, pos, &mut q)
+        };
+        self.close_input(q, bytes, pos);
+        n
+    }
+
+    /// A document parsed whole; NDJSON line by line when it is not one value.
+    fn decode_small(&mut self, bytes: &[u8], pos: SourcePos<'_>, q: &mut Bounded<'_>) -> usize {
+        let whole = self.decode_value_bytes(bytes, pos, q);
         // One JSON value that failed to parse may still be NDJSON: retry line by line.
         let parse_failed = whole == 0
             && q.out
                 .get(q.start)
                 .is_some_and(|r| r.reason.starts_with("invalid JSON"));
         if !parse_failed || !contains_two_lines(bytes) {
-            self.close_input(q, bytes, pos);
             return whole;
         }
         q.reset();
+        self.decode_lines(bytes, pos, q)
+    }
+
+    /// A large document, cut into its events first (see [`crate::large_document`]); when it
+    /// is not a sequence of valid JSON values, line by line (or quarantined whole if it is a
+    /// single line).
+    fn decode_large(&mut self, bytes: &[u8], pos: SourcePos<'_>, q: &mut Bounded<'_>) -> usize {
+        let values = match large_document::top_level_values(bytes) {
+            Ok(v) => v,
+            Err(_) if contains_two_lines(bytes) => return self.decode_lines(bytes, pos, q),
+            Err(e) => {
+                let reason = match std::str::from_utf8(bytes) {
+                    Err(utf8) => format!(
+                        "invalid UTF-8: byte {} is not part of a valid UTF-8 sequence",
+                        utf8.valid_up_to()
+                    ),
+                    Ok(_) => format!("invalid JSON: {e}"),
+                };
+                let max = self.options.max_quarantined_bytes;
+                q.push_with(|| quarantine_record(pos, None, reason, bytes, max));
+                return 0;
+            }
+        };
+        let mut appended = 0;
+        let whole_up_to = KEEP_PARSER_BUFFERS_UP_TO;
+        for v in values {
+            let piece_pos = SourcePos {
+                byte_offset: pos.byte_offset + offset_in(bytes, v.get().as_bytes()),
+                ..pos
+            };
+            let cut = large_document::pieces(v, whole_up_to, &mut |piece| {
+                appended += self.decode_piece(piece, piece_pos, q);
+            });
+            if let Err(e) = cut {
+                // The value was valid JSON a moment ago: only serde's limits (nesting depth)
+                // can stop the cut. Say so rather than parse it whole.
+                let max = self.options.max_quarantined_bytes;
+                let raw = v.get().as_bytes();
+                q.push_with(|| {
+                    quarantine_record(piece_pos, None, format!("cannot split: {e}"), raw, max)
+                });
+            }
+        }
+        self.input_bytes += bytes.len();
+        appended
+    }
+
+    /// Decodes one piece of a large document.
+    fn decode_piece(
+        &mut self,
+        piece: large_document::Piece<'_>,
+        pos: SourcePos<'_>,
+        q: &mut Bounded<'_>,
+    ) -> usize {
+        let max_event = self.options.max_event_bytes;
+        let max = self.options.max_quarantined_bytes;
+        match piece {
+            large_document::Piece::Whole(raw) if raw.len() > max_event => {
+                let reason = format!(
+                    "event of {} bytes exceeds max_event_bytes ({max_event})",
+                    raw.len()
+                );
+                q.push_with(|| quarantine_record(pos, None, reason, raw, max));
+                0
+            }
+            large_document::Piece::Whole(raw) => self.decode_value_bytes(raw, pos, q),
+            large_document::Piece::Item { raw, index, .. } if raw.len() > max_event => {
+                let reason = format!(
+                    "item {index}: event of {} bytes exceeds max_event_bytes ({max_event})",
+                    raw.len()
+                );
+                q.push_with(|| quarantine_record(pos, Some(index), reason, raw, max));
+                0
+            }
+            large_document::Piece::Item {
+                raw,
+                index,
+                list_api_version,
+            } => self.decode_item(raw, pos, index, list_api_version, q),
+            large_document::Piece::BadItems(raw, found) => {
+                let reason = format!("EventList field `items`: expected array, found {found}");
+                q.push_with(|| quarantine_record(pos, None, reason, raw, max));
+                0
+            }
+        }
+    }
+
+    /// Decodes one item of a list as an event.
+    fn decode_item(
+        &mut self,
+        bytes: &[u8],
+        pos: SourcePos<'_>,
+        index: u64,
+        list_api_version: Option<&str>,
+        quarantine: &mut Bounded<'_>,
+    ) -> usize {
+        let Self {
+            cluster,
+            builder,
+            parser,
+            scratch,
+            ingested_at,
+            options,
+            ..
+        } = self;
+        let ctx = Ctx {
+            cluster,
+            ingested_at: *ingested_at,
+            pos,
+            max_quarantined: options.max_quarantined_bytes,
+            doc: Doc::new(&[], &[]),
+        };
+        // The bytes are one valid JSON value (serde cut them out), so parsing succeeds.
+        let parsed = parser.parse(bytes, |root, doc| {
+            let ctx = Ctx { doc, ..ctx };
+            match append_event(root, list_api_version, &ctx, Some(index), builder, scratch) {
+                Ok(()) => 1,
+                Err(reason) => {
+                    quarantine
+                        .push_with(|| record_of_value(root, &ctx, Some(index), reason, scratch));
+                    0
+                }
+            }
+        });
+        parsed.unwrap_or_else(|e| {
+            let max = self.options.max_quarantined_bytes;
+            let reason = format!("item {index}: invalid JSON: {e}");
+            quarantine.push_with(|| quarantine_record(pos, Some(index), reason, bytes, max));
+            0
+        })
+    }
+
+    /// NDJSON: each line on its own (lines over `max_event_bytes` quarantined unparsed).
+    fn decode_lines(&mut self, bytes: &[u8], pos: SourcePos<'_>, q: &mut Bounded<'_>) -> usize {
         let mut appended = 0;
         for (line_no, start, line) in lines(bytes) {
             let line_pos = SourcePos {
@@ -352,9 +506,8 @@ impl EventDecoder {
                 q.push_with(|| quarantine_record(line_pos, None, reason, line, max));
                 continue;
             }
-            appended += self.decode_value_bytes(line, line_pos, &mut q);
+            appended += self.decode_value_bytes(line, line_pos, q);
         }
-        self.close_input(q, bytes, pos);
         appended
     }
 

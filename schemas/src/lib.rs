@@ -8,6 +8,7 @@ mod decoder;
 mod derived_tables;
 mod event_builder;
 mod events_schema;
+mod large_document;
 mod tape_span;
 pub mod timestamp;
 

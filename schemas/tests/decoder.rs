@@ -245,3 +245,113 @@ fn bodies_are_kept_as_the_bytes_they_arrived_as() {
         );
     }
 }
+
+fn pos(source: &str) -> SourcePos<'_> {
+    SourcePos {
+        source,
+        line: None,
+        byte_offset: 0,
+    }
+}
+
+#[test]
+fn a_large_eventlist_decodes_item_by_item_to_the_same_rows_as_its_lines() {
+    // ~2 MB: over the size at which documents are cut into events before parsing.
+    let ndjson = auditlake_fixtures::TrafficGenerator::new(41, Default::default()).ndjson(2_500);
+    let mut items: Vec<&str> = ndjson.lines().collect();
+    let poison = r#"{"auditID":"p","requestReceivedTimestamp":7}"#;
+    items.insert(100, poison);
+    let doc = format!(
+        r#"{{"items":[{}],"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{{}}}}"#,
+        items.join(",")
+    );
+    assert!(doc.len() > 1 << 20);
+    let mut d = EventDecoder::new("c", DecoderOptions::default());
+    let mut q = Vec::new();
+    let n = d.decode_document(doc.as_bytes(), pos("webhook"), &mut q);
+    assert_eq!(n, 2_500);
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0].item, Some(100));
+    assert!(
+        q[0].reason
+            .starts_with("item 100: field `requestReceivedTimestamp`")
+    );
+    let large = d.finish_batch().unwrap();
+    let (lines_batch, lq) = decode_lines(ndjson.as_bytes(), DecoderOptions::default());
+    assert!(lq.is_empty());
+    let small = lines_batch.unwrap();
+    assert_eq!(large.num_rows(), small.num_rows());
+    for field in large.schema().fields() {
+        let name = field.name();
+        if [col::SOURCE_REF, col::INGESTED_AT, col::CLUSTER].contains(&name.as_str()) {
+            continue;
+        }
+        assert_eq!(
+            large.column_by_name(name).unwrap().as_ref(),
+            small.column_by_name(name).unwrap().as_ref(),
+            "column {name} differs between the item-by-item and the whole decode"
+        );
+    }
+}
+
+#[test]
+fn a_body_of_millions_of_bad_items_costs_a_hundred_records_and_one_summary() {
+    let mut doc = String::from("[");
+    for _ in 0..1_000_000 {
+        doc.push_str("0,");
+    }
+    doc.push_str("0]");
+    let options = DecoderOptions::default();
+    let cap = options.max_quarantined_per_input;
+    let mut d = EventDecoder::new("c", options);
+    let mut q = Vec::new();
+    assert_eq!(d.decode_document(doc.as_bytes(), pos("webhook"), &mut q), 0);
+    assert_eq!(q.len(), cap + 1);
+    let summary = q.last().unwrap();
+    assert!(
+        summary
+            .reason
+            .starts_with("1000001 items of this input could not be decoded"),
+        "{}",
+        summary.reason
+    );
+    assert_eq!(
+        summary.raw,
+        doc.as_bytes(),
+        "the summary keeps the whole input"
+    );
+    assert_eq!(d.take_summarised(), 1_000_001 - cap as u64);
+}
+
+#[test]
+fn a_large_body_that_is_not_json_is_quarantined_or_read_line_by_line() {
+    let good = r#"{"auditID":"a","requestReceivedTimestamp":"2026-11-01T00:00:00Z","stageTimestamp":"2026-11-01T00:00:00Z"}"#;
+    // NDJSON of 20k lines with one broken line: the rest is kept.
+    let mut text = String::new();
+    for i in 0..20_000 {
+        if i == 7 {
+            text.push_str("{oops\n");
+        } else {
+            text.push_str(&good.replace("\"a\"", &format!("\"a{i}\"")));
+            text.push('\n');
+        }
+    }
+    assert!(text.len() > 1 << 20);
+    let mut d = EventDecoder::new("c", DecoderOptions::default());
+    let mut q = Vec::new();
+    assert_eq!(
+        d.decode_document(text.as_bytes(), pos("webhook"), &mut q),
+        19_999
+    );
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].line, Some(8));
+    // One huge line of garbage: one record, no parse of the whole.
+    let garbage = format!("[{}", "1,".repeat(1 << 20));
+    let mut q = Vec::new();
+    assert_eq!(
+        d.decode_document(garbage.as_bytes(), pos("webhook"), &mut q),
+        0
+    );
+    assert_eq!(q.len(), 1);
+    assert!(q[0].reason.starts_with("invalid JSON"), "{}", q[0].reason);
+}
