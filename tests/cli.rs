@@ -3,104 +3,15 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use auditlake_fixtures::{Mix, TrafficGenerator};
 
-const BIN: &str = env!("CARGO_BIN_EXE_auditlake");
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
-
-/// One HTTP/1.1 request; the status code, or `None` if the connection failed.
-fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Option<u16> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(30))).ok()?;
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).ok()?;
-    answer.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn start(dir: &Path, webhook: SocketAddr, ops: SocketAddr, stderr: Stdio) -> Child {
-    let child = Command::new(BIN)
-        .args([
-            "--archive",
-            dir.join("archive").to_str().unwrap(),
-            "serve",
-            "--insecure-plain-http",
-            "--allow-unauthenticated",
-        ])
-        .args([
-            "--listen",
-            &webhook.to_string(),
-            "--ops-listen",
-            &ops.to_string(),
-        ])
-        .args([
-            "--wal-dir",
-            dir.join("wal").to_str().unwrap(),
-            "--flush-interval-seconds",
-            "1",
-        ])
-        .env("AUDITLAKE_LOG", "warn")
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while http(ops, "GET", "/readyz", b"") != Some(200) {
-        assert!(Instant::now() < deadline, "server did not become ready");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child
-}
-
-/// Runs `auditlake --archive <archive> <args>` (warnings-only log), asserts it succeeded,
-/// returns its stdout.
-fn auditlake_ok<S: AsRef<std::ffi::OsStr>>(archive: &Path, args: &[S]) -> String {
-    let out = Command::new(BIN)
-        .arg("--archive")
-        .arg(archive)
-        .args(args)
-        .env("AUDITLAKE_LOG", "warn")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// `auditlake query --format csv` over the archive at `archive`: its stdout.
-fn query_csv(archive: &Path, sql: &str) -> String {
-    auditlake_ok(archive, &["query", "--format", "csv", sql])
-}
-
-/// The JSON objects of an NDJSON file.
-fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
+mod common;
+use common::*;
 
 #[test]
 fn every_acknowledged_event_survives_sigkill_exactly_once() {

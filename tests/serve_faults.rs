@@ -1,0 +1,509 @@
+//! `auditlake serve` under hostile input and faults, as a real process: memory stays
+//! bounded (peak RSS read from /proc), a record that kills the archiver is set aside, a
+//! restart is ready as soon as its replay is archived, a stuck alert target stalls nothing,
+//! and SQL stays read-only. Each test is named after the failure it prevents.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+mod common;
+use common::*;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use auditlake_fixtures::{Mix, TrafficGenerator};
+
+/// Peak RSS allowed for `serve` (debug build) holding and archiving one 16 MiB body of
+/// millions of tiny values; see README "Memory" (release builds need less).
+const MAX_RSS_ONE_HOSTILE_BODY_MIB: f64 = 256.0;
+/// Peak RSS allowed for `serve` (debug build) while 12 clients post 16 MiB bodies at once
+/// (the body budget, 128 MiB by default, bounds what is held).
+const MAX_RSS_CONCURRENT_BODIES_MIB: f64 = 400.0;
+
+fn zeros_body(bytes: usize) -> Vec<u8> {
+    let mut s = Vec::with_capacity(bytes);
+    s.push(b'[');
+    while s.len() + 3 < bytes {
+        s.extend_from_slice(b"0,");
+    }
+    s.extend_from_slice(b"0]");
+    s
+}
+
+/// NDJSON lines of the committed quarantine files.
+fn quarantine_records(archive: &std::path::Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let Ok(clusters) = std::fs::read_dir(archive.join("_quarantine")) else {
+        return out;
+    };
+    for c in clusters {
+        for f in std::fs::read_dir(c.unwrap().path()).unwrap() {
+            out.extend(read_ndjson(&f.unwrap().path()));
+        }
+    }
+    out
+}
+
+fn parquet_files(dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    for e in entries {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            n += parquet_files(&p);
+        } else if p.extension().is_some_and(|x| x == "parquet") {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn a_16_mib_body_of_tiny_values_costs_bounded_memory_and_101_quarantine_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::spawn(
+        dir.path(),
+        &["--flush-interval-seconds", "1", "--findings", "none"],
+        None,
+        Stdio::null(),
+    );
+    server.wait_ready(60);
+    let body = zeros_body(16 << 20);
+    assert_eq!(server.post("prod", &body), Some(200));
+    server.wait_metric("auditlake_commits_total", 1.0, 120);
+    let peak = server.peak_rss_mib();
+    let (status, _) = server.terminate(60);
+    assert!(status.success());
+    let q = quarantine_records(&dir.path().join("archive"));
+    assert_eq!(q.len(), 101, "100 items one by one and one summary");
+    let summary = q.iter().find(|r| r.get("item").is_none()).unwrap();
+    assert_eq!(summary["raw_len"], body.len());
+    let items = body.iter().filter(|b| **b == b',').count() + 1;
+    assert!(
+        summary["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{items} items of this input could not be decoded")),
+        "{}",
+        summary["reason"]
+    );
+    let bytes: u64 = std::fs::read_dir(dir.path().join("archive/_quarantine/cluster=default"))
+        .unwrap()
+        .map(|f| f.unwrap().metadata().unwrap().len())
+        .sum();
+    assert!(bytes < 17 << 20, "quarantine of {bytes} bytes");
+    eprintln!("16 MiB hostile body: peak RSS {peak:.0} MiB, quarantine {bytes} bytes");
+    assert!(
+        peak < MAX_RSS_ONE_HOSTILE_BODY_MIB,
+        "peak RSS {peak:.0} MiB"
+    );
+}
+
+#[test]
+fn events_with_thousands_of_distinct_hours_open_one_partition_not_thousands() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::spawn(
+        dir.path(),
+        &["--flush-interval-seconds", "1", "--findings", "none"],
+        None,
+        Stdio::null(),
+    );
+    server.wait_ready(60);
+    // 8,000 events whose request times are 8,000 distinct hours, years apart.
+    let mut body = String::new();
+    let events = TrafficGenerator::new(77, Mix::default()).ndjson(8_000);
+    for (i, line) in events.lines().enumerate() {
+        let mut e: serde_json::Value = serde_json::from_str(line).unwrap();
+        let hour = 1_000_000_000_000_000i64 + i as i64 * 3_600_000_000;
+        let t = time_text(hour);
+        e["requestReceivedTimestamp"] = t.clone().into();
+        e["stageTimestamp"] = t.into();
+        body.push_str(&e.to_string());
+        body.push('\n');
+    }
+    assert_eq!(server.post("prod", body.as_bytes()), Some(200));
+    server.wait_metric("auditlake_events_committed_total", 8_000.0, 120);
+    assert_eq!(
+        server.metric("auditlake_events_out_of_window_total"),
+        8_000.0
+    );
+    let peak = server.peak_rss_mib();
+    assert!(server.terminate(60).0.success());
+    let archive = dir.path().join("archive");
+    let files = parquet_files(&archive.join("events"));
+    assert!(files <= 2, "{files} Parquet files for one request");
+    let csv = query_csv(
+        &archive,
+        "SELECT count(*) AS n, count(DISTINCT date_trunc('hour', request_received_at)) AS hours FROM events",
+    );
+    assert_eq!(
+        csv.lines().nth(1),
+        Some("8000,8000"),
+        "true times kept: {csv}"
+    );
+    eprintln!("8,000 distinct hours: {files} file(s), peak RSS {peak:.0} MiB");
+    assert!(
+        peak < MAX_RSS_ONE_HOSTILE_BODY_MIB,
+        "peak RSS {peak:.0} MiB"
+    );
+}
+
+/// RFC 3339 text of `micros` (UTC).
+fn time_text(micros: i64) -> String {
+    auditlake_schema::timestamp::format_rfc3339_micros(micros)
+}
+
+#[test]
+fn many_concurrent_large_bodies_stay_within_the_body_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::spawn(
+        dir.path(),
+        &["--findings", "none", "--flush-interval-seconds", "1"],
+        None,
+        Stdio::null(),
+    );
+    server.wait_ready(60);
+    // Twelve 16 MiB NDJSON bodies of real events at once.
+    let line_events = TrafficGenerator::new(5, Mix::default())
+        .starting_recently(60)
+        .ndjson(2_000);
+    let mut body = Vec::new();
+    while body.len() + line_events.len() < (16 << 20) - 1 {
+        body.extend_from_slice(line_events.as_bytes());
+    }
+    let body = std::sync::Arc::new(body);
+    let webhook = server.webhook;
+    let answers: Vec<Option<u16>> = (0..12)
+        .map(|_| {
+            let body = body.clone();
+            std::thread::spawn(move || http(webhook, "POST", "/audit/webhook/prod", &body))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().unwrap())
+        .collect();
+    let ok = answers.iter().filter(|a| **a == Some(200)).count();
+    let busy = answers.iter().filter(|a| **a == Some(503)).count();
+    assert_eq!(ok + busy, 12, "every client got 200 or 503: {answers:?}");
+    assert!(ok >= 1);
+    let peak = server.peak_rss_mib();
+    server.kill();
+    eprintln!(
+        "12 concurrent 16 MiB bodies: {ok} stored, {busy} told to retry, peak RSS {peak:.0} MiB"
+    );
+    assert!(
+        peak < MAX_RSS_CONCURRENT_BODIES_MIB,
+        "peak RSS {peak:.0} MiB"
+    );
+}
+
+#[test]
+fn a_record_that_kills_the_archiver_is_set_aside_after_three_tries_and_replay_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    // One event whose request body is 4 million tiny values: under a 200 MB data limit the
+    // archiver cannot parse it and the process aborts, as it would under a memory limit.
+    let n = ((8 << 20) - 400) / 2;
+    let mut poison = String::from(
+        r#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"auditID":"poison","stage":"ResponseComplete","requestReceivedTimestamp":"2026-12-01T00:00:00Z","stageTimestamp":"2026-12-01T00:00:00Z","requestObject":["#,
+    );
+    for _ in 0..n - 1 {
+        poison.push_str("0,");
+    }
+    poison.push_str("0]}]}");
+    let limited = Some("ulimit -d 200000;");
+    let args = ["--findings", "none", "--flush-interval-seconds", "3600"];
+    let mut first = Server::spawn(dir.path(), &args, limited, Stdio::null());
+    first.wait_ready(60);
+    assert_eq!(first.post("prod", poison.as_bytes()), Some(200));
+    let status = wait_exit(&mut first.child, 60);
+    assert!(
+        !status.success(),
+        "the archiver died on the record: {status}"
+    );
+    // Every restart replays the record and dies on it again...
+    for attempt in 2..=3 {
+        let mut again = Server::spawn(dir.path(), &args, limited, Stdio::null());
+        let status = wait_exit(&mut again.child, 60);
+        assert!(!status.success(), "attempt {attempt}: {status}");
+    }
+    // ...until it has failed three times: then it is set aside and the replay goes on.
+    let mut server = Server::spawn(dir.path(), &args, limited, Stdio::piped());
+    server.wait_ready(60);
+    let good = TrafficGenerator::new(8, Mix::default())
+        .starting_recently(60)
+        .event_list(20);
+    assert_eq!(server.post("prod", good.as_bytes()), Some(200));
+    assert_eq!(server.metric("auditlake_wal_poison_records_total"), 1.0);
+    let (status, _) = server.terminate(60);
+    assert!(status.success());
+    let q = quarantine_records(&dir.path().join("archive"));
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert!(
+        q[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("the archiver failed 3 times on this write-ahead log record"),
+        "{}",
+        q[0]["reason"]
+    );
+    assert_eq!(q[0]["raw_len"], poison.len(), "the record is kept whole");
+    let csv = query_csv(&dir.path().join("archive"), "SELECT count(*) FROM events");
+    assert_eq!(csv.lines().nth(1), Some("20"));
+}
+
+#[test]
+fn a_restart_with_records_to_replay_is_ready_within_seconds_not_a_flush_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default flush interval (30 s): records wait for it in normal operation.
+    let args = ["--findings", "none"];
+    let mut server = Server::spawn(dir.path(), &args, None, Stdio::null());
+    server.wait_ready(60);
+    let mut sent = 0;
+    for seed in 0..100 {
+        let body = TrafficGenerator::new(500 + seed, Mix::default())
+            .starting_recently(60)
+            .event_list(100);
+        assert_eq!(server.post("prod", body.as_bytes()), Some(200));
+        sent += 100;
+    }
+    assert_eq!(
+        server.metric("auditlake_commits_total"),
+        0.0,
+        "nothing archived yet"
+    );
+    server.kill();
+    let started = Instant::now();
+    let mut server = Server::spawn(dir.path(), &args, None, Stdio::null());
+    server.wait_ready(60);
+    let ready_after = started.elapsed();
+    assert_eq!(
+        server.metric("auditlake_events_committed_total"),
+        sent as f64
+    );
+    server.kill();
+    eprintln!("restart with {sent} events to replay: ready after {ready_after:?} (debug build)");
+    assert!(ready_after < Duration::from_secs(15), "{ready_after:?}");
+}
+
+#[test]
+fn a_findings_endpoint_that_never_answers_stalls_neither_archiving_nor_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    // Accepts connections and reads, never answers.
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink_url = format!("http://{}/alerts", sink.local_addr().unwrap());
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for c in sink.incoming() {
+            keep.lock().unwrap().push(c.unwrap());
+        }
+    });
+    let mut server = Server::spawn(
+        dir.path(),
+        &["--findings", &sink_url, "--flush-interval-seconds", "1"],
+        None,
+        Stdio::null(),
+    );
+    server.wait_ready(60);
+    let mut sent = 0;
+    for seed in 0..30 {
+        let body = TrafficGenerator::new(900 + seed, Mix::default())
+            .starting_recently(60)
+            .event_list(200);
+        assert_eq!(server.post("prod", body.as_bytes()), Some(200));
+        sent += 200;
+    }
+    let started = Instant::now();
+    server.wait_metric("auditlake_events_committed_total", sent as f64, 30);
+    let archived_in = started.elapsed();
+    assert!(server.metric("auditlake_findings_total") > 0.0);
+    let (status, took) = server.terminate(60);
+    assert!(status.success(), "{status}");
+    assert!(!held.lock().unwrap().is_empty(), "the endpoint was reached");
+    eprintln!("stuck findings endpoint: archived in {archived_in:?}, shutdown took {took:?}");
+    assert!(took < Duration::from_secs(30), "shutdown took {took:?}");
+}
+
+#[test]
+fn sql_stays_read_only_in_query_and_backtest() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let out = dir.path().join("written.csv");
+    let input = dir.path().join("audit.ndjson");
+    std::fs::write(&input, TrafficGenerator::new(3, Mix::default()).ndjson(50)).unwrap();
+    auditlake_ok(
+        &archive,
+        &["ingest", "--findings", "none", input.to_str().unwrap()],
+    );
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("--archive")
+            .arg(&archive)
+            .args(args)
+            .env("AUDITLAKE_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    for sql in [
+        format!(
+            "COPY (SELECT * FROM events) TO '{}' STORED AS CSV",
+            out.display()
+        ),
+        "CREATE EXTERNAL TABLE p STORED AS CSV LOCATION '/etc/passwd'".to_string(),
+        "INSERT INTO events SELECT * FROM events".to_string(),
+    ] {
+        let o = run(&["query", &sql]);
+        assert!(!o.status.success(), "{sql} ran");
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("not supported")
+                || String::from_utf8_lossy(&o.stderr).contains("not allowed"),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    assert!(!out.exists(), "COPY wrote a file");
+    let count = query_csv(&archive, "SELECT count(*) FROM events");
+    assert_eq!(count.lines().nth(1), Some("50"), "INSERT added nothing");
+    // Explicitly asked for, an external table can be read.
+    let csv = dir.path().join("ips.csv");
+    std::fs::write(&csv, "ip\n10.0.0.1\n").unwrap();
+    let o = run(&[
+        "query",
+        "--allow-external-tables",
+        &format!(
+            "CREATE EXTERNAL TABLE ips STORED AS CSV LOCATION '{}' OPTIONS ('format.has_header' 'true'); SELECT count(*) FROM ips",
+            csv.display()
+        ),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // A rule whose condition smuggles a statement is refused, nothing written.
+    let rules = dir.path().join("evil.yaml");
+    std::fs::write(
+        &rules,
+        format!(
+            "rules:\n  - id: EVIL-1\n    title: evil\n    severity: low\n    description: d\n    mitre: []\n    remediation: r\n    condition: \"TRUE; COPY (SELECT 1) TO '{}' STORED AS CSV\"\n",
+            out.display()
+        ),
+    )
+    .unwrap();
+    let o = run(&[
+        "rules",
+        "--rules",
+        rules.to_str().unwrap(),
+        "backtest",
+        "--rule",
+        "EVIL-1",
+    ]);
+    assert!(!o.status.success());
+    assert!(!out.exists(), "a backtest wrote a file");
+}
+
+#[test]
+fn bad_arguments_are_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    for args in [
+        vec!["findings", "--since", "5é"],
+        vec![
+            "rules",
+            "backtest",
+            "--rule",
+            "K8S-RBAC-001",
+            "--since",
+            "é",
+        ],
+        vec!["ingest", "--cluster", "..", "/dev/null"],
+        vec!["ingest", "--cluster", ".", "/dev/null"],
+    ] {
+        let o = Command::new(BIN)
+            .arg("--archive")
+            .arg(&archive)
+            .args(&args)
+            .env("AUDITLAKE_LOG", "warn")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {o:?}");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn certificates_and_tokens_are_reloaded_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    let old = "old-token-0123456789abcdef";
+    let new = "new-token-0123456789abcdef";
+    std::fs::write(&tokens, format!("{old} apiserver\n")).unwrap();
+    let (webhook, ops) = (free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .arg("--archive")
+        .arg(dir.path().join("archive"))
+        .args(["serve", "--insecure-plain-http", "--findings", "none"])
+        .args([
+            "--listen",
+            &webhook.to_string(),
+            "--ops-listen",
+            &ops.to_string(),
+        ])
+        .arg("--wal-dir")
+        .arg(dir.path().join("wal"))
+        .arg("--bearer-tokens-file")
+        .arg(&tokens)
+        .env("AUDITLAKE_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http(ops, "GET", "/readyz", b"") != Some(200) {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let body = TrafficGenerator::new(1, Mix::default())
+        .starting_recently(60)
+        .event_list(2);
+    let post = |token: &str| {
+        let mut s = std::net::TcpStream::connect(webhook).unwrap();
+        use std::io::{Read, Write};
+        write!(
+            s,
+            "POST /audit/webhook HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        answer.split_whitespace().nth(1).unwrap().to_string()
+    };
+    assert_eq!(post(old), "200");
+    assert_eq!(post(new), "403");
+    std::fs::write(&tokens, format!("{new} apiserver\n")).unwrap();
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while post(new) != "200" {
+        assert!(Instant::now() < deadline, "the new token was not loaded");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(post(old), "403", "the old token is gone");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP does not stop the server"
+    );
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(wait_exit(&mut child, 60).success());
+}
