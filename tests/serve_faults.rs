@@ -507,3 +507,70 @@ fn certificates_and_tokens_are_reloaded_on_sighup() {
     );
     assert!(wait_exit(&mut child, 60).success());
 }
+
+/// Peak RSS allowed for `serve` (debug build, detectors on) after a million distinct
+/// principals were denied: the detectors' per-key state is capped (README "Memory").
+const MAX_RSS_MILLION_PRINCIPALS_MIB: f64 = 640.0;
+
+/// `n` denied `list secrets` events, each from its own principal, as NDJSON.
+fn denied_by_distinct_principals(from: usize, n: usize) -> String {
+    let mut out = String::with_capacity(n * 700);
+    for i in from..from + n {
+        let t = time_text(1_796_083_200_000_000 + i as i64 * 1_000);
+        out.push_str(&format!(
+            r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"deny-{i}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/default/secrets","verb":"list","user":{{"username":"attacker-{i}","groups":["system:authenticated"]}},"sourceIPs":["10.9.0.1"],"userAgent":"curl/8","objectRef":{{"resource":"secrets","namespace":"default","apiVersion":"v1"}},"responseStatus":{{"metadata":{{}},"status":"Failure","reason":"Forbidden","code":403}},"requestReceivedTimestamp":"{t}","stageTimestamp":"{t}","annotations":{{"authorization.k8s.io/decision":"forbid","authorization.k8s.io/reason":""}}}}"#
+        ));
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn a_million_distinct_denied_principals_stay_under_a_fixed_memory_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let findings = dir.path().join("findings.ndjson");
+    let mut server = Server::spawn(
+        dir.path(),
+        &[
+            "--flush-interval-seconds",
+            "2",
+            "--findings",
+            findings.to_str().unwrap(),
+        ],
+        None,
+        Stdio::null(),
+    );
+    server.wait_ready(60);
+    const TOTAL: usize = 1_000_000;
+    const BATCH: usize = 10_000;
+    let started = Instant::now();
+    for from in (0..TOTAL).step_by(BATCH) {
+        let body = denied_by_distinct_principals(from, BATCH);
+        // 429 while the archive catches up: retry as the apiserver would.
+        loop {
+            match server.post("prod", body.as_bytes()) {
+                Some(200) => break,
+                Some(429) | Some(503) => std::thread::sleep(Duration::from_millis(500)),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    server.wait_metric("auditlake_events_committed_total", TOTAL as f64, 900);
+    let took = started.elapsed();
+    let peak = server.peak_rss_mib();
+    let evicted_windows = server.metric("auditlake_detector_state_evicted_fold_windows_total");
+    let evicted_principals =
+        server.metric("auditlake_detector_state_evicted_burst_principals_total");
+    assert!(evicted_windows > 0.0, "the finding windows were capped");
+    assert!(server.metric("auditlake_findings_total") >= TOTAL as f64 / 2.0);
+    let (status, _) = server.terminate(120);
+    assert!(status.success());
+    eprintln!(
+        "1M distinct denied principals in {took:?}: peak RSS {peak:.0} MiB, {evicted_windows} \
+         finding windows and {evicted_principals} burst principals evicted"
+    );
+    assert!(
+        peak < MAX_RSS_MILLION_PRINCIPALS_MIB,
+        "peak RSS {peak:.0} MiB"
+    );
+}

@@ -254,14 +254,15 @@ impl Archive {
     /// manifest record naming them (with SHA-256, rows, time range) to the hash chain.
     /// Nothing a commit wrote is referenced until its manifest record exists.
     ///
-    /// Safe to call again with the same `contents` after a failure: the files are put again
-    /// under the same names, and a manifest record that the failed attempt did write (its
-    /// answer lost) is found and returned instead of being written twice.
+    /// Safe to call again with the same `contents` after a failure (`retry`): the files are
+    /// put again under the same names, and a manifest record that the failed attempt did
+    /// write (its answer lost) is found and returned instead of being written twice.
     pub async fn commit(
         &self,
         writer_id: &str,
         contents: &CommitContents,
         before_put: Option<BeforePut<'_>>,
+        retry: bool,
     ) -> Result<CommitOutcome, IngestError> {
         let started = Instant::now();
         let quarantine_rel = contents.quarantine_path.as_deref();
@@ -301,7 +302,13 @@ impl Archive {
             });
         }
         let record = self
-            .append_manifest(writer_id, entries, quarantine_entries, contents.wal.clone())
+            .append_manifest(
+                writer_id,
+                entries,
+                quarantine_entries,
+                contents.wal.clone(),
+                retry,
+            )
             .await?;
         Ok(CommitOutcome {
             record,
@@ -420,20 +427,22 @@ impl Archive {
         files: Vec<ManifestFile>,
         quarantine: Vec<ManifestQuarantine>,
         wal: Option<WalMark>,
+        retry: bool,
     ) -> Result<ManifestRecord, IngestError> {
         const ATTEMPTS: u32 = 16;
-        for _ in 0..ATTEMPTS {
-            if let Some(done) = self
+        if retry
+            && let Some(done) = self
                 .find_recent(writer_id, &files, &quarantine, wal.as_ref())
                 .await?
-            {
-                // An earlier attempt of this very commit got its record in; its answer was lost.
-                tracing::info!(
-                    sequence = done.sequence,
-                    "the manifest record of this commit was already written"
-                );
-                return Ok(done);
-            }
+        {
+            // An earlier attempt of this very commit got its record in; its answer was lost.
+            tracing::info!(
+                sequence = done.sequence,
+                "the manifest record of this commit was already written"
+            );
+            return Ok(done);
+        }
+        for _ in 0..ATTEMPTS {
             let head = self.manifest_head().await?;
             let (sequence, previous_sha256) = match &head {
                 Some((r, sha)) => (r.sequence + 1, Some(sha.clone())),

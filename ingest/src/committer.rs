@@ -162,7 +162,7 @@ impl Committer {
     ) -> Result<(), String> {
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1u64.. {
-            match self.commit_once(unit, done).await {
+            match self.commit_once(unit, done, attempt > 1).await {
                 Ok(()) => {
                     if attempt > 1 {
                         tracing::info!(
@@ -204,6 +204,7 @@ impl Committer {
         &mut self,
         unit: &CommitUnit,
         done: &mut Committed,
+        retry: bool,
     ) -> Result<(), IngestError> {
         let through = unit.through_seq;
         let span = tracing::info_span!(
@@ -235,7 +236,7 @@ impl Committer {
         };
         let outcome = self
             .archive
-            .commit(&self.writer_id, &unit.contents, Some(&hook))
+            .commit(&self.writer_id, &unit.contents, Some(&hook), retry)
             .instrument(span.clone())
             .await?;
         // From here on the commit is durable: what follows may fail without harm.

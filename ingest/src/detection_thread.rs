@@ -23,10 +23,48 @@ use crate::serve_metrics::ServeMetrics;
 /// Batches waiting for the detectors at most: at 400 events per webhook request, about 25k
 /// events, a fraction of a second of work.
 const QUEUE_BATCHES: usize = 64;
+/// Bytes of batches waiting for the detectors at most (a request of 16 MiB decodes to a
+/// batch of about that size: a count alone would let 64 of them wait).
+const QUEUE_BYTES: usize = 64 << 20;
+
+/// Bytes of the batches queued, and a wake-up when the detectors take one.
+#[derive(Default)]
+struct Queued {
+    bytes: std::sync::Mutex<usize>,
+    taken: std::sync::Condvar,
+    /// Set when the detection thread ended: nothing will be taken any more.
+    gone: std::sync::atomic::AtomicBool,
+}
+
+impl Queued {
+    /// Waits until `n` more bytes fit (or the queue is empty, or the detection thread is
+    /// gone, which the send then reports), then counts them.
+    fn add(&self, n: usize) {
+        let mut bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        while *bytes > 0
+            && *bytes + n > QUEUE_BYTES
+            && !self.gone.load(std::sync::atomic::Ordering::Acquire)
+        {
+            bytes = self
+                .taken
+                .wait_timeout(bytes, std::time::Duration::from_secs(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        *bytes += n;
+    }
+
+    fn remove(&self, n: usize) {
+        let mut bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        *bytes = bytes.saturating_sub(n);
+        self.taken.notify_all();
+    }
+}
 
 enum Work {
-    /// A batch, with the time its request arrived (for the arrival-to-finding latency).
-    Batch(RecordBatch, i64),
+    /// A batch, with the time its request arrived (for the arrival-to-finding latency), and
+    /// the bytes it counts for in the queue.
+    Batch(RecordBatch, i64, usize),
     /// Every batch before this one is seen: answer with the tables' files.
     Commit(SyncSender<Vec<FinishedFile>>),
     /// The input ended: emit what is pending, answer with the tables' last files, and stop.
@@ -38,6 +76,7 @@ enum Work {
 /// Handle on the detection thread.
 pub(crate) struct DetectionThread {
     work: SyncSender<Work>,
+    queued: Arc<Queued>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -53,15 +92,20 @@ impl DetectionThread {
     ) -> Result<Self, ServeError> {
         metrics.add_external(observer.counters());
         let (work, queue) = sync_channel::<Work>(QUEUE_BATCHES);
+        let queued = Arc::new(Queued::default());
+        let taken = queued.clone();
         let thread = std::thread::Builder::new()
             .name("auditlake-detect".into())
             .spawn(move || {
                 crate::thread_priority::lower_current_thread();
-                run(observer.as_mut(), queue, &metrics)
+                run(observer.as_mut(), queue, &metrics, &taken);
+                taken.gone.store(true, std::sync::atomic::Ordering::Release);
+                taken.taken.notify_all();
             })
             .map_err(|e| ServeError::Pipeline(format!("spawning the detection thread: {e}")))?;
         Ok(Self {
             work,
+            queued,
             thread: Some(thread),
         })
     }
@@ -72,8 +116,10 @@ impl DetectionThread {
         batch: RecordBatch,
         received_at_micros: i64,
     ) -> Result<(), ServeError> {
+        let bytes = batch.get_array_memory_size();
+        self.queued.add(bytes);
         self.work
-            .send(Work::Batch(batch, received_at_micros))
+            .send(Work::Batch(batch, received_at_micros, bytes))
             .map_err(|_| stopped())
     }
 
@@ -130,10 +176,16 @@ fn guarded<T>(what: &'static str, metrics: &ServeMetrics, fallback: T, f: impl F
     }
 }
 
-fn run(observer: &mut dyn BatchObserver, queue: Receiver<Work>, metrics: &ServeMetrics) {
+fn run(
+    observer: &mut dyn BatchObserver,
+    queue: Receiver<Work>,
+    metrics: &ServeMetrics,
+    queued: &Queued,
+) {
     while let Ok(work) = queue.recv() {
         match work {
-            Work::Batch(batch, received_at) => {
+            Work::Batch(batch, received_at, bytes) => {
+                queued.remove(bytes);
                 let span = tracing::debug_span!("detect", rows = batch.num_rows());
                 let _g = span.enter();
                 let found = guarded("observe", metrics, 0, || observer.observe(&batch));

@@ -142,7 +142,7 @@ pub async fn ingest(
             wal: None,
         };
         let committed = archive
-            .commit(&options.writer_id, &contents, None)
+            .commit(&options.writer_id, &contents, None, false)
             .instrument(span.clone())
             .await;
         let _g = span.enter(); // no await below in this iteration
