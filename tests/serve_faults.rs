@@ -574,3 +574,157 @@ fn a_million_distinct_denied_principals_stay_under_a_fixed_memory_bound() {
         "peak RSS {peak:.0} MiB"
     );
 }
+
+/// Kills `serve` with SIGKILL this many times under load in the soak test.
+const SOAK_KILLS: usize = 50;
+
+#[test]
+fn fifty_sigkills_under_concurrent_load_lose_and_duplicate_no_acknowledged_event() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    let dir = tempfile::tempdir().unwrap();
+    let (webhook, ops) = (free_port(), free_port());
+    let spawn = || {
+        Command::new(BIN)
+            .arg("--archive")
+            .arg(dir.path().join("archive"))
+            .args(["serve", "--insecure-plain-http", "--allow-unauthenticated"])
+            .args([
+                "--listen",
+                &webhook.to_string(),
+                "--ops-listen",
+                &ops.to_string(),
+            ])
+            .arg("--wal-dir")
+            .arg(dir.path().join("wal"))
+            .args(["--flush-interval-seconds", "1", "--findings", "none"])
+            // Small segments and a short duplicate window: a restart re-reads only the log
+            // a resend could still come from (the posters resend within a second).
+            .args([
+                "--wal-segment-bytes",
+                "4194304",
+                "--dedup-window-seconds",
+                "20",
+            ])
+            .env("AUDITLAKE_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let ready = |child: &mut std::process::Child| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while http(ops, "GET", "/readyz", b"") != Some(200) {
+            if let Ok(Some(s)) = child.try_wait() {
+                panic!("serve exited by itself: {s}");
+            }
+            assert!(Instant::now() < deadline, "not ready after a restart");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // Four apiservers: each batch is resent until a 200, as the apiserver retries; only a
+    // 200 counts as acknowledged.
+    let acked: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let batches = Arc::new(AtomicU64::new(0));
+    let posters: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (acked, stop, batches) = (acked.clone(), stop.clone(), batches.clone());
+            std::thread::spawn(move || {
+                for i in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let items: Vec<serde_json::Value> =
+                        TrafficGenerator::new(t * 1_000_000 + i, Mix::default())
+                            .starting_recently(60)
+                            .ndjson(50)
+                            .lines()
+                            .map(|l| serde_json::from_str(l).unwrap())
+                            .collect();
+                    let body = serde_json::json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items}).to_string();
+                    while !stop.load(Ordering::Relaxed) {
+                        if http(webhook, "POST", "/audit/webhook/soak", body.as_bytes()) == Some(200)
+                        {
+                            acked.lock().unwrap().extend(items.iter().map(|e| {
+                                (
+                                    e["auditID"].as_str().unwrap().to_string(),
+                                    e["stage"].as_str().unwrap().to_string(),
+                                )
+                            }));
+                            batches.fetch_add(1, Ordering::Relaxed);
+                            // A steady load the archiver keeps up with, as in production.
+                            std::thread::sleep(Duration::from_millis(25));
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut rng = auditlake_fixtures::SplitMix64::new(2026);
+    let started = Instant::now();
+    for kill in 0..SOAK_KILLS {
+        let mut child = spawn();
+        // One kill in five lands during start-up and replay; the rest under load.
+        if kill % 5 == 4 {
+            std::thread::sleep(Duration::from_millis(rng.next_u64() % 400));
+        } else {
+            ready(&mut child);
+            std::thread::sleep(Duration::from_millis(50 + rng.next_u64() % 1_200));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if kill % 10 == 9 {
+            eprintln!("soak: {} kills after {:?}", kill + 1, started.elapsed());
+        }
+    }
+    // A last run: replay everything, take a few more batches, then stop cleanly.
+    let mut child = spawn();
+    ready(&mut child);
+    let before = batches.load(Ordering::Relaxed);
+    while batches.load(Ordering::Relaxed) < before + 20 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for p in posters {
+        p.join().unwrap();
+    }
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(wait_exit(&mut child, 120).success());
+    let acked = acked.lock().unwrap().clone();
+    let csv = query_csv(
+        &dir.path().join("archive"),
+        "SELECT audit_id, stage FROM events",
+    );
+    let mut counts: std::collections::HashMap<(String, String), usize> = Default::default();
+    for line in csv.lines().skip(1) {
+        let (id, stage) = line.split_once(',').unwrap();
+        *counts
+            .entry((id.to_string(), stage.to_string()))
+            .or_default() += 1;
+    }
+    let missing = acked.iter().filter(|k| !counts.contains_key(*k)).count();
+    let duplicated = counts.values().filter(|&&n| n > 1).count();
+    eprintln!(
+        "soak: {SOAK_KILLS} SIGKILLs in {:?}, {} events acknowledged, {} archived, {missing} missing, {duplicated} duplicated",
+        started.elapsed(),
+        acked.len(),
+        counts.len()
+    );
+    assert!(acked.len() > 10_000, "too little load: {}", acked.len());
+    assert_eq!(missing, 0, "acknowledged events missing from the archive");
+    assert_eq!(duplicated, 0, "events archived more than once");
+    assert!(
+        quarantine_records(&dir.path().join("archive")).is_empty(),
+        "nothing was set aside"
+    );
+}

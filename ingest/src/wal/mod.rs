@@ -626,8 +626,15 @@ impl WalReader {
         loop {
             if self.current.is_none() {
                 let segments = lock(&self.shared.segments);
-                // The segment that holds `want`: the last one starting at or before it.
-                let Some(s) = segments.iter().rev().find(|s| s.first_seq <= want) else {
+                // The segment that holds `want`: the last one starting at or before it; when
+                // `want` is older than every segment, those records were trimmed (they are
+                // archived), so reading starts at the oldest segment there is.
+                let Some(s) = segments
+                    .iter()
+                    .rev()
+                    .find(|s| s.first_seq <= want)
+                    .or_else(|| segments.front())
+                else {
                     return Ok(None);
                 };
                 let path = s.path.clone();
@@ -749,6 +756,13 @@ mod tests {
         wal.trim(6, Instant::now()).unwrap();
         let after = segment_files(dir.path()).unwrap();
         assert!(after.len() < before);
+        // A reader from the start (an archiver rebuilding its duplicate filter after a
+        // restart) begins at the oldest segment left.
+        let mut reader = wal.reader(0, rt.handle().clone());
+        match reader.next(Duration::from_secs(5)).unwrap() {
+            ReadOutcome::Record(r) => assert!(r.seq > 1 && r.seq <= 7, "{}", r.seq),
+            other => panic!("{other:?}"),
+        }
         wal.close();
         drop(wal);
         thread.join().unwrap();

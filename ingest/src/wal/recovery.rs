@@ -199,6 +199,18 @@ pub fn segment_files(dir: &Path) -> Result<Vec<PathBuf>, WalError> {
     Ok(list_segments(dir)?.into_iter().map(|(_, p)| p).collect())
 }
 
+/// When a segment was last written, as an `Instant` (from its modification time): a segment
+/// kept only for the duplicate window must age from its last append, not from the restart,
+/// or a process restarted often would never trim its log.
+fn last_write(path: &Path) -> Instant {
+    let age = std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+        .unwrap_or_default();
+    Instant::now().checked_sub(age).unwrap_or_else(Instant::now)
+}
+
 /// Replaces `path` with the `keep` ranges of `buf`, durably (temporary file, fsync, rename).
 fn rewrite(path: &Path, buf: &[u8], keep: &[Range<usize>]) -> Result<u64, WalError> {
     let tmp = path.with_extension("rewrite");
@@ -306,12 +318,13 @@ pub fn recover(dir: &Path, mut each: impl FnMut(&WalRecord)) -> Result<Recovered
             sync_dir(dir)?;
             cut.extend(regions.into_iter().map(|(r, _)| r));
         }
+        let last_append = last_write(&path);
         segments.push(Segment {
             path,
             first_seq,
             last_seq: seg_last,
             bytes,
-            last_append: Instant::now(),
+            last_append,
         });
     }
     Ok(Recovered {
