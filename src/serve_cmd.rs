@@ -241,4 +241,47 @@ mod tests {
         assert!(c.cluster_from_client_cert);
         assert!(c.client_ca.is_some() && c.bearer_tokens_file.is_some());
     }
+
+    #[test]
+    fn the_static_pod_runs_as_its_own_user_and_mounts_only_its_own_files() {
+        let file = auditlake_fixtures::checkout_dir().join("deploy/static-pod/auditlake.yaml");
+        let pod: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        let spec = &pod["spec"];
+        assert_eq!(spec["securityContext"]["runAsUser"], 65532);
+        assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+        let volumes = spec["volumes"].as_sequence().unwrap();
+        let paths: Vec<&str> = volumes
+            .iter()
+            .map(|v| v["hostPath"]["path"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["/etc/kubernetes/auditlake", "/var/lib/auditlake"]);
+        for v in volumes {
+            assert_eq!(
+                v["hostPath"]["type"], "Directory",
+                "created beforehand with the right owner, never by the kubelet as root"
+            );
+        }
+        let container = &spec["containers"][0];
+        let args: Vec<&str> = container["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(args[0], "serve");
+        let command = <ServeArgs as Args>::augment_args(clap::Command::new("serve"));
+        let matches = command.try_get_matches_from(&args).unwrap();
+        let flags = ServeArgs::from_arg_matches(&matches).unwrap();
+        let config = resolve(&flags).unwrap();
+        assert!(
+            config.client_ca.is_some(),
+            "client authentication is required"
+        );
+        for path in [&config.tls_cert, &config.tls_key, &config.client_ca] {
+            let p = path.as_ref().unwrap();
+            assert!(p.starts_with("/etc/auditlake/tls"), "{}", p.display());
+        }
+        assert!(config.wal_dir.starts_with("/var/lib/auditlake"));
+    }
 }

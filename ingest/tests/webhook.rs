@@ -1109,3 +1109,36 @@ async fn dripped_headers_or_body_and_silent_http2_clients_are_cut() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_disk_answers_503_without_revealing_paths_or_os_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServeConfig {
+        insecure_plain_http: true,
+        allow_unauthenticated: true,
+        wal_segment_bytes: 1, // a new segment file for every append
+        ..base_config(dir.path())
+    };
+    let server = start(&dir.path().join("archive"), config).await;
+    let url = format!("http://{}/audit/webhook/prod", server.bound.webhook);
+    let http = reqwest::Client::new();
+    let post = || {
+        http.post(&url)
+            .header("Content-Type", "application/json")
+            .body(event_list(&generated(61, 3)))
+            .send()
+    };
+    assert_eq!(post().await.unwrap().status(), 200);
+    // The log's directory disappears: the next segment cannot be created.
+    std::fs::rename(dir.path().join("wal"), dir.path().join("wal-gone")).unwrap();
+    let r = post().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "10");
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains("wal") && !text.contains('/') && !text.contains("os error"),
+        "the answer reveals the server's insides: {text}"
+    );
+    std::fs::rename(dir.path().join("wal-gone"), dir.path().join("wal")).unwrap();
+    server.stop().await;
+}

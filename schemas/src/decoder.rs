@@ -30,6 +30,9 @@ pub struct DecoderOptions {
     pub max_quarantined_per_input: usize,
     /// How many bytes of the input a summary record keeps.
     pub max_summary_bytes: usize,
+    /// Documents larger than this are cut into their events before parsing, so memory
+    /// follows the largest event rather than the document (see `large_document.rs`).
+    pub large_document_bytes: usize,
 }
 
 impl Default for DecoderOptions {
@@ -41,6 +44,7 @@ impl Default for DecoderOptions {
             max_quarantined_bytes: 1 << 20,
             max_quarantined_per_input: 100,
             max_summary_bytes: 16 << 20,
+            large_document_bytes: 1 << 20,
         }
     }
 }
@@ -121,10 +125,6 @@ impl Parser {
 
 /// Inputs up to this size leave their parse buffers for the next input to reuse.
 const KEEP_PARSER_BUFFERS_UP_TO: usize = 4 << 20;
-
-/// Documents larger than this are cut into their events before parsing (see
-/// [`crate::large_document`]): memory then follows the largest event, not the document.
-const LARGE_DOCUMENT_BYTES: usize = 1 << 20;
 
 /// Where `part` (a slice of `whole`) starts in it.
 fn offset_in(whole: &[u8], part: &[u8]) -> u64 {
@@ -334,7 +334,7 @@ impl EventDecoder {
         quarantine: &mut Vec<Quarantined>,
     ) -> usize {
         let mut q = Bounded::new(quarantine, self.options.max_quarantined_per_input);
-        let n = if bytes.len() > LARGE_DOCUMENT_BYTES {
+        let n = if bytes.len() > self.options.large_document_bytes {
             self.decode_large(bytes, pos, &mut q)
         } else {
             self.decode_small(bytes, pos, &mut q)
@@ -379,7 +379,7 @@ impl EventDecoder {
             }
         };
         let mut appended = 0;
-        let whole_up_to = KEEP_PARSER_BUFFERS_UP_TO;
+        let whole_up_to = self.options.large_document_bytes;
         for v in values {
             let piece_pos = SourcePos {
                 byte_offset: pos.byte_offset + offset_in(bytes, v.get().as_bytes()),

@@ -355,3 +355,22 @@ fn a_large_body_that_is_not_json_is_quarantined_or_read_line_by_line() {
     assert_eq!(q.len(), 1);
     assert!(q[0].reason.starts_with("invalid JSON"), "{}", q[0].reason);
 }
+
+#[test]
+fn duplicate_digests_are_keyed_so_no_sender_can_predict_them() {
+    let line = br#"{"auditID":"a","stage":"ResponseComplete","requestReceivedTimestamp":"2026-11-01T00:00:00Z","stageTimestamp":"2026-11-01T00:00:00Z"}"#;
+    let digest = |cluster: &str, key: u64| {
+        let mut d = EventDecoder::new(cluster, DecoderOptions::default());
+        d.enable_row_digests(key);
+        let mut q = Vec::new();
+        d.decode_line(line, pos("t"), &mut q);
+        d.take_row_digests()[0]
+    };
+    assert_eq!(
+        digest("prod", 1),
+        digest("prod", 1),
+        "one process: resends match"
+    );
+    assert_ne!(digest("prod", 1), digest("prod", 2), "another process key");
+    assert_ne!(digest("prod", 1), digest("staging", 1), "another cluster");
+}
