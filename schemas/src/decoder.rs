@@ -16,7 +16,7 @@ use crate::large_document;
 use crate::tape_span::{Doc, Located};
 
 use crate::event_builder::EventBatchBuilder;
-use crate::timestamp::parse_rfc3339_micros;
+use crate::timestamp::parse_timestamp;
 
 /// Limits and sizes of a decoder.
 #[derive(Debug, Clone)]
@@ -793,6 +793,9 @@ struct Fields<'t, 'i> {
     response_object: Option<Located<'t, 'i>>,
     request_received: Option<&'i str>,
     stage_timestamp: Option<&'i str>,
+    /// Where the two timestamps are (their text goes to `unmapped` when not RFC 3339).
+    request_received_at: Option<Located<'t, 'i>>,
+    stage_timestamp_at: Option<Located<'t, 'i>>,
     legacy_timestamp: Option<&'i str>,
     unmapped: Vec<(Cow<'static, str>, Located<'t, 'i>)>,
 }
@@ -1019,9 +1022,13 @@ fn collect<'t, 'i>(root: Located<'t, 'i>) -> Result<Fields<'t, 'i>, String> {
             "requestObject" => f.request_object = (!v.is_null()).then_some(located),
             "responseObject" => f.response_object = (!v.is_null()).then_some(located),
             "requestReceivedTimestamp" => {
-                f.request_received = expect_str(v, "requestReceivedTimestamp")?
+                f.request_received = expect_str(v, "requestReceivedTimestamp")?;
+                f.request_received_at = Some(located);
             }
-            "stageTimestamp" => f.stage_timestamp = expect_str(v, "stageTimestamp")?,
+            "stageTimestamp" => {
+                f.stage_timestamp = expect_str(v, "stageTimestamp")?;
+                f.stage_timestamp_at = Some(located);
+            }
             "timestamp" => {
                 // audit.k8s.io/v1beta1: the time of the event; kept in `unmapped` too.
                 f.legacy_timestamp = expect_str(v, "timestamp")?;
@@ -1033,12 +1040,14 @@ fn collect<'t, 'i>(root: Located<'t, 'i>) -> Result<Fields<'t, 'i>, String> {
     Ok(f)
 }
 
-fn parse_time(text: Option<&str>, field: &str) -> Result<Option<i64>, String> {
+/// Reads a timestamp field; `Ok(Some((micros, rfc3339)))` when present and readable (see
+/// [`parse_timestamp`]: a form that is not RFC 3339 is read, its original text kept).
+fn parse_time(text: Option<&str>, field: &str) -> Result<Option<(i64, bool)>, String> {
     match text {
         None => Ok(None),
-        Some(t) => parse_rfc3339_micros(t)
-            .map(Some)
-            .ok_or_else(|| format!("field `{field}`: not an RFC 3339 timestamp: {t:?}")),
+        Some(t) => parse_timestamp(t)
+            .map(|t| Some((t.micros, t.rfc3339)))
+            .ok_or_else(|| format!("field `{field}`: not a timestamp (RFC 3339, or the same with a space for T or no zone): {t:?}")),
     }
 }
 
@@ -1056,12 +1065,27 @@ fn append_event(
         Some(_) => return Err("field `auditID` is empty".into()),
         None => return Err("missing field `auditID`".into()),
     };
+    let mut f = f;
     let legacy = parse_time(f.legacy_timestamp, "timestamp")?;
-    let received = parse_time(f.request_received, "requestReceivedTimestamp")?
+    let received = parse_time(f.request_received, "requestReceivedTimestamp")?;
+    let stage = parse_time(f.stage_timestamp, "stageTimestamp")?;
+    // A timestamp that was not RFC 3339 is normalised in its column; its original text is
+    // kept in `unmapped` under its field name, so nothing the source said is lost.
+    for (field, parsed, located) in [
+        ("requestReceivedTimestamp", received, f.request_received_at),
+        ("stageTimestamp", stage, f.stage_timestamp_at),
+    ] {
+        if let (Some((_, false)), Some(located)) = (parsed, located) {
+            f.unmapped.push((Cow::Borrowed(field), located));
+        }
+    }
+    let received = received
         .or(legacy)
+        .map(|t| t.0)
         .ok_or("missing field `requestReceivedTimestamp`")?;
-    let stage_at = parse_time(f.stage_timestamp, "stageTimestamp")?
+    let stage_at = stage
         .or(legacy)
+        .map(|t| t.0)
         .ok_or("missing field `stageTimestamp`")?;
 
     // Validated: from here on every column gets exactly one value.

@@ -2,10 +2,30 @@
 
 /// Microseconds since the Unix epoch of an RFC 3339 timestamp such as
 /// `2018-10-26T13:25:18.279128Z` or `2018-10-26T15:25:18+02:00`.
-/// Digits past microseconds are truncated; `None` when the text is not such a timestamp.
+/// Digits past microseconds are truncated; `None` when the text is not such a timestamp (see
+/// [`parse_timestamp`] for the other unambiguous forms).
 pub fn parse_rfc3339_micros(s: &str) -> Option<i64> {
+    parse_timestamp(s).filter(|t| t.rfc3339).map(|t| t.micros)
+}
+
+/// A timestamp read by [`parse_timestamp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timestamp {
+    /// Microseconds since the Unix epoch (UTC).
+    pub micros: i64,
+    /// The text was RFC 3339 (`T` between date and time, and a zone); otherwise it was one of
+    /// the other accepted forms and callers keep the original text.
+    pub rfc3339: bool,
+}
+
+/// Reads the unambiguous timestamp forms audit events arrive in: RFC 3339
+/// (`2022-11-29T22:34:06.892Z`, `...+01:00`), with any number of fractional digits (0 to 9
+/// in practice; digits past microseconds are truncated), a space instead of `T`
+/// (`2022-11-29 22:34:06.892`, as CloudWatch Logs Insights and SIEM exports write), no zone
+/// (taken as UTC), or an offset without its colon (`+0100`). `None` for anything else.
+pub fn parse_timestamp(s: &str) -> Option<Timestamp> {
     let b = s.as_bytes();
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
         return None;
     }
     if b[13] != b':' || b[16] != b':' {
@@ -43,22 +63,29 @@ pub fn parse_rfc3339_micros(s: &str) -> Option<i64> {
             micros *= 10;
         }
     }
-    let offset_seconds: i64 = match b.get(i)? {
-        b'Z' | b'z' if i + 1 == b.len() => 0,
-        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
-            let oh = digits(&b[i + 1..i + 3])?;
-            let om = digits(&b[i + 4..i + 6])?;
+    let (offset_seconds, zoned, colon) = match b.get(i) {
+        None => (0, false, true),
+        Some(b'Z' | b'z') if i + 1 == b.len() => (0, true, true),
+        Some(sign @ (b'+' | b'-')) => {
+            let (oh, om, colon) = match &b[i + 1..] {
+                [h1, h2, b':', m1, m2] => (digits(&[*h1, *h2])?, digits(&[*m1, *m2])?, true),
+                [h1, h2, m1, m2] => (digits(&[*h1, *h2])?, digits(&[*m1, *m2])?, false),
+                _ => return None,
+            };
             if oh > 23 || om > 59 {
                 return None;
             }
             let off = oh * 3600 + om * 60;
-            if *sign == b'-' { -off } else { off }
+            (if *sign == b'-' { -off } else { off }, true, colon)
         }
         _ => return None,
     };
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_seconds;
-    Some(secs * 1_000_000 + micros)
+    Some(Timestamp {
+        micros: secs * 1_000_000 + micros,
+        rfc3339: zoned && colon && matches!(b[10], b'T' | b't'),
+    })
 }
 
 fn digits(b: &[u8]) -> Option<i64> {
@@ -165,13 +192,40 @@ mod tests {
             "yesterday",
             "2018-13-01T00:00:00Z",
             "2018-02-30T00:00:00Z",
-            "2018-10-26 13:25:18",
             "2018-10-26T13:25:18.Z",
-            "2018-10-26T13:25:18+0200",
+            "2018-10-26T13:25:18+02",
+            "2018-10-26T13:25:18+2:00",
             "2018-10-26T24:00:00Z",
             "2018-10-26T13:25:18Zjunk",
+            "2018-10-26T13:25",
+            "26/10/2018 13:25:18",
         ] {
-            assert_eq!(parse_rfc3339_micros(bad), None, "{bad}");
+            assert_eq!(parse_timestamp(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn every_unambiguous_form_is_read_and_only_rfc3339_is_called_so() {
+        let t = 1_669_761_246_892_000; // 2022-11-29T22:34:06.892Z
+        for (text, micros, rfc3339) in [
+            ("2022-11-29T22:34:06.892Z", t, true),
+            ("2022-11-29T22:34:06Z", t - 892_000, true),
+            ("2022-11-29T22:34:06.8Z", t - 92_000, true),
+            ("2022-11-29T22:34:06.892000000Z", t, true),
+            ("2022-11-29T22:34:06.892123456Z", t + 123, true),
+            ("2022-11-29T23:34:06.892+01:00", t, true),
+            ("2022-11-29T21:34:06.892-01:00", t, true),
+            ("2022-11-29 22:34:06.892", t, false),
+            ("2022-11-29 22:34:06", t - 892_000, false),
+            ("2022-11-29T22:34:06.892", t, false),
+            ("2022-11-29 22:34:06.892Z", t, false),
+            ("2022-11-29T23:34:06.892+0100", t, false),
+        ] {
+            assert_eq!(
+                parse_timestamp(text),
+                Some(Timestamp { micros, rfc3339 }),
+                "{text}"
+            );
         }
     }
 

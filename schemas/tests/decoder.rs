@@ -112,7 +112,7 @@ fn one_bad_line_never_drops_its_neighbours() {
     assert_eq!(reasons[4].1, "missing field `requestReceivedTimestamp`");
     assert_eq!(
         reasons[5].1,
-        "field `requestReceivedTimestamp`: not an RFC 3339 timestamp: \"last tuesday\""
+        "field `requestReceivedTimestamp`: not a timestamp (RFC 3339, or the same with a space for T or no zone): \"last tuesday\""
     );
     assert_eq!([q[0].line, q[5].line], [Some(1), Some(7)]);
     assert_eq!(q[0].raw, b"this is not json");
@@ -373,4 +373,49 @@ fn duplicate_digests_are_keyed_so_no_sender_can_predict_them() {
     );
     assert_ne!(digest("prod", 1), digest("prod", 2), "another process key");
     assert_ne!(digest("prod", 1), digest("staging", 1), "another cluster");
+}
+
+#[test]
+fn every_unambiguous_timestamp_form_decodes_and_keeps_its_original_text() {
+    let t = 1_669_761_246_892_000i64; // 2022-11-29T22:34:06.892Z
+    let cases = [
+        ("2022-11-29T22:34:06.892Z", t, false),
+        ("2022-11-29T22:34:06Z", t - 892_000, false),
+        ("2022-11-29T22:34:06.892123456Z", t + 123, false),
+        ("2022-11-29T23:34:06.892+01:00", t, false),
+        ("2022-11-29 22:34:06.892", t, true),
+        ("2022-11-29T22:34:06.892", t, true),
+        ("2022-11-29T23:34:06.892+0100", t, true),
+    ];
+    let mut text = String::new();
+    for (i, (ts, _, _)) in cases.iter().enumerate() {
+        text.push_str(&format!(
+            r#"{{"auditID":"t{i}","stage":"ResponseComplete","requestReceivedTimestamp":"{ts}","stageTimestamp":"{ts}"}}"#
+        ));
+        text.push('\n');
+    }
+    text.push_str(r#"{"auditID":"bad","requestReceivedTimestamp":"29/11/2022 22:34","stageTimestamp":"2022-11-29T22:34:06Z"}"#);
+    let (batch, q) = decode_lines(text.as_bytes(), DecoderOptions::default());
+    assert_eq!(q.len(), 1, "only the unreadable one is quarantined: {q:?}");
+    assert!(
+        q[0].reason.contains("requestReceivedTimestamp"),
+        "{}",
+        q[0].reason
+    );
+    let b = batch.unwrap();
+    let received = b
+        .column_by_name(col::REQUEST_RECEIVED_AT)
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
+    let unmapped = str_col(&b, col::UNMAPPED);
+    for (i, (ts, micros, kept)) in cases.iter().enumerate() {
+        assert_eq!(received.value(i), *micros, "{ts}");
+        if *kept {
+            let u: serde_json::Value = serde_json::from_str(unmapped.value(i)).unwrap();
+            assert_eq!(u["requestReceivedTimestamp"], *ts);
+            assert_eq!(u["stageTimestamp"], *ts);
+        } else {
+            assert!(unmapped.is_null(i), "{ts}: {}", unmapped.value(i));
+        }
+    }
 }
