@@ -46,8 +46,10 @@ const BODY_COLUMNS: &[&str] = &[
 /// A completed request that was carried out: 2xx at ResponseComplete, or the 101 of an
 /// exec/attach/port-forward upgrade at ResponseStarted (the session's ResponseComplete comes
 /// when it ends, maybe hours later).
-pub const DONE_SQL: &str = "(stage = 'ResponseComplete' AND response_code BETWEEN 200 AND 299) \
-     OR (stage = 'ResponseStarted' AND response_code = 101)";
+/// Upgrades (exec, attach, port-forward answered 101) count at ResponseStarted and, when the
+/// audit policy omits that stage, at ResponseComplete; [`Detector`] keeps one per request.
+pub const DONE_SQL: &str = "(stage = 'ResponseComplete' AND (response_code BETWEEN 200 AND 299 \
+     OR response_code = 101)) OR (stage = 'ResponseStarted' AND response_code = 101)";
 /// A completed request that was refused.
 pub const DENIED_SQL: &str = "stage = 'ResponseComplete' AND response_code IN (401, 403)";
 
@@ -238,11 +240,65 @@ pub struct Detector {
     /// Columns `done` and `denied` read.
     outcome_columns: Vec<usize>,
     folder: Folder,
+    /// Upgraded requests already counted done at ResponseStarted.
+    upgrades: UpgradedRequests,
     burst: Option<ForbiddenBurst>,
     drift: RbacDrift,
     /// Findings for the archive's `findings` table, when tables are kept.
     findings_table: Option<FindingsTable>,
     newest_micros: i64,
+}
+
+/// Requests upgraded to a stream (exec, attach, port-forward: 101) that were counted done at
+/// ResponseStarted, so their ResponseComplete (logged when the session ends, maybe hours
+/// later) is not counted again: one finding per request, whatever stages the policy logs.
+#[derive(Default)]
+struct UpgradedRequests {
+    seen: HashMap<String, i64>,
+    evicted: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Upgraded requests remembered at most (a session longer than it takes to see this many
+/// others may be counted twice: an extra finding, never a missing one).
+const MAX_UPGRADED_REQUESTS: usize = 100_000;
+
+impl UpgradedRequests {
+    /// `done` with the ResponseComplete rows of requests already counted at ResponseStarted
+    /// turned off.
+    fn once_per_request(&mut self, done: BooleanArray, cols: &EventColumns<'_>) -> BooleanArray {
+        let mut off: Vec<usize> = Vec::new();
+        let mut key = String::new();
+        for row in done.values().set_indices() {
+            if !done.is_valid(row) || cols.code(row) != Some(101) {
+                continue;
+            }
+            key.clear();
+            key.push_str(&cols.cluster(row));
+            key.push('\0');
+            key.push_str(cols.audit_id_str(row));
+            match cols.stage(row) {
+                Some("ResponseStarted") => {
+                    self.seen.insert(key.clone(), cols.stage_at(row));
+                    crate::bounded_state::evict_oldest(
+                        &mut self.seen,
+                        MAX_UPGRADED_REQUESTS,
+                        &self.evicted,
+                        |t| *t,
+                    );
+                }
+                Some("ResponseComplete") if self.seen.remove(&key).is_some() => off.push(row),
+                _ => {}
+            }
+        }
+        if off.is_empty() {
+            return done;
+        }
+        let mut values: Vec<Option<bool>> = done.iter().collect();
+        for row in off {
+            values[row] = Some(false);
+        }
+        BooleanArray::from(values)
+    }
 }
 
 fn rule_err(loaded: &LoadedRule, message: impl Into<String>) -> RuleError {
@@ -386,6 +442,7 @@ impl Detector {
             denied: outcome(denied)?,
             outcome_columns,
             folder: Folder::new(options.fold_window_seconds),
+            upgrades: UpgradedRequests::default(),
             burst: (options.burst_threshold > 0).then(|| {
                 ForbiddenBurst::new(options.burst_threshold, options.burst_window_seconds)
             }),
@@ -563,6 +620,7 @@ impl Detector {
             .project(&self.outcome_columns)
             .map_err(|e| eval_err("(engine)", e))?;
         let done = evaluate_mask("(done)", &self.done, &outcome_batch)?;
+        let done = self.upgrades.once_per_request(done, cols);
         let denied = evaluate_mask("(denied)", &self.denied, &outcome_batch)?;
         let completed = or(&done, &denied).map_err(|e| eval_err("(engine)", e))?;
         let (mut hits, mut repeats) = (Vec::new(), Vec::new());
