@@ -98,6 +98,7 @@ impl ForbiddenBurst {
                     source_ip: cols.source_ip(row),
                     verb: None,
                     object: ObjectRef::default(),
+                    objects: Vec::new(),
                     details: Some(format!(
                         "{} requests answered 403 within {} s",
                         recent.denials.len(),
@@ -154,6 +155,7 @@ impl ForbiddenBurst {
             source_ip: None,
             verb: None,
             object: ObjectRef::default(),
+            objects: Vec::new(),
             details: Some(format!(
                 "more than {MAX_BURST_PRINCIPALS} distinct principals were denied within {} s: \
                  {forgotten} still inside the window were forgotten, so a burst among them may \

@@ -48,8 +48,11 @@ const BODY_COLUMNS: &[&str] = &[
 /// when it ends, maybe hours later).
 /// Upgrades (exec, attach, port-forward answered 101) count at ResponseStarted and, when the
 /// audit policy omits that stage, at ResponseComplete; [`Detector`] keeps one per request.
+/// A completed request without a response code (a stripped or hand-made event) counts as
+/// done: an unknown outcome must not silence a rule.
 pub const DONE_SQL: &str = "(stage = 'ResponseComplete' AND (response_code BETWEEN 200 AND 299 \
-     OR response_code = 101)) OR (stage = 'ResponseStarted' AND response_code = 101)";
+     OR response_code = 101 OR response_code IS NULL)) \
+     OR (stage = 'ResponseStarted' AND response_code = 101)";
 /// A completed request that was refused.
 pub const DENIED_SQL: &str = "stage = 'ResponseComplete' AND response_code IN (401, 403)";
 
@@ -369,6 +372,53 @@ fn compile_expr(
         .map_err(|e| e.to_string())
 }
 
+/// Makes every exclusion in a rule condition fail closed: `NOT e`, `x NOT IN (...)`,
+/// `x NOT LIKE p` and `x NOT BETWEEN a AND b` become `(...) IS NOT TRUE`, so an unknown
+/// (NULL) value can no longer exclude an event. In SQL, `NOT (user IN ($admins) OR
+/// array_has_any(user_groups, ...))` is NULL when the event carries no groups, and a NULL
+/// condition does not fire: an attacker's event without `user.groups` went unreported. An
+/// unknown value now makes a rule fire rather than stay silent.
+pub fn fail_closed(expr: Expr) -> Expr {
+    use datafusion::common::tree_node::Transformed;
+    use datafusion::logical_expr::expr::{InList, Like};
+    expr.transform_up(|e| {
+        Ok(match e {
+            Expr::Not(inner) => Transformed::yes(Expr::IsNotTrue(inner)),
+            Expr::InList(InList {
+                expr,
+                list,
+                negated: true,
+            }) => Transformed::yes(Expr::IsNotTrue(Box::new(Expr::InList(InList {
+                expr,
+                list,
+                negated: false,
+            })))),
+            Expr::Like(like) if like.negated => {
+                Transformed::yes(Expr::IsNotTrue(Box::new(Expr::Like(Like {
+                    negated: false,
+                    ..like
+                }))))
+            }
+            Expr::SimilarTo(like) if like.negated => {
+                Transformed::yes(Expr::IsNotTrue(Box::new(Expr::SimilarTo(Like {
+                    negated: false,
+                    ..like
+                }))))
+            }
+            Expr::Between(between) if between.negated => Transformed::yes(Expr::IsNotTrue(
+                Box::new(Expr::Between(datafusion::logical_expr::Between {
+                    negated: false,
+                    ..between
+                })),
+            )),
+            other => Transformed::no(other),
+        })
+    })
+    .map(|t| t.data)
+    // Proof: the closure above returns `Ok` on every path.
+    .expect("the rewrite closure never fails")
+}
+
 /// Parses `sql` against the events schema and checks it is boolean.
 fn parse_condition(ctx: &SessionContext, schema: &DFSchema, sql: &str) -> Result<Expr, String> {
     let expr = ctx.parse_sql_expr(sql, schema).map_err(|e| e.to_string())?;
@@ -466,6 +516,7 @@ impl Detector {
             .expand_lists(&loaded.rule.condition)
             .map_err(|m| rule_err(loaded, format!("condition: {m}")))?;
         let expr = parse_condition(ctx, schema, &condition)
+            .map(fail_closed)
             .map_err(|m| rule_err(loaded, format!("condition: {m}")))?;
         let details = match &loaded.rule.details {
             None => None,
@@ -524,7 +575,8 @@ impl Detector {
         }
         for mut hit in repeats {
             let (at, id) = (cols.stage_at(hit.row), cols.audit_id_str(hit.row));
-            if !self.folder.try_fold(&hit.key, at, id) {
+            let object = self.folded_object(hit.rule, &cols, hit.row);
+            if !self.folder.try_fold(&hit.key, at, id, object.as_deref()) {
                 // Beyond the window its first match opened (a batch spanning longer than the
                 // fold window): a finding of its own.
                 let f = self.finding(&cols, &hit);
@@ -668,10 +720,14 @@ impl Detector {
                         details: None,
                         key: key.clone(),
                     });
-                } else if !self
-                    .folder
-                    .try_fold(&key, cols.stage_at(row), cols.audit_id_str(row))
-                {
+                } else if !self.folder.try_fold(
+                    &key,
+                    cols.stage_at(row),
+                    cols.audit_id_str(row),
+                    (rule.loaded.rule.fold_by == FoldBy::Principal)
+                        .then(|| cols.object(row).display())
+                        .as_deref(),
+                ) {
                     fresh_keys.insert(key.clone());
                     fresh.push((r, outcome, key.clone()));
                 }
@@ -709,6 +765,13 @@ impl Detector {
         Ok((hits, repeats))
     }
 
+    /// The object a repeat adds to its finding's list, for rules folded by principal (whose
+    /// findings gather several objects); `None` for the others (one object per finding).
+    fn folded_object(&self, rule: usize, cols: &EventColumns<'_>, row: usize) -> Option<String> {
+        (self.rules[rule].loaded.rule.fold_by == FoldBy::Principal)
+            .then(|| cols.object(row).display())
+    }
+
     fn finding(&self, cols: &EventColumns<'_>, hit: &Hit) -> Finding {
         let rule = &self.rules[hit.rule].loaded.rule;
         let severity = match hit.outcome {
@@ -729,6 +792,7 @@ impl Detector {
             impersonated: cols.impersonated(hit.row),
             source_ip: cols.source_ip(hit.row),
             verb: cols.verb(hit.row),
+            objects: vec![cols.object(hit.row).display()],
             object: cols.object(hit.row),
             details: hit.details.clone(),
             response_code: cols.code(hit.row),

@@ -99,8 +99,11 @@ pub struct Finding {
     pub source_ip: Option<String>,
     /// The request's verb.
     pub verb: Option<String>,
-    /// The object acted on.
+    /// The object acted on (the first one, for a finding folded by principal).
     pub object: ObjectRef,
+    /// Every object the finding's requests touched (`resource[/sub] [namespace/]name`), up to
+    /// [`MAX_EVIDENCE`]: one, unless the rule folds by principal.
+    pub objects: Vec<String>,
     /// The rule's `details` expression, e.g. the role and subjects of a binding.
     pub details: Option<String>,
     /// Response code of the first evidence event.
@@ -189,7 +192,13 @@ impl Folder {
     /// Counts a match into the open window of `key` if there is one covering `time_micros`;
     /// `true` when absorbed (a repeat, or the same event at another stage), so the caller
     /// need not build the finding at all.
-    pub fn try_fold(&mut self, key: &str, time_micros: i64, audit_id: &str) -> bool {
+    pub fn try_fold(
+        &mut self,
+        key: &str,
+        time_micros: i64,
+        audit_id: &str,
+        object: Option<&str>,
+    ) -> bool {
         if self.window_micros == 0 {
             return false;
         }
@@ -206,6 +215,12 @@ impl Folder {
         acc.count += 1;
         if acc.evidence.len() < MAX_EVIDENCE {
             acc.evidence.push(audit_id.to_string());
+        }
+        if let Some(o) = object
+            && acc.objects.len() < MAX_EVIDENCE
+            && !acc.objects.iter().any(|x| x == o)
+        {
+            acc.objects.push(o.to_string());
         }
         open.last_micros = open.last_micros.max(time_micros);
         true
@@ -224,7 +239,14 @@ impl Folder {
             f.principal.as_deref(),
             &f.object.display(),
         );
-        if f.evidence.len() == 1 && self.try_fold(&key, f.time_micros, &f.evidence[0]) {
+        if f.evidence.len() == 1
+            && self.try_fold(
+                &key,
+                f.time_micros,
+                &f.evidence[0],
+                f.objects.first().map(String::as_str),
+            )
+        {
             return Vec::new();
         }
         self.open_window(key, f)
@@ -311,6 +333,7 @@ mod tests {
             source_ip: None,
             verb: Some("get".into()),
             object: ObjectRef::default(),
+            objects: Vec::new(),
             details: None,
             response_code: Some(200),
             evidence: vec![id.into()],

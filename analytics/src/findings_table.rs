@@ -105,6 +105,7 @@ fn findings_batch(schema: &SchemaRef, rows: &[(i64, Finding)]) -> Result<RecordB
         Arc::new(rows.iter().map(|r| r.1.count).collect::<UInt64Array>()),
         string_lists(rows, |f| &f.mitre),
         strings(rows, |f| Some(&f.remediation)),
+        string_lists(rows, |f| &f.objects),
     ];
     RecordBatch::try_new(Arc::clone(schema), columns).map_err(|e| e.to_string())
 }

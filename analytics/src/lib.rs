@@ -26,7 +26,7 @@ pub use bounded_state::{
     EvictionCounters, MAX_BURST_PRINCIPALS, MAX_FOLD_WINDOWS, MAX_RBAC_OBJECTS,
 };
 pub use burst::BURST_RULE_ID;
-pub use engine::{DENIED_SQL, DONE_SQL, Detector, DetectorOptions};
+pub use engine::{DENIED_SQL, DONE_SQL, Detector, DetectorOptions, fail_closed};
 pub use error::RuleError;
 pub use finding::{Finding, Folder, MAX_EVIDENCE, ObjectRef, Outcome};
 pub use k8s_functions::{k8s_functions, register_functions};

@@ -217,7 +217,11 @@ impl RbacDrift {
             let Some(kind) = cols.resource_str(row).and_then(RbacKind::from_resource) else {
                 continue;
             };
-            if cols.api_group_str(row) != Some("rbac.authorization.k8s.io")
+            // An event without `objectRef.apiGroup` is judged by its resource alone (fail
+            // closed: a missing field must not hide an RBAC change).
+            if cols
+                .api_group_str(row)
+                .is_some_and(|g| g != "rbac.authorization.k8s.io")
                 || cols.stage(row) != Some("ResponseComplete")
                 || !cols.code(row).is_some_and(|c| (200..300).contains(&c))
             {
@@ -379,7 +383,7 @@ impl RbacDrift {
             .find(|r| r.0 == rule)
             .copied()
             .unwrap_or((rule, "RBAC drift", Severity::High));
-        Some(Finding {
+        let mut finding = Finding {
             rule_id: rule.into(),
             severity,
             title: title.into(),
@@ -391,6 +395,7 @@ impl RbacDrift {
             impersonated: cols.impersonated(row),
             source_ip: cols.source_ip(row),
             verb: cols.verb(row),
+            objects: Vec::new(),
             object: crate::finding::ObjectRef {
                 api_group: Some("rbac.authorization.k8s.io".into()),
                 resource: Some(key.kind.resource().into()),
@@ -408,7 +413,9 @@ impl RbacDrift {
                 repository so the baseline says what the cluster should hold."
                 .into(),
             time_micros: at,
-        })
+        };
+        finding.objects = vec![finding.object.display()];
+        Some(finding)
     }
 
     /// Drops the versions recorded since the last [`RbacDrift::take_files`] (they will be

@@ -195,6 +195,18 @@ impl Scenario {
         rules: &RuleSet,
         options: &DetectorOptions,
     ) -> Result<ScenarioResult, RuleError> {
+        self.run_mutated(name, rules, options, &|_| {})
+    }
+
+    /// [`Scenario::run`] with `mutate` applied to every completed event first (to show a
+    /// rule still fires when a field is absent).
+    pub fn run_mutated(
+        &self,
+        name: &str,
+        rules: &RuleSet,
+        options: &DetectorOptions,
+        mutate: &dyn Fn(&mut Value),
+    ) -> Result<ScenarioResult, RuleError> {
         let mut rules = rules.clone();
         for (list, items) in &self.lists {
             rules.set_list(list, items.clone());
@@ -215,7 +227,11 @@ impl Scenario {
             .events
             .iter()
             .enumerate()
-            .map(|(i, e)| complete_event(i, &self.defaults, e))
+            .map(|(i, e)| {
+                let mut e = complete_event(i, &self.defaults, e);
+                mutate(&mut e);
+                e
+            })
             .collect();
         let body = json!({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items});
         let bytes = serde_json::to_vec(&body).map_err(|e| RuleError::Scenario {

@@ -444,6 +444,7 @@ mod tests {
             source_ip: Some("10.0.0.1".into()),
             verb: Some("create".into()),
             object: crate::finding::ObjectRef::default(),
+            objects: Vec::new(),
             details: None,
             response_code: Some(201),
             evidence: vec!["crb-1".into()],

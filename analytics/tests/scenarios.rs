@@ -219,3 +219,149 @@ fn falco_traces_fire_the_rules_that_mean_the_same() {
     );
     assert!(passed >= 25, "{table}");
 }
+
+/// Optional fields deleted one at a time from every attack scenario's events, with the path
+/// of each inside the event.
+const OPTIONAL_FIELDS: &[(&str, &[&str])] = &[
+    ("user.groups", &["user", "groups"]),
+    ("user.extra", &["user", "extra"]),
+    ("sourceIPs", &["sourceIPs"]),
+    ("userAgent", &["userAgent"]),
+    ("annotations", &["annotations"]),
+    ("responseStatus.message", &["responseStatus", "message"]),
+    ("objectRef.apiGroup", &["objectRef", "apiGroup"]),
+    ("requestObject+responseObject", &[]),
+];
+
+/// (field, rule, why): findings that may not survive the field's deletion because the field
+/// is the rule's evidence itself; every other finding must.
+const EVIDENCE_FIELDS: &[(&str, &str, &str)] = &[
+    (
+        "user.groups",
+        "K8S-AUTH-004",
+        "membership of system:masters is the evidence: without groups nothing says it",
+    ),
+    (
+        "requestObject+responseObject",
+        "K8S-RBAC-001",
+        "the role bound is in the body; K8S-RBAC-006 (object not logged) fires instead",
+    ),
+    (
+        "requestObject+responseObject",
+        "K8S-RBAC-002",
+        "the subjects are in the body; K8S-RBAC-006 fires instead",
+    ),
+    (
+        "requestObject+responseObject",
+        "K8S-RBAC-003",
+        "the rules are in the body; K8S-RBAC-006 fires instead",
+    ),
+    (
+        "requestObject+responseObject",
+        "K8S-WL-003",
+        "the pod spec is the evidence (log workloads at RequestResponse)",
+    ),
+    (
+        "requestObject+responseObject",
+        "K8S-SVC-001",
+        "the service type is in the body",
+    ),
+    (
+        "requestObject+responseObject",
+        "K8S-DRIFT-002",
+        "a change away from the baseline needs the content; K8S-DRIFT-001/003 and \
+         K8S-RBAC-006 still say who changed what",
+    ),
+];
+
+fn delete(event: &mut serde_json::Value, field: &str, path: &[&str]) {
+    if path.is_empty() {
+        // The bodies.
+        if let Some(o) = event.as_object_mut() {
+            o.remove("requestObject");
+            o.remove("responseObject");
+        }
+        return;
+    }
+    let (last, parents) = path.split_last().unwrap();
+    let mut node = event;
+    for p in parents {
+        match node.get_mut(*p) {
+            Some(n) => node = n,
+            None => return,
+        }
+    }
+    if let Some(o) = node.as_object_mut() {
+        o.remove(*last);
+    }
+    let _ = field;
+}
+
+#[test]
+fn an_attack_still_fires_when_any_optional_field_is_missing() {
+    let dir = fixtures("scenarios");
+    let rules = RuleSet::builtin().unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for file in files {
+        let scenario = auditlake_analytics::Scenario::load(&file).unwrap();
+        if scenario.label != auditlake_analytics::Label::Attack {
+            continue;
+        }
+        let name = file.file_stem().unwrap().to_string_lossy().into_owned();
+        for (field, path) in OPTIONAL_FIELDS {
+            let result = scenario
+                .run_mutated(&name, &rules, &DetectorOptions::default(), &|e| {
+                    delete(e, field, path)
+                })
+                .unwrap();
+            for (rule, outcome) in &result.expected {
+                checked += 1;
+                if result.fired.contains(&(rule.clone(), *outcome)) {
+                    continue;
+                }
+                if EVIDENCE_FIELDS
+                    .iter()
+                    .any(|(f, r, _)| f == field && r == rule)
+                {
+                    continue;
+                }
+                failures.push(format!(
+                    "{name}: without {field}, {rule} ({outcome:?}) no longer fires (fired: {:?})",
+                    result.fired
+                ));
+            }
+        }
+    }
+    assert!(checked > 300, "{checked}");
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn an_unauthorized_grant_is_folded_per_principal_with_the_objects_listed() {
+    let result = run_builtin("rbac-unlisted-controller-binds-in-every-namespace.yaml");
+    let grants: Vec<_> = result
+        .findings
+        .iter()
+        .filter(|f| f.rule_id == "K8S-RBAC-005")
+        .collect();
+    assert_eq!(grants.len(), 2, "the first at once, then the summary");
+    assert_eq!(grants[0].count, 1);
+    let summary = grants[1];
+    assert_eq!(summary.count, 3);
+    assert_eq!(
+        summary.objects,
+        [
+            "rolebindings payments/ci-admin",
+            "rolebindings checkout/ci-admin",
+            "rolebindings monitoring/ci-admin"
+        ]
+    );
+    assert_eq!(summary.evidence, ["rb-1", "rb-2", "rb-3"]);
+}

@@ -49,6 +49,9 @@ pub fn findings_file_schema() -> SchemaRef {
             Field::new("count", DataType::UInt64, false),
             Field::new("mitre", utf8_list(), false),
             Field::new("remediation", DataType::Utf8, false),
+            // Added after the first archives were written: nullable, so their files (which
+            // lack it) read as NULL.
+            Field::new("objects", utf8_list(), true),
         ]))
     });
     SCHEMA.clone()
