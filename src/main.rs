@@ -91,6 +91,18 @@ struct GenerateArgs {
     /// Output file (`-` for stdout).
     #[arg(long, short, default_value = "-")]
     output: PathBuf,
+
+    /// `mixed`: anyone does anything, attack-like requests included (load for benchmarks);
+    /// `benign`: a healthy cluster whose RBAC is changed by its GitOps controller (Argo CD)
+    /// and the control plane, to count the alerts ordinary work raises.
+    #[arg(long, default_value = "mixed")]
+    profile: GenerateProfile,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum GenerateProfile {
+    Mixed,
+    Benign,
 }
 
 #[derive(Args, Debug)]
@@ -416,7 +428,12 @@ fn run_generate(args: GenerateArgs) -> Result<()> {
         writes,
         rbac,
     };
-    let mut generator = auditlake_fixtures::TrafficGenerator::new(args.seed, mix);
+    let profile = match args.profile {
+        GenerateProfile::Mixed => auditlake_fixtures::Profile::Mixed,
+        GenerateProfile::Benign => auditlake_fixtures::Profile::Benign,
+    };
+    let mut generator =
+        auditlake_fixtures::TrafficGenerator::new(args.seed, mix).with_profile(profile);
     let out: Box<dyn Write> = if args.output.as_os_str() == "-" {
         Box::new(std::io::stdout().lock())
     } else {

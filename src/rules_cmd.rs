@@ -29,6 +29,17 @@ enum RulesCommand {
         /// Directory of scenario YAML files.
         dir: PathBuf,
     },
+    /// Propose allowlists from the archive's history: who changed RBAC, read Secrets,
+    /// requested tokens... since `--since`, as a rule file of lists to review and pass with
+    /// --rules (nothing is applied by this command).
+    Learn {
+        /// How far back: a number with s, m, h or d (e.g. 7d).
+        #[arg(long, default_value = "7d")]
+        since: String,
+        /// Write the proposal here instead of stdout.
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// Run one rule's condition as SQL over the archived events.
     Backtest {
         /// Rule id, e.g. K8S-RBAC-001.
@@ -86,6 +97,43 @@ pub async fn run(archive: impl FnOnce() -> Result<Archive>, args: RulesArgs) -> 
             if !report.passed() {
                 bail!("some scenarios failed");
             }
+            Ok(())
+        }
+        RulesCommand::Learn { since, output } => {
+            let seconds = parse_duration(&since)?;
+            let cutoff = auditlake_schema::timestamp::format_rfc3339_micros(
+                now_micros() - seconds.saturating_mul(1_000_000),
+            );
+            let archive = archive()?;
+            let session = ArchiveSession::open(archive.store(), &archive.location().url)
+                .await
+                .context("opening the archive for SQL")?;
+            crate::register_k8s_functions(&session);
+            let mut seen = std::collections::BTreeMap::new();
+            for list in auditlake_analytics::LEARNED_LISTS {
+                let (_, batches) = session
+                    .sql(&auditlake_analytics::learn_query(list, &cutoff))
+                    .await
+                    .with_context(|| format!("learning {}", list.list))?;
+                seen.insert(list.list, seen_rows(&batches)?);
+            }
+            let text = auditlake_analytics::proposal(
+                &set,
+                &seen,
+                &format!("{cutoff} ({since})"),
+                archive.location().url.as_str(),
+            );
+            let proposed = text.matches("# PROPOSED").count();
+            match output {
+                Some(p) => {
+                    std::fs::write(&p, &text).with_context(|| format!("writing {}", p.display()))?
+                }
+                None => print!("{text}"),
+            }
+            eprintln!(
+                "{proposed} principal(s) proposed for review across {} lists",
+                auditlake_analytics::LEARNED_LISTS.len()
+            );
             Ok(())
         }
         RulesCommand::Backtest {
@@ -168,6 +216,32 @@ pub(crate) fn parse_duration(s: &str) -> Result<i64> {
         _ => bail!("--since {s:?}: the unit must be s, m, h or d"),
     };
     Ok(n.saturating_mul(scale))
+}
+
+/// The rows of a learn query: principal, requests, first and last time.
+fn seen_rows(batches: &[arrow::array::RecordBatch]) -> Result<Vec<auditlake_analytics::Seen>> {
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
+    let mut out = Vec::new();
+    for b in batches {
+        let principal = b.column(0).as_string::<i32>();
+        let requests = b.column(1).as_primitive::<Int64Type>();
+        let first = b.column(2).as_primitive::<TimestampMicrosecondType>();
+        let last = b.column(3).as_primitive::<TimestampMicrosecondType>();
+        for i in 0..b.num_rows() {
+            if principal.is_null(i) {
+                continue;
+            }
+            let time = auditlake_schema::timestamp::format_rfc3339_micros;
+            out.push(auditlake_analytics::Seen {
+                principal: principal.value(i).to_string(),
+                requests: u64::try_from(requests.value(i)).unwrap_or_default(),
+                first: time(first.value(i)),
+                last: time(last.value(i)),
+            });
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

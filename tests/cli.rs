@@ -422,3 +422,65 @@ fn rbac_drift_is_found_archived_and_remembered_across_runs() {
         .count();
     assert_eq!(manifests, 2);
 }
+
+#[test]
+fn rules_learn_proposes_who_did_what_a_list_allows_and_the_proposal_is_a_rule_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let scenario = auditlake_fixtures::checkout_dir()
+        .join("fixtures/scenarios/rbac-unlisted-controller-binds-in-every-namespace.yaml");
+    let s = auditlake_analytics::Scenario::load(&scenario).unwrap();
+    let input = dir.path().join("audit.ndjson");
+    let ndjson: String = s
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            format!(
+                "{}\n",
+                auditlake_analytics::complete_event(i, &s.defaults, e)
+            )
+        })
+        .collect();
+    std::fs::write(&input, ndjson).unwrap();
+    auditlake_ok(
+        &archive,
+        &["ingest", "--findings", "none", input.to_str().unwrap()],
+    );
+    let proposal = dir.path().join("learned.yaml");
+    auditlake_ok(
+        &archive,
+        &[
+            "rules",
+            "learn",
+            "--since",
+            "100000d",
+            "--output",
+            proposal.to_str().unwrap(),
+        ],
+    );
+    let text = std::fs::read_to_string(&proposal).unwrap();
+    assert!(
+        text.contains("\"system:serviceaccount:ci:deployer\"   # PROPOSED: 3 requests"),
+        "{text}"
+    );
+    // Reviewed and passed back with --rules, the controller is no longer reported.
+    let findings = dir.path().join("findings.ndjson");
+    auditlake_ok(
+        &dir.path().join("archive-2"),
+        &[
+            "ingest",
+            "--rules",
+            proposal.to_str().unwrap(),
+            "--findings",
+            findings.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ],
+    );
+    let fired: Vec<String> = std::fs::read_to_string(&findings)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rule_id"].to_string())
+        .collect();
+    assert!(fired.is_empty(), "{fired:?}");
+}

@@ -16,6 +16,7 @@ mod event_columns;
 mod finding;
 mod findings_table;
 mod k8s_functions;
+mod learn;
 mod rbac_drift;
 mod rbac_state;
 mod rule;
@@ -30,6 +31,7 @@ pub use engine::{DENIED_SQL, DONE_SQL, Detector, DetectorOptions, fail_closed};
 pub use error::RuleError;
 pub use finding::{Finding, Folder, MAX_EVIDENCE, ObjectRef, Outcome};
 pub use k8s_functions::{k8s_functions, register_functions};
+pub use learn::{LEARNED_LISTS, LearnedList, Seen, learn_query, proposal};
 pub use rbac_drift::{
     Change, DRIFT_ADDED_RULE_ID, DRIFT_CHANGED_RULE_ID, DRIFT_REMOVED_RULE_ID, DRIFT_RULES,
     RbacVersion,

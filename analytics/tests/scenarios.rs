@@ -365,3 +365,74 @@ fn an_unauthorized_grant_is_folded_per_principal_with_the_objects_listed() {
     );
     assert_eq!(summary.evidence, ["rb-1", "rb-2", "rb-3"]);
 }
+
+/// High or critical findings allowed per 100,000 events of ordinary work (README "Noise").
+const HIGH_PER_100K_EVENTS: f64 = 1.0;
+
+#[test]
+fn ordinary_work_with_a_gitops_controller_stays_within_the_noise_budget() {
+    use auditlake_analytics::{Detector, Severity};
+    use auditlake_fixtures::{Mix, Profile, TrafficGenerator};
+    use auditlake_schema::{DecoderOptions, EventDecoder, SourcePos};
+
+    const EVENTS: usize = 200_000;
+    let text = TrafficGenerator::new(2026, Mix::default())
+        .with_profile(Profile::Benign)
+        .ndjson(EVENTS);
+    let rules = RuleSet::builtin().unwrap();
+    let mut detector = Detector::compile(&rules, &DetectorOptions::default()).unwrap();
+    let mut decoder = EventDecoder::new("benign", DecoderOptions::default());
+    let mut quarantine = Vec::new();
+    let mut findings = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let pos = SourcePos {
+            source: "benign",
+            line: Some(n as u64 + 1),
+            byte_offset: 0,
+        };
+        decoder.decode_line(line.as_bytes(), pos, &mut quarantine);
+        if decoder.buffered_rows() >= 8192 {
+            findings.extend(detector.evaluate(&decoder.finish_batch().unwrap()).unwrap());
+        }
+    }
+    if let Some(b) = decoder.finish_batch() {
+        findings.extend(detector.evaluate(&b).unwrap());
+    }
+    findings.extend(detector.flush());
+    assert!(quarantine.is_empty());
+    let loud: Vec<_> = findings
+        .iter()
+        .filter(|f| f.severity >= Severity::High)
+        .collect();
+    let per_100k = loud.len() as f64 * 100_000.0 / EVENTS as f64;
+    println!(
+        "{} findings on {EVENTS} benign events, {} high or critical ({per_100k:.2} per 100k)",
+        findings.len(),
+        loud.len()
+    );
+    assert!(
+        per_100k <= HIGH_PER_100K_EVENTS,
+        "{per_100k} high/critical per 100k events: {:#?}",
+        loud.iter().take(5).collect::<Vec<_>>()
+    );
+    // Every bundled benign scenario stays below high too.
+    let dir = fixtures("scenarios");
+    let report = run_scenarios(&dir, &rules, &DetectorOptions::default()).unwrap();
+    for r in report
+        .results
+        .iter()
+        .filter(|r| r.label == auditlake_analytics::Label::Benign)
+    {
+        let loud: Vec<_> = r
+            .findings
+            .iter()
+            .filter(|f| f.severity >= Severity::High)
+            .map(|f| &f.rule_id)
+            .collect();
+        assert!(
+            loud.is_empty(),
+            "benign scenario {} raised {loud:?}",
+            r.name
+        );
+    }
+}
