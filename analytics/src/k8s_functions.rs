@@ -10,6 +10,10 @@
 //! - `k8s_subjects(obj)`: a binding's subjects as `User:alice`, `Group:system:anonymous`,
 //!   `ServiceAccount:ns/name`.
 //! - `k8s_rbac_summary(obj)`: one line naming a binding's role and subjects, or a role's rules.
+//! - `k8s_root_containers(obj)`: the containers of a Pod or pod template told to run as root
+//!   (`runAsUser: 0` or `runAsNonRoot: false`, on the container or the pod).
+//! - `k8s_csr_subject(obj)`: what a CertificateSigningRequest asks for, as `CN:<user>` and
+//!   `O:<group>`, decoded from its PEM request.
 //! - `k8s_result(request_object, response_object)`: the object a request resulted in: the
 //!   response body, unless it is absent or a `Status` (a refusal, or a delete's answer), then
 //!   the request body. For `patch` the request is only the patch, so the response decides.
@@ -58,10 +62,12 @@ const DANGEROUS_CAPABILITIES: &[&str] = &[
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Kind {
     PodRisks,
+    RootContainers,
     RbacRisks,
     Subjects,
     RbacSummary,
     Result,
+    CsrSubject,
 }
 
 #[derive(Debug, PartialEq, Eq, Hash)]
@@ -117,7 +123,9 @@ impl ScalarUDFImpl for K8sFunction {
                             items.clear();
                             match kind {
                                 Kind::PodRisks => pod_risks(&v, &mut items),
+                                Kind::RootContainers => root_containers(&v, &mut items),
                                 Kind::RbacRisks => rbac_risks(&v, &mut items),
+                                Kind::CsrSubject => crate::csr::csr_subject(&v, &mut items),
                                 _ => subjects(&v, &mut items),
                             }
                             for i in &items {
@@ -179,6 +187,8 @@ fn parse(text: Option<&str>) -> Option<Value> {
 pub fn k8s_functions() -> Vec<ScalarUDF> {
     [
         ("k8s_pod_risks", Kind::PodRisks),
+        ("k8s_root_containers", Kind::RootContainers),
+        ("k8s_csr_subject", Kind::CsrSubject),
         ("k8s_rbac_risks", Kind::RbacRisks),
         ("k8s_subjects", Kind::Subjects),
         ("k8s_rbac_summary", Kind::RbacSummary),
@@ -269,6 +279,35 @@ fn pod_risks(obj: &Value, out: &mut Vec<String>) {
             if sensitive {
                 out.push(format!("hostPath:{trimmed}"));
             }
+        }
+    }
+}
+
+/// Containers told to run as root: `runAsUser: 0`, or `runAsNonRoot: false`, set on the
+/// container or inherited from the pod's security context (a container that sets neither
+/// runs as its image says, which the spec cannot tell).
+fn root_containers(obj: &Value, out: &mut Vec<String>) {
+    let Some(spec) = pod_spec(obj) else { return };
+    let root = |sc: Option<&Value>| -> Option<bool> {
+        let sc = sc?;
+        match (
+            sc.get("runAsUser").and_then(Value::as_i64),
+            sc.get("runAsNonRoot").and_then(Value::as_bool),
+        ) {
+            (Some(0), _) | (None, Some(false)) => Some(true),
+            (Some(_), _) | (None, Some(true)) => Some(false),
+            (None, None) => None,
+        }
+    };
+    let pod_root = root(spec.get("securityContext"));
+    let containers = ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .filter_map(|k| spec.get(*k)?.as_array())
+        .flatten();
+    for c in containers {
+        if root(c.get("securityContext")).or(pod_root) == Some(true) {
+            let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
+            out.push(name.to_string());
         }
     }
 }
@@ -396,6 +435,17 @@ mod tests {
         let deploy = r#"{"kind":"Deployment","spec":{"template":{"spec":{"containers":[{"securityContext":{"privileged":false}}],
             "volumes":[{"hostPath":{"path":"/etcetera"}}]}}}}"#;
         assert!(risks(pod_risks, deploy).is_empty());
+    }
+
+    #[test]
+    fn root_containers_are_read_from_the_container_or_the_pod() {
+        let pod = r#"{"kind":"Pod","spec":{"securityContext":{"runAsUser":0},"containers":[
+            {"name":"inherits"},{"name":"overrides","securityContext":{"runAsUser":1000}},
+            {"name":"says-so","securityContext":{"runAsNonRoot":false}}]}}"#;
+        assert_eq!(risks(root_containers, pod), ["inherits", "says-so"]);
+        let deploy = r#"{"kind":"Deployment","spec":{"template":{"spec":{"containers":[
+            {"name":"app","securityContext":{"runAsNonRoot":true}},{"name":"unknown"}]}}}}"#;
+        assert!(risks(root_containers, deploy).is_empty());
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod archive_table;
 mod bounded_state;
 mod burst;
 mod coalesce;
+mod csr;
 mod engine;
 mod error;
 mod event_columns;

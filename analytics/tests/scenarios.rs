@@ -268,6 +268,16 @@ const EVIDENCE_FIELDS: &[(&str, &str, &str)] = &[
     ),
     (
         "requestObject+responseObject",
+        "K8S-WL-005",
+        "the containers' user is in the pod spec",
+    ),
+    (
+        "requestObject+responseObject",
+        "K8S-CSR-002",
+        "the requested subject is in the CSR's PEM request",
+    ),
+    (
+        "requestObject+responseObject",
         "K8S-DRIFT-002",
         "a change away from the baseline needs the content; K8S-DRIFT-001/003 and \
          K8S-RBAC-006 still say who changed what",
