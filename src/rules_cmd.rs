@@ -24,10 +24,16 @@ pub struct RulesArgs {
 enum RulesCommand {
     /// List the rules (id, severity, title, MITRE techniques, where each comes from).
     List,
-    /// Run every scenario file in a directory; print pass/fail and precision/recall.
+    /// Run every scenario file in a directory (and Falco's labelled traces with --falco);
+    /// print pass/fail, precision and recall per rule, known misses with their reasons, and
+    /// warnings for rule conditions that are NULL on a scenario event.
     Test {
         /// Directory of scenario YAML files.
         dir: PathBuf,
+        /// Directory of Falco's labelled audit traces with our mapping
+        /// (fixtures/falco-k8s-audit).
+        #[arg(long)]
+        falco: Option<PathBuf>,
     },
     /// Propose allowlists from the archive's history: who changed RBAC, read Secrets,
     /// requested tokens... since `--since`, as a rule file of lists to review and pass with
@@ -90,9 +96,15 @@ pub async fn run(archive: impl FnOnce() -> Result<Archive>, args: RulesArgs) -> 
             }
             Ok(())
         }
-        RulesCommand::Test { dir } => {
-            let report = run_scenarios(&dir, &set, &DetectorOptions::default())
+        RulesCommand::Test { dir, falco } => {
+            let mut report = run_scenarios(&dir, &set, &DetectorOptions::default())
                 .with_context(|| format!("running scenarios in {}", dir.display()))?;
+            if let Some(f) = falco {
+                report.falco = Some(
+                    auditlake_analytics::run_falco(&f, &set, &DetectorOptions::default())
+                        .with_context(|| format!("running the Falco traces in {}", f.display()))?,
+                );
+            }
             print!("{}", report.table());
             if !report.passed() {
                 bail!("some scenarios failed");

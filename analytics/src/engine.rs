@@ -338,7 +338,7 @@ fn is_cheap(e: &Expr) -> bool {
 }
 
 /// A DataFusion context with the JSON and `k8s_*` functions, and the events schema.
-fn context() -> Result<(SessionContext, DFSchema), String> {
+pub(crate) fn context() -> Result<(SessionContext, DFSchema), String> {
     // Same dialect as `auditlake query` and backtests, so a condition parses identically
     // in both places.
     let mut config = datafusion::prelude::SessionConfig::new();
@@ -352,7 +352,7 @@ fn context() -> Result<(SessionContext, DFSchema), String> {
 
 /// Simplifies (some functions, such as `coalesce`, exist only as a rewrite into `CASE`),
 /// type-coerces and plans `expr` into a physical expression.
-fn compile_expr(
+pub(crate) fn compile_expr(
     ctx: &SessionContext,
     schema: &DFSchema,
     expr: Expr,
@@ -420,7 +420,11 @@ pub fn fail_closed(expr: Expr) -> Expr {
 }
 
 /// Parses `sql` against the events schema and checks it is boolean.
-fn parse_condition(ctx: &SessionContext, schema: &DFSchema, sql: &str) -> Result<Expr, String> {
+pub(crate) fn parse_condition(
+    ctx: &SessionContext,
+    schema: &DFSchema,
+    sql: &str,
+) -> Result<Expr, String> {
     let expr = ctx.parse_sql_expr(sql, schema).map_err(|e| e.to_string())?;
     let ty = expr.get_type(schema).map_err(|e| e.to_string())?;
     if ty != DataType::Boolean && ty != DataType::Null {

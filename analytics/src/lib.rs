@@ -14,10 +14,12 @@ mod csr;
 mod engine;
 mod error;
 mod event_columns;
+mod falco;
 mod finding;
 mod findings_table;
 mod k8s_functions;
 mod learn;
+mod null_check;
 mod rbac_drift;
 mod rbac_state;
 mod rule;
@@ -30,9 +32,11 @@ pub use bounded_state::{
 pub use burst::BURST_RULE_ID;
 pub use engine::{DENIED_SQL, DONE_SQL, Detector, DetectorOptions, fail_closed};
 pub use error::RuleError;
+pub use falco::{FalcoCase, FalcoOutcome, FalcoReport, run_falco};
 pub use finding::{Finding, Folder, MAX_EVIDENCE, ObjectRef, Outcome};
 pub use k8s_functions::{k8s_functions, register_functions};
 pub use learn::{LEARNED_LISTS, LearnedList, Seen, learn_query, proposal};
+pub use null_check::{NullCheck, NullWarning};
 pub use rbac_drift::{
     Change, DRIFT_ADDED_RULE_ID, DRIFT_CHANGED_RULE_ID, DRIFT_REMOVED_RULE_ID, DRIFT_RULES,
     RbacVersion,

@@ -27,7 +27,9 @@ use serde_json::{Value, json};
 
 use crate::engine::{Detector, DetectorOptions};
 use crate::error::RuleError;
+use crate::falco::FalcoReport;
 use crate::finding::{Finding, Outcome};
+use crate::null_check::NullCheck;
 use crate::rbac_state::RbacBaseline;
 use crate::rule::RuleSet;
 
@@ -98,6 +100,9 @@ pub struct ScenarioResult {
     pub count_errors: Vec<(String, Outcome, usize, usize)>,
     /// Every finding emitted.
     pub findings: Vec<Finding>,
+    /// Rule conjuncts that were NULL on an event where the rest of the rule held (see
+    /// [`NullCheck`]), one line each.
+    pub null_warnings: Vec<String>,
 }
 
 impl ScenarioResult {
@@ -114,6 +119,8 @@ pub struct Report {
     pub results: Vec<ScenarioResult>,
     /// Enabled rules that no scenario expects to fire.
     pub uncovered_rules: Vec<String>,
+    /// Falco's labelled traces run too, when given.
+    pub falco: Option<FalcoReport>,
 }
 
 fn merge(base: &mut Value, over: &Value) {
@@ -195,7 +202,7 @@ impl Scenario {
         rules: &RuleSet,
         options: &DetectorOptions,
     ) -> Result<ScenarioResult, RuleError> {
-        self.run_mutated(name, rules, options, &|_| {})
+        self.run_inner(name, rules, options, &|_| {}, true)
     }
 
     /// [`Scenario::run`] with `mutate` applied to every completed event first (to show a
@@ -206,6 +213,17 @@ impl Scenario {
         rules: &RuleSet,
         options: &DetectorOptions,
         mutate: &dyn Fn(&mut Value),
+    ) -> Result<ScenarioResult, RuleError> {
+        self.run_inner(name, rules, options, mutate, false)
+    }
+
+    fn run_inner(
+        &self,
+        name: &str,
+        rules: &RuleSet,
+        options: &DetectorOptions,
+        mutate: &dyn Fn(&mut Value),
+        check_nulls: bool,
     ) -> Result<ScenarioResult, RuleError> {
         let mut rules = rules.clone();
         for (list, items) in &self.lists {
@@ -253,8 +271,21 @@ impl Scenario {
             });
         }
         let mut findings = Vec::new();
+        let mut null_warnings = Vec::new();
         if let Some(batch) = decoder.finish_batch() {
             findings.extend(detector.evaluate(&batch)?);
+            if check_nulls {
+                for w in NullCheck::compile(&rules)?.check(&batch)? {
+                    let id = items[w.row]["auditID"].as_str().unwrap_or("?");
+                    null_warnings.push(format!(
+                        "{}: `{}` is NULL on event {} (auditID {id}) of scenario {name}, so the \
+                         rule cannot fire there (a field the event lacks?)",
+                        w.rule,
+                        w.conjunct,
+                        w.row + 1
+                    ));
+                }
+            }
         }
         findings.extend(detector.flush());
         let fired: BTreeSet<_> = findings
@@ -285,6 +316,7 @@ impl Scenario {
             fired,
             count_errors,
             findings,
+            null_warnings,
         })
     }
 }
@@ -309,6 +341,7 @@ pub fn run_scenarios(
         .iter()
         .flat_map(|r| r.expected.iter().map(|(id, _)| id.as_str()))
         .collect();
+    report.falco = None;
     report.uncovered_rules = rules
         .enabled()
         .map(|r| r.rule.id.clone())
@@ -332,9 +365,10 @@ fn pairs(set: &BTreeSet<(String, Outcome)>) -> String {
 }
 
 impl Report {
-    /// Every scenario passed.
+    /// Every scenario passed (and every Falco case, when run).
     pub fn passed(&self) -> bool {
         self.results.iter().all(ScenarioResult::passed)
+            && self.falco.as_ref().is_none_or(FalcoReport::passed)
     }
 
     /// Per rule: (true positives, false positives, false negatives) over all scenarios.
@@ -349,6 +383,20 @@ impl Report {
                     (true, false) => e.2 += 1,
                     (false, false) => {}
                 }
+            }
+        }
+        m
+    }
+
+    /// Per rule: (TP, FP, FN) over the scenarios and (TP, FP, FN) over Falco's traces.
+    pub fn per_rule_by_source(&self) -> BTreeMap<String, [(usize, usize, usize); 2]> {
+        let mut m: BTreeMap<String, [(usize, usize, usize); 2]> = BTreeMap::new();
+        for (rule, counts) in self.per_rule() {
+            m.entry(rule).or_default()[0] = counts;
+        }
+        if let Some(f) = &self.falco {
+            for (rule, counts) in f.per_rule() {
+                m.entry(rule).or_default()[1] = counts;
             }
         }
         m
@@ -382,22 +430,33 @@ impl Report {
                 result
             );
         }
-        s.push_str("\n| rule | TP | FP | FN | precision | recall |\n|---|---|---|---|---|---|\n");
+        s.push_str(
+            "\n| rule | scenarios TP/FP/FN | Falco TP/FP/FN | precision | recall |\n|---|---|---|---|---|\n",
+        );
         let (mut tp_all, mut fp_all, mut fn_all) = (0, 0, 0);
-        for (rule, (tp, fp, fneg)) in self.per_rule() {
+        for (rule, [sc, fa]) in self.per_rule_by_source() {
+            let (tp, fp, fneg) = (sc.0 + fa.0, sc.1 + fa.1, sc.2 + fa.2);
             tp_all += tp;
             fp_all += fp;
             fn_all += fneg;
+            let falco = if self.falco.is_some() {
+                format!("{}/{}/{}", fa.0, fa.1, fa.2)
+            } else {
+                "-".into()
+            };
             let _ = writeln!(
                 s,
-                "| {rule} | {tp} | {fp} | {fneg} | {} | {} |",
+                "| {rule} | {}/{}/{} | {falco} | {} | {} |",
+                sc.0,
+                sc.1,
+                sc.2,
                 ratio(tp, tp + fp),
                 ratio(tp, tp + fneg)
             );
         }
         let _ = writeln!(
             s,
-            "| **all** | {tp_all} | {fp_all} | {fn_all} | {} | {} |",
+            "| **all** | | | {} | {} |",
             ratio(tp_all, tp_all + fp_all),
             ratio(tp_all, tp_all + fn_all)
         );
@@ -409,6 +468,24 @@ impl Report {
                 "Rules no scenario expects to fire: {}",
                 self.uncovered_rules.join(", ")
             );
+        }
+        if let Some(f) = &self.falco {
+            s.push('\n');
+            s.push_str(&f.table());
+            let misses = f.known_misses();
+            if !misses.is_empty() {
+                let _ = writeln!(s, "\nKnown misses and differences ({}):", misses.len());
+                for m in misses {
+                    let _ = writeln!(s, "- {m}");
+                }
+            }
+        }
+        let warnings: Vec<&String> = self.results.iter().flat_map(|r| &r.null_warnings).collect();
+        if !warnings.is_empty() {
+            let _ = writeln!(s, "\nWarnings ({}):", warnings.len());
+            for w in warnings {
+                let _ = writeln!(s, "- {w}");
+            }
         }
         s
     }
