@@ -50,44 +50,21 @@ fn base64_decode(text: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// A DER element: tag, contents, and what follows it.
-fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (first as usize, rest)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
-        (len, &rest[n..])
-    };
-    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
-}
-
 /// CertificationRequest -> CertificationRequestInfo -> (version, subject): the subject's
 /// common names and organisations.
 fn subject_of_request(der: &[u8], out: &mut Vec<String>) -> Option<()> {
-    const CN: &[u8] = &[0x55, 0x04, 0x03];
-    const O: &[u8] = &[0x55, 0x04, 0x0a];
+    use auditlake_schema::der::{COMMON_NAME, ORGANIZATION, element, name_attributes};
     let (_, request, _) = element(der)?;
     let (_, info, _) = element(request)?;
     let (_, _version, rest) = element(info)?;
-    let (_, mut subject, _) = element(rest)?;
-    while !subject.is_empty() {
-        let (_, set, next) = element(subject)?;
-        subject = next;
-        let (_, attribute, _) = element(set)?;
-        let (_, oid, value) = element(attribute)?;
-        let (_, text, _) = element(value)?;
+    let (_, subject, _) = element(rest)?;
+    for (oid, text) in name_attributes(subject) {
         let prefix = match oid {
-            CN => "CN:",
-            O => "O:",
+            COMMON_NAME => "CN:",
+            ORGANIZATION => "O:",
             _ => continue,
         };
-        out.push(format!("{prefix}{}", String::from_utf8_lossy(text)));
+        out.push(format!("{prefix}{text}"));
     }
     Some(())
 }

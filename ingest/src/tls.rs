@@ -89,56 +89,27 @@ pub fn certificate_identity(cert: &CertificateDer<'_>) -> String {
     subject_common_name(cert.as_ref()).unwrap_or_else(|| "unnamed".to_string())
 }
 
-/// A DER element: tag, contents, and the rest of the input after it.
-fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (first as usize, rest)
-    } else {
-        let n = (first & 0x7f) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, &b| (acc << 8) | b as usize);
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
-}
-
 /// The subject CN of an X.509 certificate, walking just enough DER to find it.
 fn subject_common_name(der: &[u8]) -> Option<String> {
+    use auditlake_schema::der::{COMMON_NAME, element, name_attributes};
     const SEQUENCE: u8 = 0x30;
-    const CN_OID: &[u8] = &[0x55, 0x04, 0x03];
-    let (_, cert, _) = der_element(der)?;
-    let (tag, tbs, _) = der_element(cert)?;
+    let (_, cert, _) = element(der)?;
+    let (tag, tbs, _) = element(cert)?;
     if tag != SEQUENCE {
         return None;
     }
     let mut rest = tbs;
     // version [0] is optional; then serial, signature algorithm, issuer, validity, subject.
-    let (tag, _, after) = der_element(rest)?;
+    let (tag, _, after) = element(rest)?;
     if tag == 0xa0 {
         rest = after;
     }
     for _ in 0..4 {
-        rest = der_element(rest)?.2;
+        rest = element(rest)?.2;
     }
-    let (_, mut subject, _) = der_element(rest)?;
-    while !subject.is_empty() {
-        let (_, set, next) = der_element(subject)?;
-        subject = next;
-        let (_, attribute, _) = der_element(set)?;
-        let (_, oid, value) = der_element(attribute)?;
-        if oid == CN_OID {
-            let (_, text, _) = der_element(value)?;
-            return Some(String::from_utf8_lossy(text).into_owned());
-        }
-    }
-    None
+    let (_, subject, _) = element(rest)?;
+    name_attributes(subject)
+        .into_iter()
+        .find(|(oid, _)| *oid == COMMON_NAME)
+        .map(|(_, cn)| cn)
 }

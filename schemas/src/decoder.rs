@@ -451,6 +451,41 @@ impl EventDecoder {
         list_api_version: Option<&str>,
         quarantine: &mut Bounded<'_>,
     ) -> usize {
+        // The bytes are one valid JSON value (serde cut them out), so parsing succeeds.
+        let parsed = self.with_parsed(
+            bytes,
+            pos,
+            |root, ctx, builder, scratch| match append_event(
+                root,
+                list_api_version,
+                ctx,
+                Some(index),
+                builder,
+                scratch,
+            ) {
+                Ok(()) => 1,
+                Err(reason) => {
+                    quarantine
+                        .push_with(|| record_of_value(root, ctx, Some(index), reason, scratch));
+                    0
+                }
+            },
+        );
+        parsed.unwrap_or_else(|e| {
+            let max = self.options.max_quarantined_bytes;
+            let reason = format!("item {index}: invalid JSON: {e}");
+            quarantine.push_with(|| quarantine_record(pos, Some(index), reason, bytes, max));
+            0
+        })
+    }
+
+    /// Parses `bytes` and runs `f` on its root with the decoding context and the builders.
+    fn with_parsed<R>(
+        &mut self,
+        bytes: &[u8],
+        pos: SourcePos<'_>,
+        f: impl FnOnce(Located<'_, '_>, &Ctx<'_>, &mut EventBatchBuilder, &mut Scratch) -> R,
+    ) -> Result<R, simd_json::Error> {
         let Self {
             cluster,
             builder,
@@ -467,23 +502,9 @@ impl EventDecoder {
             max_quarantined: options.max_quarantined_bytes,
             doc: Doc::new(&[], &[]),
         };
-        // The bytes are one valid JSON value (serde cut them out), so parsing succeeds.
-        let parsed = parser.parse(bytes, |root, doc| {
+        parser.parse(bytes, |root, doc| {
             let ctx = Ctx { doc, ..ctx };
-            match append_event(root, list_api_version, &ctx, Some(index), builder, scratch) {
-                Ok(()) => 1,
-                Err(reason) => {
-                    quarantine
-                        .push_with(|| record_of_value(root, &ctx, Some(index), reason, scratch));
-                    0
-                }
-            }
-        });
-        parsed.unwrap_or_else(|e| {
-            let max = self.options.max_quarantined_bytes;
-            let reason = format!("item {index}: invalid JSON: {e}");
-            quarantine.push_with(|| quarantine_record(pos, Some(index), reason, bytes, max));
-            0
+            f(root, &ctx, builder, scratch)
         })
     }
 
@@ -517,25 +538,8 @@ impl EventDecoder {
         pos: SourcePos<'_>,
         quarantine: &mut Bounded<'_>,
     ) -> usize {
-        let Self {
-            cluster,
-            builder,
-            parser,
-            scratch,
-            ingested_at,
-            options,
-            ..
-        } = self;
-        let ctx = Ctx {
-            cluster,
-            ingested_at: *ingested_at,
-            pos,
-            max_quarantined: options.max_quarantined_bytes,
-            doc: Doc::new(&[], &[]),
-        };
-        let parsed = parser.parse(bytes, |root, doc| {
-            let ctx = Ctx { doc, ..ctx };
-            decode_root(root, &ctx, builder, scratch, quarantine)
+        let parsed = self.with_parsed(bytes, pos, |root, ctx, builder, scratch| {
+            decode_root(root, ctx, builder, scratch, quarantine)
         });
         match parsed {
             Ok(n) => {

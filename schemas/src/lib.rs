@@ -5,6 +5,7 @@
 //! Event, an `EventList`) into record batches of it and quarantines what it cannot decode.
 
 mod decoder;
+pub mod der;
 mod derived_tables;
 mod event_builder;
 mod events_schema;
