@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow};
 use auditlake_fixtures::{Mix, Pki, SenderOptions, TrafficGenerator, WebhookSender};
 use auditlake_ingest::{Archive, ServeConfig};
-use auditlake_queries::{ArchiveSession, OutputFormat, write_batches};
+use auditlake_queries::{OutputFormat, write_batches};
 use clap::Args;
 use futures::TryStreamExt;
 use tokio::sync::oneshot;
@@ -289,9 +289,7 @@ async fn show_archive(archive: &Archive) -> Result<()> {
 }
 
 async fn query(archive: &Archive, archive_arg: &str, cluster: &str) -> Result<()> {
-    let session = ArchiveSession::open(archive.store(), &archive.location().url)
-        .await
-        .context("opening the archive for SQL")?;
+    let session = crate::open_session(archive).await?;
     let sql = format!(
         "SELECT user_username, verb, json_get_str(request_object, 'roleRef', 'name') AS role, count(*) AS events \
          FROM events WHERE cluster = '{cluster}' AND resource = 'clusterrolebindings' AND stage = 'ResponseComplete' \

@@ -9,8 +9,8 @@ use arrow::array::RecordBatch;
 use auditlake_analytics::{
     Detector, DetectorOptions, Finding, FindingSinks, RbacBaseline, RuleSet, SinkTarget,
 };
-use auditlake_ingest::{Archive, BatchObserver, FinishedFile, ObserverCounter};
-use auditlake_queries::ArchiveSession;
+use auditlake_archive::FinishedFile;
+use auditlake_ingest::{Archive, BatchObserver, ObserverCounter};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -181,7 +181,7 @@ pub async fn detection(
 /// The latest committed version of every RBAC object, so a restart neither forgets what it
 /// rebuilt nor reports it again.
 async fn restore_rbac_state(detector: &mut Detector, archive: &Archive) -> Result<usize> {
-    let session = ArchiveSession::open(archive.store(), &archive.location().url)
+    let session = crate::open_session(archive)
         .await
         .context("opening the archive to restore the RBAC state")?;
     let (_, batches) = session

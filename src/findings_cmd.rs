@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use auditlake_ingest::Archive;
-use auditlake_queries::{ArchiveSession, OutputFormat, write_batches};
+use auditlake_queries::{OutputFormat, write_batches};
 use clap::Args;
 
 use crate::rules_cmd::{now_micros, parse_duration};
@@ -84,9 +84,7 @@ pub async fn run(archive: Archive, args: FindingsArgs) -> Result<()> {
         filters.join(" AND "),
         args.limit
     );
-    let session = ArchiveSession::open(archive.store(), &archive.location().url)
-        .await
-        .context("opening the archive for SQL")?;
+    let session = crate::open_session(&archive).await?;
     let (schema, batches) = session.sql(&sql).await.context("querying findings")?;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     write_batches(args.format, &schema, &batches, &mut std::io::stdout())

@@ -245,8 +245,10 @@ async fn run(cli: Cli) -> Result<()> {
             demo_cmd::run(open_archive(&cli.archive)?, &cli.archive, args).await
         }
         Command::Generate(args) => run_generate(args),
-        Command::Rules(args) => rules_cmd::run(|| open_archive(&cli.archive), args).await,
-        Command::Findings(args) => findings_cmd::run(open_archive(&cli.archive)?, args).await,
+        Command::Rules(args) => rules_cmd::run(&cli.archive, args).await,
+        Command::Findings(args) => {
+            findings_cmd::run(open_existing_archive(&cli.archive).await?, args).await
+        }
     }
 }
 
@@ -298,16 +300,39 @@ async fn run_serve(archive_arg: &str, args: serve_cmd::ServeArgs) -> Result<()> 
     Ok(())
 }
 
-/// Makes the `k8s_*` functions (`k8s_pod_risks`, `k8s_subjects`, ...) available to SQL.
-fn register_k8s_functions(session: &ArchiveSession) {
+/// The SQL session of every command that reads the archive: read-only, the `k8s_*`
+/// functions (`k8s_pod_risks`, `k8s_subjects`, ...), tables listed from the manifest; files
+/// no manifest record names are reported on stderr and not read.
+pub(crate) async fn open_session(archive: &Archive) -> Result<ArchiveSession> {
+    let session = ArchiveSession::open(archive)
+        .await
+        .with_context(|| format!("opening {} for SQL", archive.location().url))?;
     for f in auditlake_analytics::k8s_functions() {
         session.context().register_udf(f);
     }
+    let stray = session.unattested();
+    if let Some(first) = stray.first() {
+        eprintln!(
+            "warning: the archive holds {} Parquet file(s) that no manifest record names (left \
+             by a crash mid-commit, or put there by someone); they are not queried. First: {first}",
+            stray.len()
+        );
+    }
+    Ok(session)
 }
 
+/// Opens the archive at `location` to write (a local directory is created if missing).
 fn open_archive(location: &str) -> Result<Archive> {
     let loc = ArchiveLocation::parse(location).with_context(|| format!("archive {location:?}"))?;
     Archive::open(loc).with_context(|| format!("opening archive {location:?}"))
+}
+
+/// Opens the archive at `location` to read: a location that holds no archive is an error.
+pub(crate) async fn open_existing_archive(location: &str) -> Result<Archive> {
+    let loc = ArchiveLocation::parse(location).with_context(|| format!("archive {location:?}"))?;
+    Archive::open_existing(loc)
+        .await
+        .with_context(|| format!("opening archive {location:?}"))
 }
 
 fn check_cluster(cluster: &str) -> Result<()> {
@@ -386,14 +411,11 @@ async fn run_query(archive: &str, args: QueryArgs) -> Result<()> {
         (None, Some(s)) => s.clone(),
         (None, None) => bail!("give the SQL as an argument or with --file"),
     };
-    let archive = open_archive(archive)?;
-    let mut session = ArchiveSession::open(archive.store(), &archive.location().url)
-        .await
-        .context("opening the archive for SQL")?;
+    let archive = open_existing_archive(archive).await?;
+    let mut session = open_session(&archive).await?;
     if args.allow_external_tables {
         session.allow_external_tables();
     }
-    register_k8s_functions(&session);
     let (schema, batches) = session.sql(&sql).await.context("query failed")?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use auditlake_analytics::{DENIED_SQL, DONE_SQL, DetectorOptions, RuleSet, Scope, run_scenarios};
-use auditlake_ingest::Archive;
-use auditlake_queries::{ArchiveSession, Backtest, OutputFormat, write_batches};
+use auditlake_queries::{Backtest, OutputFormat, write_batches};
 use clap::{Args, Subcommand};
 
 /// Flags of `auditlake rules`.
@@ -61,7 +60,7 @@ enum RulesCommand {
 }
 
 /// Runs `auditlake rules ...`; `archive` is only opened by `backtest`.
-pub async fn run(archive: impl FnOnce() -> Result<Archive>, args: RulesArgs) -> Result<()> {
+pub async fn run(archive_location: &str, args: RulesArgs) -> Result<()> {
     let set = RuleSet::load(&args.rules).context("loading rules")?;
     match args.command {
         RulesCommand::List => {
@@ -116,11 +115,8 @@ pub async fn run(archive: impl FnOnce() -> Result<Archive>, args: RulesArgs) -> 
             let cutoff = auditlake_schema::timestamp::format_rfc3339_micros(
                 now_micros() - seconds.saturating_mul(1_000_000),
             );
-            let archive = archive()?;
-            let session = ArchiveSession::open(archive.store(), &archive.location().url)
-                .await
-                .context("opening the archive for SQL")?;
-            crate::register_k8s_functions(&session);
+            let archive = crate::open_existing_archive(archive_location).await?;
+            let session = crate::open_session(&archive).await?;
             let mut seen = std::collections::BTreeMap::new();
             for list in auditlake_analytics::LEARNED_LISTS {
                 let (_, batches) = session
@@ -177,11 +173,8 @@ pub async fn run(archive: impl FnOnce() -> Result<Archive>, args: RulesArgs) -> 
             };
             let cutoff_micros = now_micros() - seconds.saturating_mul(1_000_000);
             let cutoff = auditlake_schema::timestamp::format_rfc3339_micros(cutoff_micros);
-            let archive = archive()?;
-            let session = ArchiveSession::open(archive.store(), &archive.location().url)
-                .await
-                .context("opening the archive for SQL")?;
-            crate::register_k8s_functions(&session);
+            let archive = crate::open_existing_archive(archive_location).await?;
+            let session = crate::open_session(&archive).await?;
             let (schema, batches) = session
                 .backtest(&Backtest {
                     condition: &condition,

@@ -419,6 +419,13 @@ fn rbac_drift_is_found_archived_and_remembered_across_runs() {
     // Both tables are in the manifest chain with the events.
     let manifests = std::fs::read_dir(archive.join("_manifest"))
         .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
         .count();
     assert_eq!(manifests, 2);
 }

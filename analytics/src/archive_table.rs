@@ -4,26 +4,18 @@
 //! events that produced them.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
-use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::file::properties::WriterProperties;
 
-use auditlake_schema::timestamp::civil_from_days;
-use auditlake_schema::{FinishedFile, escape_partition_value};
-
-/// `YYYY-MM-DD` (UTC) of a time in microseconds.
-pub(crate) fn date_of(micros: i64) -> String {
-    let (y, m, d) = civil_from_days(micros.div_euclid(86_400_000_000));
-    format!("{y:04}-{m:02}-{d:02}")
-}
+pub(crate) use auditlake_archive::date_of;
+use auditlake_archive::{
+    FinishedFile, ParquetSettings, Table, data_file_path, encode_file, escape_partition_value,
+};
 
 /// Rows of one table waiting for the next commit, grouped by partition.
 pub(crate) struct TableBuffer<R> {
-    dir: &'static str,
+    table: Table,
     schema: SchemaRef,
     run_id: String,
     files_written: u64,
@@ -31,11 +23,10 @@ pub(crate) struct TableBuffer<R> {
 }
 
 impl<R> TableBuffer<R> {
-    /// A buffer for the table in `dir`; `run_id` keeps file names of concurrent or successive
-    /// runs apart.
-    pub(crate) fn new(dir: &'static str, schema: SchemaRef, run_id: &str) -> Self {
+    /// A buffer for `table`; `run_id` keeps file names of concurrent or successive runs apart.
+    pub(crate) fn new(table: Table, schema: SchemaRef, run_id: &str) -> Self {
         Self {
-            dir,
+            table,
             schema,
             run_id: run_id.to_string(),
             files_written: 0,
@@ -66,16 +57,16 @@ impl<R> TableBuffer<R> {
         let mut files = Vec::new();
         for ((cluster, date), rows) in std::mem::take(&mut self.pending) {
             let batch = to_batch(&self.schema, &rows)?;
-            let bytes = encode(&self.schema, &batch)
-                .map_err(|e| format!("encoding {} Parquet: {e}", self.dir))?;
+            let bytes = encode_file(self.table, &self.schema, &batch, ParquetSettings::default())
+                .map_err(|e| format!("encoding {} Parquet: {e}", self.table.name()))?;
             self.files_written += 1;
             files.push(FinishedFile {
-                relative_path: format!(
-                    "{}/cluster={}/date={date}/part-{}-{:06}.parquet",
-                    self.dir,
-                    escape_partition_value(&cluster),
-                    self.run_id,
-                    self.files_written
+                table: self.table,
+                relative_path: data_file_path(
+                    self.table,
+                    &format!("cluster={}/date={date}", escape_partition_value(&cluster)),
+                    &self.run_id,
+                    self.files_written,
                 ),
                 min_micros: rows.iter().map(|r| r.0).min().unwrap_or(0),
                 max_micros: rows.iter().map(|r| r.0).max().unwrap_or(0),
@@ -85,29 +76,5 @@ impl<R> TableBuffer<R> {
             });
         }
         Ok(files)
-    }
-}
-
-fn encode(
-    schema: &SchemaRef,
-    batch: &RecordBatch,
-) -> Result<Vec<u8>, datafusion::parquet::errors::ParquetError> {
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
-        .build();
-    let mut writer = ArrowWriter::try_new(Vec::new(), Arc::clone(schema), Some(props))?;
-    writer.write(batch)?;
-    writer.into_inner()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates_are_utc_days() {
-        assert_eq!(date_of(0), "1970-01-01");
-        assert_eq!(date_of(1_793_491_199_999_999), "2026-10-31");
-        assert_eq!(date_of(1_793_491_200_000_000), "2026-11-01");
     }
 }

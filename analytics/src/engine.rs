@@ -29,7 +29,7 @@ use crate::k8s_functions::register_functions;
 use crate::rbac_drift::RbacDrift;
 use crate::rbac_state::RbacBaseline;
 use crate::rule::{FoldBy, LoadedRule, RuleSet, Scope};
-use auditlake_schema::FinishedFile;
+use auditlake_archive::FinishedFile;
 
 /// Columns whose values are whole JSON documents: conditions on them run only on the rows
 /// the rule's other conjuncts kept.

@@ -9,12 +9,13 @@ use arrow::array::{
 };
 use arrow::datatypes::SchemaRef;
 
+use auditlake_archive::Table;
+use auditlake_schema::findings_file_schema;
 use auditlake_schema::timestamp::parse_rfc3339_micros;
-use auditlake_schema::{FINDINGS_DIR, findings_file_schema};
 
 use crate::archive_table::TableBuffer;
 use crate::finding::Finding;
-use auditlake_schema::FinishedFile;
+use auditlake_archive::FinishedFile;
 
 /// Findings waiting for the next archive commit.
 pub(crate) struct FindingsTable {
@@ -25,7 +26,7 @@ impl FindingsTable {
     /// An empty table buffer; `run_id` goes into file names.
     pub(crate) fn new(run_id: &str) -> Self {
         Self {
-            buffer: TableBuffer::new(FINDINGS_DIR, findings_file_schema(), run_id),
+            buffer: TableBuffer::new(Table::Findings, findings_file_schema(), run_id),
         }
     }
 

@@ -13,15 +13,16 @@ use arrow::array::{
 use arrow::datatypes::{SchemaRef, TimestampMicrosecondType};
 use serde_json::{Value, json};
 
+use auditlake_archive::Table;
+use auditlake_schema::rbac_history_file_schema;
 use auditlake_schema::timestamp::format_rfc3339_micros;
-use auditlake_schema::{RBAC_HISTORY_DIR, rbac_history_file_schema};
 
 use crate::archive_table::TableBuffer;
 use crate::event_columns::EventColumns;
 use crate::finding::{Finding, Outcome};
 use crate::rbac_state::{RbacBaseline, RbacContent, RbacKey, RbacKind, normalise_rule};
 use crate::rule::Severity;
-use auditlake_schema::FinishedFile;
+use auditlake_archive::FinishedFile;
 
 /// An object created or changed that the baseline does not declare.
 pub const DRIFT_ADDED_RULE_ID: &str = "K8S-DRIFT-001";
@@ -164,7 +165,7 @@ impl RbacDrift {
             state: HashMap::new(),
             evicted: Default::default(),
             history: run_id
-                .map(|id| TableBuffer::new(RBAC_HISTORY_DIR, rbac_history_file_schema(), id)),
+                .map(|id| TableBuffer::new(Table::RbacHistory, rbac_history_file_schema(), id)),
         }
     }
 

@@ -18,16 +18,15 @@ use arrow::compute::filter_record_batch;
 use auditlake_schema::{DecoderOptions, EventDecoder, Quarantined, SourcePos};
 use tokio::sync::mpsc;
 
-use crate::archive::{Archive, CommitContents};
 use crate::dedup::Deduplicator;
 use crate::detection_thread::DetectionThread;
-use crate::manifest::WalMark;
-use crate::partitioned_writer::{FinishedFile, PartitionedWriter, WriterOptions};
-use crate::quarantine::quarantine_weight;
+use crate::partitioned_writer::{PartitionedWriter, WriterOptions};
 use crate::record_attempts::{Attempt, RecordAttempts};
 use crate::serve::ServeError;
 use crate::serve_metrics::ServeMetrics;
 use crate::wal::{PendingCut, ReadOutcome, WalReader, WalRecord};
+use auditlake_archive::FinishedFile;
+use auditlake_archive::{CommitContents, SourceMark, quarantine_path, quarantine_weight};
 
 /// Decoders (one per cluster) kept at most.
 const MAX_DECODERS: usize = 64;
@@ -299,10 +298,11 @@ pub(crate) fn run(
                     contents: CommitContents {
                         files,
                         quarantine_path: (!quarantine.is_empty())
-                            .then(|| Archive::quarantine_path(&s.writer_id, &s.quarantine_cluster)),
+                            .then(|| quarantine_path(&s.writer_id, &s.quarantine_cluster)),
                         quarantine,
-                        wal: Some(WalMark {
-                            id: s.wal_id.clone(),
+                        removed: Vec::new(),
+                        source: Some(SourceMark::Webhook {
+                            log_id: s.wal_id.clone(),
                             through_seq: last_seq,
                         }),
                     },

@@ -87,7 +87,7 @@ impl BearerTokens {
                         .collect();
                     if let Some(bad) = list
                         .iter()
-                        .find_map(|c| crate::partitioned_writer::cluster_name_error(c))
+                        .find_map(|c| auditlake_archive::cluster_name_error(c))
                     {
                         return Err(format!("line {}: {bad}", i + 1));
                     }

@@ -15,13 +15,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use crate::archive::Archive;
 use crate::archive_health::ArchiveHealth;
 use crate::archiver::CommitUnit;
 use crate::error::IngestError;
 use crate::serve::ServeError;
 use crate::serve_metrics::ServeMetrics;
 use crate::wal::Wal;
+use auditlake_archive::{Archive, ArchiveError};
 
 const INTENT_FILE: &str = "commit-intent.json";
 /// First wait before a failed commit is tried again; doubled up to [`MAX_BACKOFF`].
@@ -35,11 +35,11 @@ struct CommitIntent {
     paths: Vec<String>,
 }
 
-fn write_intent(dir: &Path, intent: &CommitIntent) -> Result<(), IngestError> {
+fn write_intent(dir: &Path, intent: &CommitIntent) -> Result<(), ArchiveError> {
     use std::io::Write;
     let path = dir.join(INTENT_FILE);
     let tmp = dir.join(format!("{INTENT_FILE}.tmp"));
-    let io = |source| IngestError::Fsync {
+    let io = |source| ArchiveError::Fsync {
         path: path.clone(),
         source,
     };

@@ -15,10 +15,10 @@ use std::thread::JoinHandle;
 use arrow::array::RecordBatch;
 
 use crate::observer::BatchObserver;
-use crate::partitioned_writer::FinishedFile;
 use crate::pipeline::now_micros;
 use crate::serve::ServeError;
 use crate::serve_metrics::ServeMetrics;
+use auditlake_archive::FinishedFile;
 
 /// Batches waiting for the detectors at most: at 400 events per webhook request, about 25k
 /// events, a fraction of a second of work.

@@ -5,7 +5,6 @@
 //! (Parquet per `cluster=/date=/hour=`) -> [`Archive::commit`] (data files, quarantine,
 //! then a hash-chained manifest record written create-if-absent).
 
-mod archive;
 mod archive_health;
 mod archiver;
 mod bearer_tokens;
@@ -16,11 +15,9 @@ mod detection_thread;
 mod error;
 mod file_source;
 mod http_connections;
-mod manifest;
 mod observer;
 mod partitioned_writer;
 mod pipeline;
-mod quarantine;
 mod record_attempts;
 mod serve;
 mod serve_metrics;
@@ -29,22 +26,14 @@ mod tls;
 pub mod wal;
 mod webhook;
 
-pub use archive::{Archive, ArchiveLocation, CommitContents};
+pub use auditlake_archive::{Archive, ArchiveError, ArchiveLocation, CommitContents};
+pub use auditlake_archive::{FinishedFile, cluster_name_error, partition_of};
 pub use bearer_tokens::{BearerTokens, MIN_TOKEN_CHARS};
 pub use error::IngestError;
 pub use file_source::{Input, InputReader};
-pub use manifest::{
-    MANIFEST_DIR, MANIFEST_FORMAT, ManifestFile, ManifestQuarantine, ManifestRecord, WalMark,
-};
 pub use observer::{BatchObserver, ObserverCounter};
-pub use partitioned_writer::{
-    ArrivalWindow, FinishedFile, PartitionedWriter, WriterOptions, cluster_name_error, partition_of,
-};
+pub use partitioned_writer::{ArrivalWindow, PartitionedWriter, WriterOptions};
 pub use pipeline::{IngestOptions, IngestSummary, ingest, new_writer_id};
-pub use quarantine::{QUARANTINE_DIR, quarantine_line, quarantine_ndjson};
 pub use serve::{Bound, ServeConfig, ServeError, ServeSummary, serve};
 pub use serve_metrics::ServeMetrics;
 pub use tls::{TlsError, certificate_identity, server_config};
-
-/// Prefix under the archive root holding the events table.
-pub const EVENTS_DIR: &str = "events";

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicU64;
 
 use arrow::array::RecordBatch;
 
-use crate::partitioned_writer::FinishedFile;
+use auditlake_archive::FinishedFile;
 
 /// Sees every batch of events on its way into the archive (after decoding and, on the
 /// webhook path, after duplicate removal), in order: on the archiving thread for files, on a

@@ -6,20 +6,19 @@
 //! filed under the hour it *arrived* instead, keeping its true `request_received_at`, so one
 //! request can never open thousands of partitions.
 
-pub use auditlake_schema::{FinishedFile, escape_partition_value};
 use std::collections::BTreeMap;
+
+use auditlake_archive::{
+    FinishedFile, ParquetSettings, Table, data_file_path, events_partition_dir, writer_properties,
+};
 
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
-use auditlake_schema::timestamp::civil_from_days;
-use auditlake_schema::{SCHEMA_VERSION_KEY, col, events_file_schema};
+use auditlake_schema::{col, events_file_schema};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
-use parquet::schema::types::ColumnPath;
+use parquet::file::properties::WriterProperties;
 
-use crate::EVENTS_DIR;
 use crate::error::IngestError;
 
 /// Sizes of the files the writer produces.
@@ -108,66 +107,20 @@ pub struct PartitionedWriter {
     out_of_window: u64,
 }
 
-/// The `cluster=/date=/hour=` partition directory (relative to the events table) of a row.
-pub fn partition_of(cluster: &str, request_received_micros: i64) -> String {
-    let hour = request_received_micros.div_euclid(3_600_000_000);
-    partition_dir(cluster, hour)
-}
-
-fn partition_dir(cluster: &str, hour: i64) -> String {
-    let (y, m, d) = civil_from_days(hour.div_euclid(24));
-    format!(
-        "cluster={}/date={y:04}-{m:02}-{d:02}/hour={:02}",
-        escape_partition_value(cluster),
-        hour.rem_euclid(24)
-    )
-}
-
-/// Why `name` cannot be a cluster name, if it cannot: cluster names are Hive partition values
-/// that analysts type in SQL, so letters, digits, `-`, `_` and `.` only.
-pub fn cluster_name_error(name: &str) -> Option<String> {
-    // `.` and `..` (or any name led by a dot) read as path steps to every tool that lists
-    // the archive, so a name starts with a letter or digit.
-    let ok = name.len() <= 253
-        && name
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    (!ok).then(|| {
-        format!(
-            "cluster {name:?}: use 1 to 253 letters, digits, '-', '_' and '.' only, starting \
-             with a letter or digit"
-        )
-    })
-}
-
 impl PartitionedWriter {
     /// A writer whose file names carry `writer_id` (unique per process run).
     pub fn new(writer_id: &str, options: WriterOptions) -> Self {
-        let big_json = [
-            col::REQUEST_OBJECT,
-            col::RESPONSE_OBJECT,
-            col::UNMAPPED,
-            col::RESPONSE_DETAILS,
-        ];
-        let mut props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(options.zstd_level).unwrap_or_default(),
-            ))
-            .set_max_row_group_row_count(Some(options.row_group_rows))
-            .set_statistics_enabled(EnabledStatistics::Chunk)
-            .set_created_by(format!("auditlake {}", env!("CARGO_PKG_VERSION")));
-        for c in big_json {
-            // Bodies are nearly all distinct: dictionary pages would only be built and dropped.
-            props = props.set_column_dictionary_enabled(ColumnPath::from(c), false);
-        }
+        let properties = writer_properties(
+            Table::Events,
+            ParquetSettings {
+                row_group_rows: options.row_group_rows,
+                zstd_level: options.zstd_level,
+            },
+        );
         Self {
             writer_id: writer_id.to_string(),
             options,
-            properties: props.build(),
+            properties,
             open: BTreeMap::new(),
             files_started: 0,
             writes: 0,
@@ -330,23 +283,19 @@ impl PartitionedWriter {
             .open
             .remove(key)
             .ok_or_else(|| IngestError::Pipeline("partition vanished".into()))?;
-        let mut writer = f.writer;
-        writer.append_key_value_metadata(parquet::file::metadata::KeyValue::new(
-            SCHEMA_VERSION_KEY.to_string(),
-            auditlake_schema::SCHEMA_VERSION.to_string(),
-        ));
-        let mut bytes = writer.into_inner()?;
+        let mut bytes = f.writer.into_inner()?;
         // The buffer grew in steps; a small file must not keep a large allocation while it
         // waits for its commit.
         bytes.shrink_to_fit();
         self.files_started += 1;
-        let relative_path = format!(
-            "{EVENTS_DIR}/{}/part-{}-{:06}.parquet",
-            partition_dir(&key.cluster, key.hour),
-            self.writer_id,
-            self.files_started
+        let relative_path = data_file_path(
+            Table::Events,
+            &events_partition_dir(&key.cluster, key.hour),
+            &self.writer_id,
+            self.files_started,
         );
         Ok(FinishedFile {
+            table: Table::Events,
             relative_path,
             cluster: key.cluster.clone(),
             bytes: bytes.into(),
@@ -366,44 +315,6 @@ impl PartitionedWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn partition_paths_follow_request_time() {
-        // 2026-11-01T03:12:00Z
-        assert_eq!(
-            partition_of("prod-eu", 1_793_502_720_000_000),
-            "cluster=prod-eu/date=2026-11-01/hour=03"
-        );
-        assert_eq!(
-            partition_of("a b/c", 0),
-            "cluster=a%20b%2Fc/date=1970-01-01/hour=00"
-        );
-    }
-
-    #[test]
-    fn cluster_names_are_partition_values_not_path_steps() {
-        for bad in [
-            "",
-            ".",
-            "..",
-            ".hidden",
-            "a/b",
-            "a b",
-            "é",
-            &"x".repeat(254),
-        ] {
-            assert!(cluster_name_error(bad).is_some(), "{bad:?} accepted");
-        }
-        for good in [
-            "prod-eu",
-            "a",
-            "0",
-            "gke_project_europe-west1_prod",
-            "eks.prod.v2",
-        ] {
-            assert_eq!(cluster_name_error(good), None, "{good:?} refused");
-        }
-    }
 
     #[test]
     fn far_off_request_times_are_filed_under_their_arrival() {

@@ -9,12 +9,12 @@ use arrow::array::RecordBatch;
 use auditlake_schema::{DecoderOptions, EventDecoder, Quarantined, SourcePos};
 use tokio::sync::mpsc;
 
-use crate::archive::{Archive, CommitContents};
 use crate::error::IngestError;
 use crate::file_source::Input;
 use crate::observer::BatchObserver;
-use crate::partitioned_writer::{FinishedFile, PartitionedWriter, WriterOptions};
-use crate::quarantine::quarantine_weight;
+use crate::partitioned_writer::{PartitionedWriter, WriterOptions};
+use auditlake_archive::FinishedFile;
+use auditlake_archive::{Archive, CommitContents, quarantine_path, quarantine_weight};
 
 /// How an ingest run decodes, batches and writes.
 #[derive(Debug, Clone)]
@@ -109,6 +109,7 @@ pub async fn ingest(
     options: IngestOptions,
     observer: Option<Box<dyn BatchObserver>>,
 ) -> Result<IngestSummary, IngestError> {
+    clean_orphans(archive).await;
     let (decoded_tx, decoded_rx) = sync_channel::<Decoded>(4);
     let (commit_tx, mut commit_rx) = mpsc::channel::<CommitUnit>(2);
     let decode_opts = options.clone();
@@ -137,9 +138,10 @@ pub async fn ingest(
         let contents = CommitContents {
             files: unit.files,
             quarantine_path: (!unit.quarantine.is_empty())
-                .then(|| Archive::quarantine_path(&options.writer_id, &options.cluster)),
+                .then(|| quarantine_path(&options.writer_id, &options.cluster)),
             quarantine: unit.quarantine,
-            wal: None,
+            removed: Vec::new(),
+            source: None,
         };
         let committed = archive
             .commit(&options.writer_id, &contents, None, false)
@@ -177,7 +179,7 @@ pub async fn ingest(
         .join()
         .map_err(|_| IngestError::Pipeline("encoder thread panicked".into()))?;
     if let Some(e) = commit_error {
-        return Err(e);
+        return Err(e.into());
     }
     decode_result?;
     let (inputs, bytes_read, findings, summarised) = encode_result?;
@@ -186,6 +188,23 @@ pub async fn ingest(
     summary.bytes_read = bytes_read;
     summary.findings = findings;
     Ok(summary)
+}
+
+/// How old a commit intent must be before its files count as a crashed writer's leftovers:
+/// no commit takes that long, so a live writer's files are never touched.
+pub(crate) const ORPHAN_AGE: Duration = Duration::from_secs(3600);
+
+/// Deletes what writers that died mid-commit left behind. Best effort: a failure here never
+/// stops archiving, and the files are not queried meanwhile (no record names them).
+pub(crate) async fn clean_orphans(archive: &Archive) {
+    match archive.clean_orphans(ORPHAN_AGE).await {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            files = n,
+            "deleted files of commits that never got their manifest record"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not look for files of crashed commits"),
+    }
 }
 
 fn decode_inputs(

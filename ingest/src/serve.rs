@@ -28,7 +28,6 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::archive::Archive;
 use crate::archive_health::ArchiveHealth;
 use crate::archiver::{self, ArchiverFailure, ArchiverKit, ArchiverSettings};
 use crate::committer::{Committer, error_chain, resolve_intent};
@@ -42,6 +41,7 @@ use crate::serve_metrics::ServeMetrics;
 use crate::tls::TlsError;
 use crate::wal::{self, Wal, WalError, WalOptions};
 use crate::webhook::{self, ConnectionLimits, WebhookSettings, WebhookState};
+use auditlake_archive::Archive;
 
 /// Every setting of `auditlake serve`; the TOML config file has exactly these keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +164,9 @@ pub enum ServeError {
     /// The archive failed.
     #[error(transparent)]
     Archive(#[from] IngestError),
+    /// The archive refused a read or a commit.
+    #[error(transparent)]
+    ArchiveStore(#[from] auditlake_archive::ArchiveError),
     /// A thread or task of the server failed outside any one input (a bug or a panic).
     #[error("serve pipeline: {0}")]
     Pipeline(String),
@@ -518,6 +521,11 @@ pub async fn serve(
         metrics.clone(),
     ));
 
+    // Off the start-up path: readiness must not wait for a look through the archive.
+    tokio::spawn({
+        let archive = archive.clone();
+        async move { crate::pipeline::clean_orphans(&archive).await }
+    });
     // The log belongs to this archive; recover it.
     wal::bind_archive(
         &config.wal_dir,

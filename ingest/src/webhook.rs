@@ -252,7 +252,7 @@ async fn accept(
             return *r;
         }
     };
-    if let Some(problem) = crate::partitioned_writer::cluster_name_error(&cluster) {
+    if let Some(problem) = auditlake_archive::cluster_name_error(&cluster) {
         return answer(StatusCode::BAD_REQUEST, None, problem);
     }
     if !state.health.accepting() {

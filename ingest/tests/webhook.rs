@@ -102,14 +102,20 @@ fn base_config(dir: &Path) -> ServeConfig {
     }
 }
 
+/// Paths of the manifest records (`_manifest/*.json`), in sequence order.
+fn manifest_records(archive_dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut records: Vec<_> = std::fs::read_dir(archive_dir.join("_manifest"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    records.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|e| e == "json"));
+    records.sort();
+    records
+}
+
 /// `(audit_id, stage, source_ref)` of every committed row, read from the manifests' files.
 fn archived_rows(archive_dir: &Path) -> Vec<(String, String, String)> {
     let mut rows = Vec::new();
-    let mut manifests: Vec<_> = std::fs::read_dir(archive_dir.join("_manifest"))
-        .map(|d| d.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
-    manifests.sort();
-    for m in manifests {
+    for m in manifest_records(archive_dir) {
         let record: serde_json::Value = serde_json::from_slice(&std::fs::read(m).unwrap()).unwrap();
         for f in record["files"].as_array().unwrap() {
             let file = std::fs::File::open(archive_dir.join(f["path"].as_str().unwrap())).unwrap();
@@ -143,12 +149,8 @@ fn archived_rows(archive_dir: &Path) -> Vec<(String, String, String)> {
 /// Quarantine records committed (lines of the quarantine files the manifests name).
 fn quarantined(archive_dir: &Path) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir(archive_dir.join("_manifest")) else {
-        return out;
-    };
-    for m in dir {
-        let record: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(m.unwrap().path()).unwrap()).unwrap();
+    for m in manifest_records(archive_dir) {
+        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(m).unwrap()).unwrap();
         for q in record["quarantine"].as_array().unwrap() {
             let text =
                 std::fs::read_to_string(archive_dir.join(q["path"].as_str().unwrap())).unwrap();

@@ -4,16 +4,15 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
-use auditlake_schema::{
-    DERIVED_PARTITION_COLUMNS, FINDINGS_DIR, RBAC_HISTORY_DIR, events_file_schema,
-    findings_file_schema, rbac_history_file_schema,
-};
+use auditlake_archive::{Archive, ArchiveError, AttestedFiles, Table};
+use auditlake_schema::{events_file_schema, findings_file_schema, rbac_history_file_schema};
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
 };
 use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
 use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
 use url::Url;
 
 /// What can go wrong preparing or running a query.
@@ -25,6 +24,9 @@ pub enum QueryError {
     /// A rule's expression could not be parsed as one SQL expression.
     #[error("rule {0}")]
     Rule(String),
+    /// The archive's manifest could not be read.
+    #[error(transparent)]
+    Manifest(#[from] ArchiveError),
     /// The archive URL cannot back a table.
     #[error("archive {url}: {message}")]
     Archive {
@@ -41,6 +43,8 @@ pub enum QueryError {
 pub struct ArchiveSession {
     ctx: SessionContext,
     options: SQLOptions,
+    unattested: Vec<String>,
+    records: u64,
 }
 
 /// What a session's users may run: queries only.
@@ -69,15 +73,17 @@ const RBAC_STATE_VIEW: &str = "CREATE VIEW rbac_state AS \
     lead(changed_at) OVER (PARTITION BY cluster, kind, namespace, name ORDER BY changed_at, audit_id) \
     AS valid_until FROM rbac_history";
 
-/// Registers the Parquet table under `<archive>/<dir>/` as `<dir>`, Hive-partitioned by
-/// `partitions`. A table with no files yet is simply empty.
+/// Registers `table`'s Parquet files under `<archive>/<table>/`, Hive-partitioned. The
+/// listing comes from the manifest (see [`ArchiveSession::open`]); a table with no files
+/// yet is simply empty.
 fn register_listing(
     ctx: &SessionContext,
     archive_url: &Url,
-    dir: &str,
-    partitions: &[&str],
+    table: Table,
     schema: SchemaRef,
 ) -> Result<(), QueryError> {
+    let dir = table.name();
+    let partitions = table.partition_columns();
     let url = archive_url
         .join(&format!("{dir}/"))
         .map_err(|e| QueryError::Archive {
@@ -100,38 +106,43 @@ fn register_listing(
 }
 
 impl ArchiveSession {
-    /// Opens a session over the archive rooted at `archive_url`, read through `store`
-    /// (for `file://` archives DataFusion's own local filesystem is used).
-    pub async fn open(store: Arc<dyn ObjectStore>, archive_url: &Url) -> Result<Self, QueryError> {
+    /// Opens a session over `archive`. Its tables hold exactly the files the committed
+    /// manifest records name (and no later record removed): a Parquet file under a table's
+    /// directory that no record names is not read (see [`ArchiveSession::unattested`]).
+    pub async fn open(archive: &Archive) -> Result<Self, QueryError> {
+        let archive_url = &archive.location().url;
+        let attested = AttestedFiles::load(archive).await?;
+        let unattested = attested.unattested(archive).await?;
         let config = analyst_config()
             .with_information_schema(true)
             .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
         let mut ctx = SessionContext::new_with_config(config);
-        if archive_url.scheme() != "file" {
-            let base = Url::parse(&format!(
-                "{}://{}",
-                archive_url.scheme(),
-                archive_url.authority()
-            ))
-            .map_err(|e| QueryError::Archive {
-                url: archive_url.to_string(),
-                message: e.to_string(),
-            })?;
-            ctx.register_object_store(&base, store);
-        }
-        datafusion_functions_json::register_all(&mut ctx)?;
-        let archive = |dir: &str, partitions: &[&str], schema: SchemaRef| {
-            register_listing(&ctx, archive_url, dir, partitions, schema)
+        let base = Url::parse(&format!(
+            "{}://{}",
+            archive_url.scheme(),
+            archive_url.authority()
+        ))
+        .map_err(|e| QueryError::Archive {
+            url: archive_url.to_string(),
+            message: e.to_string(),
+        })?;
+        // DataFusion reads `file://` through a store rooted at `/`; other schemes through the
+        // archive's store, rooted at the bucket. Either way the archive root inside it is the
+        // URL's path, and the view lists the tables from the manifest.
+        let inner: Arc<dyn ObjectStore> = if archive_url.scheme() == "file" {
+            Arc::new(LocalFileSystem::new())
+        } else {
+            archive.store()
         };
-        archive("events", &["cluster", "date", "hour"], events_file_schema())?;
-        archive(
-            FINDINGS_DIR,
-            &DERIVED_PARTITION_COLUMNS,
-            findings_file_schema(),
-        )?;
-        archive(
-            RBAC_HISTORY_DIR,
-            &DERIVED_PARTITION_COLUMNS,
+        let root = archive.location().root_in_url_store();
+        ctx.register_object_store(&base, Arc::new(attested.store_view(inner, &root)));
+        datafusion_functions_json::register_all(&mut ctx)?;
+        register_listing(&ctx, archive_url, Table::Events, events_file_schema())?;
+        register_listing(&ctx, archive_url, Table::Findings, findings_file_schema())?;
+        register_listing(
+            &ctx,
+            archive_url,
+            Table::RbacHistory,
             rbac_history_file_schema(),
         )?;
         // Each version of an RBAC object with the time the next one replaced it, so "who was
@@ -140,7 +151,20 @@ impl ArchiveSession {
         Ok(Self {
             ctx,
             options: read_only(),
+            unattested,
+            records: attested.records(),
         })
+    }
+
+    /// Parquet files under the tables' directories that no manifest record names: left by a
+    /// crash mid-commit, or put there by someone. They are not queried.
+    pub fn unattested(&self) -> &[String] {
+        &self.unattested
+    }
+
+    /// Manifest records the session's tables were built from.
+    pub fn records(&self) -> u64 {
+        self.records
     }
 
     /// Lets `CREATE EXTERNAL TABLE` and `CREATE VIEW` run (to join the archive with a file
@@ -222,9 +246,10 @@ mod tests {
 
     async fn empty_session() -> (tempfile::TempDir, ArchiveSession) {
         let dir = tempfile::tempdir().unwrap();
-        let url = Url::from_directory_path(dir.path()).unwrap();
-        let store = Arc::new(object_store::local::LocalFileSystem::new());
-        let s = ArchiveSession::open(store, &url).await.unwrap();
+        let location =
+            auditlake_archive::ArchiveLocation::parse(dir.path().to_str().unwrap()).unwrap();
+        let archive = Archive::open(location).unwrap();
+        let s = ArchiveSession::open(&archive).await.unwrap();
         (dir, s)
     }
 

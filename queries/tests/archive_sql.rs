@@ -36,9 +36,7 @@ async fn ingest_handwritten(archive: &Archive, cluster: &str) -> IngestSummary {
 }
 
 async fn query(archive: &Archive, sql: &str) -> Vec<RecordBatch> {
-    let session = ArchiveSession::open(archive.store(), &archive.location().url)
-        .await
-        .unwrap();
+    let session = ArchiveSession::open(archive).await.unwrap();
     session.sql(sql).await.unwrap().1
 }
 
@@ -350,9 +348,7 @@ async fn output_formats_render_the_same_rows() {
     let dir = tempfile::tempdir().unwrap();
     let archive = archive_at(dir.path());
     ingest_handwritten(&archive, "f").await;
-    let session = ArchiveSession::open(archive.store(), &archive.location().url)
-        .await
-        .unwrap();
+    let session = ArchiveSession::open(&archive).await.unwrap();
     let (schema, batches) = session
         .sql("SELECT audit_id, response_code FROM events WHERE stage = 'Panic' OR response_code = 403 ORDER BY audit_id")
         .await
@@ -424,4 +420,187 @@ async fn an_over_long_line_is_cut_while_reading_and_quarantined_with_its_true_le
     assert_eq!(record["raw_truncated"], true);
     assert_eq!(record["raw"].as_str().unwrap().len(), 100);
     assert_eq!(record["line"], 1);
+}
+
+/// Copies a directory tree (the fixture archives are read-only inputs).
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_tree(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+fn count(batches: &[RecordBatch]) -> i64 {
+    batches[0]
+        .column(0)
+        .as_primitive::<arrow::datatypes::Int64Type>()
+        .value(0)
+}
+
+#[tokio::test]
+async fn a_parquet_file_no_manifest_record_names_is_not_counted_and_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = archive_at(dir.path());
+    let summary = ingest_handwritten(&archive, "x").await;
+    let committed = summary.events as i64;
+    let session = ArchiveSession::open(&archive).await.unwrap();
+    assert!(session.unattested().is_empty());
+    // A real Parquet file of real events, dropped next to the committed ones: what a crash
+    // between the puts and the manifest record leaves, or what someone could plant.
+    let partition = dir.path().join("events/cluster=x/date=2026-11-01/hour=03");
+    let committed_file = std::fs::read_dir(&partition)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let stray = partition.join("part-planted-000001.parquet");
+    std::fs::copy(committed_file.path(), &stray).unwrap();
+    let session = ArchiveSession::open(&archive).await.unwrap();
+    assert_eq!(
+        session.unattested(),
+        ["events/cluster=x/date=2026-11-01/hour=03/part-planted-000001.parquet"]
+    );
+    let (_, batches) = session.sql("SELECT count(*) FROM events").await.unwrap();
+    assert_eq!(count(&batches), committed, "the stray file was counted");
+    let (_, batches) = session
+        .sql("SELECT count(*) FROM events WHERE cluster = 'x' AND date = '2026-11-01' AND hour = '03'")
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&batches),
+        4,
+        "the stray file was counted in its partition"
+    );
+}
+
+#[tokio::test]
+async fn an_archive_written_by_manifest_v1_is_read_and_extended_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_tree(&data_dir().join("../archive-v1"), dir.path());
+    let archive = archive_at(dir.path());
+    let session = ArchiveSession::open(&archive).await.unwrap();
+    assert!(
+        session.unattested().is_empty(),
+        "{:?}",
+        session.unattested()
+    );
+    for (sql, n) in [
+        ("SELECT count(*) FROM events", 309),
+        ("SELECT count(*) FROM events WHERE cluster = 'prod-eu'", 9),
+        ("SELECT count(*) FROM findings", 15),
+        ("SELECT count(*) FROM rbac_history", 2),
+    ] {
+        let (_, batches) = session.sql(sql).await.unwrap();
+        assert_eq!(count(&batches), n, "{sql}");
+    }
+    let records = archive.records().await.unwrap();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0].0.format, "auditlake-manifest/1");
+    assert_eq!(records[0].0.quarantine[0].records, 6);
+    assert_eq!(
+        records[1]
+            .0
+            .files
+            .iter()
+            .filter(|f| f.table == "findings")
+            .count(),
+        1
+    );
+    // A v2 commit chains after the v1 records, whose bytes stay as they were.
+    let v1_head = std::fs::read(dir.path().join("_manifest/00000000000000000002.json")).unwrap();
+    let added = ingest_handwritten(&archive, "prod-eu").await.events as i64;
+    let records = archive.records().await.unwrap();
+    assert_eq!(records.len(), 3);
+    assert_eq!(records[2].0.format, "auditlake-manifest/2");
+    assert_eq!(
+        records[2].0.previous_sha256.as_deref(),
+        Some(hex::encode(Sha256::digest(&v1_head)).as_str())
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("_manifest/00000000000000000002.json")).unwrap(),
+        v1_head
+    );
+    let (_, batches) = ArchiveSession::open(&archive)
+        .await
+        .unwrap()
+        .sql("SELECT count(*) FROM events")
+        .await
+        .unwrap();
+    assert_eq!(count(&batches), 309 + added);
+}
+
+#[tokio::test]
+async fn files_of_a_commit_that_never_got_its_record_are_deleted_and_never_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = archive_at(dir.path());
+    let committed = ingest_handwritten(&archive, "x").await.events as i64;
+    let partition = dir.path().join("events/cluster=x/date=2026-11-01/hour=03");
+    let committed_file = std::fs::read_dir(&partition)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    let orphan_rel = "events/cluster=x/date=2026-11-01/hour=03/part-dead-000001.parquet";
+    std::fs::copy(committed_file.path(), dir.path().join(orphan_rel)).unwrap();
+    std::fs::create_dir_all(dir.path().join("_intents")).unwrap();
+    std::fs::write(
+        dir.path().join("_intents/dead-000000.json"),
+        serde_json::to_vec(&json!({"writer": "dead", "paths": [orphan_rel]})).unwrap(),
+    )
+    .unwrap();
+    // Too young: its writer may still be committing.
+    assert_eq!(
+        archive
+            .clean_orphans(std::time::Duration::from_secs(3600))
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(dir.path().join(orphan_rel).exists());
+    assert_eq!(
+        archive
+            .clean_orphans(std::time::Duration::ZERO)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!dir.path().join(orphan_rel).exists());
+    assert!(
+        committed_file.path().exists(),
+        "a committed file was deleted"
+    );
+    assert!(!dir.path().join("_intents/dead-000000.json").exists());
+    let (_, batches) = ArchiveSession::open(&archive)
+        .await
+        .unwrap()
+        .sql("SELECT count(*) FROM events")
+        .await
+        .unwrap();
+    assert_eq!(count(&batches), committed);
+}
+
+#[tokio::test]
+async fn a_location_that_holds_no_archive_is_an_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let location = ArchiveLocation::parse(dir.path().to_str().unwrap()).unwrap();
+    let e = Archive::open_existing(location)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("holds no auditlake archive"), "{e}");
+    assert!(e.contains(dir.path().to_str().unwrap()), "{e}");
+    let missing = dir.path().join("nope");
+    let location = ArchiveLocation::parse(missing.to_str().unwrap()).unwrap();
+    let e = Archive::open_existing(location)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nope"), "{e}");
+    assert!(!missing.exists(), "a reader created the directory");
 }

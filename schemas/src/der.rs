@@ -49,7 +49,7 @@ mod tests {
     fn elements_and_names_read_and_malformed_ones_give_nothing() {
         // SET { SEQUENCE { OID 2.5.4.3, UTF8String "ab" } }
         let name = [
-            0x31, 0x09, 0x30, 0x07, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x02, b'a', b'b',
+            0x31, 0x0b, 0x30, 0x09, 0x06, 0x03, 0x55, 0x04, 0x03, 0x0c, 0x02, b'a', b'b',
         ];
         assert_eq!(name_attributes(&name), [(COMMON_NAME, "ab".to_string())]);
         assert!(

@@ -9,13 +9,6 @@ use std::sync::{Arc, LazyLock};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
-/// Directory of the `findings` table under the archive root.
-pub const FINDINGS_DIR: &str = "findings";
-/// Directory of the `rbac_history` table under the archive root.
-pub const RBAC_HISTORY_DIR: &str = "rbac_history";
-/// Partition columns of both tables, in directory order.
-pub const DERIVED_PARTITION_COLUMNS: [&str; 2] = ["cluster", "date"];
-
 fn utc_micros() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
@@ -87,35 +80,4 @@ pub fn rbac_history_file_schema() -> SchemaRef {
         ]))
     });
     SCHEMA.clone()
-}
-
-/// A complete Parquet file of an archive table, ready to be committed.
-#[derive(Debug)]
-pub struct FinishedFile {
-    /// Path relative to the archive root.
-    pub relative_path: String,
-    /// Cluster partition value.
-    pub cluster: String,
-    /// The file's bytes (shared, so a commit that is retried never copies them).
-    pub bytes: bytes::Bytes,
-    /// Number of rows (events, findings, RBAC versions).
-    pub rows: u64,
-    /// Earliest row time (µs): `request_received_at` for events.
-    pub min_micros: i64,
-    /// Latest row time (µs).
-    pub max_micros: i64,
-}
-
-/// Percent-encodes a Hive partition value (cluster names are validated at the source to
-/// letters, digits, `-`, `_`, `.`; anything else is encoded so a path is never broken).
-pub fn escape_partition_value(v: &str) -> String {
-    let mut s = String::with_capacity(v.len());
-    for b in v.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
-            s.push(b as char);
-        } else {
-            s.push_str(&format!("%{b:02X}"));
-        }
-    }
-    s
 }

@@ -14,10 +14,7 @@ mod tape_span;
 pub mod timestamp;
 
 pub use decoder::{DecoderOptions, EventDecoder, Quarantined, SourcePos, json_syntax_error, lines};
-pub use derived_tables::{
-    DERIVED_PARTITION_COLUMNS, FINDINGS_DIR, FinishedFile, RBAC_HISTORY_DIR,
-    escape_partition_value, findings_file_schema, rbac_history_file_schema,
-};
+pub use derived_tables::{findings_file_schema, rbac_history_file_schema};
 pub use event_builder::EventBatchBuilder;
 pub use events_schema::{
     PARTITION_COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, col, events_file_schema, events_schema,

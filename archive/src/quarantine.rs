@@ -3,9 +3,6 @@
 
 use auditlake_schema::Quarantined;
 
-/// Prefix under the archive root holding quarantine files.
-pub const QUARANTINE_DIR: &str = "_quarantine";
-
 /// Appends one quarantined input as an NDJSON line to `out`. The raw bytes go in `raw` when
 /// they are UTF-8 and in `raw_base64` otherwise, so invalid UTF-8 survives byte for byte.
 pub fn quarantine_line(q: &Quarantined, out: &mut Vec<u8>) {

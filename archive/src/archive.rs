@@ -1,0 +1,666 @@
+//! The archive: data files, quarantine and the manifest chain in one store, and the commit
+//! protocol that makes files visible (intent, puts, create-if-absent manifest record, head
+//! pointer).
+
+use std::path::Path as FsPath;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use crate::error::{ArchiveError, store_err};
+use crate::layout::{FinishedFile, MANIFEST_DIR};
+use crate::location::ArchiveLocation;
+use crate::manifest::{ManifestFile, ManifestQuarantine, ManifestRecord, RemovedFile, SourceMark};
+use auditlake_schema::Quarantined;
+
+/// Name, under [`MANIFEST_DIR`], of the pointer to the newest record.
+pub const HEAD_FILE: &str = "HEAD";
+/// Prefix under the archive root holding commit intents (files put but not yet committed).
+pub const INTENTS_DIR: &str = "_intents";
+
+/// Parts of the quarantine file uploaded at a time (bounds its memory while streaming).
+const QUARANTINE_PART_BYTES: usize = 8 << 20;
+/// Manifest records read at once when a reader loads the chain.
+const READ_CONCURRENCY: usize = 32;
+
+/// What one commit makes visible: data files, quarantined inputs, files it takes out of
+/// their tables, and how far its source is archived.
+#[derive(Debug, Default)]
+pub struct CommitContents {
+    /// Finished Parquet files of every table.
+    pub files: Vec<FinishedFile>,
+    /// Inputs that could not be decoded.
+    pub quarantine: Vec<Quarantined>,
+    /// Where the quarantine file goes ([`crate::quarantine_path`]); `None` with no quarantine.
+    pub quarantine_path: Option<String>,
+    /// Files of earlier commits this one removes from their tables.
+    pub removed: Vec<RemovedFile>,
+    /// The source position this commit covers.
+    pub source: Option<SourceMark>,
+}
+
+/// Called by [`Archive::commit`] with every path it is about to put, before the first put.
+pub type BeforePut<'a> = &'a (dyn Fn(&[String]) -> Result<(), ArchiveError> + Sync);
+
+/// The pointer to the newest record: a hint that makes finding the head O(1). Readers
+/// check it by looking for the records after it, so a stale pointer only costs a read.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Head {
+    sequence: u64,
+}
+
+/// Files a commit is about to put, recorded first so a writer that dies between the puts
+/// and the manifest record leaves files that can be found and deleted.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Intent {
+    writer: String,
+    paths: Vec<String>,
+}
+
+/// The evidence archive: data files, quarantine and the manifest chain in one store.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    store: Arc<dyn ObjectStore>,
+    prefix: Path,
+    location: ArchiveLocation,
+}
+
+/// What one commit wrote.
+#[derive(Debug, Clone)]
+pub struct CommitOutcome {
+    /// The manifest record written.
+    pub record: ManifestRecord,
+    /// Time from the first put to the manifest being durable.
+    pub latency: Duration,
+}
+
+impl Archive {
+    /// Opens the archive at `location` to write, creating a local directory if needed.
+    pub fn open(location: ArchiveLocation) -> Result<Self, ArchiveError> {
+        let (store, prefix) = location.open_store(true)?;
+        Ok(Self {
+            store,
+            prefix,
+            location,
+        })
+    }
+
+    /// Opens an existing archive to read: a location with no manifest record is an error
+    /// naming it (a mistyped `--archive` must not answer every query with 0 rows).
+    pub async fn open_existing(location: ArchiveLocation) -> Result<Self, ArchiveError> {
+        let (store, prefix) = location.open_store(false)?;
+        let archive = Self {
+            store,
+            prefix,
+            location,
+        };
+        if archive.manifest_head().await?.is_none() {
+            return Err(ArchiveError::NotAnArchive {
+                location: archive.location.url.to_string(),
+            });
+        }
+        Ok(archive)
+    }
+
+    /// The object store holding the archive.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// The archive's location.
+    pub fn location(&self) -> &ArchiveLocation {
+        &self.location
+    }
+
+    /// The object path of `relative` under the archive root.
+    pub fn path(&self, relative: &str) -> Path {
+        let mut p = self.prefix.clone();
+        for part in relative.split('/').filter(|s| !s.is_empty()) {
+            p = p.clone().join(part);
+        }
+        p
+    }
+
+    /// `path` relative to the archive root (`None` when it is outside).
+    pub fn relative(&self, path: &Path) -> Option<String> {
+        let mut parts = path.prefix_match(&self.prefix)?;
+        let mut out = String::new();
+        for (i, p) in parts.by_ref().enumerate() {
+            if i > 0 {
+                out.push('/');
+            }
+            out.push_str(p.as_ref());
+        }
+        Some(out)
+    }
+
+    async fn put(
+        &self,
+        relative: &str,
+        bytes: bytes::Bytes,
+        mode: PutMode,
+    ) -> Result<(), object_store::Error> {
+        let opts = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        self.store
+            .put_opts(&self.path(relative), PutPayload::from(bytes), opts)
+            .await?;
+        self.fsync_local(relative)
+            .await
+            .map_err(|e| object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source: Box::new(e),
+            })
+    }
+
+    /// object_store 0.13's LocalFileSystem does not fsync: without this a committed file
+    /// could vanish on power loss while its manifest record survives. Runs on tokio's
+    /// blocking pool, so a slow disk never holds a worker that serves requests.
+    async fn fsync_local(&self, relative: &str) -> std::io::Result<()> {
+        let Some(dir) = &self.location.local_dir else {
+            return Ok(());
+        };
+        let file = dir.join(relative);
+        tokio::task::spawn_blocking(move || {
+            std::fs::File::open(&file)?.sync_all()?;
+            if let Some(parent) = file.parent() {
+                sync_dir(parent)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    /// Puts one file a commit will name and returns its SHA-256 (hex) and size.
+    async fn put_evidence(
+        &self,
+        relative: &str,
+        body: bytes::Bytes,
+    ) -> Result<(String, u64), ArchiveError> {
+        let sha256 = hex::encode(Sha256::digest(&body));
+        let bytes = body.len() as u64;
+        let span = tracing::debug_span!("put_file", path = %relative, bytes);
+        self.put(relative, body, PutMode::Overwrite)
+            .instrument(span)
+            .await
+            .map_err(store_err("put", relative))?;
+        Ok((sha256, bytes))
+    }
+
+    /// Streams the quarantine file of a commit to the store record by record (a multipart
+    /// upload once it is large), hashing as it goes; returns its SHA-256 and size.
+    async fn put_quarantine(
+        &self,
+        relative: &str,
+        records: &[Quarantined],
+    ) -> Result<(String, u64), ArchiveError> {
+        use tokio::io::AsyncWriteExt;
+        let path = self.path(relative);
+        let io = |e: std::io::Error| ArchiveError::Store {
+            operation: "put",
+            path: relative.to_string(),
+            source: object_store::Error::Generic {
+                store: "quarantine",
+                source: Box::new(e),
+            },
+        };
+        let mut out = object_store::buffered::BufWriter::with_capacity(
+            self.store.clone(),
+            path,
+            QUARANTINE_PART_BYTES,
+        );
+        let mut sha = Sha256::new();
+        let mut bytes = 0u64;
+        let mut line = Vec::new();
+        for q in records {
+            line.clear();
+            crate::quarantine::quarantine_line(q, &mut line);
+            sha.update(&line);
+            bytes += line.len() as u64;
+            if let Err(e) = out.write_all(&line).await {
+                out.abort().await.ok();
+                return Err(io(e));
+            }
+        }
+        out.shutdown().await.map_err(io)?;
+        self.fsync_local(relative)
+            .await
+            .map_err(|e| ArchiveError::Fsync {
+                path: relative.into(),
+                source: e,
+            })?;
+        Ok((hex::encode(sha.finalize()), bytes))
+    }
+
+    /// Commits finished data files and quarantined inputs: records an intent naming every
+    /// path, puts every file, appends a manifest record naming them (with SHA-256, rows,
+    /// time range) to the hash chain, moves the head pointer and drops the intent. Nothing a
+    /// commit wrote is referenced until its manifest record exists.
+    ///
+    /// Safe to call again with the same `contents` after a failure (`retry`): the files are
+    /// put again under the same names, and a manifest record that the failed attempt did
+    /// write (its answer lost) is found and returned instead of being written twice.
+    pub async fn commit(
+        &self,
+        writer_id: &str,
+        contents: &CommitContents,
+        before_put: Option<BeforePut<'_>>,
+        retry: bool,
+    ) -> Result<CommitOutcome, ArchiveError> {
+        let started = Instant::now();
+        let quarantine_rel = contents
+            .quarantine_path
+            .as_deref()
+            .filter(|_| !contents.quarantine.is_empty());
+        let mut paths: Vec<String> = contents
+            .files
+            .iter()
+            .map(|f| f.relative_path.clone())
+            .collect();
+        paths.extend(quarantine_rel.map(str::to_string));
+        if let Some(hook) = before_put {
+            hook(&paths)?;
+        }
+        let intent = self.write_intent(writer_id, &paths).await?;
+        let mut entries = Vec::with_capacity(contents.files.len());
+        for f in &contents.files {
+            let rel = &f.relative_path;
+            let (sha256, bytes) = self.put_evidence(rel, f.bytes.clone()).await?;
+            entries.push(ManifestFile {
+                table: f.table.name().to_string(),
+                path: rel.clone(),
+                sha256,
+                bytes,
+                rows: f.rows,
+                cluster: f.cluster.clone(),
+                min_time_micros: f.min_micros,
+                max_time_micros: f.max_micros,
+            });
+        }
+        let mut quarantine_entries = Vec::new();
+        if let Some(rel) = quarantine_rel {
+            let (sha256, bytes) = self.put_quarantine(rel, &contents.quarantine).await?;
+            quarantine_entries.push(ManifestQuarantine {
+                path: rel.to_string(),
+                sha256,
+                bytes,
+                records: contents.quarantine.len() as u64,
+            });
+        }
+        let record = self
+            .append_manifest(writer_id, entries, quarantine_entries, contents, retry)
+            .await?;
+        if let Some(intent) = intent {
+            // The record names the files now; a leftover intent would only cost a check.
+            if let Err(e) = self.store.delete(&intent).await {
+                tracing::debug!(error = %e, "could not delete a commit intent");
+            }
+        }
+        Ok(CommitOutcome {
+            record,
+            latency: started.elapsed(),
+        })
+    }
+
+    async fn write_intent(
+        &self,
+        writer_id: &str,
+        paths: &[String],
+    ) -> Result<Option<Path>, ArchiveError> {
+        if paths.is_empty() {
+            return Ok(None);
+        }
+        let rel = format!("{INTENTS_DIR}/{writer_id}-{:06}.json", next_counter());
+        let body = serde_json::to_vec(&Intent {
+            writer: writer_id.to_string(),
+            paths: paths.to_vec(),
+        })
+        .map_err(|e| ArchiveError::Manifest {
+            path: rel.clone(),
+            message: e.to_string(),
+        })?;
+        self.put(&rel, body.into(), PutMode::Overwrite)
+            .await
+            .map_err(store_err("put", &rel))?;
+        Ok(Some(self.path(&rel)))
+    }
+
+    /// Deletes the files of commits that never got their manifest record (a writer died
+    /// between its puts and its record): every intent older than `min_age` whose files no
+    /// record names. Returns the number of files deleted.
+    pub async fn clean_orphans(&self, min_age: Duration) -> Result<u64, ArchiveError> {
+        let dir = self.path(INTENTS_DIR);
+        let intents: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(store_err("list", &dir))?;
+        let now = chrono::Utc::now();
+        let old: Vec<_> = intents
+            .into_iter()
+            .filter(|m| {
+                (now - m.last_modified)
+                    .to_std()
+                    .is_ok_and(|age| age >= min_age)
+            })
+            .collect();
+        if old.is_empty() {
+            return Ok(0);
+        }
+        let committed = crate::attested::AttestedFiles::load(self).await?;
+        let mut deleted = 0u64;
+        for meta in old {
+            let body = self
+                .store
+                .get(&meta.location)
+                .await
+                .map_err(store_err("get", &meta.location))?
+                .bytes()
+                .await
+                .map_err(store_err("get", &meta.location))?;
+            let intent: Intent =
+                serde_json::from_slice(&body).map_err(|e| ArchiveError::Manifest {
+                    path: meta.location.to_string(),
+                    message: e.to_string(),
+                })?;
+            for rel in &intent.paths {
+                if committed.names(rel) {
+                    continue;
+                }
+                match self.store.delete(&self.path(rel)).await {
+                    Ok(()) => {
+                        deleted += 1;
+                        tracing::warn!(path = %rel, writer = %intent.writer, "deleted a file a crashed commit left behind (no manifest record names it)");
+                    }
+                    Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(store_err("delete", rel)(e)),
+                }
+            }
+            match self.store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err("delete", &meta.location)(e)),
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Reads record `sequence` and the SHA-256 of its bytes; `None` when it does not exist.
+    pub async fn record(
+        &self,
+        sequence: u64,
+    ) -> Result<Option<(ManifestRecord, String)>, ArchiveError> {
+        let path = self.path(&format!(
+            "{MANIFEST_DIR}/{}",
+            ManifestRecord::file_name(sequence)
+        ));
+        match self.read_manifest(&path).await {
+            Ok(r) => Ok(Some(r)),
+            Err(ArchiveError::Store {
+                source: object_store::Error::NotFound { .. },
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The newest manifest record and the SHA-256 of its bytes, if any. Reads the head
+    /// pointer and looks past it (O(1) requests); lists `_manifest/` only for an archive
+    /// written before the pointer existed, or when the pointer names a missing record.
+    pub async fn manifest_head(&self) -> Result<Option<(ManifestRecord, String)>, ArchiveError> {
+        let pointed = match self.read_head_pointer().await? {
+            Some(seq) => self.record(seq).await?,
+            None => None,
+        };
+        let mut head = match pointed {
+            Some(h) => h,
+            None => {
+                let records = self.manifest_paths().await?;
+                let Some(last) = records.last() else {
+                    return Ok(None);
+                };
+                self.read_manifest(last).await?
+            }
+        };
+        // The pointer may lag: a writer died between its record and the pointer, or two
+        // writers raced. Records are consecutive, so the next missing one ends the chain.
+        while let Some(next) = self.record(head.0.sequence + 1).await? {
+            head = next;
+        }
+        Ok(Some(head))
+    }
+
+    async fn read_head_pointer(&self) -> Result<Option<u64>, ArchiveError> {
+        let path = self.path(&format!("{MANIFEST_DIR}/{HEAD_FILE}"));
+        let bytes = match self.store.get(&path).await {
+            Ok(r) => r.bytes().await.map_err(store_err("get", &path))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(store_err("get", &path)(e)),
+        };
+        match serde_json::from_slice::<Head>(&bytes) {
+            Ok(h) => Ok(Some(h.sequence)),
+            Err(e) => {
+                tracing::warn!(error = %e, "ignoring an unreadable manifest head pointer");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn write_head_pointer(&self, sequence: u64) {
+        let rel = format!("{MANIFEST_DIR}/{HEAD_FILE}");
+        let body = format!("{{\"sequence\":{sequence}}}\n");
+        if let Err(e) = self.put(&rel, body.into(), PutMode::Overwrite).await {
+            // Only a hint: readers find the newest record past a stale pointer.
+            tracing::warn!(error = %e, "could not update the manifest head pointer");
+        }
+    }
+
+    /// Every manifest record in sequence order, with the SHA-256 of its bytes (read
+    /// concurrently, by sequence number, up to the head).
+    pub async fn records(&self) -> Result<Vec<(ManifestRecord, String)>, ArchiveError> {
+        let Some((head, head_sha)) = self.manifest_head().await? else {
+            return Ok(Vec::new());
+        };
+        let n = head.sequence;
+        let mut out: Vec<(ManifestRecord, String)> = futures::stream::iter(1..n)
+            .map(|seq| async move {
+                self.record(seq)
+                    .await?
+                    .ok_or_else(|| ArchiveError::Manifest {
+                        path: format!("{MANIFEST_DIR}/{}", ManifestRecord::file_name(seq)),
+                        message: format!(
+                            "record {seq} is missing although the chain goes on to {n}"
+                        ),
+                    })
+            })
+            .buffered(READ_CONCURRENCY)
+            .try_collect()
+            .await?;
+        out.push((head, head_sha));
+        Ok(out)
+    }
+
+    /// The newest mark of write-ahead log `log_id` in the manifest chain (0 if none): the
+    /// records up to it are archived and must not be written again.
+    pub async fn wal_mark(&self, log_id: &str) -> Result<u64, ArchiveError> {
+        let Some((head, _)) = self.manifest_head().await? else {
+            return Ok(0);
+        };
+        let mut seq = head.sequence;
+        let mut record = Some(head);
+        while let Some(r) = record {
+            if let Some((id, through)) = r.webhook_mark()
+                && id == log_id
+            {
+                return Ok(through);
+            }
+            seq -= 1;
+            record = if seq == 0 {
+                None
+            } else {
+                self.record(seq).await?.map(|(r, _)| r)
+            };
+        }
+        Ok(0)
+    }
+
+    /// Deletes files a commit put but never named in a manifest record (the writer died
+    /// between the two). Missing files are fine: the put may not have happened.
+    pub async fn delete_uncommitted(&self, relative_paths: &[String]) -> Result<(), ArchiveError> {
+        for rel in relative_paths {
+            match self.store.delete(&self.path(rel)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(store_err("delete", rel)(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Object paths of all manifest records, in sequence order (one LIST of `_manifest/`).
+    pub async fn manifest_paths(&self) -> Result<Vec<Path>, ArchiveError> {
+        let dir = self.path(MANIFEST_DIR);
+        let mut paths: Vec<Path> = self
+            .store
+            .list(Some(&dir))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(store_err("list", dir.to_string()))?;
+        paths.retain(|p| p.as_ref().ends_with(".json"));
+        paths.sort();
+        Ok(paths)
+    }
+
+    /// Reads one manifest record and the SHA-256 of its bytes.
+    pub async fn read_manifest(
+        &self,
+        path: &Path,
+    ) -> Result<(ManifestRecord, String), ArchiveError> {
+        let bytes = self
+            .store
+            .get(path)
+            .await
+            .map_err(store_err("get", path))?
+            .bytes()
+            .await
+            .map_err(store_err("get", path))?;
+        let record = ManifestRecord::parse(&bytes, path.as_ref())?;
+        Ok((record, hex::encode(Sha256::digest(&bytes))))
+    }
+
+    /// A record among the last few written by `writer_id` with exactly these contents.
+    async fn find_recent(
+        &self,
+        writer_id: &str,
+        files: &[ManifestFile],
+        quarantine: &[ManifestQuarantine],
+        contents: &CommitContents,
+    ) -> Result<Option<ManifestRecord>, ArchiveError> {
+        /// Records looked at: other writers may have committed after the lost answer.
+        const LOOK_BACK: u64 = 32;
+        let Some((head, _)) = self.manifest_head().await? else {
+            return Ok(None);
+        };
+        let newest = head.sequence;
+        let mut record = Some(head);
+        let mut seq = newest;
+        while let Some(r) = record {
+            if r.writer == writer_id
+                && r.files == files
+                && r.quarantine == quarantine
+                && r.removed == contents.removed
+                && r.source == contents.source
+            {
+                return Ok(Some(r));
+            }
+            seq -= 1;
+            if seq == 0 || newest - seq >= LOOK_BACK {
+                break;
+            }
+            record = self.record(seq).await?.map(|(r, _)| r);
+        }
+        Ok(None)
+    }
+
+    async fn append_manifest(
+        &self,
+        writer_id: &str,
+        files: Vec<ManifestFile>,
+        quarantine: Vec<ManifestQuarantine>,
+        contents: &CommitContents,
+        retry: bool,
+    ) -> Result<ManifestRecord, ArchiveError> {
+        const ATTEMPTS: u32 = 16;
+        if retry
+            && let Some(done) = self
+                .find_recent(writer_id, &files, &quarantine, contents)
+                .await?
+        {
+            // An earlier attempt of this very commit got its record in; its answer was lost.
+            tracing::info!(
+                sequence = done.sequence,
+                "the manifest record of this commit was already written"
+            );
+            return Ok(done);
+        }
+        for _ in 0..ATTEMPTS {
+            let head = self.manifest_head().await?;
+            let (sequence, previous_sha256) = match &head {
+                Some((r, sha)) => (r.sequence + 1, Some(sha.clone())),
+                None => (1, None),
+            };
+            let mut record = ManifestRecord::new(
+                sequence,
+                previous_sha256,
+                writer_id,
+                files.clone(),
+                quarantine.clone(),
+            );
+            record.removed = contents.removed.clone();
+            record.source = contents.source.clone();
+            let rel = format!("{MANIFEST_DIR}/{}", ManifestRecord::file_name(sequence));
+            let body = serde_json::to_vec_pretty(&record).map_err(|e| ArchiveError::Manifest {
+                path: rel.clone(),
+                message: e.to_string(),
+            })?;
+            // Create-if-absent: of two writers racing for one sequence number, one wins and
+            // the other re-reads the head and chains after it.
+            match self.put(&rel, body.into(), PutMode::Create).await {
+                Ok(()) => {
+                    self.write_head_pointer(sequence).await;
+                    return Ok(record);
+                }
+                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Err(source) => {
+                    return Err(ArchiveError::Store {
+                        operation: "put",
+                        path: rel,
+                        source,
+                    });
+                }
+            }
+        }
+        Err(ArchiveError::CommitContention { attempts: ATTEMPTS })
+    }
+}
+
+fn sync_dir(dir: &FsPath) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn next_counter() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}

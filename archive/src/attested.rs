@@ -1,0 +1,261 @@
+//! What the manifest attests: the live files of each table (committed and not removed), and
+//! a read-only object store view that lists only those, so SQL counts exactly the files the
+//! evidence chain names and never a stray one.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+
+use crate::archive::Archive;
+use crate::error::{ArchiveError, store_err};
+use crate::layout::Table;
+
+/// A file a committed manifest record names and no later record removed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttestedFile {
+    /// Its table.
+    pub table: Table,
+    /// Size in bytes, as committed.
+    pub bytes: u64,
+    /// SHA-256 as committed, hex.
+    pub sha256: String,
+    /// When its record was committed (stands in for the object's modification time).
+    pub committed_at: DateTime<Utc>,
+}
+
+/// The live files of every table, by path relative to the archive root.
+#[derive(Debug, Clone, Default)]
+pub struct AttestedFiles {
+    files: BTreeMap<String, AttestedFile>,
+    records: u64,
+}
+
+impl AttestedFiles {
+    /// Reads the whole manifest chain and applies each record's files and removals.
+    pub async fn load(archive: &Archive) -> Result<Self, ArchiveError> {
+        let mut out = Self::default();
+        for (record, _) in archive.records().await? {
+            out.records += 1;
+            let committed_at = DateTime::parse_from_rfc3339(&record.committed_at)
+                .map(|t| t.with_timezone(&Utc))
+                .unwrap_or_default();
+            for f in record.files {
+                let Some(table) = Table::from_name(&f.table) else {
+                    tracing::warn!(path = %f.path, table = %f.table, "a manifest record names a file of an unknown table; it is not queried");
+                    continue;
+                };
+                out.files.insert(
+                    f.path,
+                    AttestedFile {
+                        table,
+                        bytes: f.bytes,
+                        sha256: f.sha256,
+                        committed_at,
+                    },
+                );
+            }
+            for r in record.removed {
+                out.files.remove(&r.path);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `relative` is a live file of some table.
+    pub fn names(&self, relative: &str) -> bool {
+        self.files.contains_key(relative)
+    }
+
+    /// Manifest records read.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Live files of `table`, by relative path.
+    pub fn files(&self, table: Table) -> impl Iterator<Item = (&str, &AttestedFile)> {
+        let dir = format!("{}/", table.name());
+        self.files
+            .range(dir.clone()..)
+            .take_while(move |(p, _)| p.starts_with(&dir))
+            .map(|(p, f)| (p.as_str(), f))
+    }
+
+    /// Parquet files present under the tables' directories that no record names (left by a
+    /// crash mid-commit, or put there by someone): one LIST per table.
+    pub async fn unattested(&self, archive: &Archive) -> Result<Vec<String>, ArchiveError> {
+        let store = archive.store();
+        let mut out = Vec::new();
+        for table in Table::ALL {
+            let dir = archive.path(table.name());
+            let listed: Vec<ObjectMeta> = store
+                .list(Some(&dir))
+                .try_collect()
+                .await
+                .map_err(store_err("list", &dir))?;
+            for meta in listed {
+                if let Some(rel) = archive.relative(&meta.location)
+                    && rel.ends_with(".parquet")
+                    && !self.names(&rel)
+                {
+                    out.push(rel);
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// A read-only view of `inner` (the store serving the archive's URL, where the archive
+    /// root is `root`) in which the tables' directories list only these files.
+    pub fn store_view(&self, inner: Arc<dyn ObjectStore>, root: &Path) -> AttestedStore {
+        let mut listed = BTreeMap::new();
+        for (rel, f) in &self.files {
+            let mut p = root.clone();
+            for part in rel.split('/') {
+                p = p.clone().join(part);
+            }
+            listed.insert(
+                p.to_string(),
+                ObjectMeta {
+                    location: p,
+                    last_modified: f.committed_at,
+                    size: f.bytes,
+                    e_tag: None,
+                    version: None,
+                },
+            );
+        }
+        let tables = Table::ALL
+            .iter()
+            .map(|t| root.clone().join(t.name()))
+            .collect();
+        AttestedStore {
+            inner,
+            tables,
+            listed: Arc::new(listed),
+        }
+    }
+}
+
+/// An object store whose listings under the archive's table directories come from the
+/// manifest; reads pass through, and writes are refused.
+#[derive(Debug, Clone)]
+pub struct AttestedStore {
+    inner: Arc<dyn ObjectStore>,
+    tables: Vec<Path>,
+    listed: Arc<BTreeMap<String, ObjectMeta>>,
+}
+
+impl fmt::Display for AttestedStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AttestedStore({})", self.inner)
+    }
+}
+
+impl AttestedStore {
+    /// Whether listings under `prefix` come from the manifest (it is a table directory or
+    /// inside one).
+    fn attests(&self, prefix: Option<&Path>) -> bool {
+        prefix.is_some_and(|p| self.tables.iter().any(|t| p.prefix_matches(t)))
+    }
+
+    /// The attested objects under `prefix`.
+    fn under<'a>(&'a self, prefix: &'a Path) -> impl Iterator<Item = &'a ObjectMeta> + 'a {
+        let start = format!("{prefix}/");
+        self.listed
+            .range(start.clone()..)
+            .take_while(move |(k, _)| k.starts_with(&start))
+            .map(|(_, m)| m)
+    }
+}
+
+fn read_only(operation: &str) -> object_store::Error {
+    object_store::Error::NotSupported {
+        source: format!("{operation}: the archive is opened read-only").into(),
+    }
+}
+
+#[async_trait]
+impl ObjectStore for AttestedStore {
+    async fn put_opts(
+        &self,
+        _location: &Path,
+        _payload: PutPayload,
+        _opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        Err(read_only("put"))
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        _location: &Path,
+        _opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        Err(read_only("put"))
+    }
+
+    async fn get_opts(
+        &self,
+        location: &Path,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        self.inner.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        locations.map(|_| Err(read_only("delete"))).boxed()
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        match prefix {
+            Some(p) if self.attests(Some(p)) => {
+                let found: Vec<_> = self.under(p).cloned().map(Ok).collect();
+                futures::stream::iter(found).boxed()
+            }
+            _ => self.inner.list(prefix),
+        }
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        let Some(p) = prefix.filter(|p| self.attests(Some(p))) else {
+            return self.inner.list_with_delimiter(prefix).await;
+        };
+        let depth = p.parts().count();
+        let mut dirs = BTreeSet::new();
+        let mut objects = Vec::new();
+        for meta in self.under(p) {
+            let parts: Vec<_> = meta.location.parts().collect();
+            if parts.len() == depth + 1 {
+                objects.push(meta.clone());
+            } else {
+                dirs.insert(Path::from_iter(parts[..=depth].iter().cloned()));
+            }
+        }
+        Ok(ListResult {
+            common_prefixes: dirs.into_iter().collect(),
+            objects,
+        })
+    }
+
+    async fn copy_opts(
+        &self,
+        _from: &Path,
+        _to: &Path,
+        _options: CopyOptions,
+    ) -> object_store::Result<()> {
+        Err(read_only("copy"))
+    }
+}

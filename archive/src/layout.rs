@@ -1,0 +1,216 @@
+//! Where things live in an archive: the tables and their Hive partitions, file names, and
+//! the directories of the quarantine and the manifest.
+
+use auditlake_schema::timestamp::civil_from_days;
+
+/// Prefix under the archive root holding manifest records.
+pub const MANIFEST_DIR: &str = "_manifest";
+/// Prefix under the archive root holding quarantine files.
+pub const QUARANTINE_DIR: &str = "_quarantine";
+/// Partition columns of `findings` and `rbac_history`, in directory order.
+pub const DERIVED_PARTITION_COLUMNS: [&str; 2] = ["cluster", "date"];
+/// Partition columns of `events`, in directory order.
+pub const EVENTS_PARTITION_COLUMNS: [&str; 3] = ["cluster", "date", "hour"];
+
+/// A table of the archive: Parquet files under `<dir>/cluster=<c>/date=<d>[/hour=<h>]/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// Every audit event, partitioned by cluster, date and hour of `request_received_at`.
+    Events,
+    /// Every finding the detectors emitted, by cluster and date.
+    Findings,
+    /// Every RBAC object version the drift detector rebuilt, by cluster and date.
+    RbacHistory,
+}
+
+impl Table {
+    /// All tables, in the order SQL registers them.
+    pub const ALL: [Table; 3] = [Table::Events, Table::Findings, Table::RbacHistory];
+
+    /// The table's name in SQL, in manifest records and as its directory.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Events => "events",
+            Table::Findings => "findings",
+            Table::RbacHistory => "rbac_history",
+        }
+    }
+
+    /// The table named `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+
+    /// The table a path relative to the archive root belongs to.
+    pub fn of_path(relative: &str) -> Option<Self> {
+        let (dir, _) = relative.split_once('/')?;
+        Self::from_name(dir)
+    }
+
+    /// Its Hive partition columns, in directory order.
+    pub fn partition_columns(self) -> &'static [&'static str] {
+        match self {
+            Table::Events => &EVENTS_PARTITION_COLUMNS,
+            Table::Findings | Table::RbacHistory => &DERIVED_PARTITION_COLUMNS,
+        }
+    }
+}
+
+/// A complete Parquet file of an archive table, ready to be committed.
+#[derive(Debug)]
+pub struct FinishedFile {
+    /// The table it belongs to.
+    pub table: Table,
+    /// Path relative to the archive root.
+    pub relative_path: String,
+    /// Cluster partition value.
+    pub cluster: String,
+    /// The file's bytes (shared, so a commit that is retried never copies them).
+    pub bytes: bytes::Bytes,
+    /// Number of rows (events, findings, RBAC versions).
+    pub rows: u64,
+    /// Earliest row time (µs): `request_received_at` for events, the time of the finding or
+    /// of the change for the others.
+    pub min_micros: i64,
+    /// Latest row time (µs).
+    pub max_micros: i64,
+}
+
+/// Percent-encodes a Hive partition value (cluster names are validated at the source to
+/// letters, digits, `-`, `_`, `.`; anything else is encoded so a path is never broken).
+pub fn escape_partition_value(v: &str) -> String {
+    let mut s = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.') {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+/// Why `name` cannot be a cluster name, if it cannot: cluster names are Hive partition values
+/// that analysts type in SQL, so letters, digits, `-`, `_` and `.` only.
+pub fn cluster_name_error(name: &str) -> Option<String> {
+    // `.` and `..` (or any name led by a dot) read as path steps to every tool that lists
+    // the archive, so a name starts with a letter or digit.
+    let ok = name.len() <= 253
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    (!ok).then(|| {
+        format!(
+            "cluster {name:?}: use 1 to 253 letters, digits, '-', '_' and '.' only, starting \
+             with a letter or digit"
+        )
+    })
+}
+
+/// `YYYY-MM-DD` (UTC) of a time in microseconds.
+pub fn date_of(micros: i64) -> String {
+    let (y, m, d) = civil_from_days(micros.div_euclid(86_400_000_000));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The `cluster=/date=/hour=` partition directory (relative to the events table) of the
+/// hour `hour` (hours since the epoch).
+pub fn events_partition_dir(cluster: &str, hour: i64) -> String {
+    let (y, m, d) = civil_from_days(hour.div_euclid(24));
+    format!(
+        "cluster={}/date={y:04}-{m:02}-{d:02}/hour={:02}",
+        escape_partition_value(cluster),
+        hour.rem_euclid(24)
+    )
+}
+
+/// The `cluster=/date=/hour=` partition directory (relative to the events table) of a row.
+pub fn partition_of(cluster: &str, request_received_micros: i64) -> String {
+    events_partition_dir(cluster, request_received_micros.div_euclid(3_600_000_000))
+}
+
+/// Path, relative to the archive root, of data file number `n` of writer `stem` in
+/// `partition` (a partition directory) of `table`.
+pub fn data_file_path(table: Table, partition: &str, stem: &str, n: u64) -> String {
+    format!("{}/{partition}/part-{stem}-{n:06}.parquet", table.name())
+}
+
+/// A fresh relative path for a quarantine file of `writer_id` for `cluster` (decided once
+/// per commit, so a retried commit writes the same file).
+pub fn quarantine_path(writer_id: &str, cluster: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{QUARANTINE_DIR}/cluster={}/{writer_id}-{:06}.ndjson",
+        escape_partition_value(cluster),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_paths_follow_request_time() {
+        // 2026-11-01T03:12:00Z
+        assert_eq!(
+            partition_of("prod-eu", 1_793_502_720_000_000),
+            "cluster=prod-eu/date=2026-11-01/hour=03"
+        );
+        assert_eq!(
+            partition_of("a b/c", 0),
+            "cluster=a%20b%2Fc/date=1970-01-01/hour=00"
+        );
+    }
+
+    #[test]
+    fn dates_are_utc_days() {
+        assert_eq!(date_of(0), "1970-01-01");
+        assert_eq!(date_of(1_793_491_199_999_999), "2026-10-31");
+        assert_eq!(date_of(1_793_491_200_000_000), "2026-11-01");
+    }
+
+    #[test]
+    fn tables_are_found_from_paths() {
+        assert_eq!(
+            Table::of_path("events/cluster=a/x.parquet"),
+            Some(Table::Events)
+        );
+        assert_eq!(
+            Table::of_path("rbac_history/cluster=a/x.parquet"),
+            Some(Table::RbacHistory)
+        );
+        assert_eq!(Table::of_path("eventsx/a"), None);
+        assert_eq!(Table::of_path("_quarantine/a"), None);
+    }
+
+    #[test]
+    fn cluster_names_are_partition_values_not_path_steps() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a b",
+            "é",
+            &"x".repeat(254),
+        ] {
+            assert!(cluster_name_error(bad).is_some(), "{bad:?} accepted");
+        }
+        for good in [
+            "prod-eu",
+            "a",
+            "0",
+            "gke_project_europe-west1_prod",
+            "eks.prod.v2",
+        ] {
+            assert_eq!(cluster_name_error(good), None, "{good:?} refused");
+        }
+    }
+}

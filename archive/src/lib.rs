@@ -1,0 +1,32 @@
+//! The auditlake evidence archive: where it lives ([`ArchiveLocation`]), its tables and
+//! their partitions ([`Table`], [`layout`]), the one set of Parquet settings
+//! ([`writer_properties`]), the quarantine file format, the commit protocol
+//! ([`Archive::commit`]) and the hash-chained manifest ([`ManifestRecord`], specified in
+//! `archive/FORMAT.md`). Readers list the files the manifest attests ([`AttestedFiles`]).
+//!
+//! Knows nothing of sources, HTTP, TLS, the write-ahead log or SQL: those depend on it.
+
+mod archive;
+mod attested;
+mod error;
+pub mod layout;
+mod location;
+mod manifest;
+mod parquet_properties;
+mod quarantine;
+
+pub use archive::{Archive, BeforePut, CommitContents, CommitOutcome, HEAD_FILE, INTENTS_DIR};
+pub use attested::{AttestedFile, AttestedFiles, AttestedStore};
+pub use error::ArchiveError;
+pub use layout::{
+    DERIVED_PARTITION_COLUMNS, EVENTS_PARTITION_COLUMNS, FinishedFile, MANIFEST_DIR,
+    QUARANTINE_DIR, Table, cluster_name_error, data_file_path, date_of, escape_partition_value,
+    events_partition_dir, partition_of, quarantine_path,
+};
+pub use location::ArchiveLocation;
+pub use manifest::{
+    FileRange, KafkaRange, MANIFEST_FORMAT, MANIFEST_FORMAT_V1, ManifestFile, ManifestQuarantine,
+    ManifestRecord, RemovedFile, SourceMark,
+};
+pub use parquet_properties::{ParquetSettings, encode_file, writer_properties};
+pub use quarantine::{quarantine_line, quarantine_ndjson, quarantine_weight};
