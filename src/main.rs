@@ -8,12 +8,13 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use auditlake_ingest::{Archive, ArchiveLocation, IngestOptions, IngestSummary, Input};
-use auditlake_queries::{ArchiveSession, OutputFormat, write_batches};
+use auditlake_queries::ArchiveSession;
 use clap::{Args, Parser, Subcommand};
 
 mod demo_cmd;
 mod detect;
 mod findings_cmd;
+mod query_cmd;
 mod rules_cmd;
 mod serve_cmd;
 
@@ -58,8 +59,9 @@ enum LogFormat {
 enum Command {
     /// Ingest audit log files (NDJSON, EventList, gzip, directories, `-` for stdin) into the archive.
     Ingest(IngestArgs),
-    /// Run SQL over the archive (table `events`; JSON functions such as json_get_str).
-    Query(QueryArgs),
+    /// Run SQL over the archive (tables events, findings, rbac_history; JSON and k8s_*
+    /// functions): `-c SQL`, `-f FILE`, or an interactive prompt without either.
+    Query(query_cmd::QueryArgs),
     /// Receive kube-apiserver audit webhook batches over HTTPS; a 200 means the batch is fsynced
     /// in the write-ahead log, from where it is archived as Parquet.
     Serve(Box<serve_cmd::ServeArgs>),
@@ -161,27 +163,6 @@ struct IngestArgs {
     inputs: Vec<PathBuf>,
 }
 
-#[derive(Args, Debug)]
-struct QueryArgs {
-    /// Output format: table, csv, json or ndjson.
-    #[arg(long, short, env = "AUDITLAKE_FORMAT", default_value = "table")]
-    format: OutputFormat,
-
-    /// Read the SQL from this file (`;` separates statements; the last one's result is printed).
-    #[arg(long, conflicts_with = "sql")]
-    file: Option<PathBuf>,
-
-    /// Allow `CREATE EXTERNAL TABLE` and `CREATE VIEW` (to join the archive with a file of
-    /// your own). They can read any file this process can; without this flag only queries
-    /// run (no DDL, no INSERT or COPY, no SET).
-    #[arg(long)]
-    allow_external_tables: bool,
-
-    /// The SQL to run.
-    #[arg(required_unless_present = "file")]
-    sql: Option<String>,
-}
-
 fn init_logging(filter: &str, format: LogFormat) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .with_context(|| format!("invalid --log filter {filter:?}"))?;
@@ -238,7 +219,7 @@ fn real_main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Ingest(args) => run_ingest(&cli.archive, args).await,
-        Command::Query(args) => run_query(&cli.archive, args).await,
+        Command::Query(args) => query_cmd::run(&cli.archive, args).await,
         Command::Serve(args) => run_serve(&cli.archive, *args).await,
         Command::Demo(args) => {
             check_cluster(&args.cluster)?;
@@ -277,6 +258,10 @@ async fn shutdown_signal() {
 
 async fn run_serve(archive_arg: &str, args: serve_cmd::ServeArgs) -> Result<()> {
     let config = serve_cmd::resolve(&args)?;
+    if args.print_config {
+        print!("{}", serve_cmd::to_toml(&config)?);
+        return Ok(());
+    }
     check_cluster(&config.cluster)?;
     let archive = open_archive(archive_arg)?;
     let observer = detect::detection(
@@ -402,26 +387,6 @@ fn print_summary(s: &IngestSummary, elapsed: std::time::Duration, archive: &Arch
     } else {
         eprintln!("quarantined 0 inputs");
     }
-}
-
-async fn run_query(archive: &str, args: QueryArgs) -> Result<()> {
-    let sql = match (&args.file, &args.sql) {
-        (Some(f), _) => std::fs::read_to_string(f)
-            .with_context(|| format!("reading SQL file {}", f.display()))?,
-        (None, Some(s)) => s.clone(),
-        (None, None) => bail!("give the SQL as an argument or with --file"),
-    };
-    let archive = open_existing_archive(archive).await?;
-    let mut session = open_session(&archive).await?;
-    if args.allow_external_tables {
-        session.allow_external_tables();
-    }
-    let (schema, batches) = session.sql(&sql).await.context("query failed")?;
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
-    write_batches(args.format, &schema, &batches, &mut out).context("writing results")?;
-    out.flush().context("writing results")?;
-    Ok(())
 }
 
 fn run_generate(args: GenerateArgs) -> Result<()> {

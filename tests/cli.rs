@@ -165,25 +165,181 @@ fn demo_posts_through_the_mutual_tls_webhook_and_archives_every_event() {
     );
 }
 
+/// `auditlake serve --print-config` with `args` and the environment `env` (nothing else of
+/// the test's environment): the effective configuration.
+fn effective_config(args: &[&str], env: &[(&str, &str)]) -> toml::Table {
+    let out = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .arg("--print-config")
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap()
+}
+
 #[test]
-fn an_auditlake_variable_overrides_the_flag_and_the_config_file() {
+fn a_flag_beats_its_variable_which_beats_the_config_file_which_beats_the_default() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("auditlake.toml");
-    std::fs::write(&config, "cluster = \"from-file\"\n").unwrap();
-    // The cluster check runs before anything binds, so the error shows which value won.
+    std::fs::write(
+        &config,
+        "cluster = \"from-file\"\nwal_max_bytes = 5\nflush_interval_seconds = 7\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let c = effective_config(
+        &["--config", config, "--cluster", "from-flag"],
+        &[
+            ("AUDITLAKE_CLUSTER", "from-env"),
+            ("AUDITLAKE_WAL_MAX_BYTES", "6"),
+        ],
+    );
+    assert_eq!(c["cluster"].as_str(), Some("from-flag"), "flag over env");
+    assert_eq!(c["wal_max_bytes"].as_integer(), Some(6), "env over file");
+    assert_eq!(
+        c["flush_interval_seconds"].as_integer(),
+        Some(7),
+        "file over default"
+    );
+    assert_eq!(
+        c["dedup_window_seconds"].as_integer(),
+        Some(600),
+        "the default"
+    );
+    // The config file itself can come from the environment; lists and switches too.
+    let c = effective_config(
+        &["--findings", "none", "--wal-retarget"],
+        &[
+            ("AUDITLAKE_CONFIG", config),
+            ("AUDITLAKE_FINDINGS", "stdout,/tmp/f.ndjson"),
+            ("AUDITLAKE_INSECURE_PLAIN_HTTP", "true"),
+        ],
+    );
+    assert_eq!(c["cluster"].as_str(), Some("from-file"));
+    assert_eq!(c["findings"].as_array().unwrap().len(), 1, "{c:?}");
+    assert_eq!(c["wal_retarget"].as_bool(), Some(true));
+    assert_eq!(c["insecure_plain_http"].as_bool(), Some(true));
+    // A bad value names its flag.
     let out = Command::new(BIN)
-        .args(["serve", "--config", config.to_str().unwrap()])
-        .args(["--cluster", "from-flag", "--insecure-plain-http"])
-        .env("AUDITLAKE_CLUSTER", "from env!")
-        .env("AUDITLAKE_LOG", "warn")
+        .args(["serve", "--wal-max-bytes", "lots", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--wal-max-bytes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn query_takes_commands_and_files_prints_every_statement_and_refuses_a_non_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let sample = auditlake_fixtures::data_dir().join("samples/handwritten.ndjson");
+    auditlake_ok(
+        &archive,
+        &["ingest", "--findings", "none", sample.to_str().unwrap()],
+    );
+    let sql = dir.path().join("investigation.sql");
+    std::fs::write(
+        &sql,
+        "-- two statements, both printed\nSELECT count(*) AS n FROM events;\nSELECT 'second' AS s;\n",
+    )
+    .unwrap();
+    let out = auditlake_ok(
+        &archive,
+        &[
+            "query",
+            "--format",
+            "csv",
+            "-c",
+            "SELECT 'first' AS s",
+            "-f",
+            sql.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out, "s\nfirst\nn\n8\ns\nsecond\n");
+    // --maxrows cuts what is printed and says so; inf prints all.
+    let out = Command::new(BIN)
+        .arg("--archive")
+        .arg(&archive)
+        .args(["query", "--maxrows", "3", "--format", "ndjson", "-c"])
+        .arg("SELECT audit_id FROM events")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 3);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("8 rows; the first 3 shown"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = auditlake_ok(
+        &archive,
+        &[
+            "query",
+            "--maxrows",
+            "inf",
+            "-c",
+            "SELECT audit_id FROM events",
+        ],
+    );
+    assert_eq!(
+        table
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.contains("audit_id"))
+            .count(),
+        8
+    );
+    // SQL piped on standard input runs like a file.
+    let mut child = Command::new(BIN)
+        .arg("--archive")
+        .arg(&archive)
+        .args(["query", "--format", "csv"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SELECT count(*) AS n FROM events;")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "n\n8\n");
+    // A location that holds no archive is an error naming it, not 0 rows.
+    let empty = dir.path().join("not-an-archive");
+    std::fs::create_dir(&empty).unwrap();
+    let out = Command::new(BIN)
+        .arg("--archive")
+        .arg(&empty)
+        .args(["query", "-c", "SELECT count(*) FROM events"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        stderr.contains("invalid --cluster") && stderr.contains("from env!"),
+        stderr.contains("holds no auditlake archive") && stderr.contains("not-an-archive"),
         "{stderr}"
     );
+    // -f is a file, not a format.
+    let out = Command::new(BIN)
+        .arg("--archive")
+        .arg(&archive)
+        .args(["query", "-f", "json"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("reading SQL file json"));
 }
 
 #[test]

@@ -88,7 +88,8 @@ fn a_16_mib_body_of_tiny_values_costs_bounded_memory_and_101_quarantine_records(
         "{}",
         summary["reason"]
     );
-    let bytes: u64 = std::fs::read_dir(dir.path().join("archive/_quarantine/cluster=default"))
+    // Filed under the cluster the request named.
+    let bytes: u64 = std::fs::read_dir(dir.path().join("archive/_quarantine/cluster=prod"))
         .unwrap()
         .map(|f| f.unwrap().metadata().unwrap().len())
         .sum();

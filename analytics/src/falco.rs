@@ -103,7 +103,7 @@ pub fn run_falco(
             source,
         })?;
         let mut detector = Detector::compile(rules, options)?;
-        let mut decoder = EventDecoder::new("falco", DecoderOptions::default());
+        let mut decoder = EventDecoder::new(DecoderOptions::default());
         let mut quarantine = Vec::new();
         for (i, l) in text
             .lines()
@@ -111,6 +111,7 @@ pub fn run_falco(
             .filter(|(_, l)| !l.trim().is_empty())
         {
             let pos = SourcePos {
+                cluster: "falco",
                 source: trace,
                 line: Some(i as u64 + 1),
                 byte_offset: 0,

@@ -256,9 +256,10 @@ impl Scenario {
             scenario: name.to_string(),
             message: e.to_string(),
         })?;
-        let mut decoder = EventDecoder::new("scenario", DecoderOptions::default());
+        let mut decoder = EventDecoder::new(DecoderOptions::default());
         let mut quarantine = Vec::new();
         let pos = SourcePos {
+            cluster: "scenario",
             source: name,
             line: None,
             byte_offset: 0,

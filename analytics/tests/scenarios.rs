@@ -343,11 +343,12 @@ fn ordinary_work_with_a_gitops_controller_stays_within_the_noise_budget() {
         .ndjson(EVENTS);
     let rules = RuleSet::builtin().unwrap();
     let mut detector = Detector::compile(&rules, &DetectorOptions::default()).unwrap();
-    let mut decoder = EventDecoder::new("benign", DecoderOptions::default());
+    let mut decoder = EventDecoder::new(DecoderOptions::default());
     let mut quarantine = Vec::new();
     let mut findings = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let pos = SourcePos {
+            cluster: "benign",
             source: "benign",
             line: Some(n as u64 + 1),
             byte_offset: 0,

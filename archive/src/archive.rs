@@ -35,10 +35,11 @@ const READ_CONCURRENCY: usize = 32;
 pub struct CommitContents {
     /// Finished Parquet files of every table.
     pub files: Vec<FinishedFile>,
-    /// Inputs that could not be decoded.
+    /// Inputs that could not be decoded; each is filed under its own cluster.
     pub quarantine: Vec<Quarantined>,
-    /// Where the quarantine file goes ([`crate::quarantine_path`]); `None` with no quarantine.
-    pub quarantine_path: Option<String>,
+    /// Names the commit's quarantine files ([`crate::quarantine_stem`]), decided once so a
+    /// retried commit puts the same files; `None` when there is no quarantine.
+    pub quarantine_stem: Option<String>,
     /// Files of earlier commits this one removes from their tables.
     pub removed: Vec<RemovedFile>,
     /// The source position this commit covers.
@@ -203,7 +204,7 @@ impl Archive {
     async fn put_quarantine(
         &self,
         relative: &str,
-        records: &[Quarantined],
+        records: &[&Quarantined],
     ) -> Result<(String, u64), ArchiveError> {
         use tokio::io::AsyncWriteExt;
         let path = self.path(relative);
@@ -259,16 +260,23 @@ impl Archive {
         retry: bool,
     ) -> Result<CommitOutcome, ArchiveError> {
         let started = Instant::now();
-        let quarantine_rel = contents
-            .quarantine_path
-            .as_deref()
-            .filter(|_| !contents.quarantine.is_empty());
+        // One quarantine file per cluster, in a stable order.
+        let mut by_cluster: std::collections::BTreeMap<&str, Vec<&Quarantined>> =
+            std::collections::BTreeMap::new();
+        for q in &contents.quarantine {
+            by_cluster.entry(q.cluster.as_str()).or_default().push(q);
+        }
+        let stem = contents.quarantine_stem.as_deref().unwrap_or(writer_id);
+        let quarantine_files: Vec<(String, Vec<&Quarantined>)> = by_cluster
+            .into_iter()
+            .map(|(cluster, records)| (crate::layout::quarantine_file(stem, cluster), records))
+            .collect();
         let mut paths: Vec<String> = contents
             .files
             .iter()
             .map(|f| f.relative_path.clone())
             .collect();
-        paths.extend(quarantine_rel.map(str::to_string));
+        paths.extend(quarantine_files.iter().map(|(p, _)| p.clone()));
         if let Some(hook) = before_put {
             hook(&paths)?;
         }
@@ -289,13 +297,13 @@ impl Archive {
             });
         }
         let mut quarantine_entries = Vec::new();
-        if let Some(rel) = quarantine_rel {
-            let (sha256, bytes) = self.put_quarantine(rel, &contents.quarantine).await?;
+        for (rel, records) in &quarantine_files {
+            let (sha256, bytes) = self.put_quarantine(rel, records).await?;
             quarantine_entries.push(ManifestQuarantine {
-                path: rel.to_string(),
+                path: rel.clone(),
                 sha256,
                 bytes,
-                records: contents.quarantine.len() as u64,
+                records: records.len() as u64,
             });
         }
         let record = self
@@ -472,23 +480,34 @@ impl Archive {
         let Some((head, head_sha)) = self.manifest_head().await? else {
             return Ok(Vec::new());
         };
-        let n = head.sequence;
-        let mut out: Vec<(ManifestRecord, String)> = futures::stream::iter(1..n)
+        let mut out = self
+            .records_between(1, head.sequence.saturating_sub(1))
+            .await?;
+        out.push((head, head_sha));
+        Ok(out)
+    }
+
+    /// Records `first..=last` in sequence order, read concurrently; a missing one is an
+    /// error (the chain has no gaps).
+    pub async fn records_between(
+        &self,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<(ManifestRecord, String)>, ArchiveError> {
+        futures::stream::iter(first..=last)
             .map(|seq| async move {
                 self.record(seq)
                     .await?
                     .ok_or_else(|| ArchiveError::Manifest {
                         path: format!("{MANIFEST_DIR}/{}", ManifestRecord::file_name(seq)),
                         message: format!(
-                            "record {seq} is missing although the chain goes on to {n}"
+                            "record {seq} is missing although the chain goes on to {last}"
                         ),
                     })
             })
             .buffered(READ_CONCURRENCY)
             .try_collect()
-            .await?;
-        out.push((head, head_sha));
-        Ok(out)
+            .await
     }
 
     /// The newest mark of write-ahead log `log_id` in the manifest chain (0 if none): the
@@ -636,9 +655,14 @@ impl Archive {
             })?;
             // Create-if-absent: of two writers racing for one sequence number, one wins and
             // the other re-reads the head and chains after it.
-            match self.put(&rel, body.into(), PutMode::Create).await {
+            let body_copy = bytes::Bytes::from(body);
+            match self.put(&rel, body_copy.clone(), PutMode::Create).await {
                 Ok(()) => {
                     self.write_head_pointer(sequence).await;
+                    if sequence % crate::checkpoint::CHECKPOINT_EVERY == 0 {
+                        let sha = hex::encode(Sha256::digest(&body_copy));
+                        crate::checkpoint::write(self, sequence, &sha).await;
+                    }
                     return Ok(record);
                 }
                 Err(object_store::Error::AlreadyExists { .. }) => continue,

@@ -20,6 +20,12 @@ use crate::archive::Archive;
 use crate::error::{ArchiveError, store_err};
 use crate::layout::Table;
 
+fn parse_time(text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
 /// A file a committed manifest record names and no later record removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttestedFile {
@@ -41,14 +47,40 @@ pub struct AttestedFiles {
 }
 
 impl AttestedFiles {
-    /// Reads the whole manifest chain and applies each record's files and removals.
+    /// The live files as of the newest record: the newest checkpoint, then the records
+    /// after it (the whole chain when there is no usable checkpoint).
     pub async fn load(archive: &Archive) -> Result<Self, ArchiveError> {
+        match archive.manifest_head().await? {
+            Some((head, _)) => Self::load_through(archive, head.sequence).await,
+            None => Ok(Self::default()),
+        }
+    }
+
+    /// The live files as of record `through`.
+    pub async fn load_through(archive: &Archive, through: u64) -> Result<Self, ArchiveError> {
         let mut out = Self::default();
-        for (record, _) in archive.records().await? {
+        let mut first = 1;
+        if let Some(c) = crate::checkpoint::newest(archive, through).await? {
+            for f in c.files {
+                let Some(table) = Table::from_name(&f.table) else {
+                    continue;
+                };
+                out.files.insert(
+                    f.path,
+                    AttestedFile {
+                        table,
+                        bytes: f.bytes,
+                        sha256: f.sha256,
+                        committed_at: parse_time(&f.committed_at),
+                    },
+                );
+            }
+            out.records = c.sequence;
+            first = c.sequence + 1;
+        }
+        for (record, _) in archive.records_between(first, through).await? {
             out.records += 1;
-            let committed_at = DateTime::parse_from_rfc3339(&record.committed_at)
-                .map(|t| t.with_timezone(&Utc))
-                .unwrap_or_default();
+            let committed_at = parse_time(&record.committed_at);
             for f in record.files {
                 let Some(table) = Table::from_name(&f.table) else {
                     tracing::warn!(path = %f.path, table = %f.table, "a manifest record names a file of an unknown table; it is not queried");
@@ -71,12 +103,28 @@ impl AttestedFiles {
         Ok(out)
     }
 
+    /// The live files as a checkpoint lists them.
+    pub(crate) fn checkpoint_files(&self) -> Vec<crate::checkpoint::CheckpointFile> {
+        self.files
+            .iter()
+            .map(|(path, f)| crate::checkpoint::CheckpointFile {
+                table: f.table.name().to_string(),
+                path: path.clone(),
+                sha256: f.sha256.clone(),
+                bytes: f.bytes,
+                committed_at: f
+                    .committed_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            })
+            .collect()
+    }
+
     /// Whether `relative` is a live file of some table.
     pub fn names(&self, relative: &str) -> bool {
         self.files.contains_key(relative)
     }
 
-    /// Manifest records read.
+    /// Manifest records the set reflects (through a checkpoint or read one by one).
     pub fn records(&self) -> u64 {
         self.records
     }

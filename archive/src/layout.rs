@@ -139,15 +139,20 @@ pub fn data_file_path(table: Table, partition: &str, stem: &str, n: u64) -> Stri
     format!("{}/{partition}/part-{stem}-{n:06}.parquet", table.name())
 }
 
-/// A fresh relative path for a quarantine file of `writer_id` for `cluster` (decided once
-/// per commit, so a retried commit writes the same file).
-pub fn quarantine_path(writer_id: &str, cluster: &str) -> String {
+/// A fresh name for the quarantine files of one commit of `writer_id` (decided once per
+/// commit, so a retried commit writes the same files).
+pub fn quarantine_stem(writer_id: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
+    format!("{writer_id}-{:06}", N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Path, relative to the archive root, of the quarantine file named `stem` for `cluster`:
+/// a commit's quarantined inputs are filed under the cluster each was sent for.
+pub fn quarantine_file(stem: &str, cluster: &str) -> String {
     format!(
-        "{QUARANTINE_DIR}/cluster={}/{writer_id}-{:06}.ndjson",
-        escape_partition_value(cluster),
-        N.fetch_add(1, Ordering::Relaxed)
+        "{QUARANTINE_DIR}/cluster={}/{stem}.ndjson",
+        escape_partition_value(cluster)
     )
 }
 

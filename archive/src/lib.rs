@@ -8,6 +8,7 @@
 
 mod archive;
 mod attested;
+mod checkpoint;
 mod error;
 pub mod layout;
 mod location;
@@ -17,11 +18,12 @@ mod quarantine;
 
 pub use archive::{Archive, BeforePut, CommitContents, CommitOutcome, HEAD_FILE, INTENTS_DIR};
 pub use attested::{AttestedFile, AttestedFiles, AttestedStore};
+pub use checkpoint::{CHECKPOINT_EVERY, CHECKPOINT_FORMAT, CHECKPOINTS_DIR};
 pub use error::ArchiveError;
 pub use layout::{
     DERIVED_PARTITION_COLUMNS, EVENTS_PARTITION_COLUMNS, FinishedFile, MANIFEST_DIR,
     QUARANTINE_DIR, Table, cluster_name_error, data_file_path, date_of, escape_partition_value,
-    events_partition_dir, partition_of, quarantine_path,
+    events_partition_dir, partition_of, quarantine_file, quarantine_stem,
 };
 pub use location::ArchiveLocation;
 pub use manifest::{

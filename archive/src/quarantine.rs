@@ -84,6 +84,7 @@ mod tests {
     #[test]
     fn invalid_utf8_is_kept_as_base64() {
         let q = Quarantined {
+            cluster: "c".into(),
             source: "a.log".into(),
             line: Some(3),
             item: None,

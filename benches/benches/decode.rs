@@ -20,7 +20,7 @@ fn decode(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(bytes.len() as u64));
     group.sample_size(20);
     group.bench_function("auditlake_simd_json", |b| {
-        let mut d = EventDecoder::new("bench", DecoderOptions::default());
+        let mut d = EventDecoder::new(DecoderOptions::default());
         b.iter(|| decode_batches(&mut d, bytes, |batch| drop(black_box(batch))))
     });
     group.bench_function("serde_json_baseline", |b| {

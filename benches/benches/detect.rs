@@ -22,11 +22,11 @@ fn detect(c: &mut Criterion) {
     group.throughput(Throughput::Bytes(bytes.len() as u64));
     group.sample_size(20);
     group.bench_function("decode_only", |b| {
-        let mut d = EventDecoder::new("bench", DecoderOptions::default());
+        let mut d = EventDecoder::new(DecoderOptions::default());
         b.iter(|| decode_batches(&mut d, bytes, |batch| drop(black_box(batch))))
     });
     group.bench_function("decode_plus_rule_pack", |b| {
-        let mut d = EventDecoder::new("bench", DecoderOptions::default());
+        let mut d = EventDecoder::new(DecoderOptions::default());
         let mut detector =
             Detector::compile(&rules, &DetectorOptions::default()).expect("compile rules");
         let mut findings = 0usize;
@@ -39,7 +39,7 @@ fn detect(c: &mut Criterion) {
     });
     group.finish();
     interleaved(bytes, &rules);
-    let mut d = EventDecoder::new("bench", DecoderOptions::default());
+    let mut d = EventDecoder::new(DecoderOptions::default());
     let mut detector = Detector::compile(&rules, &DetectorOptions::default()).expect("compile");
     let mut found = Vec::new();
     decode_batches(&mut d, bytes, |batch| {
@@ -63,7 +63,7 @@ fn detect(c: &mut Criterion) {
 /// the fastest passes.
 fn interleaved(bytes: &[u8], rules: &RuleSet) {
     const ROUNDS: usize = 30;
-    let mut d = EventDecoder::new("bench", DecoderOptions::default());
+    let mut d = EventDecoder::new(DecoderOptions::default());
     let mut detector = Detector::compile(rules, &DetectorOptions::default()).expect("compile");
     let (mut alone, mut with_rules) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {

@@ -131,6 +131,7 @@ pub fn decode_batches(d: &mut EventDecoder, bytes: &[u8], mut each: impl FnMut(R
         d.decode_line(
             line,
             SourcePos {
+                cluster: "bench",
                 source: "bench",
                 line: Some(n),
                 byte_offset: off as u64,
@@ -157,10 +158,11 @@ mod tests {
         let text = auditlake_fixtures::TrafficGenerator::new(3, Default::default()).ndjson(300);
         let (baseline, skipped) = serde_decode_lines(text.as_bytes(), "c");
         assert_eq!((baseline.num_rows(), skipped), (300, 0));
-        let mut d = auditlake_schema::EventDecoder::new("c", Default::default());
+        let mut d = auditlake_schema::EventDecoder::new(Default::default());
         let mut q = Vec::new();
         for (n, off, line) in auditlake_schema::lines(text.as_bytes()) {
             let pos = auditlake_schema::SourcePos {
+                cluster: "c",
                 source: "bench",
                 line: Some(n),
                 byte_offset: off as u64,

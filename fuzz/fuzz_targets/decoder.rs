@@ -9,6 +9,7 @@ use libfuzzer_sys::fuzz_target;
 
 fn pos() -> SourcePos<'static> {
     SourcePos {
+        cluster: "default",
         source: "fuzz",
         line: None,
         byte_offset: 0,
@@ -16,7 +17,7 @@ fn pos() -> SourcePos<'static> {
 }
 
 fn document(options: DecoderOptions, data: &[u8]) -> (Option<RecordBatch>, usize) {
-    let mut d = EventDecoder::new("fuzz", options);
+    let mut d = EventDecoder::new(options);
     d.enable_row_digests(7);
     let mut q = Vec::new();
     let n = d.decode_document(data, pos(), &mut q);
@@ -28,7 +29,7 @@ fn document(options: DecoderOptions, data: &[u8]) -> (Option<RecordBatch>, usize
 
 fuzz_target!(|data: &[u8]| {
     let _ = auditlake_schema::json_syntax_error(data);
-    let mut line = EventDecoder::new("fuzz", DecoderOptions::default());
+    let mut line = EventDecoder::new(DecoderOptions::default());
     let mut q = Vec::new();
     let n = line.decode_line(data, pos(), &mut q);
     assert_eq!(n, line.finish_batch().map_or(0, |b| b.num_rows()));

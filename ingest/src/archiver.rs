@@ -9,7 +9,6 @@
 //! due once the quarantine is large, and events whose request time is far from their
 //! arrival are filed under the arrival hour (see [`crate::ArrivalWindow`]).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -26,10 +25,8 @@ use crate::serve::ServeError;
 use crate::serve_metrics::ServeMetrics;
 use crate::wal::{PendingCut, ReadOutcome, WalReader, WalRecord};
 use auditlake_archive::FinishedFile;
-use auditlake_archive::{CommitContents, SourceMark, quarantine_path, quarantine_weight};
+use auditlake_archive::{CommitContents, SourceMark, quarantine_stem, quarantine_weight};
 
-/// Decoders (one per cluster) kept at most.
-const MAX_DECODERS: usize = 64;
 /// A commit is due once this many quarantine records wait...
 const MAX_QUARANTINE_RECORDS_PER_COMMIT: usize = 10_000;
 /// ...or once they would take this many bytes.
@@ -41,8 +38,8 @@ pub(crate) struct ArchiverSettings {
     pub writer_id: String,
     /// The log's identifier, in every commit's mark.
     pub wal_id: String,
-    /// Cluster the quarantine file of a commit is filed under.
-    pub quarantine_cluster: String,
+    /// Cluster that damaged log bytes (whose request is unknown) are quarantined under.
+    pub default_cluster: String,
     pub decoder: DecoderOptions,
     pub writer: WriterOptions,
     pub flush_interval: Duration,
@@ -153,6 +150,7 @@ impl Pending {
 /// A record set aside after repeated failures, kept whole in the quarantine.
 fn poison_record(r: &WalRecord, failures: u64, max_bytes: usize) -> Quarantined {
     Quarantined {
+        cluster: r.cluster.clone(),
         source: source_name(r),
         line: None,
         item: None,
@@ -168,8 +166,9 @@ fn poison_record(r: &WalRecord, failures: u64, max_bytes: usize) -> Quarantined 
 }
 
 /// Damaged log bytes found at start, as quarantine records.
-fn cut_record(cut: &PendingCut) -> Quarantined {
+fn cut_record(cut: &PendingCut, cluster: &str) -> Quarantined {
     Quarantined {
+        cluster: cluster.to_string(),
         source: format!("write-ahead log {}", cut.region.segment),
         line: None,
         item: None,
@@ -198,12 +197,18 @@ pub(crate) fn run(
     metrics: &ServeMetrics,
     commits: &mpsc::Sender<CommitUnit>,
 ) -> Result<(), ArchiverFailure> {
-    let mut decoders: HashMap<String, EventDecoder> = HashMap::new();
+    // One decoder for every cluster: each record names its own.
+    let mut decoder = EventDecoder::new(s.decoder.clone());
+    decoder.enable_row_digests(s.digest_key);
     let mut writer = PartitionedWriter::new(&s.writer_id, s.writer.clone());
     let mut dedup = Deduplicator::new(s.dedup_window_micros, s.dedup_max_events);
     let mut pending = Pending::new();
     if !cuts.is_empty() {
-        pending.quarantine(cuts.iter().map(cut_record).collect());
+        pending.quarantine(
+            cuts.iter()
+                .map(|c| cut_record(c, &s.default_cluster))
+                .collect(),
+        );
         pending.cleanup = cuts.into_iter().flat_map(|c| c.files).collect();
         pending.dirty = true;
     }
@@ -252,8 +257,7 @@ pub(crate) fn run(
                         let archived = r.seq <= s.committed_seq;
                         archive_record(
                             &r,
-                            s,
-                            &mut decoders,
+                            &mut decoder,
                             &mut dedup,
                             &mut writer,
                             kit.detection.as_ref(),
@@ -297,8 +301,8 @@ pub(crate) fn run(
                 let unit = CommitUnit {
                     contents: CommitContents {
                         files,
-                        quarantine_path: (!quarantine.is_empty())
-                            .then(|| quarantine_path(&s.writer_id, &s.quarantine_cluster)),
+                        quarantine_stem: (!quarantine.is_empty())
+                            .then(|| quarantine_stem(&s.writer_id)),
                         quarantine,
                         removed: Vec::new(),
                         source: Some(SourceMark::Webhook {
@@ -337,28 +341,18 @@ pub(crate) fn run(
 #[allow(clippy::too_many_arguments)]
 fn archive_record(
     r: &WalRecord,
-    s: &ArchiverSettings,
-    decoders: &mut HashMap<String, EventDecoder>,
+    decoder: &mut EventDecoder,
     dedup: &mut Deduplicator,
     writer: &mut PartitionedWriter,
     detection: Option<&DetectionThread>,
     metrics: &ServeMetrics,
     (archived, pending): (bool, &mut Pending),
 ) -> Result<(), ArchiverFailure> {
-    if decoders.len() >= MAX_DECODERS && !decoders.contains_key(&r.cluster) {
-        // Each decoder keeps buffers; clusters are named by requests. A decoder holds no
-        // rows between records, so starting afresh loses nothing.
-        decoders.clear();
-    }
-    let decoder = decoders.entry(r.cluster.clone()).or_insert_with(|| {
-        let mut d = EventDecoder::new(&r.cluster, s.decoder.clone());
-        d.enable_row_digests(s.digest_key);
-        d
-    });
     decoder.set_ingested_at(r.received_at_micros);
     let source = source_name(r);
     let mut q = Vec::new();
     let pos = SourcePos {
+        cluster: &r.cluster,
         source: &source,
         line: None,
         byte_offset: 0,

@@ -14,7 +14,7 @@ use crate::file_source::Input;
 use crate::observer::BatchObserver;
 use crate::partitioned_writer::{PartitionedWriter, WriterOptions};
 use auditlake_archive::FinishedFile;
-use auditlake_archive::{Archive, CommitContents, quarantine_path, quarantine_weight};
+use auditlake_archive::{Archive, CommitContents, quarantine_stem, quarantine_weight};
 
 /// How an ingest run decodes, batches and writes.
 #[derive(Debug, Clone)]
@@ -137,8 +137,8 @@ pub async fn ingest(
         let quarantined = unit.quarantine.len() as u64;
         let contents = CommitContents {
             files: unit.files,
-            quarantine_path: (!unit.quarantine.is_empty())
-                .then(|| quarantine_path(&options.writer_id, &options.cluster)),
+            quarantine_stem: (!unit.quarantine.is_empty())
+                .then(|| quarantine_stem(&options.writer_id)),
             quarantine: unit.quarantine,
             removed: Vec::new(),
             source: None,
@@ -212,7 +212,7 @@ fn decode_inputs(
     options: &IngestOptions,
     tx: SyncSender<Decoded>,
 ) -> Result<(), IngestError> {
-    let mut decoder = EventDecoder::new(&options.cluster, options.decoder.clone());
+    let mut decoder = EventDecoder::new(options.decoder.clone());
     decoder.set_ingested_at(now_micros());
     let mut quarantine = Vec::new();
     let mut line = Vec::new();
@@ -237,6 +237,7 @@ fn decode_inputs(
                 continue;
             }
             let pos = SourcePos {
+                cluster: &options.cluster,
                 source: &name,
                 line: Some(info.line_no),
                 byte_offset: info.offset,

@@ -24,7 +24,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use auditlake_schema::DecoderOptions;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -43,111 +42,7 @@ use crate::wal::{self, Wal, WalError, WalOptions};
 use crate::webhook::{self, ConnectionLimits, WebhookSettings, WebhookState};
 use auditlake_archive::Archive;
 
-/// Every setting of `auditlake serve`; the TOML config file has exactly these keys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ServeConfig {
-    /// Address the webhook listens on.
-    pub listen: String,
-    /// Server certificate chain (PEM). Required unless `insecure_plain_http`.
-    pub tls_cert: Option<PathBuf>,
-    /// Server private key (PEM).
-    pub tls_key: Option<PathBuf>,
-    /// CA that signs the apiserver's client certificate (PEM); enables mutual TLS.
-    pub client_ca: Option<PathBuf>,
-    /// Serve plain HTTP (no TLS). Only on a loopback address unless
-    /// `allow_plain_http_beyond_loopback`.
-    pub insecure_plain_http: bool,
-    /// Allow plain HTTP on an address other than loopback (events and credentials cross the
-    /// network unencrypted).
-    pub allow_plain_http_beyond_loopback: bool,
-    /// Start without any client authentication (no client CA, no bearer tokens): anyone who
-    /// reaches the port can add events to the archive.
-    pub allow_unauthenticated: bool,
-    /// File of accepted bearer tokens (one per line, optionally followed by a name).
-    pub bearer_tokens_file: Option<PathBuf>,
-    /// Cluster of requests to `/audit/webhook` (the path `/audit/webhook/{cluster}` overrides).
-    pub cluster: String,
-    /// Use the client certificate's common name as the cluster when the path names none.
-    pub cluster_from_client_cert: bool,
-    /// Address of `/healthz`, `/readyz` and `/metrics` (plain HTTP, no credentials).
-    pub ops_listen: String,
-    /// Directory of the write-ahead log (local disk; keep it across restarts).
-    pub wal_dir: PathBuf,
-    /// Archive the log's records into this archive even though the log was written for
-    /// another one (the log records its archive and is otherwise refused).
-    pub wal_retarget: bool,
-    /// Answer 429 once the write-ahead log holds this many bytes.
-    pub wal_max_bytes: u64,
-    /// Size at which the write-ahead log starts a new segment.
-    pub wal_segment_bytes: u64,
-    /// Largest request body, before and after gzip decompression.
-    pub max_body_bytes: u64,
-    /// Request bodies held in memory at once, all requests together (a request waits for
-    /// room, then gets 503); at least twice `max_body_bytes`.
-    pub max_inflight_body_bytes: u64,
-    /// Connections open at once (webhook); further clients wait in the listen backlog.
-    pub max_connections: usize,
-    /// A TLS handshake and a request's headers must arrive within this time.
-    pub header_read_timeout_seconds: u64,
-    /// A request (body included) must be read and answered within this time.
-    pub request_timeout_seconds: u64,
-    /// A connection with no traffic for this long is closed.
-    pub idle_timeout_seconds: u64,
-    /// Longest an accepted event waits before its Parquet file is committed (sooner once a
-    /// quarter of `wal_max_bytes` is waiting).
-    pub flush_interval_seconds: u64,
-    /// How long resent events are recognised as duplicates (the apiserver retries for minutes).
-    pub dedup_window_seconds: u64,
-    /// Most event digests kept for duplicate detection.
-    pub dedup_max_events: usize,
-    /// How long shutdown waits for requests in flight.
-    pub shutdown_timeout_seconds: u64,
-    /// Rule files or directories added to (and overriding) the built-in rule pack.
-    pub rules: Vec<PathBuf>,
-    /// Where findings go: `stdout`, a file path, an `http(s)://` URL; `none` turns detection off.
-    pub findings: Vec<String>,
-    /// Repeats of a finding (same rule, principal, object) within this window are folded.
-    pub findings_fold_window_seconds: u64,
-    /// Directory (or file) of RBAC manifests that RBAC drift is reported against.
-    pub rbac_baseline: Option<PathBuf>,
-}
-
-impl Default for ServeConfig {
-    fn default() -> Self {
-        Self {
-            listen: "127.0.0.1:8443".into(),
-            tls_cert: None,
-            tls_key: None,
-            client_ca: None,
-            insecure_plain_http: false,
-            allow_plain_http_beyond_loopback: false,
-            allow_unauthenticated: false,
-            bearer_tokens_file: None,
-            cluster: "default".into(),
-            cluster_from_client_cert: false,
-            ops_listen: "127.0.0.1:9464".into(),
-            wal_dir: PathBuf::from("auditlake-wal"),
-            wal_retarget: false,
-            wal_max_bytes: 1 << 30,
-            wal_segment_bytes: 64 << 20,
-            max_body_bytes: 16 << 20,
-            max_inflight_body_bytes: 128 << 20,
-            max_connections: 1024,
-            header_read_timeout_seconds: 10,
-            request_timeout_seconds: 60,
-            idle_timeout_seconds: 120,
-            flush_interval_seconds: 30,
-            dedup_window_seconds: 600,
-            dedup_max_events: 2_000_000,
-            shutdown_timeout_seconds: 25,
-            rules: Vec::new(),
-            findings: vec!["stdout".into()],
-            findings_fold_window_seconds: 300,
-            rbac_baseline: None,
-        }
-    }
-}
+pub use crate::serve_config::ServeConfig;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -368,7 +263,7 @@ impl Supervisor {
             let settings = ArchiverSettings {
                 writer_id: writer_id.clone(),
                 wal_id: self.wal_id.clone(),
-                quarantine_cluster: self.config.cluster.clone(),
+                default_cluster: self.config.cluster.clone(),
                 decoder: DecoderOptions {
                     max_summary_bytes: self.config.max_body_bytes as usize,
                     ..DecoderOptions::default()

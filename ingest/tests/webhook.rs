@@ -146,6 +146,18 @@ fn archived_rows(archive_dir: &Path) -> Vec<(String, String, String)> {
     rows
 }
 
+/// Paths of the quarantine files the manifests name.
+fn quarantine_paths(archive_dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in manifest_records(archive_dir) {
+        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(m).unwrap()).unwrap();
+        for q in record["quarantine"].as_array().unwrap() {
+            out.push(q["path"].as_str().unwrap().to_string());
+        }
+    }
+    out
+}
+
 /// Quarantine records committed (lines of the quarantine files the manifests name).
 fn quarantined(archive_dir: &Path) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
@@ -297,6 +309,15 @@ async fn bad_bodies_are_refused_poison_events_quarantined_and_resends_kept_once(
             .iter()
             .any(|r| r.contains("item 10") && r.contains("missing field `auditID`")),
         "{reasons:?}"
+    );
+    // Filed under the cluster the request named, not the server's default one.
+    let paths = quarantine_paths(&archive_dir);
+    assert!(
+        !paths.is_empty()
+            && paths
+                .iter()
+                .all(|p| p.starts_with("_quarantine/cluster=prod/")),
+        "{paths:?}"
     );
     assert!(
         reasons

@@ -9,5 +9,5 @@ mod output;
 mod session;
 
 pub use backtest::Backtest;
-pub use output::{OutputFormat, write_batches};
+pub use output::{MaxRows, OutputFormat, Printed, print_stream, write_batches};
 pub use session::{ArchiveSession, QueryError};

@@ -24,6 +24,9 @@ pub enum QueryError {
     /// A rule's expression could not be parsed as one SQL expression.
     #[error("rule {0}")]
     Rule(String),
+    /// A result could not be written out.
+    #[error("writing results: {0}")]
+    Output(#[from] arrow::error::ArrowError),
     /// The archive's manifest could not be read.
     #[error(transparent)]
     Manifest(#[from] ArchiveError),
@@ -176,6 +179,34 @@ impl ArchiveSession {
     /// The underlying DataFusion context, for registering more tables or functions.
     pub fn context(&self) -> &SessionContext {
         &self.ctx
+    }
+
+    /// Runs every `;`-separated statement of `sql` in order and prints each one's result to
+    /// `out` as its rows stream in (see [`crate::print_stream`]); `after` is told what each
+    /// printed. Stops at the first statement that fails.
+    pub async fn run_printing<W: std::io::Write>(
+        &self,
+        sql: &str,
+        format: crate::OutputFormat,
+        maxrows: crate::MaxRows,
+        out: &mut W,
+        mut after: impl FnMut(&str, crate::Printed),
+    ) -> Result<(), QueryError> {
+        let statements = split_statements(sql);
+        if statements.is_empty() {
+            return Err(QueryError::Archive {
+                url: String::new(),
+                message: "no SQL statement given".into(),
+            });
+        }
+        for stmt in statements {
+            let df = self.ctx.sql_with_options(&stmt, self.options).await?;
+            let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+            let stream = df.execute_stream().await?;
+            let printed = crate::print_stream(format, maxrows, &schema, stream, out).await?;
+            after(&stmt, printed);
+        }
+        Ok(())
     }
 
     /// Runs one or more `;`-separated statements and returns the last one's result.

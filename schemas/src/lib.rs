@@ -7,14 +7,17 @@
 mod decoder;
 pub mod der;
 mod derived_tables;
+mod envelope;
 mod event_builder;
+mod event_mapping;
 mod events_schema;
 mod large_document;
 mod tape_span;
 pub mod timestamp;
 
-pub use decoder::{DecoderOptions, EventDecoder, Quarantined, SourcePos, json_syntax_error, lines};
+pub use decoder::{DecoderOptions, EventDecoder, Quarantined, SourcePos};
 pub use derived_tables::{findings_file_schema, rbac_history_file_schema};
+pub use envelope::{json_syntax_error, lines};
 pub use event_builder::EventBatchBuilder;
 pub use events_schema::{
     PARTITION_COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, col, events_file_schema, events_schema,

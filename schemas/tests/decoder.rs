@@ -7,12 +7,13 @@ use auditlake_fixtures::data_dir;
 use auditlake_schema::{DecoderOptions, EventDecoder, Quarantined, SourcePos, col, lines};
 
 fn decode_lines(text: &[u8], options: DecoderOptions) -> (Option<RecordBatch>, Vec<Quarantined>) {
-    let mut d = EventDecoder::new("test", options);
+    let mut d = EventDecoder::new(options);
     let mut q = Vec::new();
     for (n, off, line) in lines(text) {
         d.decode_line(
             line,
             SourcePos {
+                cluster: "test",
                 source: "t.ndjson",
                 line: Some(n + 1),
                 byte_offset: off as u64,
@@ -161,11 +162,12 @@ fn every_falco_trace_decodes_but_the_malformed_one() {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().to_string();
-        let mut d = EventDecoder::new("falco", DecoderOptions::default());
+        let mut d = EventDecoder::new(DecoderOptions::default());
         let mut q = Vec::new();
         events += d.decode_document(
             &bytes,
             SourcePos {
+                cluster: "falco",
                 source: &name,
                 line: None,
                 byte_offset: 0,
@@ -191,11 +193,12 @@ fn eventlist_with_a_poison_item_keeps_the_rest() {
       {"auditID":"a","requestReceivedTimestamp":"2026-11-01T00:00:00Z","stageTimestamp":"2026-11-01T00:00:00Z"},
       {"auditID":"b","requestReceivedTimestamp":7},
       {"auditID":"c","requestReceivedTimestamp":"2026-11-01T00:00:00Z","stageTimestamp":"2026-11-01T00:00:00Z"}]}"#;
-    let mut d = EventDecoder::new("c", DecoderOptions::default());
+    let mut d = EventDecoder::new(DecoderOptions::default());
     let mut q = Vec::new();
     let n = d.decode_document(
         doc,
         SourcePos {
+            cluster: "c",
             source: "webhook",
             line: None,
             byte_offset: 0,
@@ -248,6 +251,7 @@ fn bodies_are_kept_as_the_bytes_they_arrived_as() {
 
 fn pos(source: &str) -> SourcePos<'_> {
     SourcePos {
+        cluster: "c",
         source,
         line: None,
         byte_offset: 0,
@@ -266,7 +270,7 @@ fn a_large_eventlist_decodes_item_by_item_to_the_same_rows_as_its_lines() {
         items.join(",")
     );
     assert!(doc.len() > 1 << 20);
-    let mut d = EventDecoder::new("c", DecoderOptions::default());
+    let mut d = EventDecoder::new(DecoderOptions::default());
     let mut q = Vec::new();
     let n = d.decode_document(doc.as_bytes(), pos("webhook"), &mut q);
     assert_eq!(n, 2_500);
@@ -303,7 +307,7 @@ fn a_body_of_millions_of_bad_items_costs_a_hundred_records_and_one_summary() {
     doc.push_str("0]");
     let options = DecoderOptions::default();
     let cap = options.max_quarantined_per_input;
-    let mut d = EventDecoder::new("c", options);
+    let mut d = EventDecoder::new(options);
     let mut q = Vec::new();
     assert_eq!(d.decode_document(doc.as_bytes(), pos("webhook"), &mut q), 0);
     assert_eq!(q.len(), cap + 1);
@@ -337,7 +341,7 @@ fn a_large_body_that_is_not_json_is_quarantined_or_read_line_by_line() {
         }
     }
     assert!(text.len() > 1 << 20);
-    let mut d = EventDecoder::new("c", DecoderOptions::default());
+    let mut d = EventDecoder::new(DecoderOptions::default());
     let mut q = Vec::new();
     assert_eq!(
         d.decode_document(text.as_bytes(), pos("webhook"), &mut q),
@@ -360,10 +364,17 @@ fn a_large_body_that_is_not_json_is_quarantined_or_read_line_by_line() {
 fn duplicate_digests_are_keyed_so_no_sender_can_predict_them() {
     let line = br#"{"auditID":"a","stage":"ResponseComplete","requestReceivedTimestamp":"2026-11-01T00:00:00Z","stageTimestamp":"2026-11-01T00:00:00Z"}"#;
     let digest = |cluster: &str, key: u64| {
-        let mut d = EventDecoder::new(cluster, DecoderOptions::default());
+        let mut d = EventDecoder::new(DecoderOptions::default());
         d.enable_row_digests(key);
         let mut q = Vec::new();
-        d.decode_line(line, pos("t"), &mut q);
+        d.decode_line(
+            line,
+            SourcePos {
+                cluster,
+                ..pos("t")
+            },
+            &mut q,
+        );
         d.take_row_digests()[0]
     };
     assert_eq!(

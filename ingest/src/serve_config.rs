@@ -1,0 +1,309 @@
+//! Every setting of `auditlake serve`, defined once: each key's name (the TOML key, the flag
+//! `--<name with dashes>`, the variable `AUDITLAKE_<NAME>`), type, default and help text
+//! come from one line of [`serve_config!`]. The binary builds its flags from [`SERVE_KEYS`].
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// How a key's value is written on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyShape {
+    /// One value.
+    Single,
+    /// A switch: `--name` alone means true; `--name=false` is accepted.
+    Switch,
+    /// A list: the flag repeated, or values separated by commas.
+    List,
+}
+
+/// A type a key can have: parsed from its text form, shown as its default.
+pub trait KeyValue: Sized {
+    /// How it is written on the command line.
+    const SHAPE: KeyShape;
+    /// Parses the values given for the key (one, or several for a list).
+    fn parse(values: &[String]) -> Result<Self, String>;
+    /// The value as text, for `--help` (`None`: no default worth showing).
+    fn show(&self) -> Option<String>;
+}
+
+fn one(values: &[String]) -> Result<&str, String> {
+    match values {
+        [v] => Ok(v),
+        _ => Err(format!("expected one value, got {}", values.len())),
+    }
+}
+
+impl KeyValue for String {
+    const SHAPE: KeyShape = KeyShape::Single;
+    fn parse(values: &[String]) -> Result<Self, String> {
+        one(values).map(str::to_string)
+    }
+    fn show(&self) -> Option<String> {
+        Some(self.clone())
+    }
+}
+
+impl KeyValue for PathBuf {
+    const SHAPE: KeyShape = KeyShape::Single;
+    fn parse(values: &[String]) -> Result<Self, String> {
+        one(values).map(PathBuf::from)
+    }
+    fn show(&self) -> Option<String> {
+        Some(self.display().to_string())
+    }
+}
+
+impl KeyValue for Option<PathBuf> {
+    const SHAPE: KeyShape = KeyShape::Single;
+    fn parse(values: &[String]) -> Result<Self, String> {
+        one(values).map(|v| Some(PathBuf::from(v)))
+    }
+    fn show(&self) -> Option<String> {
+        self.as_ref().map(|p| p.display().to_string())
+    }
+}
+
+impl KeyValue for bool {
+    const SHAPE: KeyShape = KeyShape::Switch;
+    fn parse(values: &[String]) -> Result<Self, String> {
+        match one(values)?.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            other => Err(format!("{other:?} is not true or false")),
+        }
+    }
+    fn show(&self) -> Option<String> {
+        None
+    }
+}
+
+macro_rules! numeric_key {
+    ($($t:ty),*) => {$(
+        impl KeyValue for $t {
+            const SHAPE: KeyShape = KeyShape::Single;
+            fn parse(values: &[String]) -> Result<Self, String> {
+                let v = one(values)?;
+                v.trim().parse().map_err(|_| format!("{v:?} is not a whole number"))
+            }
+            fn show(&self) -> Option<String> {
+                Some(self.to_string())
+            }
+        }
+    )*};
+}
+numeric_key!(u64, usize);
+
+impl KeyValue for Vec<String> {
+    const SHAPE: KeyShape = KeyShape::List;
+    fn parse(values: &[String]) -> Result<Self, String> {
+        Ok(values.to_vec())
+    }
+    fn show(&self) -> Option<String> {
+        (!self.is_empty()).then(|| self.join(","))
+    }
+}
+
+impl KeyValue for Vec<PathBuf> {
+    const SHAPE: KeyShape = KeyShape::List;
+    fn parse(values: &[String]) -> Result<Self, String> {
+        Ok(values.iter().map(PathBuf::from).collect())
+    }
+    fn show(&self) -> Option<String> {
+        (!self.is_empty()).then(|| {
+            self.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+}
+
+/// One key of [`ServeConfig`], for building flags and help.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeKey {
+    /// The TOML key; the flag is `--` and this with `-` for `_`; the variable is
+    /// `AUDITLAKE_` and this in capitals.
+    pub name: &'static str,
+    /// Help text (the doc comment of the key).
+    pub help: &'static str,
+    /// How it is written on the command line.
+    pub shape: KeyShape,
+}
+
+impl ServeKey {
+    /// The command-line flag, without the leading `--`.
+    pub fn flag(&self) -> String {
+        self.name.replace('_', "-")
+    }
+
+    /// The environment variable.
+    pub fn env(&self) -> String {
+        format!("AUDITLAKE_{}", self.name.to_ascii_uppercase())
+    }
+}
+
+macro_rules! serve_config {
+    ($( $(#[doc = $doc:literal])+ $name:ident : $ty:ty = $default:expr; )*) => {
+        /// Every setting of `auditlake serve`; the TOML config file has exactly these keys.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields, default)]
+        pub struct ServeConfig {
+            $( $(#[doc = $doc])+ pub $name: $ty, )*
+        }
+
+        impl Default for ServeConfig {
+            fn default() -> Self {
+                Self { $( $name: $default, )* }
+            }
+        }
+
+        /// The keys of [`ServeConfig`], in the order of the config file's documentation.
+        pub const SERVE_KEYS: &[ServeKey] = &[
+            $( ServeKey {
+                name: stringify!($name),
+                help: concat!($($doc),+),
+                shape: <$ty as KeyValue>::SHAPE,
+            }, )*
+        ];
+
+        impl ServeConfig {
+            /// Sets key `name` from the text given for it on the command line or in its
+            /// environment variable.
+            pub fn set(&mut self, name: &str, values: &[String]) -> Result<(), String> {
+                match name {
+                    $( stringify!($name) => {
+                        self.$name = <$ty as KeyValue>::parse(values)
+                            .map_err(|e| format!("--{}: {e}", name.replace('_', "-")))?;
+                    } )*
+                    other => return Err(format!("unknown setting {other:?}")),
+                }
+                Ok(())
+            }
+
+            /// The built-in default of key `name` as text, for `--help`.
+            pub fn default_text(name: &str) -> Option<String> {
+                let d = Self::default();
+                match name {
+                    $( stringify!($name) => <$ty as KeyValue>::show(&d.$name), )*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+serve_config! {
+    /// Address the webhook listens on.
+    listen: String = "127.0.0.1:8443".into();
+    /// Server certificate chain (PEM). Required unless `insecure_plain_http`.
+    tls_cert: Option<PathBuf> = None;
+    /// Server private key (PEM).
+    tls_key: Option<PathBuf> = None;
+    /// CA of the apiserver's client certificates (PEM): turns on mutual TLS; requests
+    /// without a certificate are refused in the handshake.
+    client_ca: Option<PathBuf> = None;
+    /// Serve plain HTTP without TLS: loopback addresses only (tests and demos), unless
+    /// `allow_plain_http_beyond_loopback`.
+    insecure_plain_http: bool = false;
+    /// Allow plain HTTP on an address other than loopback: events and tokens then cross the
+    /// network unencrypted.
+    allow_plain_http_beyond_loopback: bool = false;
+    /// Start without client authentication (no client CA, no bearer tokens file): anyone
+    /// who reaches the port can add events. Refused otherwise.
+    allow_unauthenticated: bool = false;
+    /// File of accepted bearer tokens: `<token> [<name>] [clusters=a,b]` per line (tokens
+    /// of at least 20 characters; the name is recorded as the sender; a token naming
+    /// clusters may post only those). Reloaded on SIGHUP and when the file changes, like
+    /// the certificates.
+    bearer_tokens_file: Option<PathBuf> = None;
+    /// Cluster of events posted to /audit/webhook; /audit/webhook/{cluster} overrides it.
+    cluster: String = "default".into();
+    /// The client certificate's common name is the cluster: a request whose path names
+    /// another cluster is refused with 403.
+    cluster_from_client_cert: bool = false;
+    /// Address of /healthz, /readyz and /metrics (plain HTTP, no credentials).
+    ops_listen: String = "127.0.0.1:9464".into();
+    /// Write-ahead log directory on local disk; keep it across restarts. It records the
+    /// archive it feeds and refuses to replay into another.
+    wal_dir: PathBuf = PathBuf::from("auditlake-wal");
+    /// Archive the write-ahead log's records into the archive although the log was written
+    /// for another archive (after moving an archive, say).
+    wal_retarget: bool = false;
+    /// Answer 429 (Retry-After) once the write-ahead log holds this many bytes.
+    wal_max_bytes: u64 = 1 << 30;
+    /// Write-ahead log segment size in bytes.
+    wal_segment_bytes: u64 = 64 << 20;
+    /// Largest request body in bytes, compressed and decompressed; larger gets 413.
+    max_body_bytes: u64 = 16 << 20;
+    /// Request bodies in memory at once, all requests together, in bytes; a request waits
+    /// up to 5 s for room, then gets 503. At least twice `max_body_bytes`.
+    max_inflight_body_bytes: u64 = 128 << 20;
+    /// Webhook connections open at once; more wait in the listen backlog (lowered to fit
+    /// the open files limit).
+    max_connections: usize = 1024;
+    /// A TLS handshake and a request's headers must arrive within this many seconds.
+    header_read_timeout_seconds: u64 = 10;
+    /// A request must be read and answered within this many seconds, else 408.
+    request_timeout_seconds: u64 = 60;
+    /// A connection with no traffic for this many seconds is closed.
+    idle_timeout_seconds: u64 = 120;
+    /// Longest an accepted event waits before its Parquet file is committed, in seconds; a
+    /// commit also happens once a quarter of `wal_max_bytes` is waiting.
+    flush_interval_seconds: u64 = 30;
+    /// How long a resent event is recognised as a duplicate, in seconds (the apiserver
+    /// retries for minutes).
+    dedup_window_seconds: u64 = 600;
+    /// Most event digests kept for duplicate detection.
+    dedup_max_events: usize = 2_000_000;
+    /// How long shutdown waits for requests in flight, in seconds.
+    shutdown_timeout_seconds: u64 = 25;
+    /// Rule files or directories (YAML) added to the built-in pack; same id replaces.
+    rules: Vec<PathBuf> = Vec::new();
+    /// Where findings go: stdout, a file path, an http(s):// URL; `none` turns detection
+    /// off.
+    findings: Vec<String> = vec!["stdout".into()];
+    /// Repeats of a finding (same rule, principal and object; a rule with `fold_by:
+    /// principal` ignores the object) within this many seconds are folded into one with a
+    /// count.
+    findings_fold_window_seconds: u64 = 300;
+    /// Directory (or file) of RBAC manifests (a GitOps repo, `kubectl get -o yaml` output):
+    /// RBAC objects created, changed or deleted away from it are reported as drift.
+    rbac_baseline: Option<PathBuf> = None;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_settable_by_name_and_has_help() {
+        let mut c = ServeConfig::default();
+        for k in SERVE_KEYS {
+            assert!(!k.help.trim().is_empty(), "{} has no help", k.name);
+            let value = match k.shape {
+                KeyShape::Switch => "true",
+                _ if k.name.ends_with("_bytes")
+                    || k.name.ends_with("_seconds")
+                    || k.name.ends_with("_events")
+                    || k.name.ends_with("_connections") =>
+                {
+                    "7"
+                }
+                _ => "x",
+            };
+            c.set(k.name, &[value.to_string()]).unwrap();
+        }
+        assert_eq!(c.wal_max_bytes, 7);
+        assert!(c.wal_retarget);
+        assert_eq!(c.findings, ["x"]);
+        assert!(c.set("wal_max_bytes", &["lots".into()]).is_err());
+        assert!(c.set("no_such_key", &["1".into()]).is_err());
+        assert_eq!(
+            ServeConfig::default_text("wal_max_bytes").as_deref(),
+            Some("1073741824")
+        );
+        assert_eq!(SERVE_KEYS[0].env(), "AUDITLAKE_LISTEN");
+        assert_eq!(SERVE_KEYS[1].flag(), "tls-cert");
+    }
+}
