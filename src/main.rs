@@ -190,7 +190,7 @@ fn main() -> std::process::ExitCode {
 
 /// The error and its causes on one line, skipping causes that repeat what was already said
 /// (DataFusion wraps one message in several layers).
-fn error_chain(e: &anyhow::Error) -> String {
+pub(crate) fn error_chain(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
         let msg = cause.to_string();
@@ -292,9 +292,6 @@ pub(crate) async fn open_session(archive: &Archive) -> Result<ArchiveSession> {
     let session = ArchiveSession::open(archive)
         .await
         .with_context(|| format!("opening {} for SQL", archive.location().url))?;
-    for f in auditlake_analytics::k8s_functions() {
-        session.context().register_udf(f);
-    }
     let stray = session.unattested();
     if let Some(first) = stray.first() {
         eprintln!(
@@ -386,6 +383,16 @@ fn print_summary(s: &IngestSummary, elapsed: std::time::Duration, archive: &Arch
         );
     } else {
         eprintln!("quarantined 0 inputs");
+    }
+    // The same counters `serve` exposes on /metrics; only those that moved.
+    let moved: Vec<String> = s
+        .counters
+        .iter()
+        .filter(|(_, v)| *v > 0)
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !moved.is_empty() {
+        eprintln!("counters: {}", moved.join(" "));
     }
 }
 

@@ -146,7 +146,7 @@ async fn repl(session: &ArchiveSession, format: OutputFormat, maxrows: MaxRows) 
                     let statement = std::mem::take(&mut buffer);
                     let _ = editor.add_history_entry(statement.as_str());
                     if let Err(e) = run_script(session, &statement, format, maxrows).await {
-                        eprintln!("error: {e:#}");
+                        eprintln!("error: {}", crate::error_chain(&e));
                     }
                 }
             }

@@ -79,18 +79,14 @@ pub async fn run(archive_location: &str, args: RulesArgs) -> Result<()> {
                     if r.rule.enabled { "" } else { " (disabled)" }
                 );
             }
-            println!(
-                "{:<14} {:<9} {:<24} {:<70} built-in (stateful)",
-                auditlake_analytics::BURST_RULE_ID,
-                "medium",
-                "T1069,T1087",
-                "Burst of denied requests from one principal (permission enumeration)"
-            );
-            for (id, title, severity) in auditlake_analytics::DRIFT_RULES {
+            for r in auditlake_analytics::STATEFUL_RULES {
                 println!(
-                    "{id:<14} {:<9} {:<24} {title:<70} built-in (stateful; needs --rbac-baseline)",
-                    severity.as_str(),
-                    "T1098",
+                    "{:<14} {:<9} {:<24} {:<70} built-in (stateful{})",
+                    r.id,
+                    r.severity.as_str(),
+                    r.mitre.join(","),
+                    r.title,
+                    r.needs.map(|n| format!("; needs {n}")).unwrap_or_default()
                 );
             }
             Ok(())

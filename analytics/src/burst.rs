@@ -10,10 +10,10 @@ use auditlake_schema::timestamp::format_rfc3339_micros;
 
 use crate::event_columns::EventColumns;
 use crate::finding::{Finding, ObjectRef, Outcome};
-use crate::rule::Severity;
+use crate::stateful_rules::BURST;
 
 /// Rule id of the 403 burst detector.
-pub const BURST_RULE_ID: &str = "K8S-RECON-002";
+pub const BURST_RULE_ID: &str = crate::stateful_rules::BURST.id;
 
 struct Recent {
     denials: VecDeque<(i64, String)>,
@@ -85,10 +85,9 @@ impl ForbiddenBurst {
                 recent.fired_until = at + self.window_micros;
                 let first = recent.denials.front().map_or(at, |d| d.0);
                 out.push(Finding {
-                    rule_id: BURST_RULE_ID.into(),
-                    severity: Severity::Medium,
-                    title: "Burst of denied requests from one principal (permission enumeration)"
-                        .into(),
+                    rule_id: BURST.id.into(),
+                    severity: BURST.severity,
+                    title: BURST.title.into(),
                     outcome: Outcome::Observed,
                     cluster: cols.cluster(row),
                     time: format_rfc3339_micros(first),
@@ -107,7 +106,7 @@ impl ForbiddenBurst {
                     response_code: Some(403),
                     evidence: recent.denials.iter().map(|d| d.1.clone()).collect(),
                     count: recent.denials.len() as u64,
-                    mitre: vec!["T1069".into(), "T1087".into()],
+                    mitre: BURST.mitre_list(),
                     remediation: "Find out what the principal was trying to reach (the evidence \
                         requests); a workload probing its permissions after a compromise looks \
                         like this. Rotate its credentials if the access pattern is not expected."
@@ -143,9 +142,9 @@ impl ForbiddenBurst {
     /// The finding raised when principals still inside the window had to be forgotten.
     fn overflow_finding(&self, forgotten: usize, at: i64) -> Finding {
         Finding {
-            rule_id: BURST_RULE_ID.into(),
-            severity: Severity::Medium,
-            title: "Burst of denied requests from one principal (permission enumeration)".into(),
+            rule_id: BURST.id.into(),
+            severity: BURST.severity,
+            title: BURST.title.into(),
             outcome: Outcome::Observed,
             cluster: String::new(),
             time: format_rfc3339_micros(at),
@@ -166,7 +165,7 @@ impl ForbiddenBurst {
             response_code: Some(403),
             evidence: Vec::new(),
             count: forgotten as u64,
-            mitre: vec!["T1069".into(), "T1087".into()],
+            mitre: BURST.mitre_list(),
             remediation: "Look at who was denied in this window (`auditlake query` on \
                 response_code = 403): many distinct identities at once is itself suspicious."
                 .into(),

@@ -25,7 +25,6 @@ use crate::error::RuleError;
 use crate::event_columns::EventColumns;
 use crate::finding::{Finding, Folder, Outcome, fold_key_prefix};
 use crate::findings_table::FindingsTable;
-use crate::k8s_functions::register_functions;
 use crate::rbac_drift::RbacDrift;
 use crate::rbac_state::RbacBaseline;
 use crate::rule::{FoldBy, LoadedRule, RuleSet, Scope};
@@ -341,10 +340,8 @@ fn is_cheap(e: &Expr) -> bool {
 pub(crate) fn context() -> Result<(SessionContext, DFSchema), String> {
     // Same dialect as `auditlake query` and backtests, so a condition parses identically
     // in both places.
-    let mut config = datafusion::prelude::SessionConfig::new();
-    config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
-    let mut ctx = SessionContext::new_with_config(config);
-    register_functions(&mut ctx).map_err(|e| e.to_string())?;
+    let ctx = auditlake_queries::sql_context(datafusion::prelude::SessionConfig::new())
+        .map_err(|e| e.to_string())?;
     ctx.register_udf(direct_coalesce());
     let schema = DFSchema::try_from(events_schema().as_ref().clone()).map_err(|e| e.to_string())?;
     Ok((ctx, schema))

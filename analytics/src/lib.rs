@@ -10,14 +10,12 @@ mod archive_table;
 mod bounded_state;
 mod burst;
 mod coalesce;
-mod csr;
 mod engine;
 mod error;
 mod event_columns;
 mod falco;
 mod finding;
 mod findings_table;
-mod k8s_functions;
 mod learn;
 mod null_check;
 mod rbac_drift;
@@ -25,7 +23,9 @@ mod rbac_state;
 mod rule;
 mod scenario;
 mod sink;
+mod stateful_rules;
 
+pub use auditlake_queries::{k8s_functions, register_functions};
 pub use bounded_state::{
     EvictionCounters, MAX_BURST_PRINCIPALS, MAX_FOLD_WINDOWS, MAX_RBAC_OBJECTS,
 };
@@ -34,12 +34,10 @@ pub use engine::{DENIED_SQL, DONE_SQL, Detector, DetectorOptions, fail_closed};
 pub use error::RuleError;
 pub use falco::{FalcoCase, FalcoOutcome, FalcoReport, run_falco};
 pub use finding::{Finding, Folder, MAX_EVIDENCE, ObjectRef, Outcome};
-pub use k8s_functions::{k8s_functions, register_functions};
 pub use learn::{LEARNED_LISTS, LearnedList, Seen, learn_query, proposal};
 pub use null_check::{NullCheck, NullWarning};
 pub use rbac_drift::{
-    Change, DRIFT_ADDED_RULE_ID, DRIFT_CHANGED_RULE_ID, DRIFT_REMOVED_RULE_ID, DRIFT_RULES,
-    RbacVersion,
+    Change, DRIFT_ADDED_RULE_ID, DRIFT_CHANGED_RULE_ID, DRIFT_REMOVED_RULE_ID, RbacVersion,
 };
 pub use rbac_state::{BaselineError, RbacBaseline, RbacContent, RbacKey, RbacKind};
 pub use rule::{BUILTIN_RULE_FILES, FoldBy, LoadedRule, Rule, RuleSet, Scope, Severity};
@@ -47,3 +45,4 @@ pub use scenario::{
     Expect, Label, Report, Scenario, ScenarioResult, complete_event, run_scenarios,
 };
 pub use sink::{FindingSinks, SinkCounters, SinkError, SinkStats, SinkTarget};
+pub use stateful_rules::{STATEFUL_RULES, StatefulRule};

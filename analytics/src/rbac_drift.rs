@@ -21,34 +21,19 @@ use crate::archive_table::TableBuffer;
 use crate::event_columns::EventColumns;
 use crate::finding::{Finding, Outcome};
 use crate::rbac_state::{RbacBaseline, RbacContent, RbacKey, RbacKind, normalise_rule};
-use crate::rule::Severity;
 use auditlake_archive::FinishedFile;
 
-/// An object created or changed that the baseline does not declare.
-pub const DRIFT_ADDED_RULE_ID: &str = "K8S-DRIFT-001";
-/// A declared object changed so that it no longer matches the baseline.
-pub const DRIFT_CHANGED_RULE_ID: &str = "K8S-DRIFT-002";
-/// A declared object deleted.
-pub const DRIFT_REMOVED_RULE_ID: &str = "K8S-DRIFT-003";
+use crate::stateful_rules::{DRIFT_ADDED, DRIFT_CHANGED, DRIFT_REMOVED, StatefulRule};
 
-/// The ids, titles and severities of the drift findings (for `rules list`).
-pub const DRIFT_RULES: [(&str, &str, Severity); 3] = [
-    (
-        DRIFT_ADDED_RULE_ID,
-        "RBAC object created or changed outside the baseline",
-        Severity::High,
-    ),
-    (
-        DRIFT_CHANGED_RULE_ID,
-        "RBAC object changed away from its baseline",
-        Severity::High,
-    ),
-    (
-        DRIFT_REMOVED_RULE_ID,
-        "RBAC object of the baseline deleted",
-        Severity::Medium,
-    ),
-];
+/// An object created or changed that the baseline does not declare.
+pub const DRIFT_ADDED_RULE_ID: &str = DRIFT_ADDED.id;
+/// A declared object changed so that it no longer matches the baseline.
+pub const DRIFT_CHANGED_RULE_ID: &str = DRIFT_CHANGED.id;
+/// A declared object deleted.
+pub const DRIFT_REMOVED_RULE_ID: &str = DRIFT_REMOVED.id;
+
+/// The drift findings' identities.
+const DRIFT_RULES: [StatefulRule; 3] = [DRIFT_ADDED, DRIFT_CHANGED, DRIFT_REMOVED];
 
 /// The apiserver and controller-manager principals that create and reconcile the built-in
 /// RBAC defaults (objects labelled `kubernetes.io/bootstrapping: rbac-defaults`): their work on
@@ -379,11 +364,13 @@ impl RbacDrift {
                        "now": "not logged (Metadata level): compare the live object with the baseline"}),
             ),
         };
-        let (_, title, severity) = DRIFT_RULES
+        // `rule` is one of the three ids above, each in DRIFT_RULES.
+        let identity = DRIFT_RULES
             .iter()
-            .find(|r| r.0 == rule)
+            .find(|r| r.id == rule)
             .copied()
-            .unwrap_or((rule, "RBAC drift", Severity::High));
+            .unwrap_or(DRIFT_ADDED);
+        let (title, severity) = (identity.title, identity.severity);
         let mut finding = Finding {
             rule_id: rule.into(),
             severity,
@@ -408,7 +395,7 @@ impl RbacDrift {
             response_code: cols.code(row),
             evidence: vec![cols.audit_id(row)],
             count: 1,
-            mitre: vec!["T1098".into()],
+            mitre: identity.mitre_list(),
             remediation: "Compare the object with the GitOps repository: revert the change (or \
                 re-apply the baseline) unless it is an approved change, then update the \
                 repository so the baseline says what the cluster should hold."

@@ -23,6 +23,7 @@ use crate::partitioned_writer::{PartitionedWriter, WriterOptions};
 use crate::record_attempts::{Attempt, RecordAttempts};
 use crate::serve::ServeError;
 use crate::serve_metrics::ServeMetrics;
+use crate::telemetry::SourceKind;
 use crate::wal::{PendingCut, ReadOutcome, WalReader, WalRecord};
 use auditlake_archive::FinishedFile;
 use auditlake_archive::{CommitContents, SourceMark, quarantine_stem, quarantine_weight};
@@ -235,7 +236,13 @@ pub(crate) fn run(
                                 "setting a write-ahead log record aside in the quarantine: the archiver failed on it repeatedly"
                             );
                             metrics.poison_records.inc();
-                            metrics.quarantined.inc();
+                            metrics.telemetry.quarantined(
+                                SourceKind::Webhook,
+                                &source_name(&r),
+                                1,
+                                0,
+                                "set aside after repeated failures",
+                            );
                             pending.quarantine(vec![poison_record(
                                 &r,
                                 failures,
@@ -374,9 +381,13 @@ fn archive_record(
         tracing::info!(seq = r.seq, duplicates, "dropped resent events");
     }
     if !q.is_empty() {
-        metrics.quarantined.inc_by(q.len() as u64 + summarised);
-        metrics.quarantine_summarised.inc_by(summarised);
-        tracing::warn!(seq = r.seq, quarantined = q.len() as u64 + summarised, first_reason = %q[0].reason, "events quarantined");
+        metrics.telemetry.quarantined(
+            SourceKind::Webhook,
+            &source,
+            q.len() as u64,
+            summarised,
+            &q[0].reason,
+        );
         pending.quarantine(q);
     }
     if let Some(batch) = batch {
@@ -386,7 +397,9 @@ fn archive_record(
         } else {
             batch
         };
-        metrics.events_in.inc_by(kept.num_rows() as u64);
+        metrics
+            .telemetry
+            .events_in(SourceKind::Webhook, kept.num_rows() as u64);
         if let Some(d) = detection {
             d.observe(kept.clone(), r.received_at_micros)?;
         }

@@ -38,13 +38,16 @@ struct Queued {
 
 impl Queued {
     /// Waits until `n` more bytes fit (or the queue is empty, or the detection thread is
-    /// gone, which the send then reports), then counts them.
-    fn add(&self, n: usize) {
+    /// gone, which the send then reports), then counts them. Returns how long it waited,
+    /// if it had to.
+    fn add(&self, n: usize) -> Option<std::time::Duration> {
         let mut bytes = self.bytes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut waited = None;
         while *bytes > 0
             && *bytes + n > QUEUE_BYTES
             && !self.gone.load(std::sync::atomic::Ordering::Acquire)
         {
+            waited.get_or_insert_with(std::time::Instant::now);
             bytes = self
                 .taken
                 .wait_timeout(bytes, std::time::Duration::from_secs(1))
@@ -52,6 +55,7 @@ impl Queued {
                 .0;
         }
         *bytes += n;
+        waited.map(|t| t.elapsed())
     }
 
     fn remove(&self, n: usize) {
@@ -78,6 +82,7 @@ pub(crate) struct DetectionThread {
     work: SyncSender<Work>,
     queued: Arc<Queued>,
     thread: Option<JoinHandle<()>>,
+    metrics: Arc<ServeMetrics>,
 }
 
 fn stopped() -> ServeError {
@@ -90,15 +95,16 @@ impl DetectionThread {
         mut observer: Box<dyn BatchObserver>,
         metrics: Arc<ServeMetrics>,
     ) -> Result<Self, ServeError> {
-        metrics.add_external(observer.counters());
+        metrics.telemetry.add_external(observer.counters());
         let (work, queue) = sync_channel::<Work>(QUEUE_BATCHES);
         let queued = Arc::new(Queued::default());
         let taken = queued.clone();
+        let thread_metrics = metrics.clone();
         let thread = std::thread::Builder::new()
             .name("auditlake-detect".into())
             .spawn(move || {
                 crate::thread_priority::lower_current_thread();
-                run(observer.as_mut(), queue, &metrics, &taken);
+                run(observer.as_mut(), queue, &thread_metrics, &taken);
                 taken.gone.store(true, std::sync::atomic::Ordering::Release);
                 taken.taken.notify_all();
             })
@@ -107,6 +113,7 @@ impl DetectionThread {
             work,
             queued,
             thread: Some(thread),
+            metrics,
         })
     }
 
@@ -117,7 +124,9 @@ impl DetectionThread {
         received_at_micros: i64,
     ) -> Result<(), ServeError> {
         let bytes = batch.get_array_memory_size();
-        self.queued.add(bytes);
+        if let Some(waited) = self.queued.add(bytes) {
+            self.metrics.telemetry.detection_queue_full(waited);
+        }
         self.work
             .send(Work::Batch(batch, received_at_micros, bytes))
             .map_err(|_| stopped())
@@ -168,9 +177,7 @@ fn guarded<T>(what: &'static str, metrics: &ServeMetrics, fallback: T, f: impl F
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic without a message".into());
-            metrics.detector_failures.inc();
-            tracing::error!(stage = what, panic = %message,
-                "a detector panicked; its findings for this batch are lost, the events are archived");
+            metrics.telemetry.detector_failed(what, &message);
             fallback
         }
     }

@@ -13,8 +13,10 @@ use crate::error::IngestError;
 use crate::file_source::Input;
 use crate::observer::BatchObserver;
 use crate::partitioned_writer::{PartitionedWriter, WriterOptions};
+use crate::telemetry::{SourceKind, Telemetry};
 use auditlake_archive::FinishedFile;
 use auditlake_archive::{Archive, CommitContents, quarantine_stem, quarantine_weight};
+use std::sync::Arc;
 
 /// How an ingest run decodes, batches and writes.
 #[derive(Debug, Clone)]
@@ -77,6 +79,9 @@ pub struct IngestSummary {
     pub commits: u64,
     /// Findings the observer (the detectors) reported.
     pub findings: u64,
+    /// Every counter of the run's named events (see [`crate::telemetry::Telemetry`]), by
+    /// name: the same counters `serve` exposes on `/metrics`.
+    pub counters: Vec<(String, u64)>,
 }
 
 enum Decoded {
@@ -118,9 +123,22 @@ pub async fn ingest(
         .spawn(move || decode_inputs(inputs, &decode_opts, decoded_tx))
         .map_err(|e| IngestError::Pipeline(format!("spawning decoder: {e}")))?;
     let writer_opts = options.clone();
+    let telemetry = Arc::new(Telemetry::default());
+    if let Some(o) = &observer {
+        telemetry.add_external(o.counters());
+    }
+    let encoder_telemetry = telemetry.clone();
     let encoder = std::thread::Builder::new()
         .name("auditlake-encode".into())
-        .spawn(move || encode_batches(decoded_rx, &writer_opts, observer, commit_tx))
+        .spawn(move || {
+            encode_batches(
+                decoded_rx,
+                &writer_opts,
+                observer,
+                commit_tx,
+                &encoder_telemetry,
+            )
+        })
         .map_err(|e| IngestError::Pipeline(format!("spawning encoder: {e}")))?;
 
     let mut summary = IngestSummary::default();
@@ -187,6 +205,7 @@ pub async fn ingest(
     summary.inputs = inputs;
     summary.bytes_read = bytes_read;
     summary.findings = findings;
+    summary.counters = telemetry.totals();
     Ok(summary)
 }
 
@@ -317,6 +336,7 @@ fn encode_batches(
     options: &IngestOptions,
     mut observer: Option<Box<dyn BatchObserver>>,
     tx: mpsc::Sender<CommitUnit>,
+    telemetry: &Telemetry,
 ) -> Result<EncodeStats, IngestError> {
     let mut writer = PartitionedWriter::new(&options.writer_id, options.writer.clone());
     let mut quarantine = Vec::new();
@@ -328,6 +348,16 @@ fn encode_batches(
     for msg in rx {
         match msg {
             Decoded::Batch(batch, q) => {
+                if let Some(first) = q.first() {
+                    telemetry.quarantined(
+                        SourceKind::File,
+                        &first.source,
+                        q.len() as u64,
+                        0,
+                        &first.reason,
+                    );
+                }
+                telemetry.events_in(SourceKind::File, batch.num_rows() as u64);
                 quarantine.extend(q);
                 let span = tracing::debug_span!("batch", rows = batch.num_rows());
                 let _g = span.enter();
@@ -349,7 +379,16 @@ fn encode_batches(
                 inputs,
                 bytes_read,
                 summarised,
-            } => (stats.0, stats.1, stats.3) = (inputs, bytes_read, summarised),
+            } => {
+                telemetry.quarantined(
+                    SourceKind::File,
+                    "inputs",
+                    0,
+                    summarised,
+                    "bad items beyond the per-input cap, counted in summary records",
+                );
+                (stats.0, stats.1, stats.3) = (inputs, bytes_read, summarised)
+            }
         }
     }
     if let Some(o) = &mut observer {

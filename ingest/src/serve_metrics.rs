@@ -25,16 +25,15 @@ pub struct StatusLabel {
 
 /// The counters, gauges and histograms of a server.
 pub struct ServeMetrics {
+    /// The named events of the archiving path (quarantine and events by source, the
+    /// detectors' queue and failures, the detectors' own counters).
+    pub telemetry: crate::telemetry::Telemetry,
     /// Webhook answers by status code.
     pub http_responses: Family<StatusLabel, Counter>,
     /// Request bodies accepted (written to the WAL).
     pub batches: Counter,
     /// Decompressed bytes of accepted bodies.
     pub bytes_in: Counter,
-    /// Events decoded from the log and written to Parquet.
-    pub events_in: Counter,
-    /// Events (or whole inputs) quarantined.
-    pub quarantined: Counter,
     /// Resent events dropped as duplicates.
     pub duplicates: Counter,
     /// Events in committed Parquet files.
@@ -65,12 +64,8 @@ pub struct ServeMetrics {
     pub archiver_restarts: Counter,
     /// Write-ahead log records set aside after the archiver failed on them repeatedly.
     pub poison_records: Counter,
-    /// Quarantined inputs folded into a summary record instead of one record each.
-    pub quarantine_summarised: Counter,
     /// Events filed under their arrival hour (request time far from arrival).
     pub events_out_of_window: Counter,
-    /// Batches the detectors failed on (a panic or an evaluation error); archiving went on.
-    pub detector_failures: Counter,
     /// Damaged write-ahead log stretches set aside at start.
     pub wal_cut_regions: Counter,
     /// Connections refused or delayed because the connection cap was reached.
@@ -80,7 +75,6 @@ pub struct ServeMetrics {
     wal_bytes: Gauge,
     wal_oldest_unarchived_age: Gauge,
     wal: std::sync::Mutex<Option<Wal>>,
-    external: std::sync::Mutex<Vec<crate::observer::ObserverCounter>>,
     registry: Registry,
 }
 
@@ -96,11 +90,10 @@ impl ServeMetrics {
     pub fn new() -> Arc<Self> {
         let latency = || Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
         let m = Self {
+            telemetry: crate::telemetry::Telemetry::default(),
             http_responses: Family::default(),
             batches: Counter::default(),
             bytes_in: Counter::default(),
-            events_in: Counter::default(),
-            quarantined: Counter::default(),
             duplicates: Counter::default(),
             events_committed: Counter::default(),
             commits: Counter::default(),
@@ -116,19 +109,17 @@ impl ServeMetrics {
             last_commit_time: Gauge::default(),
             archiver_restarts: Counter::default(),
             poison_records: Counter::default(),
-            quarantine_summarised: Counter::default(),
             events_out_of_window: Counter::default(),
-            detector_failures: Counter::default(),
             wal_cut_regions: Counter::default(),
             connections_over_cap: Counter::default(),
             connection_timeouts: Family::default(),
             wal_bytes: Gauge::default(),
             wal_oldest_unarchived_age: Gauge::default(),
             wal: std::sync::Mutex::new(None),
-            external: std::sync::Mutex::new(Vec::new()),
             registry: Registry::with_prefix("auditlake"),
         };
         let mut registry = Registry::with_prefix("auditlake");
+        m.telemetry.register(&mut registry);
         registry.register(
             "webhook_http_responses",
             "Webhook answers by HTTP status code",
@@ -143,16 +134,6 @@ impl ServeMetrics {
             "webhook_bytes",
             "Decompressed bytes of accepted request bodies",
             m.bytes_in.clone(),
-        );
-        registry.register(
-            "events",
-            "Events decoded from the write-ahead log",
-            m.events_in.clone(),
-        );
-        registry.register(
-            "events_quarantined",
-            "Events or inputs quarantined",
-            m.quarantined.clone(),
         );
         registry.register(
             "events_duplicate",
@@ -236,19 +217,9 @@ impl ServeMetrics {
             m.poison_records.clone(),
         );
         registry.register(
-            "quarantine_summarised",
-            "Quarantined inputs counted in a per-input summary record instead of one record each",
-            m.quarantine_summarised.clone(),
-        );
-        registry.register(
             "events_out_of_window",
             "Events filed under their arrival hour because their request time was far from it",
             m.events_out_of_window.clone(),
-        );
-        registry.register(
-            "detector_failures",
-            "Batches the detectors failed on (archiving went on)",
-            m.detector_failures.clone(),
         );
         registry.register(
             "wal_cut_regions",
@@ -271,14 +242,6 @@ impl ServeMetrics {
     /// Reads the WAL's size and oldest unarchived record from `wal` when rendering.
     pub fn watch_wal(&self, wal: Wal) {
         *self.wal.lock().unwrap_or_else(|e| e.into_inner()) = Some(wal);
-    }
-
-    /// Shows `counters` (kept by the detectors) with the server's metrics.
-    pub fn add_external(&self, counters: Vec<crate::observer::ObserverCounter>) {
-        self.external
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(counters);
     }
 
     /// Counts a connection closed by the timeout `kind`.
@@ -315,7 +278,7 @@ impl ServeMetrics {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        let external = self.external.lock().unwrap_or_else(|e| e.into_inner());
+        let external = self.telemetry.external();
         if !external.is_empty() {
             // Before the OpenMetrics end marker.
             let end = out.rfind("# EOF").unwrap_or(out.len());

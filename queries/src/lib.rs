@@ -5,9 +5,12 @@
 //! 'roleRef', 'name')`), and [`OutputFormat`] renders results as table, CSV, JSON or NDJSON.
 
 mod backtest;
+mod csr;
+mod k8s_functions;
 mod output;
 mod session;
 
 pub use backtest::Backtest;
+pub use k8s_functions::{k8s_functions, register_functions};
 pub use output::{MaxRows, OutputFormat, Printed, print_stream, write_batches};
-pub use session::{ArchiveSession, QueryError};
+pub use session::{ArchiveSession, QueryError, analyst_config, sql_context};

@@ -69,6 +69,16 @@ pub fn analyst_config() -> SessionConfig {
     config
 }
 
+/// The one place a SQL context of auditlake is built (queries, `findings`, backtests, the
+/// detectors' rules, the RBAC restore): the PostgreSQL dialect of [`analyst_config`], the JSON
+/// functions (`json_get_str`, ...) and the `k8s_*` functions, on top of `config`.
+pub fn sql_context(mut config: SessionConfig) -> Result<SessionContext, QueryError> {
+    config.options_mut().sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+    let mut ctx = SessionContext::new_with_config(config);
+    crate::register_functions(&mut ctx)?;
+    Ok(ctx)
+}
+
 /// The `rbac_state` view over `rbac_history`.
 const RBAC_STATE_VIEW: &str = "CREATE VIEW rbac_state AS \
     SELECT cluster, kind, namespace, name, change, content_known, role_ref, subjects, rules, \
@@ -119,7 +129,7 @@ impl ArchiveSession {
         let config = analyst_config()
             .with_information_schema(true)
             .with_target_partitions(std::thread::available_parallelism().map_or(2, |n| n.get()));
-        let mut ctx = SessionContext::new_with_config(config);
+        let ctx = sql_context(config)?;
         let base = Url::parse(&format!(
             "{}://{}",
             archive_url.scheme(),
@@ -139,7 +149,6 @@ impl ArchiveSession {
         };
         let root = archive.location().root_in_url_store();
         ctx.register_object_store(&base, Arc::new(attested.store_view(inner, &root)));
-        datafusion_functions_json::register_all(&mut ctx)?;
         register_listing(&ctx, archive_url, Table::Events, events_file_schema())?;
         register_listing(&ctx, archive_url, Table::Findings, findings_file_schema())?;
         register_listing(

@@ -296,6 +296,11 @@ async fn malformed_input_is_quarantined_and_the_manifest_chain_verifies() {
     std::fs::write(&gz_path, gz.finish().unwrap()).unwrap();
     let s1 = ingest_files(&archive, "q", &[&gz_path]).await;
     assert_eq!((s1.events, s1.quarantined, s1.commits), (1, 6, 1));
+    // The run reports the same named counters `serve` exposes, labelled by source.
+    let counter = |name: &str| s1.counters.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+    assert_eq!(counter("quarantined{source=file}"), Some(6));
+    assert_eq!(counter("events{source=file}"), Some(1));
+    assert_eq!(counter("quarantined{source=webhook}"), Some(0));
     let s2 = ingest_handwritten(&archive, "q").await;
     assert_eq!((s2.events, s2.quarantined), (8, 0));
 
