@@ -185,11 +185,7 @@ async fn restore_rbac_state(detector: &mut Detector, archive: &Archive) -> Resul
         .await
         .context("opening the archive to restore the RBAC state")?;
     let (_, batches) = session
-        .sql(
-            "SELECT * FROM (SELECT *, row_number() OVER (PARTITION BY cluster, kind, namespace, \
-             name ORDER BY changed_at DESC, audit_id DESC) AS latest FROM rbac_history) \
-             WHERE latest = 1",
-        )
+        .sql(auditlake_analytics::LATEST_RBAC_VERSIONS_SQL)
         .await
         .context("reading rbac_history from the archive")?;
     detector

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use auditlake_ingest::Archive;
-use auditlake_queries::{OutputFormat, write_batches};
+use auditlake_queries::{FindingsFilter, OutputFormat, write_batches};
 use clap::Args;
 
 use crate::rules_cmd::{now_micros, parse_duration};
@@ -30,60 +30,21 @@ pub struct FindingsArgs {
     format: OutputFormat,
 }
 
-const SEVERITIES: [&str; 5] = ["info", "low", "medium", "high", "critical"];
-
-fn quoted(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
-}
-
 /// Runs `auditlake findings`.
 pub async fn run(archive: Archive, args: FindingsArgs) -> Result<()> {
     let seconds = parse_duration(&args.since)?;
-    let rank = SEVERITIES
-        .iter()
-        .position(|s| *s == args.min_severity)
-        .with_context(|| {
-            format!(
-                "--min-severity {:?}: expected one of {}",
-                args.min_severity,
-                SEVERITIES.join(", ")
-            )
-        })?;
-    let cutoff = auditlake_schema::timestamp::format_rfc3339_micros(
-        now_micros() - seconds.saturating_mul(1_000_000),
-    );
-    let mut filters = vec![
-        format!("date >= '{}'", &cutoff[..10]),
-        format!("time >= TIMESTAMP '{cutoff}'"),
-        format!(
-            "severity IN ({})",
-            SEVERITIES[rank..]
-                .iter()
-                .map(|s| quoted(s))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    ];
-    if !args.rule.is_empty() {
-        let ids: Vec<String> = args.rule.iter().map(|r| quoted(r)).collect();
-        filters.push(format!("rule_id IN ({})", ids.join(", ")));
+    let since_micros = now_micros() - seconds.saturating_mul(1_000_000);
+    let cutoff = auditlake_schema::timestamp::format_rfc3339_micros(since_micros);
+    let sql = FindingsFilter {
+        since_micros,
+        rules: args.rule.clone(),
+        min_severity: args.min_severity.clone(),
+        cluster: args.cluster.clone(),
+        all_columns: args.format != OutputFormat::Table,
+        limit: args.limit,
     }
-    if let Some(c) = &args.cluster {
-        filters.push(format!("cluster = {}", quoted(c)));
-    }
-    let columns = match args.format {
-        OutputFormat::Table => {
-            "time, severity, rule_id, outcome, cluster, principal, verb, \
-             concat_ws('/', resource, namespace, name) AS object, count, \
-             substr(details, 1, 80) AS details"
-        }
-        _ => "*",
-    };
-    let sql = format!(
-        "SELECT {columns} FROM findings WHERE {} ORDER BY time DESC, rule_id LIMIT {}",
-        filters.join(" AND "),
-        args.limit
-    );
+    .sql()
+    .map_err(anyhow::Error::msg)?;
     let session = crate::open_session(&archive).await?;
     let (schema, batches) = session.sql(&sql).await.context("querying findings")?;
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use auditlake_analytics::{DENIED_SQL, DONE_SQL, DetectorOptions, RuleSet, Scope, run_scenarios};
-use auditlake_queries::{Backtest, OutputFormat, write_batches};
+use auditlake_analytics::{DetectorOptions, RuleSet, run_scenarios};
+use auditlake_queries::{OutputFormat, write_batches};
 use clap::{Args, Subcommand};
 
 /// Flags of `auditlake rules`.
@@ -145,40 +145,14 @@ pub async fn run(archive_location: &str, args: RulesArgs) -> Result<()> {
             since,
             format,
         } => {
-            let Some(loaded) = set.rules.get(&rule) else {
-                bail!("no rule {rule:?}; `auditlake rules list` shows them");
-            };
+            let backtest = set.backtest(&rule).map_err(anyhow::Error::msg)?;
             let seconds = parse_duration(&since)?;
-            let condition = set
-                .expand_lists(&loaded.rule.condition)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| format!("rule {rule}"))?;
-            let details = match &loaded.rule.details {
-                Some(d) => set
-                    .expand_lists(d)
-                    .map_err(anyhow::Error::msg)
-                    .with_context(|| format!("rule {rule}"))?,
-                None => String::new(),
-            };
-            let (outcome, scope) = match loaded.rule.scope {
-                Scope::Outcome => (
-                    format!("CASE WHEN {DONE_SQL} THEN 'done' ELSE 'denied' END"),
-                    format!("(({DONE_SQL}) OR ({DENIED_SQL}))"),
-                ),
-                Scope::Any => ("'observed'".into(), "TRUE".into()),
-            };
             let cutoff_micros = now_micros() - seconds.saturating_mul(1_000_000);
             let cutoff = auditlake_schema::timestamp::format_rfc3339_micros(cutoff_micros);
             let archive = crate::open_existing_archive(archive_location).await?;
             let session = crate::open_session(&archive).await?;
-            let (schema, batches) = session
-                .backtest(&Backtest {
-                    condition: &condition,
-                    details: loaded.rule.details.as_ref().map(|_| details.as_str()),
-                    scope: &scope,
-                    outcome: &outcome,
-                    since_micros: cutoff_micros,
-                })
+            let (schema, batches) = backtest
+                .run(&session, cutoff_micros)
                 .await
                 .with_context(|| format!("backtest of {rule}"))?;
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
@@ -186,7 +160,7 @@ pub async fn run(archive_location: &str, args: RulesArgs) -> Result<()> {
                 .context("writing results")?;
             eprintln!(
                 "{rule} ({}): {rows} matching event(s) since {cutoff}",
-                loaded.rule.title
+                backtest.title
             );
             Ok(())
         }

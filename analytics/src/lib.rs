@@ -7,6 +7,7 @@
 //! - [`register_functions`]: the `k8s_*` and JSON SQL functions, also for backtests.
 
 mod archive_table;
+mod backtest_rule;
 mod bounded_state;
 mod burst;
 mod coalesce;
@@ -26,6 +27,7 @@ mod sink;
 mod stateful_rules;
 
 pub use auditlake_queries::{k8s_functions, register_functions};
+pub use backtest_rule::{LATEST_RBAC_VERSIONS_SQL, RuleBacktest};
 pub use bounded_state::{
     EvictionCounters, MAX_BURST_PRINCIPALS, MAX_FOLD_WINDOWS, MAX_RBAC_OBJECTS,
 };

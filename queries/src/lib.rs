@@ -6,11 +6,13 @@
 
 mod backtest;
 mod csr;
+mod findings_query;
 mod k8s_functions;
 mod output;
 mod session;
 
 pub use backtest::Backtest;
+pub use findings_query::{FindingsFilter, SEVERITIES};
 pub use k8s_functions::{k8s_functions, register_functions};
 pub use output::{MaxRows, OutputFormat, Printed, print_stream, write_batches};
 pub use session::{ArchiveSession, QueryError, analyst_config, sql_context};
