@@ -23,10 +23,11 @@ use crate::partitioned_writer::{PartitionedWriter, WriterOptions};
 use crate::record_attempts::{Attempt, RecordAttempts};
 use crate::serve::ServeError;
 use crate::serve_metrics::ServeMetrics;
+use crate::sources::{Position, Pulled, Source, SourceRecord};
 use crate::telemetry::SourceKind;
-use crate::wal::{PendingCut, ReadOutcome, WalReader, WalRecord};
+use crate::wal::PendingCut;
 use auditlake_archive::FinishedFile;
-use auditlake_archive::{CommitContents, SourceMark, quarantine_stem, quarantine_weight};
+use auditlake_archive::{CommitContents, quarantine_stem, quarantine_weight};
 
 /// A commit is due once this many quarantine records wait...
 const MAX_QUARANTINE_RECORDS_PER_COMMIT: usize = 10_000;
@@ -99,6 +100,8 @@ struct Pending {
     quarantine_weight: usize,
     cleanup: Vec<PathBuf>,
     dirty: bool,
+    /// The source is revoking partitions: commit now.
+    revoked: bool,
     bytes: u64,
     since: Instant,
     outlier_log: LogEvery,
@@ -133,6 +136,7 @@ impl Pending {
             quarantine_weight: 0,
             cleanup: Vec::new(),
             dirty: false,
+            revoked: false,
             bytes: 0,
             since: Instant::now(),
             outlier_log: LogEvery {
@@ -149,10 +153,10 @@ impl Pending {
 }
 
 /// A record set aside after repeated failures, kept whole in the quarantine.
-fn poison_record(r: &WalRecord, failures: u64, max_bytes: usize) -> Quarantined {
+fn poison_record(r: &SourceRecord, failures: u64, max_bytes: usize) -> Quarantined {
     Quarantined {
         cluster: r.cluster.clone(),
-        source: source_name(r),
+        source: r.origin.clone(),
         line: None,
         item: None,
         byte_offset: 0,
@@ -180,18 +184,10 @@ fn cut_record(cut: &PendingCut, cluster: &str) -> Quarantined {
     }
 }
 
-fn source_name(r: &WalRecord) -> String {
-    if r.identity.is_empty() {
-        format!("webhook wal:{}", r.seq)
-    } else {
-        format!("webhook[{}] wal:{}", r.identity, r.seq)
-    }
-}
-
-/// Runs until the log closes (`Ok`) or something fails (`Err`: the supervisor restarts it
+/// Runs until the source ends (`Ok`) or something fails (`Err`: the supervisor restarts it
 /// from the last commit). Hands commit units to `commits`.
 pub(crate) fn run(
-    mut reader: WalReader,
+    source: &mut dyn Source,
     s: &ArchiverSettings,
     kit: &mut ArchiverKit,
     cuts: Vec<PendingCut>,
@@ -221,24 +217,35 @@ pub(crate) fn run(
             .saturating_sub(pending.since.elapsed())
             .max(Duration::from_millis(5));
         let mut closing = false;
-        match reader.next(wait)? {
-            ReadOutcome::Record(r) => {
-                let span = tracing::debug_span!("wal_record", seq = r.seq, bytes = r.body.len());
+        let kind = source.kind();
+        match source
+            .pull(wait)
+            .map_err(|e| ArchiverFailure(e.to_string()))?
+        {
+            Pulled::Record(r) => {
+                // Only the log's records are tracked across runs (a file is read afresh).
+                let Position::Log { seq } = r.position else {
+                    return Err(ArchiverFailure(format!(
+                        "the archiver cannot track attempts on {:?}",
+                        r.position
+                    )));
+                };
+                let span = tracing::debug_span!("record", seq, bytes = r.body.len());
                 let _g = span.enter();
-                match kit.attempts.begin(r.seq)? {
+                match kit.attempts.begin(seq)? {
                     Attempt::SetAside => {
-                        if r.seq > s.committed_seq {
-                            let failures = kit.attempts.failures(r.seq);
+                        if !r.archived {
+                            let failures = kit.attempts.failures(seq);
                             tracing::error!(
-                                seq = r.seq,
+                                seq,
                                 failures,
                                 bytes = r.body.len(),
-                                "setting a write-ahead log record aside in the quarantine: the archiver failed on it repeatedly"
+                                "setting a record aside in the quarantine: the archiver failed on it repeatedly"
                             );
                             metrics.poison_records.inc();
                             metrics.telemetry.quarantined(
-                                SourceKind::Webhook,
-                                &source_name(&r),
+                                kind,
+                                &r.origin,
                                 1,
                                 0,
                                 "set aside after repeated failures",
@@ -248,20 +255,20 @@ pub(crate) fn run(
                                 failures,
                                 s.decoder.max_summary_bytes,
                             )]);
-                            last_seq = r.seq;
+                            last_seq = seq;
                             pending.dirty = true;
                         }
-                        kit.attempts.set_aside(r.seq)?;
+                        kit.attempts.set_aside(seq)?;
                     }
                     Attempt::Try(attempt) => {
                         if attempt > 1 {
                             tracing::warn!(
-                                seq = r.seq,
+                                seq,
                                 attempt,
-                                "retrying a write-ahead log record the archiver failed on"
+                                "retrying a record the archiver failed on"
                             );
                         }
-                        let archived = r.seq <= s.committed_seq;
+                        let archived = r.archived;
                         archive_record(
                             &r,
                             &mut decoder,
@@ -269,22 +276,26 @@ pub(crate) fn run(
                             &mut writer,
                             kit.detection.as_ref(),
                             metrics,
-                            (archived, &mut pending),
+                            (kind, archived, &mut pending),
                         )?;
-                        kit.attempts.done(r.seq)?;
+                        kit.attempts.done(seq)?;
                         if !archived {
-                            last_seq = r.seq;
+                            last_seq = seq;
                             pending.dirty = true;
                             pending.bytes += r.body.len() as u64;
                         }
                     }
                 }
             }
-            ReadOutcome::Idle => {}
-            ReadOutcome::Closed => closing = true,
+            Pulled::Idle => {}
+            // Commit what is held now, so the offsets read from the partitions are durable
+            // before another consumer takes them.
+            Pulled::Revoked(_) => pending.revoked = true,
+            Pulled::End => closing = true,
         }
         let replay_done = !replay_committed && last_seq >= s.replay_target;
         let due = replay_done
+            || pending.revoked
             || !pending.finished.is_empty()
             || pending.bytes >= s.flush_bytes
             || pending.quarantine.len() >= MAX_QUARANTINE_RECORDS_PER_COMMIT
@@ -312,10 +323,7 @@ pub(crate) fn run(
                             .then(|| quarantine_stem(&s.writer_id)),
                         quarantine,
                         removed: Vec::new(),
-                        source: Some(SourceMark::Webhook {
-                            log_id: s.wal_id.clone(),
-                            through_seq: last_seq,
-                        }),
+                        source: source.mark(),
                     },
                     through_seq: last_seq,
                     cleanup: std::mem::take(&mut pending.cleanup),
@@ -347,20 +355,20 @@ pub(crate) fn run(
 /// already archived, only remembers its events as seen).
 #[allow(clippy::too_many_arguments)]
 fn archive_record(
-    r: &WalRecord,
+    r: &SourceRecord,
     decoder: &mut EventDecoder,
     dedup: &mut Deduplicator,
     writer: &mut PartitionedWriter,
     detection: Option<&DetectionThread>,
     metrics: &ServeMetrics,
-    (archived, pending): (bool, &mut Pending),
+    (kind, archived, pending): (SourceKind, bool, &mut Pending),
 ) -> Result<(), ArchiverFailure> {
     decoder.set_ingested_at(r.received_at_micros);
-    let source = source_name(r);
+    let source = r.origin.as_str();
     let mut q = Vec::new();
     let pos = SourcePos {
         cluster: &r.cluster,
-        source: &source,
+        source,
         line: None,
         byte_offset: 0,
     };
@@ -378,16 +386,12 @@ fn archive_record(
     let duplicates = keep.false_count() as u64;
     if duplicates > 0 {
         metrics.duplicates.inc_by(duplicates);
-        tracing::info!(seq = r.seq, duplicates, "dropped resent events");
+        tracing::info!(origin = %r.origin, duplicates, "dropped resent events");
     }
     if !q.is_empty() {
-        metrics.telemetry.quarantined(
-            SourceKind::Webhook,
-            &source,
-            q.len() as u64,
-            summarised,
-            &q[0].reason,
-        );
+        metrics
+            .telemetry
+            .quarantined(kind, source, q.len() as u64, summarised, &q[0].reason);
         pending.quarantine(q);
     }
     if let Some(batch) = batch {
@@ -397,9 +401,7 @@ fn archive_record(
         } else {
             batch
         };
-        metrics
-            .telemetry
-            .events_in(SourceKind::Webhook, kept.num_rows() as u64);
+        metrics.telemetry.events_in(kind, kept.num_rows() as u64);
         if let Some(d) = detection {
             d.observe(kept.clone(), r.received_at_micros)?;
         }
@@ -409,7 +411,7 @@ fn archive_record(
             metrics.events_out_of_window.inc_by(outliers);
             if let Some(total) = pending.outlier_log.count(outliers) {
                 tracing::warn!(
-                    seq = r.seq,
+                    origin = %r.origin,
                     events = total,
                     "events whose request time is more than 7 days before or 1 hour after their arrival were filed under the arrival hour (count since the last such message)"
                 );

@@ -8,8 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
@@ -20,7 +19,6 @@ use crate::archiver::CommitUnit;
 use crate::error::IngestError;
 use crate::serve::ServeError;
 use crate::serve_metrics::ServeMetrics;
-use crate::wal::Wal;
 use auditlake_archive::{Archive, ArchiveError};
 
 const INTENT_FILE: &str = "commit-intent.json";
@@ -110,14 +108,12 @@ fn unix_seconds() -> i64 {
 /// What the committer does between commits and how long it keeps trying at shutdown.
 pub(crate) struct Committer {
     pub archive: Archive,
-    pub wal: Wal,
+    /// Told when a commit is durable (see [`crate::sources::Durable`]).
+    pub durable: Option<Arc<dyn crate::sources::Durable>>,
     pub wal_dir: PathBuf,
     pub writer_id: String,
     pub metrics: Arc<ServeMetrics>,
     pub health: Arc<ArchiveHealth>,
-    /// Committed segments are kept this long to rebuild the duplicate filter after a restart.
-    pub keep_segments: Duration,
-    pub wal_max_bytes: u64,
     /// Committing through this record ends the replay: the server becomes ready.
     pub replay_target: u64,
     /// Set at shutdown to the time after which a failing commit is given up.
@@ -265,32 +261,24 @@ impl Committer {
         done.commits += 1;
         done.events += rows;
         done.through_seq = through;
-        self.wal.set_archived(through);
-        // Committed segments are kept for the dedup window (to rebuild the filter after a
-        // restart) unless the log is over half its limit.
-        let under_pressure =
-            self.wal.stats().bytes.load(Ordering::Relaxed) > self.wal_max_bytes / 2;
-        let keep_since = if under_pressure {
-            Instant::now()
-        } else {
-            Instant::now()
-                .checked_sub(self.keep_segments)
-                .unwrap_or_else(Instant::now)
-        };
-        // Deleting segments blocks on the disk: not on a worker the requests need.
-        let trimmer = self.wal.clone();
-        let freed = match tokio::task::spawn_blocking(move || trimmer.trim(through, keep_since))
-            .await
-        {
-            Ok(Ok(freed)) => freed,
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "trimming the write-ahead log failed; it is tried again after the next commit");
-                0
+        // The source may now let go of what this commit covers (the webhook trims its log).
+        // Blocking I/O: not on a worker the requests need.
+        let freed = match (&unit.contents.source, &self.durable) {
+            (Some(mark), Some(durable)) => {
+                let (mark, durable) = (mark.clone(), durable.clone());
+                match tokio::task::spawn_blocking(move || durable.durable(&mark)).await {
+                    Ok(Ok(freed)) => freed,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "the source could not let go of archived records; tried again after the next commit");
+                        0
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "the source's archived-records callback panicked");
+                        0
+                    }
+                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "trimming the write-ahead log panicked");
-                0
-            }
+            _ => 0,
         };
         let _g = span.enter(); // no await below
         tracing::info!(

@@ -22,6 +22,7 @@ mod record_attempts;
 mod serve;
 mod serve_config;
 mod serve_metrics;
+pub mod sources;
 pub mod telemetry;
 mod thread_priority;
 mod tls;

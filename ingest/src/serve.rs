@@ -37,6 +37,7 @@ use crate::observer::BatchObserver;
 use crate::partitioned_writer::{ArrivalWindow, WriterOptions};
 use crate::record_attempts::RecordAttempts;
 use crate::serve_metrics::ServeMetrics;
+use crate::sources::webhook::{LogTrimmer, WebhookSource};
 use crate::tls::TlsError;
 use crate::wal::{self, Wal, WalError, WalOptions};
 use crate::webhook::{self, ConnectionLimits, WebhookSettings, WebhookState};
@@ -286,13 +287,16 @@ impl Supervisor {
             let committer = tokio::spawn(
                 Committer {
                     archive: self.archive.clone(),
-                    wal: self.wal.clone(),
+                    durable: Some(Arc::new(LogTrimmer {
+                        wal: self.wal.clone(),
+                        log_id: self.wal_id.clone(),
+                        keep_segments: Duration::from_secs(self.config.dedup_window_seconds),
+                        wal_max_bytes: self.config.wal_max_bytes,
+                    })),
                     wal_dir: self.config.wal_dir.clone(),
                     writer_id,
                     metrics: self.metrics.clone(),
                     health: self.health.clone(),
-                    keep_segments: Duration::from_secs(self.config.dedup_window_seconds),
-                    wal_max_bytes: self.config.wal_max_bytes,
                     replay_target,
                     give_up_at: self.give_up_at.clone(),
                 }
@@ -305,7 +309,12 @@ impl Supervisor {
                 .spawn(move || {
                     crate::thread_priority::lower_current_thread();
                     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        archiver::run(reader, &settings, &mut kit, cuts, &metrics, &commit_tx)
+                        let mut source = WebhookSource::new(
+                            reader,
+                            settings.wal_id.clone(),
+                            settings.committed_seq,
+                        );
+                        archiver::run(&mut source, &settings, &mut kit, cuts, &metrics, &commit_tx)
                     }));
                     drop(commit_tx);
                     let outcome = match outcome {

@@ -1,0 +1,98 @@
+//! Sources: where audit payloads come from, one module per protocol. Each yields
+//! [`SourceRecord`]s (the payload, its cluster, where it came from, its position) through
+//! [`Source`], and says, as a [`SourceMark`] in each manifest record, how far it is archived.
+//!
+//! Today the archiver of `auditlake serve` consumes its [`webhook::WebhookSource`] through
+//! this interface; the file pipeline of `auditlake ingest` and Kafka come onto it next (see
+//! `ARCHITECTURE.md`). The interface is written with Kafka in mind:
+//!
+//! - positions are per partition ([`Position::Kafka`]); a source's [`Source::mark`] covers
+//!   every record it handed out since the previous mark, so a Kafka source returns one
+//!   offset range per partition it read;
+//! - [`Pulled::Revoked`] tells the archiver that partitions are being taken away mid-batch:
+//!   it commits what it holds at once, so the offsets of everything it read from them are in
+//!   a committed manifest record before the partitions go to another consumer;
+//! - a source learns that records are durable from the committer ([`Durable`]), after the
+//!   manifest record naming their files is written, never before: the webhook then trims
+//!   its log, Kafka stores its offsets, files do nothing.
+
+pub mod webhook;
+
+use std::time::Duration;
+
+use auditlake_archive::SourceMark;
+
+/// Where a record sits in its source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// A record of the webhook's write-ahead log.
+    Log {
+        /// Its sequence number.
+        seq: u64,
+    },
+    /// A Kafka message.
+    Kafka {
+        /// Partition.
+        partition: i32,
+        /// Offset.
+        offset: i64,
+    },
+}
+
+/// One payload from a source: audit events in any envelope the decoder reads.
+#[derive(Debug, Clone)]
+pub struct SourceRecord {
+    /// The payload (an EventList, an Event, NDJSON, ...).
+    pub body: Vec<u8>,
+    /// The cluster its events belong to.
+    pub cluster: String,
+    /// Where it came from, for `source_ref` and the quarantine (`webhook[cn] wal:12`).
+    pub origin: String,
+    /// Its position in the source.
+    pub position: Position,
+    /// When the source received it (µs since the epoch): the events' `ingested_at`.
+    pub received_at_micros: i64,
+    /// A committed manifest record already covers it: it is read again only so the
+    /// duplicate filter remembers its events, and is not archived twice.
+    pub archived: bool,
+}
+
+/// What [`Source::pull`] found.
+#[derive(Debug)]
+pub enum Pulled {
+    /// The next record.
+    Record(SourceRecord),
+    /// Nothing within the wait.
+    Idle,
+    /// These partitions are being revoked: commit what is held now.
+    Revoked(Vec<i32>),
+    /// The source ended (the log closed, the files were read).
+    End,
+}
+
+/// Why a source could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SourceError(pub String);
+
+/// A stream of records the archiver consumes.
+pub trait Source: Send {
+    /// The kind of source, for the counters' label.
+    fn kind(&self) -> crate::telemetry::SourceKind;
+    /// The next record, waiting up to `wait` for one.
+    fn pull(&mut self, wait: Duration) -> Result<Pulled, SourceError>;
+    /// The mark a commit of every record pulled so far writes in its manifest record. A
+    /// source whose marks are cumulative (the webhook's log) returns its position even when
+    /// nothing new was pulled; one whose marks are ranges (Kafka) returns the ranges read
+    /// since the previous mark, `None` when there are none.
+    fn mark(&mut self) -> Option<SourceMark>;
+}
+
+/// Told, by the committer, that the records a mark covers are durable in a committed
+/// manifest record: the one callback through which a source learns it may let go of them.
+pub trait Durable: Send + Sync {
+    /// The records `mark` covers are archived. Runs on a blocking thread (it may do I/O);
+    /// returns the bytes it freed, for the log. An error is logged and the next commit's
+    /// call tries again.
+    fn durable(&self, mark: &SourceMark) -> Result<u64, SourceError>;
+}
