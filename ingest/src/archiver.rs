@@ -23,7 +23,7 @@ use crate::partitioned_writer::{PartitionedWriter, WriterOptions};
 use crate::record_attempts::{Attempt, RecordAttempts};
 use crate::serve::ServeError;
 use crate::serve_metrics::ServeMetrics;
-use crate::sources::{Position, Pulled, Source, SourceRecord};
+use crate::sources::{Position, Pulled, Shape, Source, SourceRecord};
 use crate::telemetry::SourceKind;
 use crate::wal::PendingCut;
 use auditlake_archive::FinishedFile;
@@ -69,7 +69,8 @@ pub(crate) struct CommitUnit {
 /// What an archiver run keeps across restarts: the detectors and the attempts file.
 pub(crate) struct ArchiverKit {
     pub detection: Option<DetectionThread>,
-    pub attempts: RecordAttempts,
+    /// Failures per write-ahead log record (a source read afresh by each run has none).
+    pub attempts: Option<RecordAttempts>,
 }
 
 /// Why a run ended early.
@@ -196,9 +197,12 @@ pub(crate) fn run(
 ) -> Result<(), ArchiverFailure> {
     // One decoder for every cluster: each record names its own.
     let mut decoder = EventDecoder::new(s.decoder.clone());
-    decoder.enable_row_digests(s.digest_key);
+    let resends = source.resends();
+    if resends {
+        decoder.enable_row_digests(s.digest_key);
+    }
     let mut writer = PartitionedWriter::new(&s.writer_id, s.writer.clone());
-    let mut dedup = Deduplicator::new(s.dedup_window_micros, s.dedup_max_events);
+    let mut dedup = resends.then(|| Deduplicator::new(s.dedup_window_micros, s.dedup_max_events));
     let mut pending = Pending::new();
     if !cuts.is_empty() {
         pending.quarantine(
@@ -223,64 +227,70 @@ pub(crate) fn run(
             .map_err(|e| ArchiverFailure(e.to_string()))?
         {
             Pulled::Record(r) => {
-                // Only the log's records are tracked across runs (a file is read afresh).
-                let Position::Log { seq } = r.position else {
-                    return Err(ArchiverFailure(format!(
-                        "the archiver cannot track attempts on {:?}",
-                        r.position
-                    )));
-                };
-                let span = tracing::debug_span!("record", seq, bytes = r.body.len());
+                let span = tracing::debug_span!("record", origin = %r.origin, bytes = r.body.len());
                 let _g = span.enter();
-                match kit.attempts.begin(seq)? {
+                // A log record is tracked across runs, so one the archiver keeps failing on is
+                // set aside; other sources are read afresh by a new run.
+                let mut tracked = match (r.position, kit.attempts.as_mut()) {
+                    (Position::Log { seq }, Some(attempts)) => Some((seq, attempts)),
+                    _ => None,
+                };
+                let attempt = match &mut tracked {
+                    Some((seq, attempts)) => attempts.begin(*seq)?,
+                    None => Attempt::Try(1),
+                };
+                match attempt {
                     Attempt::SetAside => {
-                        if !r.archived {
-                            let failures = kit.attempts.failures(seq);
-                            tracing::error!(
-                                seq,
-                                failures,
-                                bytes = r.body.len(),
-                                "setting a record aside in the quarantine: the archiver failed on it repeatedly"
-                            );
-                            metrics.poison_records.inc();
-                            metrics.telemetry.quarantined(
-                                kind,
-                                &r.origin,
-                                1,
-                                0,
-                                "set aside after repeated failures",
-                            );
-                            pending.quarantine(vec![poison_record(
-                                &r,
-                                failures,
-                                s.decoder.max_summary_bytes,
-                            )]);
-                            last_seq = seq;
-                            pending.dirty = true;
+                        // `tracked` is Some: only a tracked record is ever set aside.
+                        if let Some((seq, attempts)) = tracked {
+                            if !r.archived {
+                                let failures = attempts.failures(seq);
+                                tracing::error!(
+                                    seq,
+                                    failures,
+                                    bytes = r.body.len(),
+                                    "setting a record aside in the quarantine: the archiver failed on it repeatedly"
+                                );
+                                metrics.poison_records.inc();
+                                metrics.telemetry.quarantined(
+                                    kind,
+                                    &r.origin,
+                                    1,
+                                    0,
+                                    "set aside after repeated failures",
+                                );
+                                pending.quarantine(vec![poison_record(
+                                    &r,
+                                    failures,
+                                    s.decoder.max_summary_bytes,
+                                )]);
+                                last_seq = seq;
+                                pending.dirty = true;
+                            }
+                            attempts.set_aside(seq)?;
                         }
-                        kit.attempts.set_aside(seq)?;
                     }
                     Attempt::Try(attempt) => {
                         if attempt > 1 {
-                            tracing::warn!(
-                                seq,
-                                attempt,
-                                "retrying a record the archiver failed on"
-                            );
+                            tracing::warn!(attempt, "retrying a record the archiver failed on");
                         }
                         let archived = r.archived;
                         archive_record(
                             &r,
                             &mut decoder,
-                            &mut dedup,
+                            dedup.as_mut(),
                             &mut writer,
                             kit.detection.as_ref(),
                             metrics,
                             (kind, archived, &mut pending),
                         )?;
-                        kit.attempts.done(seq)?;
+                        if let Some((seq, attempts)) = tracked {
+                            attempts.done(seq)?;
+                            if !archived {
+                                last_seq = seq;
+                            }
+                        }
                         if !archived {
-                            last_seq = seq;
                             pending.dirty = true;
                             pending.bytes += r.body.len() as u64;
                         }
@@ -357,7 +367,7 @@ pub(crate) fn run(
 fn archive_record(
     r: &SourceRecord,
     decoder: &mut EventDecoder,
-    dedup: &mut Deduplicator,
+    dedup: Option<&mut Deduplicator>,
     writer: &mut PartitionedWriter,
     detection: Option<&DetectionThread>,
     metrics: &ServeMetrics,
@@ -369,21 +379,33 @@ fn archive_record(
     let pos = SourcePos {
         cluster: &r.cluster,
         source,
-        line: None,
-        byte_offset: 0,
+        line: r.line,
+        byte_offset: r.byte_offset,
     };
-    decoder.decode_document(&r.body, pos, &mut q);
+    match r.shape {
+        Shape::Document => {
+            decoder.decode_document(&r.body, pos, &mut q);
+        }
+        Shape::Lines => {
+            decoder.decode_ndjson(&r.body, pos, &mut q);
+        }
+        Shape::Oversized { full_len } => {
+            decoder.quarantine_oversized(&r.body, full_len, pos, &mut q)
+        }
+    }
     let summarised = decoder.take_summarised();
     let batch = decoder.finish_batch();
-    let digests = decoder.take_row_digests();
-    let keep: BooleanArray = digests
-        .iter()
-        .map(|d| Some(dedup.first_sighting(*d, r.received_at_micros)))
-        .collect();
+    let keep: Option<BooleanArray> = dedup.map(|dedup| {
+        decoder
+            .take_row_digests()
+            .iter()
+            .map(|d| Some(dedup.first_sighting(*d, r.received_at_micros)))
+            .collect()
+    });
     if archived {
         return Ok(());
     }
-    let duplicates = keep.false_count() as u64;
+    let duplicates = keep.as_ref().map_or(0, |k| k.false_count() as u64);
     if duplicates > 0 {
         metrics.duplicates.inc_by(duplicates);
         tracing::info!(origin = %r.origin, duplicates, "dropped resent events");
@@ -395,8 +417,8 @@ fn archive_record(
         pending.quarantine(q);
     }
     if let Some(batch) = batch {
-        let kept = if duplicates > 0 {
-            filter_record_batch(&batch, &keep)
+        let kept = if let (Some(keep), true) = (&keep, duplicates > 0) {
+            filter_record_batch(&batch, keep)
                 .map_err(|e| ArchiverFailure(format!("filtering duplicates: {e}")))?
         } else {
             batch

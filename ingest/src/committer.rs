@@ -19,7 +19,7 @@ use crate::archiver::CommitUnit;
 use crate::error::IngestError;
 use crate::serve::ServeError;
 use crate::serve_metrics::ServeMetrics;
-use auditlake_archive::{Archive, ArchiveError};
+use auditlake_archive::{Archive, ArchiveError, BeforePut};
 
 const INTENT_FILE: &str = "commit-intent.json";
 /// First wait before a failed commit is tried again; doubled up to [`MAX_BACKOFF`].
@@ -110,7 +110,12 @@ pub(crate) struct Committer {
     pub archive: Archive,
     /// Told when a commit is durable (see [`crate::sources::Durable`]).
     pub durable: Option<Arc<dyn crate::sources::Durable>>,
-    pub wal_dir: PathBuf,
+    /// Where the webhook keeps its own record of a commit in flight (resolved exactly at
+    /// restart); the archive's intent covers every source.
+    pub wal_dir: Option<PathBuf>,
+    /// A commit failing this many times in a row is given up (`ingest`: the run fails);
+    /// `None` retries until shutdown (`serve`: the log keeps every event meanwhile).
+    pub max_attempts: Option<u64>,
     pub writer_id: String,
     pub metrics: Arc<ServeMetrics>,
     pub health: Arc<ArchiveHealth>,
@@ -126,6 +131,10 @@ pub(crate) struct Committed {
     pub through_seq: u64,
     pub commits: u64,
     pub events: u64,
+    /// Data files committed (every table).
+    pub files: u64,
+    /// Bytes of the data files committed.
+    pub bytes: u64,
     /// Set when it gave up at shutdown with units not committed.
     pub abandoned: Option<String>,
 }
@@ -177,7 +186,9 @@ impl Committer {
                     self.metrics.last_commit_error_time.set(unix_seconds());
                     self.health.commit_failed(chain.clone());
                     let give_up_at = *self.give_up_at.borrow();
-                    if give_up_at.is_some_and(|t| tokio::time::Instant::now() + backoff > t) {
+                    if give_up_at.is_some_and(|t| tokio::time::Instant::now() + backoff > t)
+                        || self.max_attempts.is_some_and(|m| attempt >= m)
+                    {
                         return Err(chain);
                     }
                     tracing::error!(error = %chain, attempt, wal_through_seq = unit.through_seq,
@@ -209,7 +220,7 @@ impl Committer {
             quarantined = unit.contents.quarantine.len(),
             wal_through_seq = through
         );
-        let intent_dir = self.wal_dir.clone();
+        let intent_dir = self.wal_dir.clone().unwrap_or_default();
         let hook = move |paths: &[String]| {
             let write = || {
                 write_intent(
@@ -232,16 +243,23 @@ impl Committer {
         };
         let outcome = self
             .archive
-            .commit(&self.writer_id, &unit.contents, Some(&hook), retry)
+            .commit(
+                &self.writer_id,
+                &unit.contents,
+                self.wal_dir.is_some().then_some(&hook as BeforePut<'_>),
+                retry,
+            )
             .instrument(span.clone())
             .await?;
         // From here on the commit is durable: what follows may fail without harm.
-        let intent = self.wal_dir.join(INTENT_FILE);
-        match std::fs::remove_file(&intent) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::error!(path = %intent.display(), error = %e, "cannot remove the commit intent (the next start ignores it)")
+        if let Some(dir) = &self.wal_dir {
+            let intent = dir.join(INTENT_FILE);
+            match std::fs::remove_file(&intent) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::error!(path = %intent.display(), error = %e, "cannot remove the commit intent (the next start ignores it)")
+                }
             }
         }
         for f in &unit.cleanup {
@@ -260,6 +278,8 @@ impl Committer {
         self.metrics.last_commit_time.set(unix_seconds());
         done.commits += 1;
         done.events += rows;
+        done.files += outcome.record.files.len() as u64;
+        done.bytes += outcome.record.files.iter().map(|f| f.bytes).sum::<u64>();
         done.through_seq = through;
         // The source may now let go of what this commit covers (the webhook trims its log).
         // Blocking I/O: not on a worker the requests need.

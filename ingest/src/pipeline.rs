@@ -1,22 +1,23 @@
-//! The ingest pipeline: read + decode on one thread, partition + Parquet encode on another,
-//! commits on the async runtime, so both cores work and every stage is bounded.
+//! `auditlake ingest`: files through the one archiver (decode, Parquet, commit cadence) with
+//! the detectors on their own thread and commits on the async runtime, as `serve` runs it.
 
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::time::{Duration, Instant};
-use tracing::Instrument;
+use std::sync::Arc;
+use std::time::Duration;
 
-use arrow::array::RecordBatch;
-use auditlake_schema::{DecoderOptions, EventDecoder, Quarantined, SourcePos};
-use tokio::sync::mpsc;
+use auditlake_archive::Archive;
+use auditlake_schema::DecoderOptions;
+use tokio::sync::{mpsc, watch};
 
+use crate::archive_health::ArchiveHealth;
+use crate::archiver::{self, ArchiverFailure, ArchiverKit, ArchiverSettings};
+use crate::committer::Committer;
+use crate::detection_thread::DetectionThread;
 use crate::error::IngestError;
 use crate::file_source::Input;
 use crate::observer::BatchObserver;
-use crate::partitioned_writer::{PartitionedWriter, WriterOptions};
-use crate::telemetry::{SourceKind, Telemetry};
-use auditlake_archive::FinishedFile;
-use auditlake_archive::{Archive, CommitContents, quarantine_stem, quarantine_weight};
-use std::sync::Arc;
+use crate::partitioned_writer::WriterOptions;
+use crate::serve_metrics::ServeMetrics;
+use crate::sources::file::{FileSource, FileSourceOptions};
 
 /// How an ingest run decodes, batches and writes.
 #[derive(Debug, Clone)]
@@ -27,9 +28,10 @@ pub struct IngestOptions {
     pub decoder: DecoderOptions,
     /// Parquet file sizes.
     pub writer: WriterOptions,
-    /// Rows per Arrow batch handed from the decoder to the writer.
+    /// Lines per record read from a file (about the events per Arrow batch handed from the
+    /// decoder to the writer and the detectors).
     pub batch_rows: usize,
-    /// Input bytes per Arrow batch handed from the decoder to the writer.
+    /// Bytes of whole lines per record read from a file.
     pub batch_bytes: usize,
     /// Identifier of this run, in file names and manifest records.
     pub writer_id: String,
@@ -84,21 +86,6 @@ pub struct IngestSummary {
     pub counters: Vec<(String, u64)>,
 }
 
-enum Decoded {
-    Batch(RecordBatch, Vec<Quarantined>),
-    Stats {
-        inputs: u64,
-        bytes_read: u64,
-        /// Bad items counted in summary records rather than recorded one by one.
-        summarised: u64,
-    },
-}
-
-struct CommitUnit {
-    files: Vec<FinishedFile>,
-    quarantine: Vec<Quarantined>,
-}
-
 pub(crate) fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -107,7 +94,8 @@ pub(crate) fn now_micros() -> i64 {
 }
 
 /// Ingests `inputs` into `archive`, showing every batch to `observer` first. Returns once
-/// everything read is committed.
+/// everything read is committed. Runs the same archiver and committer as `serve`, on a
+/// [`FileSource`].
 pub async fn ingest(
     archive: &Archive,
     inputs: Vec<Input>,
@@ -115,99 +103,115 @@ pub async fn ingest(
     observer: Option<Box<dyn BatchObserver>>,
 ) -> Result<IngestSummary, IngestError> {
     clean_orphans(archive).await;
-    let (decoded_tx, decoded_rx) = sync_channel::<Decoded>(4);
-    let (commit_tx, mut commit_rx) = mpsc::channel::<CommitUnit>(2);
-    let decode_opts = options.clone();
-    let decoder = std::thread::Builder::new()
-        .name("auditlake-decode".into())
-        .spawn(move || decode_inputs(inputs, &decode_opts, decoded_tx))
-        .map_err(|e| IngestError::Pipeline(format!("spawning decoder: {e}")))?;
-    let writer_opts = options.clone();
-    let telemetry = Arc::new(Telemetry::default());
-    if let Some(o) = &observer {
-        telemetry.add_external(o.counters());
-    }
-    let encoder_telemetry = telemetry.clone();
-    let encoder = std::thread::Builder::new()
-        .name("auditlake-encode".into())
+    let metrics = ServeMetrics::new();
+    // No replay: a file run is ready at once; the health only records commit failures.
+    let health = Arc::new(ArchiveHealth::new(Duration::from_secs(3600)));
+    health.set_replayed();
+    let pipeline = |e: crate::serve::ServeError| IngestError::Pipeline(e.to_string());
+    let mut kit = ArchiverKit {
+        detection: observer
+            .map(|o| DetectionThread::start(o, metrics.clone()))
+            .transpose()
+            .map_err(pipeline)?,
+        attempts: None,
+    };
+    let settings = ArchiverSettings {
+        writer_id: options.writer_id.clone(),
+        wal_id: String::new(),
+        default_cluster: options.cluster.clone(),
+        decoder: options.decoder.clone(),
+        writer: options.writer.clone(),
+        // Commits follow finished Parquet files (and a large quarantine), not the clock: a
+        // timed commit would cut every open partition's file short.
+        flush_interval: FILE_FLUSH_INTERVAL,
+        flush_bytes: u64::MAX,
+        committed_seq: 0,
+        replay_target: 0,
+        dedup_window_micros: 0,
+        dedup_max_events: 0,
+        digest_key: 0,
+    };
+    let (commit_tx, commit_rx) = mpsc::channel(2);
+    // Never set: a file run is not shut down from outside; a failing commit is given up
+    // after `max_attempts`.
+    let (_no_shutdown, give_up_at) = watch::channel(None);
+    let committer = tokio::spawn(
+        Committer {
+            archive: archive.clone(),
+            durable: None,
+            wal_dir: None,
+            max_attempts: Some(COMMIT_ATTEMPTS),
+            writer_id: options.writer_id.clone(),
+            metrics: metrics.clone(),
+            health,
+            replay_target: 0,
+            give_up_at,
+        }
+        .run(commit_rx),
+    );
+    let mut source = FileSource::new(
+        inputs,
+        FileSourceOptions {
+            cluster: options.cluster.clone(),
+            max_event_bytes: options.decoder.max_event_bytes,
+            max_document_bytes: options.max_document_bytes,
+            chunk_bytes: options.batch_bytes,
+            chunk_lines: options.batch_rows,
+        },
+    );
+    let archiver_metrics = metrics.clone();
+    let thread = std::thread::Builder::new()
+        .name("auditlake-archiver".into())
         .spawn(move || {
-            encode_batches(
-                decoded_rx,
-                &writer_opts,
-                observer,
-                commit_tx,
-                &encoder_telemetry,
-            )
+            let outcome = archiver::run(
+                &mut source,
+                &settings,
+                &mut kit,
+                Vec::new(),
+                &archiver_metrics,
+                &commit_tx,
+            );
+            drop(commit_tx);
+            (outcome, source.inputs_opened() as u64, source.bytes_read())
         })
-        .map_err(|e| IngestError::Pipeline(format!("spawning encoder: {e}")))?;
-
-    let mut summary = IngestSummary::default();
-    let mut commit_error = None;
-    while let Some(unit) = commit_rx.recv().await {
-        if unit.files.is_empty() && unit.quarantine.is_empty() {
-            continue;
-        }
-        let span = tracing::info_span!(
-            "commit",
-            files = unit.files.len(),
-            quarantined = unit.quarantine.len()
-        );
-        let quarantined = unit.quarantine.len() as u64;
-        let contents = CommitContents {
-            files: unit.files,
-            quarantine_stem: (!unit.quarantine.is_empty())
-                .then(|| quarantine_stem(&options.writer_id)),
-            quarantine: unit.quarantine,
-            removed: Vec::new(),
-            source: None,
-        };
-        let committed = archive
-            .commit(&options.writer_id, &contents, None, false)
-            .instrument(span.clone())
-            .await;
-        let _g = span.enter(); // no await below in this iteration
-        match committed {
-            Ok(outcome) => {
-                let r = &outcome.record;
-                summary.commits += 1;
-                summary.files += r.files.len() as u64;
-                summary.events += r.rows();
-                summary.archive_bytes += r.files.iter().map(|f| f.bytes).sum::<u64>();
-                summary.quarantined += quarantined;
-                tracing::info!(
-                    sequence = r.sequence,
-                    files = r.files.len(),
-                    events = r.rows(),
-                    quarantined,
-                    commit_latency_ms = outcome.latency.as_millis() as u64,
-                    "committed"
-                );
-            }
-            Err(e) => {
-                commit_error = Some(e);
-                break;
-            }
-        }
+        .map_err(|e| IngestError::Pipeline(format!("spawning the archiver: {e}")))?;
+    let (outcome, inputs, bytes_read) = tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .map_err(|e| IngestError::Pipeline(format!("archiver: {e}")))?
+        .map_err(|_| IngestError::Pipeline("the archiver thread panicked".into()))?;
+    let done = committer
+        .await
+        .map_err(|e| IngestError::Pipeline(format!("committer: {e}")))?;
+    if let Some(message) = done.abandoned {
+        return Err(IngestError::Pipeline(message));
     }
-    drop(commit_rx);
-    let decode_result = decoder
-        .join()
-        .map_err(|_| IngestError::Pipeline("decoder thread panicked".into()))?;
-    let encode_result = encoder
-        .join()
-        .map_err(|_| IngestError::Pipeline("encoder thread panicked".into()))?;
-    if let Some(e) = commit_error {
-        return Err(e.into());
+    if let Err(ArchiverFailure(message)) = outcome {
+        return Err(IngestError::Pipeline(message));
     }
-    decode_result?;
-    let (inputs, bytes_read, findings, summarised) = encode_result?;
-    summary.quarantined += summarised;
-    summary.inputs = inputs;
-    summary.bytes_read = bytes_read;
-    summary.findings = findings;
-    summary.counters = telemetry.totals();
-    Ok(summary)
+    let counters = metrics.telemetry.totals();
+    let counter = |name: &str| {
+        counters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map_or(0, |(_, v)| *v)
+    };
+    Ok(IngestSummary {
+        inputs,
+        events: done.events,
+        bytes_read,
+        quarantined: counter("quarantined{source=file}"),
+        files: done.files,
+        archive_bytes: done.bytes,
+        commits: done.commits,
+        findings: metrics.findings.get(),
+        counters,
+    })
 }
+
+/// A file run commits when Parquet files are finished, at the latest this often.
+const FILE_FLUSH_INTERVAL: Duration = Duration::from_secs(3600);
+/// A file run gives a commit this many tries (backoff 1, 2, 4, 8 s) before it fails.
+const COMMIT_ATTEMPTS: u64 = 5;
 
 /// How old a commit intent must be before its files count as a crashed writer's leftovers:
 /// no commit takes that long, so a live writer's files are never touched.
@@ -224,180 +228,4 @@ pub(crate) async fn clean_orphans(archive: &Archive) {
         ),
         Err(e) => tracing::warn!(error = %e, "could not look for files of crashed commits"),
     }
-}
-
-fn decode_inputs(
-    inputs: Vec<Input>,
-    options: &IngestOptions,
-    tx: SyncSender<Decoded>,
-) -> Result<(), IngestError> {
-    let mut decoder = EventDecoder::new(options.decoder.clone());
-    decoder.set_ingested_at(now_micros());
-    let mut quarantine = Vec::new();
-    let mut line = Vec::new();
-    let keep = options.decoder.max_event_bytes + 1;
-    let mut bytes_read = 0u64;
-    let mut events = 0u64;
-    let started = Instant::now();
-    let mut last_progress = Instant::now();
-    let send = |tx: &SyncSender<Decoded>, msg| {
-        tx.send(msg)
-            .map_err(|_| IngestError::Pipeline("writer stopped".into()))
-    };
-    for (n, input) in inputs.iter().enumerate() {
-        let name = input.name();
-        let span = tracing::info_span!("source", input = %name);
-        let _g = span.enter();
-        let mut reader = input.open()?;
-        let mut first = true;
-        while let Some(info) = reader.next_line(&mut line, keep)? {
-            bytes_read += info.len + 1;
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            let pos = SourcePos {
-                cluster: &options.cluster,
-                source: &name,
-                line: Some(info.line_no),
-                byte_offset: info.offset,
-            };
-            if first && matches!(line.trim_ascii(), b"{" | b"[") {
-                // A pretty-printed Event or EventList: read it whole.
-                line.push(b'\n');
-                reader.read_rest(&mut line, options.max_document_bytes)?;
-                bytes_read += (line.len() as u64).saturating_sub(info.len + 1);
-                events += decoder.decode_document(&line, pos, &mut quarantine) as u64;
-                break;
-            }
-            first = false;
-            if info.len > line.len() as u64 {
-                // Cut while reading: quarantine the kept prefix with the true length.
-                decoder.quarantine_oversized(&line, info.len, pos, &mut quarantine);
-                continue;
-            }
-            events += decoder.decode_line(&line, pos, &mut quarantine) as u64;
-            if decoder.buffered_rows() >= options.batch_rows
-                || decoder.buffered_input_bytes() >= options.batch_bytes
-                || quarantine_is_large(&quarantine)
-            {
-                let b = decoder
-                    .finish_batch()
-                    .unwrap_or_else(|| RecordBatch::new_empty(auditlake_schema::events_schema()));
-                send(&tx, Decoded::Batch(b, std::mem::take(&mut quarantine)))?;
-                decoder.set_ingested_at(now_micros());
-                if last_progress.elapsed() >= Duration::from_secs(5) {
-                    last_progress = Instant::now();
-                    let secs = started.elapsed().as_secs_f64().max(1e-9);
-                    tracing::info!(
-                        events,
-                        mb_read = bytes_read / 1_000_000,
-                        mb_per_s = (bytes_read as f64 / 1e6 / secs).round() as u64,
-                        events_per_s = (events as f64 / secs).round() as u64,
-                        "progress"
-                    );
-                }
-            }
-        }
-        tracing::debug!(input = n + 1, of = inputs.len(), "input done");
-    }
-    if let Some(b) = decoder.finish_batch() {
-        send(&tx, Decoded::Batch(b, std::mem::take(&mut quarantine)))?;
-    } else if !quarantine.is_empty() {
-        let empty = RecordBatch::new_empty(auditlake_schema::events_schema());
-        send(&tx, Decoded::Batch(empty, quarantine))?;
-    }
-    send(
-        &tx,
-        Decoded::Stats {
-            inputs: inputs.len() as u64,
-            bytes_read,
-            summarised: decoder.take_summarised(),
-        },
-    )
-}
-
-/// Quarantine records waiting are due for a commit (bounds their memory on an input that
-/// is mostly bad: records are committed in pieces, never dropped).
-fn quarantine_is_large(q: &[Quarantined]) -> bool {
-    q.len() >= MAX_QUARANTINE_RECORDS_PER_COMMIT
-        || q.iter().map(quarantine_weight).sum::<usize>() >= MAX_QUARANTINE_BYTES_PER_COMMIT
-}
-
-/// A commit is due once this many quarantine records wait...
-const MAX_QUARANTINE_RECORDS_PER_COMMIT: usize = 10_000;
-/// ...or once they would take this many bytes.
-const MAX_QUARANTINE_BYTES_PER_COMMIT: usize = 32 << 20;
-
-/// What the encoder thread reports: inputs, bytes read, findings, summarised bad items.
-type EncodeStats = (u64, u64, u64, u64);
-
-fn encode_batches(
-    rx: Receiver<Decoded>,
-    options: &IngestOptions,
-    mut observer: Option<Box<dyn BatchObserver>>,
-    tx: mpsc::Sender<CommitUnit>,
-    telemetry: &Telemetry,
-) -> Result<EncodeStats, IngestError> {
-    let mut writer = PartitionedWriter::new(&options.writer_id, options.writer.clone());
-    let mut quarantine = Vec::new();
-    let mut stats = (0, 0, 0, 0);
-    let send = |unit| {
-        tx.blocking_send(unit)
-            .map_err(|_| IngestError::Pipeline("committer stopped".into()))
-    };
-    for msg in rx {
-        match msg {
-            Decoded::Batch(batch, q) => {
-                if let Some(first) = q.first() {
-                    telemetry.quarantined(
-                        SourceKind::File,
-                        &first.source,
-                        q.len() as u64,
-                        0,
-                        &first.reason,
-                    );
-                }
-                telemetry.events_in(SourceKind::File, batch.num_rows() as u64);
-                quarantine.extend(q);
-                let span = tracing::debug_span!("batch", rows = batch.num_rows());
-                let _g = span.enter();
-                if let Some(o) = &mut observer {
-                    stats.2 += o.observe(&batch);
-                }
-                let mut files = writer.write(&batch)?;
-                if !files.is_empty() || quarantine_is_large(&quarantine) {
-                    if let Some(o) = &mut observer {
-                        files.extend(o.commit_files());
-                    }
-                    send(CommitUnit {
-                        files,
-                        quarantine: std::mem::take(&mut quarantine),
-                    })?;
-                }
-            }
-            Decoded::Stats {
-                inputs,
-                bytes_read,
-                summarised,
-            } => {
-                telemetry.quarantined(
-                    SourceKind::File,
-                    "inputs",
-                    0,
-                    summarised,
-                    "bad items beyond the per-input cap, counted in summary records",
-                );
-                (stats.0, stats.1, stats.3) = (inputs, bytes_read, summarised)
-            }
-        }
-    }
-    if let Some(o) = &mut observer {
-        stats.2 += o.finish();
-    }
-    let mut files = writer.finish_all()?;
-    if let Some(o) = &mut observer {
-        files.extend(o.commit_files());
-    }
-    send(CommitUnit { files, quarantine })?;
-    Ok(stats)
 }

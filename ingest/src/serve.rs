@@ -293,7 +293,8 @@ impl Supervisor {
                         keep_segments: Duration::from_secs(self.config.dedup_window_seconds),
                         wal_max_bytes: self.config.wal_max_bytes,
                     })),
-                    wal_dir: self.config.wal_dir.clone(),
+                    wal_dir: Some(self.config.wal_dir.clone()),
+                    max_attempts: None,
                     writer_id,
                     metrics: self.metrics.clone(),
                     health: self.health.clone(),
@@ -349,7 +350,10 @@ impl Supervisor {
                 Err(f) => f,
             };
             self.metrics.archiver_restarts.inc();
-            let record = kit.attempts.failed()?;
+            let record = match kit.attempts.as_mut() {
+                Some(a) => a.failed()?,
+                None => None,
+            };
             if done.commits > 0 {
                 restarts_without_progress = 0;
                 backoff = Duration::from_secs(1);
@@ -465,7 +469,7 @@ pub async fn serve(
         detection: observer
             .map(|o| DetectionThread::start(o, metrics.clone()))
             .transpose()?,
-        attempts: RecordAttempts::open(&config.wal_dir)?,
+        attempts: Some(RecordAttempts::open(&config.wal_dir)?),
     };
     let (give_up_tx, give_up_at) = watch::channel(None);
     let mut supervisor = tokio::spawn(

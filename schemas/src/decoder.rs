@@ -253,6 +253,27 @@ impl EventDecoder {
         n
     }
 
+    /// Decodes NDJSON: each non-blank line on its own, as [`EventDecoder::decode_line`]
+    /// would (its own quarantine cap, lines over `max_event_bytes` quarantined unparsed).
+    /// `pos` is where the first line starts. Returns how many events were appended.
+    pub fn decode_ndjson(
+        &mut self,
+        bytes: &[u8],
+        pos: SourcePos<'_>,
+        quarantine: &mut Vec<Quarantined>,
+    ) -> usize {
+        let mut appended = 0;
+        for (line_no, start, line) in lines(bytes) {
+            let line_pos = SourcePos {
+                line: Some(pos.line.unwrap_or(1) + line_no),
+                byte_offset: pos.byte_offset + start as u64,
+                ..pos
+            };
+            appended += self.decode_line(line, line_pos, quarantine);
+        }
+        appended
+    }
+
     /// Quarantines a line longer than `max_event_bytes` without parsing it. `kept` is what a
     /// bounded reader kept of it and `full_len` its true length, so a huge line is never
     /// buffered whole.

@@ -16,6 +16,7 @@
 //!   manifest record naming their files is written, never before: the webhook then trims
 //!   its log, Kafka stores its offsets, files do nothing.
 
+pub mod file;
 pub mod webhook;
 
 use std::time::Duration;
@@ -30,6 +31,13 @@ pub enum Position {
         /// Its sequence number.
         seq: u64,
     },
+    /// A stretch of an input file.
+    File {
+        /// The input's index among those given.
+        input: u32,
+        /// One past the last byte the record covers (of the decompressed input).
+        end_byte: u64,
+    },
     /// A Kafka message.
     Kafka {
         /// Partition.
@@ -39,15 +47,38 @@ pub enum Position {
     },
 }
 
+/// What a record's body is, as far as its source knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// One document in any envelope the decoder reads (an EventList, an Event, a JSON
+    /// array, or NDJSON of those).
+    Document,
+    /// Whole NDJSON lines, each its own input (a file's lines).
+    Lines,
+    /// The kept start of a line longer than the source allows, whose full length was
+    /// `full_len`: it is quarantined without being parsed.
+    Oversized {
+        /// The line's true length.
+        full_len: u64,
+    },
+}
+
 /// One payload from a source: audit events in any envelope the decoder reads.
 #[derive(Debug, Clone)]
 pub struct SourceRecord {
     /// The payload (an EventList, an Event, NDJSON, ...).
     pub body: Vec<u8>,
+    /// What the body is.
+    pub shape: Shape,
     /// The cluster its events belong to.
     pub cluster: String,
-    /// Where it came from, for `source_ref` and the quarantine (`webhook[cn] wal:12`).
+    /// Where it came from, for `source_ref` and the quarantine (`webhook[cn] wal:12`, a
+    /// file name).
     pub origin: String,
+    /// 1-based line of `origin` the body starts at, when line oriented.
+    pub line: Option<u64>,
+    /// Byte offset of the body in `origin`.
+    pub byte_offset: u64,
     /// Its position in the source.
     pub position: Position,
     /// When the source received it (µs since the epoch): the events' `ingested_at`.
@@ -79,6 +110,10 @@ pub struct SourceError(pub String);
 pub trait Source: Send {
     /// The kind of source, for the counters' label.
     fn kind(&self) -> crate::telemetry::SourceKind;
+    /// Whether the source may send an event twice (the apiserver resends a batch after a
+    /// timeout), so the archiver drops events it has seen within the dedup window. A file
+    /// is archived as it is.
+    fn resends(&self) -> bool;
     /// The next record, waiting up to `wait` for one.
     fn pull(&mut self, wait: Duration) -> Result<Pulled, SourceError>;
     /// The mark a commit of every record pulled so far writes in its manifest record. A

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use auditlake_archive::SourceMark;
 
-use super::{Durable, Position, Pulled, Source, SourceError, SourceRecord};
+use super::{Durable, Position, Pulled, Shape, Source, SourceError, SourceRecord};
 use crate::telemetry::SourceKind;
 use crate::wal::{ReadOutcome, Wal, WalReader, WalRecord};
 
@@ -87,6 +87,10 @@ impl Source for WebhookSource {
         SourceKind::Webhook
     }
 
+    fn resends(&self) -> bool {
+        true
+    }
+
     fn pull(&mut self, wait: Duration) -> Result<Pulled, SourceError> {
         match self.reader.next(wait) {
             Ok(ReadOutcome::Record(r)) => {
@@ -95,6 +99,9 @@ impl Source for WebhookSource {
                     self.last_seq = Some(r.seq);
                 }
                 Ok(Pulled::Record(SourceRecord {
+                    shape: Shape::Document,
+                    line: None,
+                    byte_offset: 0,
                     origin: origin(&r),
                     position: Position::Log { seq: r.seq },
                     received_at_micros: r.received_at_micros,
