@@ -23,9 +23,10 @@ use crate::partitioned_writer::{PartitionedWriter, WriterOptions};
 use crate::record_attempts::{Attempt, RecordAttempts};
 use crate::serve::ServeError;
 use crate::serve_metrics::ServeMetrics;
-use crate::sources::{Position, Pulled, Shape, Source, SourceRecord};
+use crate::sources::{Marker, Position, Pulled, Shape, Source, SourceRecord};
 use crate::telemetry::SourceKind;
 use crate::wal::PendingCut;
+use arrow::array::RecordBatch;
 use auditlake_archive::FinishedFile;
 use auditlake_archive::{CommitContents, quarantine_stem, quarantine_weight};
 
@@ -185,8 +186,194 @@ fn cut_record(cut: &PendingCut, cluster: &str) -> Quarantined {
     }
 }
 
+/// A record decoded, ready for the writing side.
+struct Decoded {
+    position: Position,
+    origin: String,
+    byte_offset: u64,
+    body_len: u64,
+    received_at_micros: i64,
+    /// Already in a committed record: only its events were remembered as seen.
+    archived: bool,
+    /// Its events, resends dropped.
+    batch: Option<RecordBatch>,
+    quarantine: Vec<Quarantined>,
+    summarised: u64,
+    /// The log record this is, when its attempts are tracked: done once it is written.
+    tracked_seq: Option<u64>,
+}
+
+/// What the reading side hands the writing side.
+enum Step {
+    Record(Box<Decoded>),
+    Idle,
+    Revoked,
+    End,
+}
+
+/// The reading side: pulls, decodes and drops resends.
+struct Reader<'a> {
+    source: &'a mut dyn Source,
+    decoder: EventDecoder,
+    dedup: Option<Deduplicator>,
+    kind: SourceKind,
+    max_summary_bytes: usize,
+}
+
+impl Reader<'_> {
+    /// The next step. With `attempts`, a log record the archiver keeps failing on is set
+    /// aside (returned as one quarantine record) instead of decoded.
+    fn next(
+        &mut self,
+        wait: Duration,
+        attempts: Option<&mut RecordAttempts>,
+        metrics: &ServeMetrics,
+    ) -> Result<Step, ArchiverFailure> {
+        let r = match self
+            .source
+            .pull(wait)
+            .map_err(|e| ArchiverFailure(e.to_string()))?
+        {
+            Pulled::Record(r) => r,
+            Pulled::Idle => return Ok(Step::Idle),
+            Pulled::Revoked(_) => return Ok(Step::Revoked),
+            Pulled::End => return Ok(Step::End),
+        };
+        let span = tracing::debug_span!("record", origin = %r.origin, bytes = r.body.len());
+        let _g = span.enter();
+        let mut tracked = match (r.position, attempts) {
+            (Position::Log { seq }, Some(a)) => Some((seq, a)),
+            _ => None,
+        };
+        if let Some((seq, attempts)) = &mut tracked {
+            match attempts.begin(*seq)? {
+                Attempt::SetAside => {
+                    let failures = attempts.failures(*seq);
+                    attempts.set_aside(*seq)?;
+                    let mut quarantine = Vec::new();
+                    if !r.archived {
+                        tracing::error!(
+                            seq = *seq,
+                            failures,
+                            bytes = r.body.len(),
+                            "setting a record aside in the quarantine: the archiver failed on it repeatedly"
+                        );
+                        metrics.poison_records.inc();
+                        metrics.telemetry.quarantined(
+                            self.kind,
+                            &r.origin,
+                            1,
+                            0,
+                            "set aside after repeated failures",
+                        );
+                        quarantine.push(poison_record(&r, failures, self.max_summary_bytes));
+                    }
+                    return Ok(Step::Record(Box::new(Decoded {
+                        position: r.position,
+                        origin: r.origin,
+                        byte_offset: r.byte_offset,
+                        body_len: 0,
+                        received_at_micros: r.received_at_micros,
+                        archived: r.archived,
+                        batch: None,
+                        quarantine,
+                        summarised: 0,
+                        tracked_seq: None,
+                    })));
+                }
+                Attempt::Try(attempt) if attempt > 1 => {
+                    tracing::warn!(attempt, "retrying a record the archiver failed on");
+                }
+                Attempt::Try(_) => {}
+            }
+        }
+        let decoded = self.decode(&r, metrics)?;
+        Ok(Step::Record(Box::new(Decoded {
+            tracked_seq: tracked.map(|(seq, _)| seq),
+            ..decoded
+        })))
+    }
+
+    /// Decodes one record and drops its resent events (for a record already archived, only
+    /// remembers its events as seen).
+    fn decode(
+        &mut self,
+        r: &SourceRecord,
+        metrics: &ServeMetrics,
+    ) -> Result<Decoded, ArchiverFailure> {
+        let decoder = &mut self.decoder;
+        decoder.set_ingested_at(r.received_at_micros);
+        let mut q = Vec::new();
+        let pos = SourcePos {
+            cluster: &r.cluster,
+            source: &r.origin,
+            line: r.line,
+            byte_offset: r.byte_offset,
+        };
+        match r.shape {
+            Shape::Document => {
+                decoder.decode_document(&r.body, pos, &mut q);
+            }
+            Shape::Lines => {
+                decoder.decode_ndjson(&r.body, pos, &mut q);
+            }
+            Shape::Oversized { full_len } => {
+                decoder.quarantine_oversized(&r.body, full_len, pos, &mut q)
+            }
+        }
+        let summarised = decoder.take_summarised();
+        let batch = decoder.finish_batch();
+        let keep: Option<BooleanArray> = self.dedup.as_mut().map(|dedup| {
+            decoder
+                .take_row_digests()
+                .iter()
+                .map(|d| Some(dedup.first_sighting(*d, r.received_at_micros)))
+                .collect()
+        });
+        let mut decoded = Decoded {
+            position: r.position,
+            origin: r.origin.clone(),
+            byte_offset: r.byte_offset,
+            body_len: r.body.len() as u64,
+            received_at_micros: r.received_at_micros,
+            archived: r.archived,
+            batch: None,
+            quarantine: Vec::new(),
+            summarised: 0,
+            tracked_seq: None,
+        };
+        if r.archived {
+            return Ok(decoded);
+        }
+        let duplicates = keep.as_ref().map_or(0, |k| k.false_count() as u64);
+        if duplicates > 0 {
+            metrics.duplicates.inc_by(duplicates);
+            tracing::info!(origin = %r.origin, duplicates, "dropped resent events");
+        }
+        decoded.batch = match (batch, keep) {
+            (Some(batch), Some(keep)) if duplicates > 0 => Some(
+                filter_record_batch(&batch, &keep)
+                    .map_err(|e| ArchiverFailure(format!("filtering duplicates: {e}")))?,
+            ),
+            (batch, _) => batch,
+        };
+        decoded.quarantine = q;
+        decoded.summarised = summarised;
+        Ok(decoded)
+    }
+}
+
+/// Records decoded ahead of the writing side when reading runs on its own thread.
+const DECODED_AHEAD: usize = 2;
+
 /// Runs until the source ends (`Ok`) or something fails (`Err`: the supervisor restarts it
 /// from the last commit). Hands commit units to `commits`.
+///
+/// A source whose records are tracked across runs (the webhook's log, with `kit.attempts`)
+/// is read and decoded on this thread, one record at a time, so a record that kills the
+/// process is the one the attempts file names. Any other source (files) is read and decoded
+/// on a thread of its own, a couple of records ahead of the Parquet writing here, so both
+/// cores work.
 pub(crate) fn run(
     source: &mut dyn Source,
     s: &ArchiverSettings,
@@ -195,115 +382,142 @@ pub(crate) fn run(
     metrics: &ServeMetrics,
     commits: &mpsc::Sender<CommitUnit>,
 ) -> Result<(), ArchiverFailure> {
+    let resends = source.resends();
     // One decoder for every cluster: each record names its own.
     let mut decoder = EventDecoder::new(s.decoder.clone());
-    let resends = source.resends();
     if resends {
         decoder.enable_row_digests(s.digest_key);
     }
-    let mut writer = PartitionedWriter::new(&s.writer_id, s.writer.clone());
-    let mut dedup = resends.then(|| Deduplicator::new(s.dedup_window_micros, s.dedup_max_events));
-    let mut pending = Pending::new();
-    if !cuts.is_empty() {
-        pending.quarantine(
-            cuts.iter()
-                .map(|c| cut_record(c, &s.default_cluster))
-                .collect(),
-        );
-        pending.cleanup = cuts.into_iter().flat_map(|c| c.files).collect();
-        pending.dirty = true;
+    let marker = source.marker();
+    let kind = source.kind();
+    let mut reader = Reader {
+        source,
+        decoder,
+        dedup: resends.then(|| Deduplicator::new(s.dedup_window_micros, s.dedup_max_events)),
+        kind,
+        max_summary_bytes: s.decoder.max_summary_bytes,
+    };
+    let mut writing = Writing::new(s, marker, kind, cuts);
+    if kit.attempts.is_some() {
+        loop {
+            let wait = writing.wait(s);
+            let step = reader.next(wait, kit.attempts.as_mut(), metrics)?;
+            if writing.take(step, s, kit, metrics, commits)? {
+                return Ok(());
+            }
+        }
     }
-    let mut last_seq = s.committed_seq;
-    let mut replay_committed = s.replay_target <= s.committed_seq;
-    loop {
-        let wait = s
-            .flush_interval
-            .saturating_sub(pending.since.elapsed())
-            .max(Duration::from_millis(5));
-        let mut closing = false;
-        let kind = source.kind();
-        match source
-            .pull(wait)
-            .map_err(|e| ArchiverFailure(e.to_string()))?
-        {
-            Pulled::Record(r) => {
-                let span = tracing::debug_span!("record", origin = %r.origin, bytes = r.body.len());
-                let _g = span.enter();
-                // A log record is tracked across runs, so one the archiver keeps failing on is
-                // set aside; other sources are read afresh by a new run.
-                let mut tracked = match (r.position, kit.attempts.as_mut()) {
-                    (Position::Log { seq }, Some(attempts)) => Some((seq, attempts)),
-                    _ => None,
-                };
-                let attempt = match &mut tracked {
-                    Some((seq, attempts)) => attempts.begin(*seq)?,
-                    None => Attempt::Try(1),
-                };
-                match attempt {
-                    Attempt::SetAside => {
-                        // `tracked` is Some: only a tracked record is ever set aside.
-                        if let Some((seq, attempts)) = tracked {
-                            if !r.archived {
-                                let failures = attempts.failures(seq);
-                                tracing::error!(
-                                    seq,
-                                    failures,
-                                    bytes = r.body.len(),
-                                    "setting a record aside in the quarantine: the archiver failed on it repeatedly"
-                                );
-                                metrics.poison_records.inc();
-                                metrics.telemetry.quarantined(
-                                    kind,
-                                    &r.origin,
-                                    1,
-                                    0,
-                                    "set aside after repeated failures",
-                                );
-                                pending.quarantine(vec![poison_record(
-                                    &r,
-                                    failures,
-                                    s.decoder.max_summary_bytes,
-                                )]);
-                                last_seq = seq;
-                                pending.dirty = true;
-                            }
-                            attempts.set_aside(seq)?;
-                        }
-                    }
-                    Attempt::Try(attempt) => {
-                        if attempt > 1 {
-                            tracing::warn!(attempt, "retrying a record the archiver failed on");
-                        }
-                        let archived = r.archived;
-                        archive_record(
-                            &r,
-                            &mut decoder,
-                            dedup.as_mut(),
-                            &mut writer,
-                            kit.detection.as_ref(),
-                            metrics,
-                            (kind, archived, &mut pending),
-                        )?;
-                        if let Some((seq, attempts)) = tracked {
-                            attempts.done(seq)?;
-                            if !archived {
-                                last_seq = seq;
-                            }
-                        }
-                        if !archived {
-                            pending.dirty = true;
-                            pending.bytes += r.body.len() as u64;
-                        }
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Step, ArchiverFailure>>(DECODED_AHEAD);
+    std::thread::scope(|scope| {
+        let read = std::thread::Builder::new()
+            .name("auditlake-decode".into())
+            .spawn_scoped(scope, move || {
+                loop {
+                    let step = reader.next(Duration::from_millis(200), None, metrics);
+                    let last = !matches!(step, Ok(Step::Record(_) | Step::Idle | Step::Revoked));
+                    if tx.send(step).is_err() || last {
+                        return;
                     }
                 }
+            })
+            .map_err(|e| ArchiverFailure(format!("spawning the decoder: {e}")))?;
+        let outcome = (|| {
+            for step in &rx {
+                if writing.take(step?, s, kit, metrics, commits)? {
+                    return Ok(());
+                }
             }
-            Pulled::Idle => {}
+            Err(ArchiverFailure("the decoder stopped".into()))
+        })();
+        // Unblocks the reading side if it is waiting to hand over a record.
+        drop(rx);
+        read.join()
+            .map_err(|_| ArchiverFailure("the decoder thread panicked".into()))?;
+        outcome
+    })
+}
+
+/// The writing side: Parquet, the detectors, the commit cadence and the commits.
+struct Writing {
+    writer: PartitionedWriter,
+    pending: Pending,
+    marker: Box<dyn Marker>,
+    kind: SourceKind,
+    last_seq: u64,
+    replay_committed: bool,
+}
+
+impl Writing {
+    fn new(
+        s: &ArchiverSettings,
+        marker: Box<dyn Marker>,
+        kind: SourceKind,
+        cuts: Vec<PendingCut>,
+    ) -> Self {
+        let mut pending = Pending::new();
+        if !cuts.is_empty() {
+            pending.quarantine(
+                cuts.iter()
+                    .map(|c| cut_record(c, &s.default_cluster))
+                    .collect(),
+            );
+            pending.cleanup = cuts.into_iter().flat_map(|c| c.files).collect();
+            pending.dirty = true;
+        }
+        Self {
+            writer: PartitionedWriter::new(&s.writer_id, s.writer.clone()),
+            pending,
+            marker,
+            kind,
+            last_seq: s.committed_seq,
+            replay_committed: s.replay_target <= s.committed_seq,
+        }
+    }
+
+    /// How long the reading side may wait for a record before a timed commit is due.
+    fn wait(&self, s: &ArchiverSettings) -> Duration {
+        s.flush_interval
+            .saturating_sub(self.pending.since.elapsed())
+            .max(Duration::from_millis(5))
+    }
+
+    /// Takes one step; `Ok(true)` once the source ended and everything is handed to the
+    /// committer.
+    fn take(
+        &mut self,
+        step: Step,
+        s: &ArchiverSettings,
+        kit: &mut ArchiverKit,
+        metrics: &ServeMetrics,
+        commits: &mpsc::Sender<CommitUnit>,
+    ) -> Result<bool, ArchiverFailure> {
+        let mut closing = false;
+        match step {
+            Step::Record(d) => {
+                let d = *d;
+                let tracked = d.tracked_seq;
+                let archived = d.archived;
+                let (position, body_len) = (d.position, d.body_len);
+                self.write(d, kit.detection.as_ref(), metrics)?;
+                if let (Some(seq), Some(attempts)) = (tracked, kit.attempts.as_mut()) {
+                    attempts.done(seq)?;
+                }
+                if !archived {
+                    if let Position::Log { seq } = position {
+                        self.last_seq = seq;
+                    }
+                    self.pending.dirty = true;
+                    self.pending.bytes += body_len;
+                }
+            }
+            Step::Idle => {}
             // Commit what is held now, so the offsets read from the partitions are durable
             // before another consumer takes them.
-            Pulled::Revoked(_) => pending.revoked = true,
-            Pulled::End => closing = true,
+            Step::Revoked => self.pending.revoked = true,
+            Step::End => closing = true,
         }
-        let replay_done = !replay_committed && last_seq >= s.replay_target;
+        let pending = &mut self.pending;
+        let replay_done = !self.replay_committed && self.last_seq >= s.replay_target;
         let due = replay_done
             || pending.revoked
             || !pending.finished.is_empty()
@@ -312,7 +526,7 @@ pub(crate) fn run(
             || pending.quarantine_weight >= MAX_QUARANTINE_BYTES_PER_COMMIT
             || pending.since.elapsed() >= s.flush_interval;
         if closing || (pending.dirty && due) {
-            // The detectors' files for the events up to `last_seq`; at the end also the
+            // The detectors' files for the events written so far; at the end also the
             // summaries of folded findings, which may come with no new events.
             let tables = if closing {
                 kit.detection.take().map(DetectionThread::finish)
@@ -323,7 +537,7 @@ pub(crate) fn run(
             .unwrap_or_default();
             if pending.dirty || !tables.is_empty() {
                 let mut files = std::mem::take(&mut pending.finished);
-                files.extend(writer.finish_all()?);
+                files.extend(self.writer.finish_all()?);
                 files.extend(tables);
                 let quarantine = std::mem::take(&mut pending.quarantine);
                 let unit = CommitUnit {
@@ -333,20 +547,20 @@ pub(crate) fn run(
                             .then(|| quarantine_stem(&s.writer_id)),
                         quarantine,
                         removed: Vec::new(),
-                        source: source.mark(),
+                        source: self.marker.take(),
                     },
-                    through_seq: last_seq,
+                    through_seq: self.last_seq,
                     cleanup: std::mem::take(&mut pending.cleanup),
                 };
                 commits
                     .blocking_send(unit)
                     .map_err(|_| ArchiverFailure("the committer stopped".into()))?;
                 if replay_done {
-                    replay_committed = true;
+                    self.replay_committed = true;
                 }
             }
             if closing {
-                return Ok(());
+                return Ok(true);
             }
             let log = std::mem::replace(
                 &mut pending.outlier_log,
@@ -355,90 +569,56 @@ pub(crate) fn run(
                     count: 0,
                 },
             );
-            pending = Pending::new();
+            *pending = Pending::new();
             pending.outlier_log = log;
         }
+        Ok(false)
     }
-}
 
-/// Decodes one record, drops its resent events, and writes the rest (or, for a record
-/// already archived, only remembers its events as seen).
-#[allow(clippy::too_many_arguments)]
-fn archive_record(
-    r: &SourceRecord,
-    decoder: &mut EventDecoder,
-    dedup: Option<&mut Deduplicator>,
-    writer: &mut PartitionedWriter,
-    detection: Option<&DetectionThread>,
-    metrics: &ServeMetrics,
-    (kind, archived, pending): (SourceKind, bool, &mut Pending),
-) -> Result<(), ArchiverFailure> {
-    decoder.set_ingested_at(r.received_at_micros);
-    let source = r.origin.as_str();
-    let mut q = Vec::new();
-    let pos = SourcePos {
-        cluster: &r.cluster,
-        source,
-        line: r.line,
-        byte_offset: r.byte_offset,
-    };
-    match r.shape {
-        Shape::Document => {
-            decoder.decode_document(&r.body, pos, &mut q);
+    /// Files a decoded record: its quarantine, its events to the detectors and the Parquet
+    /// writer, its place in the commit's mark.
+    fn write(
+        &mut self,
+        d: Decoded,
+        detection: Option<&DetectionThread>,
+        metrics: &ServeMetrics,
+    ) -> Result<(), ArchiverFailure> {
+        if !d.archived {
+            self.marker.add(&d.position, &d.origin, d.byte_offset);
         }
-        Shape::Lines => {
-            decoder.decode_ndjson(&r.body, pos, &mut q);
+        if let Some(first) = d.quarantine.first() {
+            metrics.telemetry.quarantined(
+                self.kind,
+                &d.origin,
+                d.quarantine.len() as u64,
+                d.summarised,
+                &first.reason,
+            );
         }
-        Shape::Oversized { full_len } => {
-            decoder.quarantine_oversized(&r.body, full_len, pos, &mut q)
+        if !d.quarantine.is_empty() {
+            self.pending.quarantine(d.quarantine);
         }
-    }
-    let summarised = decoder.take_summarised();
-    let batch = decoder.finish_batch();
-    let keep: Option<BooleanArray> = dedup.map(|dedup| {
-        decoder
-            .take_row_digests()
-            .iter()
-            .map(|d| Some(dedup.first_sighting(*d, r.received_at_micros)))
-            .collect()
-    });
-    if archived {
-        return Ok(());
-    }
-    let duplicates = keep.as_ref().map_or(0, |k| k.false_count() as u64);
-    if duplicates > 0 {
-        metrics.duplicates.inc_by(duplicates);
-        tracing::info!(origin = %r.origin, duplicates, "dropped resent events");
-    }
-    if !q.is_empty() {
+        let Some(kept) = d.batch else {
+            return Ok(());
+        };
         metrics
             .telemetry
-            .quarantined(kind, source, q.len() as u64, summarised, &q[0].reason);
-        pending.quarantine(q);
-    }
-    if let Some(batch) = batch {
-        let kept = if let (Some(keep), true) = (&keep, duplicates > 0) {
-            filter_record_batch(&batch, keep)
-                .map_err(|e| ArchiverFailure(format!("filtering duplicates: {e}")))?
-        } else {
-            batch
-        };
-        metrics.telemetry.events_in(kind, kept.num_rows() as u64);
-        if let Some(d) = detection {
-            d.observe(kept.clone(), r.received_at_micros)?;
+            .events_in(self.kind, kept.num_rows() as u64);
+        if let Some(det) = detection {
+            det.observe(kept.clone(), d.received_at_micros)?;
         }
-        pending.finished.extend(writer.write(&kept)?);
-        let outliers = writer.take_out_of_window();
+        self.pending.finished.extend(self.writer.write(&kept)?);
+        let outliers = self.writer.take_out_of_window();
         if outliers > 0 {
             metrics.events_out_of_window.inc_by(outliers);
-            if let Some(total) = pending.outlier_log.count(outliers) {
+            if let Some(total) = self.pending.outlier_log.count(outliers) {
                 tracing::warn!(
-                    origin = %r.origin,
+                    origin = %d.origin,
                     events = total,
                     "events whose request time is more than 7 days before or 1 hour after their arrival were filed under the arrival hour (count since the last such message)"
                 );
             }
         }
+        Ok(())
     }
-    Ok(())
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use auditlake_archive::{FileRange, SourceMark};
 
-use super::{Position, Pulled, Shape, Source, SourceError, SourceRecord};
+use super::{Marker, Position, Pulled, Shape, Source, SourceError, SourceRecord};
 use crate::file_source::{Input, InputReader};
 use crate::telemetry::SourceKind;
 
@@ -42,8 +42,6 @@ pub struct FileSource {
     line: Vec<u8>,
     /// An oversized line met while filling a chunk, handed out next.
     held: Option<SourceRecord>,
-    /// Byte ranges handed out since the last mark.
-    ranges: Vec<FileRange>,
     /// Decompressed bytes read.
     bytes_read: u64,
     started: Instant,
@@ -63,7 +61,6 @@ impl FileSource {
             options,
             line: Vec::new(),
             held: None,
-            ranges: Vec::new(),
             bytes_read: 0,
             started: Instant::now(),
             last_progress: Instant::now(),
@@ -80,22 +77,7 @@ impl FileSource {
         self.next_input
     }
 
-    fn covered(&mut self, path: &str, from: u64, to: u64) {
-        if let Some(last) = self.ranges.last_mut()
-            && last.path == path
-            && last.to_byte == from
-        {
-            last.to_byte = to;
-            return;
-        }
-        self.ranges.push(FileRange {
-            path: path.to_string(),
-            from_byte: from,
-            to_byte: to,
-        });
-    }
-
-    /// Hands `r` out, noting the bytes it covers for the next mark.
+    /// Hands `r` out (and says how far the reading got, now and then).
     fn hand_out(&mut self, r: SourceRecord) -> Pulled {
         if self.last_progress.elapsed() >= PROGRESS_EVERY {
             self.last_progress = Instant::now();
@@ -108,10 +90,6 @@ impl FileSource {
                 mb_per_s = (self.bytes_read as f64 / 1e6 / secs).round() as u64,
                 "progress"
             );
-        }
-        if let Position::File { end_byte, .. } = r.position {
-            let (path, from) = (r.origin.clone(), r.byte_offset);
-            self.covered(&path, from, end_byte);
         }
         Pulled::Record(r)
     }
@@ -253,7 +231,36 @@ impl Source for FileSource {
         }
     }
 
-    fn mark(&mut self) -> Option<SourceMark> {
+    fn marker(&self) -> Box<dyn Marker> {
+        Box::new(FileMarker { ranges: Vec::new() })
+    }
+}
+
+/// The byte ranges of the inputs a commit covers, contiguous stretches merged.
+struct FileMarker {
+    ranges: Vec<FileRange>,
+}
+
+impl Marker for FileMarker {
+    fn add(&mut self, position: &Position, origin: &str, byte_offset: u64) {
+        let Position::File { end_byte, .. } = *position else {
+            return;
+        };
+        if let Some(last) = self.ranges.last_mut()
+            && last.path == origin
+            && last.to_byte == byte_offset
+        {
+            last.to_byte = end_byte;
+            return;
+        }
+        self.ranges.push(FileRange {
+            path: origin.to_string(),
+            from_byte: byte_offset,
+            to_byte: end_byte,
+        });
+    }
+
+    fn take(&mut self) -> Option<SourceMark> {
         if self.ranges.is_empty() {
             return None;
         }
@@ -327,7 +334,11 @@ mod tests {
         );
         assert!(records.iter().all(|r| r.cluster == "c" && !r.archived));
         assert_eq!(s.bytes_read(), (text.len() + 26) as u64);
-        let Some(SourceMark::Files { inputs }) = s.mark() else {
+        let mut marker = s.marker();
+        for r in &records {
+            marker.add(&r.position, &r.origin, r.byte_offset);
+        }
+        let Some(SourceMark::Files { inputs }) = marker.take() else {
             panic!("no mark")
         };
         assert_eq!(inputs.len(), 2);
@@ -336,6 +347,6 @@ mod tests {
             (0, text.len() as u64)
         );
         assert_eq!((inputs[1].from_byte, inputs[1].to_byte), (0, 26));
-        assert!(s.mark().is_none(), "nothing read since the last mark");
+        assert!(marker.take().is_none(), "nothing added since the last mark");
     }
 }

@@ -116,11 +116,20 @@ pub trait Source: Send {
     fn resends(&self) -> bool;
     /// The next record, waiting up to `wait` for one.
     fn pull(&mut self, wait: Duration) -> Result<Pulled, SourceError>;
-    /// The mark a commit of every record pulled so far writes in its manifest record. A
-    /// source whose marks are cumulative (the webhook's log) returns its position even when
-    /// nothing new was pulled; one whose marks are ranges (Kafka) returns the ranges read
-    /// since the previous mark, `None` when there are none.
-    fn mark(&mut self) -> Option<SourceMark>;
+    /// What turns the records in a commit into the commit's mark. It is kept by the
+    /// archiver's writing side, which may run behind the reading side: a mark covers the
+    /// records written, never those only read ahead.
+    fn marker(&self) -> Box<dyn Marker>;
+}
+
+/// Builds the [`SourceMark`] of each commit from the records that went into it.
+pub trait Marker: Send {
+    /// A record (not already archived) is in the commit being gathered.
+    fn add(&mut self, position: &Position, origin: &str, byte_offset: u64);
+    /// The mark of the commit: every record added since the last call. A source whose
+    /// marks are cumulative (the webhook's log) gives its position even when nothing was
+    /// added; one whose marks are ranges (Kafka offsets, file bytes) gives `None` then.
+    fn take(&mut self) -> Option<SourceMark>;
 }
 
 /// Told, by the committer, that the records a mark covers are durable in a committed

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use auditlake_archive::SourceMark;
 
-use super::{Durable, Position, Pulled, Shape, Source, SourceError, SourceRecord};
+use super::{Durable, Marker, Position, Pulled, Shape, Source, SourceError, SourceRecord};
 use crate::telemetry::SourceKind;
 use crate::wal::{ReadOutcome, Wal, WalReader, WalRecord};
 
@@ -16,7 +16,6 @@ pub struct WebhookSource {
     reader: WalReader,
     log_id: String,
     committed_seq: u64,
-    last_seq: Option<u64>,
 }
 
 impl WebhookSource {
@@ -26,8 +25,28 @@ impl WebhookSource {
             reader,
             log_id,
             committed_seq,
-            last_seq: None,
         }
+    }
+}
+
+/// The log's marks are cumulative: every record up to `through_seq` is archived.
+struct LogMarker {
+    log_id: String,
+    through_seq: u64,
+}
+
+impl Marker for LogMarker {
+    fn add(&mut self, position: &Position, _origin: &str, _byte_offset: u64) {
+        if let Position::Log { seq } = position {
+            self.through_seq = self.through_seq.max(*seq);
+        }
+    }
+
+    fn take(&mut self) -> Option<SourceMark> {
+        Some(SourceMark::Webhook {
+            log_id: self.log_id.clone(),
+            through_seq: self.through_seq,
+        })
     }
 }
 
@@ -95,9 +114,6 @@ impl Source for WebhookSource {
         match self.reader.next(wait) {
             Ok(ReadOutcome::Record(r)) => {
                 let archived = r.seq <= self.committed_seq;
-                if !archived {
-                    self.last_seq = Some(r.seq);
-                }
                 Ok(Pulled::Record(SourceRecord {
                     shape: Shape::Document,
                     line: None,
@@ -116,11 +132,10 @@ impl Source for WebhookSource {
         }
     }
 
-    /// The log's marks are cumulative: every record up to `through_seq` is archived.
-    fn mark(&mut self) -> Option<SourceMark> {
-        Some(SourceMark::Webhook {
+    fn marker(&self) -> Box<dyn Marker> {
+        Box::new(LogMarker {
             log_id: self.log_id.clone(),
-            through_seq: self.last_seq.unwrap_or(self.committed_seq),
+            through_seq: self.committed_seq,
         })
     }
 }
