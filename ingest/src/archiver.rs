@@ -585,6 +585,9 @@ impl Writing {
     ) -> Result<(), ArchiverFailure> {
         if !d.archived {
             self.marker.add(&d.position, &d.origin, d.byte_offset);
+            if let Some(stem) = self.marker.stem() {
+                self.writer.set_stem(&stem);
+            }
         }
         if let Some(first) = d.quarantine.first() {
             metrics.telemetry.quarantined(

@@ -128,6 +128,15 @@ impl PartitionedWriter {
         }
     }
 
+    /// Names the files finished from now on `part-<stem>-<n>` (n from 1 again when the stem
+    /// changes), instead of after the writer id.
+    pub fn set_stem(&mut self, stem: &str) {
+        if self.writer_id != stem {
+            self.writer_id = stem.to_string();
+            self.files_started = 0;
+        }
+    }
+
     /// Rows buffered in files not yet finished.
     pub fn buffered_rows(&self) -> u64 {
         self.open.values().map(|f| f.rows).sum()

@@ -146,6 +146,21 @@ fn archived_rows(archive_dir: &Path) -> Vec<(String, String, String)> {
     rows
 }
 
+/// Paths of the `events` files the manifests name.
+fn event_paths(archive_dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for m in manifest_records(archive_dir) {
+        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(m).unwrap()).unwrap();
+        for f in record["files"].as_array().unwrap() {
+            if f["table"] == "events" {
+                out.push(f["path"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert!(!out.is_empty());
+    out
+}
+
 /// Paths of the quarantine files the manifests name.
 fn quarantine_paths(archive_dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
@@ -310,6 +325,17 @@ async fn bad_bodies_are_refused_poison_events_quarantined_and_resends_kept_once(
             .any(|r| r.contains("item 10") && r.contains("missing field `auditID`")),
         "{reasons:?}"
     );
+    // Event files are named from the log position their commit starts at, so a commit
+    // redone after a crash puts the same names again: part-<log id>-<first seq>-<n>.
+    for path in event_paths(&archive_dir) {
+        let name = path.rsplit('/').next().unwrap();
+        let parts: Vec<&str> = name.trim_end_matches(".parquet").rsplitn(3, '-').collect();
+        assert!(
+            name.starts_with("part-wal-") && parts[0].len() == 6 && parts[1].len() == 12,
+            "{path}"
+        );
+        assert!(parts[1].parse::<u64>().unwrap() >= 1, "{path}");
+    }
     // Filed under the cluster the request named, not the server's default one.
     let paths = quarantine_paths(&archive_dir);
     assert!(

@@ -130,6 +130,13 @@ pub trait Marker: Send {
     /// marks are cumulative (the webhook's log) gives its position even when nothing was
     /// added; one whose marks are ranges (Kafka offsets, file bytes) gives `None` then.
     fn take(&mut self) -> Option<SourceMark>;
+    /// The stem of the data file names of the commit being gathered, decided by its first
+    /// record's position, so a commit redone after a crash puts the same names again
+    /// (overwriting what the crashed attempt left) instead of new ones; `None` when the
+    /// source has no stable positions (a file is read afresh), and the run's id is used.
+    fn stem(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Told, by the committer, that the records a mark covers are durable in a committed

@@ -33,16 +33,28 @@ impl WebhookSource {
 struct LogMarker {
     log_id: String,
     through_seq: u64,
+    /// The first record of the commit being gathered.
+    first_seq: Option<u64>,
 }
 
 impl Marker for LogMarker {
     fn add(&mut self, position: &Position, _origin: &str, _byte_offset: u64) {
         if let Position::Log { seq } = position {
             self.through_seq = self.through_seq.max(*seq);
+            self.first_seq.get_or_insert(*seq);
         }
     }
 
+    fn stem(&self) -> Option<String> {
+        self.first_seq.map(|seq| {
+            // The id comes from a file in the log directory: keep it a plain name.
+            let id = auditlake_archive::escape_partition_value(&self.log_id);
+            format!("{id}-{seq:012}")
+        })
+    }
+
     fn take(&mut self) -> Option<SourceMark> {
+        self.first_seq = None;
         Some(SourceMark::Webhook {
             log_id: self.log_id.clone(),
             through_seq: self.through_seq,
@@ -136,6 +148,7 @@ impl Source for WebhookSource {
         Box::new(LogMarker {
             log_id: self.log_id.clone(),
             through_seq: self.committed_seq,
+            first_seq: None,
         })
     }
 }
