@@ -16,14 +16,6 @@ pub enum IngestError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// Making a committed local file durable failed.
-    #[error("fsync {path}: {source}")]
-    Fsync {
-        /// The file or directory.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
     /// Parquet encoding failed.
     #[error("parquet encoding: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
