@@ -39,8 +39,6 @@ const MAX_QUARANTINE_BYTES_PER_COMMIT: usize = 32 << 20;
 pub(crate) struct ArchiverSettings {
     /// Names this run's files and manifest records.
     pub writer_id: String,
-    /// The log's identifier, in every commit's mark.
-    pub wal_id: String,
     /// Cluster that damaged log bytes (whose request is unknown) are quarantined under.
     pub default_cluster: String,
     pub decoder: DecoderOptions,

@@ -117,7 +117,6 @@ pub async fn ingest(
     };
     let settings = ArchiverSettings {
         writer_id: options.writer_id.clone(),
-        wal_id: String::new(),
         default_cluster: options.cluster.clone(),
         decoder: options.decoder.clone(),
         writer: options.writer.clone(),

@@ -263,7 +263,6 @@ impl Supervisor {
             let writer_id = crate::pipeline::new_writer_id();
             let settings = ArchiverSettings {
                 writer_id: writer_id.clone(),
-                wal_id: self.wal_id.clone(),
                 default_cluster: self.config.cluster.clone(),
                 decoder: DecoderOptions {
                     max_summary_bytes: self.config.max_body_bytes as usize,
@@ -303,18 +302,18 @@ impl Supervisor {
                 }
                 .run(commit_rx),
             );
-            let reader = self.wal.reader(0, tokio::runtime::Handle::current());
+            // The source owns the log's identity: its marks name it.
+            let mut source = WebhookSource::new(
+                self.wal.reader(0, tokio::runtime::Handle::current()),
+                self.wal_id.clone(),
+                committed,
+            );
             let metrics = self.metrics.clone();
             let thread = std::thread::Builder::new()
                 .name("auditlake-archiver".into())
                 .spawn(move || {
                     crate::thread_priority::lower_current_thread();
                     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        let mut source = WebhookSource::new(
-                            reader,
-                            settings.wal_id.clone(),
-                            settings.committed_seq,
-                        );
                         archiver::run(&mut source, &settings, &mut kit, cuts, &metrics, &commit_tx)
                     }));
                     drop(commit_tx);
