@@ -62,18 +62,8 @@ impl AttestedFiles {
         let mut first = 1;
         if let Some(c) = crate::checkpoint::newest(archive, through).await? {
             for f in c.files {
-                let Some(table) = Table::from_name(&f.table) else {
-                    continue;
-                };
-                out.files.insert(
-                    f.path,
-                    AttestedFile {
-                        table,
-                        bytes: f.bytes,
-                        sha256: f.sha256,
-                        committed_at: parse_time(&f.committed_at),
-                    },
-                );
+                let committed_at = parse_time(&f.committed_at);
+                out.add(f.path, &f.table, f.bytes, f.sha256, committed_at);
             }
             out.records = c.sequence;
             first = c.sequence + 1;
@@ -82,25 +72,37 @@ impl AttestedFiles {
             out.records += 1;
             let committed_at = parse_time(&record.committed_at);
             for f in record.files {
-                let Some(table) = Table::from_name(&f.table) else {
-                    tracing::warn!(path = %f.path, table = %f.table, "a manifest record names a file of an unknown table; it is not queried");
-                    continue;
-                };
-                out.files.insert(
-                    f.path,
-                    AttestedFile {
-                        table,
-                        bytes: f.bytes,
-                        sha256: f.sha256,
-                        committed_at,
-                    },
-                );
+                out.add(f.path, &f.table, f.bytes, f.sha256, committed_at);
             }
             for r in record.removed {
                 out.files.remove(&r.path);
             }
         }
         Ok(out)
+    }
+
+    /// Adds a committed file; one of a table this version does not know is not queried.
+    fn add(
+        &mut self,
+        path: String,
+        table: &str,
+        bytes: u64,
+        sha256: String,
+        committed_at: DateTime<Utc>,
+    ) {
+        let Some(table) = Table::from_name(table) else {
+            tracing::warn!(%path, table, "the manifest names a file of an unknown table; it is not queried");
+            return;
+        };
+        self.files.insert(
+            path,
+            AttestedFile {
+                table,
+                bytes,
+                sha256,
+                committed_at,
+            },
+        );
     }
 
     /// The live files as a checkpoint lists them.
