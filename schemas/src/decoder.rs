@@ -82,6 +82,18 @@ pub struct SourcePos<'a> {
     pub byte_offset: u64,
 }
 
+impl SourcePos<'_> {
+    /// Where line `line_no` (0-based, from [`crate::lines`]) starting `start` bytes into an
+    /// input at `self` sits.
+    pub(crate) fn at_line(self, line_no: u64, start: usize) -> Self {
+        SourcePos {
+            line: Some(self.line.unwrap_or(1) + line_no),
+            byte_offset: self.byte_offset + start as u64,
+            ..self
+        }
+    }
+}
+
 /// Decodes audit events into record batches of the events schema.
 pub struct EventDecoder {
     options: DecoderOptions,
@@ -264,11 +276,7 @@ impl EventDecoder {
     ) -> usize {
         let mut appended = 0;
         for (line_no, start, line) in lines(bytes) {
-            let line_pos = SourcePos {
-                line: Some(pos.line.unwrap_or(1) + line_no),
-                byte_offset: pos.byte_offset + start as u64,
-                ..pos
-            };
+            let line_pos = pos.at_line(line_no, start);
             appended += self.decode_line(line, line_pos, quarantine);
         }
         appended
@@ -485,11 +493,7 @@ impl EventDecoder {
     fn decode_lines(&mut self, bytes: &[u8], pos: SourcePos<'_>, q: &mut Bounded<'_>) -> usize {
         let mut appended = 0;
         for (line_no, start, line) in lines(bytes) {
-            let line_pos = SourcePos {
-                line: Some(pos.line.unwrap_or(1) + line_no),
-                byte_offset: pos.byte_offset + start as u64,
-                ..pos
-            };
+            let line_pos = pos.at_line(line_no, start);
             if line.len() > self.options.max_event_bytes {
                 let reason = format!(
                     "line of {} bytes exceeds max_event_bytes ({})",
