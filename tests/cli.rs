@@ -346,23 +346,10 @@ fn query_takes_commands_and_files_prints_every_statement_and_refuses_a_non_archi
 fn ingest_runs_the_detectors_and_a_rule_backtests_over_the_archive() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("archive");
-    let scenario = auditlake_fixtures::checkout_dir()
-        .join("fixtures/scenarios/rbac-crb-cluster-admin-by-stranger.yaml");
-    // The scenario's events as NDJSON, through the same completion the scenario runner uses.
-    let s = auditlake_analytics::Scenario::load(&scenario).unwrap();
-    let input = dir.path().join("audit.ndjson");
-    let ndjson: String = s
-        .events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            format!(
-                "{}\n",
-                auditlake_analytics::complete_event(i, &s.defaults, e)
-            )
-        })
-        .collect();
-    std::fs::write(&input, ndjson).unwrap();
+    let input = scenario_ndjson(
+        dir.path(),
+        "fixtures/scenarios/rbac-crb-cluster-admin-by-stranger.yaml",
+    );
     let findings = dir.path().join("findings.ndjson");
     auditlake_ok(
         &archive,
@@ -590,22 +577,10 @@ fn rbac_drift_is_found_archived_and_remembered_across_runs() {
 fn rules_learn_proposes_who_did_what_a_list_allows_and_the_proposal_is_a_rule_file() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("archive");
-    let scenario = auditlake_fixtures::checkout_dir()
-        .join("fixtures/scenarios/rbac-unlisted-controller-binds-in-every-namespace.yaml");
-    let s = auditlake_analytics::Scenario::load(&scenario).unwrap();
-    let input = dir.path().join("audit.ndjson");
-    let ndjson: String = s
-        .events
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            format!(
-                "{}\n",
-                auditlake_analytics::complete_event(i, &s.defaults, e)
-            )
-        })
-        .collect();
-    std::fs::write(&input, ndjson).unwrap();
+    let input = scenario_ndjson(
+        dir.path(),
+        "fixtures/scenarios/rbac-unlisted-controller-binds-in-every-namespace.yaml",
+    );
     auditlake_ok(
         &archive,
         &["ingest", "--findings", "none", input.to_str().unwrap()],

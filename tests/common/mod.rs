@@ -262,3 +262,24 @@ pub fn wait_exit(child: &mut Child, secs: u64) -> ExitStatus {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The events of the scenario at `scenario` (relative to the checkout) as an NDJSON file in
+/// `dir`, through the same completion the scenario runner uses.
+pub fn scenario_ndjson(dir: &Path, scenario: &str) -> std::path::PathBuf {
+    let s = auditlake_analytics::Scenario::load(&auditlake_fixtures::checkout_dir().join(scenario))
+        .unwrap();
+    let ndjson: String = s
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            format!(
+                "{}\n",
+                auditlake_analytics::complete_event(i, &s.defaults, e)
+            )
+        })
+        .collect();
+    let input = dir.join("audit.ndjson");
+    std::fs::write(&input, ndjson).unwrap();
+    input
+}
