@@ -441,6 +441,15 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// Some file of a partition directory (a committed one, in these tests).
+fn first_file(partition: &Path) -> std::fs::DirEntry {
+    std::fs::read_dir(partition)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+}
+
 fn count(batches: &[RecordBatch]) -> i64 {
     batches[0]
         .column(0)
@@ -459,11 +468,7 @@ async fn a_parquet_file_no_manifest_record_names_is_not_counted_and_is_reported(
     // A real Parquet file of real events, dropped next to the committed ones: what a crash
     // between the puts and the manifest record leaves, or what someone could plant.
     let partition = dir.path().join("events/cluster=x/date=2026-11-01/hour=03");
-    let committed_file = std::fs::read_dir(&partition)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap();
+    let committed_file = first_file(&partition);
     let stray = partition.join("part-planted-000001.parquet");
     std::fs::copy(committed_file.path(), &stray).unwrap();
     let session = ArchiveSession::open(&archive).await.unwrap();
@@ -531,12 +536,7 @@ async fn an_archive_written_by_manifest_v1_is_read_and_extended_without_loss() {
         std::fs::read(dir.path().join("_manifest/00000000000000000002.json")).unwrap(),
         v1_head
     );
-    let (_, batches) = ArchiveSession::open(&archive)
-        .await
-        .unwrap()
-        .sql("SELECT count(*) FROM events")
-        .await
-        .unwrap();
+    let batches = query(&archive, "SELECT count(*) FROM events").await;
     assert_eq!(count(&batches), 309 + added);
 }
 
@@ -546,11 +546,7 @@ async fn files_of_a_commit_that_never_got_its_record_are_deleted_and_never_count
     let archive = archive_at(dir.path());
     let committed = ingest_handwritten(&archive, "x").await.events as i64;
     let partition = dir.path().join("events/cluster=x/date=2026-11-01/hour=03");
-    let committed_file = std::fs::read_dir(&partition)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap();
+    let committed_file = first_file(&partition);
     let orphan_rel = "events/cluster=x/date=2026-11-01/hour=03/part-dead-000001.parquet";
     std::fs::copy(committed_file.path(), dir.path().join(orphan_rel)).unwrap();
     std::fs::create_dir_all(dir.path().join("_intents")).unwrap();
@@ -581,12 +577,7 @@ async fn files_of_a_commit_that_never_got_its_record_are_deleted_and_never_count
         "a committed file was deleted"
     );
     assert!(!dir.path().join("_intents/dead-000000.json").exists());
-    let (_, batches) = ArchiveSession::open(&archive)
-        .await
-        .unwrap()
-        .sql("SELECT count(*) FROM events")
-        .await
-        .unwrap();
+    let batches = query(&archive, "SELECT count(*) FROM events").await;
     assert_eq!(count(&batches), committed);
 }
 
