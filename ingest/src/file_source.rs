@@ -147,6 +147,17 @@ impl InputReader {
         keep: usize,
     ) -> Result<Option<LineInfo>, IngestError> {
         buf.clear();
+        self.append_line(buf, keep)
+    }
+
+    /// Appends the next line to `buf` (without `\n` or `\r\n`), keeping at most `keep`
+    /// bytes of it, so a caller gathering lines copies each one once; `None` at end of input.
+    pub fn append_line(
+        &mut self,
+        buf: &mut Vec<u8>,
+        keep: usize,
+    ) -> Result<Option<LineInfo>, IngestError> {
+        let base = buf.len();
         let start = self.offset;
         let mut len: u64 = 0;
         let mut saw_any = false;
@@ -172,7 +183,7 @@ impl InputReader {
                 Some(i) => (&chunk[..i], true),
                 None => (chunk, false),
             };
-            let room = keep.saturating_sub(buf.len());
+            let room = keep.saturating_sub(buf.len() - base);
             buf.extend_from_slice(&part[..part.len().min(room)]);
             len += part.len() as u64;
             let consumed = part.len() + usize::from(found_newline);
@@ -183,7 +194,7 @@ impl InputReader {
             }
         }
         self.line_no += 1;
-        if buf.last() == Some(&b'\r') && len == buf.len() as u64 {
+        if buf.last() == Some(&b'\r') && len == (buf.len() - base) as u64 {
             buf.pop();
             len -= 1;
         }

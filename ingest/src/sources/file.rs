@@ -39,7 +39,6 @@ pub struct FileSource {
     next_input: usize,
     current: Option<Current>,
     options: FileSourceOptions,
-    line: Vec<u8>,
     /// An oversized line met while filling a chunk, handed out next.
     held: Option<SourceRecord>,
     /// Decompressed bytes read.
@@ -59,7 +58,6 @@ impl FileSource {
             next_input: 0,
             current: None,
             options,
-            line: Vec::new(),
             held: None,
             bytes_read: 0,
             started: Instant::now(),
@@ -163,19 +161,23 @@ impl Source for FileSource {
                     .current
                     .as_mut()
                     .ok_or_else(|| SourceError("no input".into()))?;
+                // Each line is read straight onto the end of the chunk: copied once.
+                let base = chunk.len();
                 let Some(info) = cur
                     .reader
-                    .next_line(&mut self.line, keep)
+                    .append_line(&mut chunk, keep)
                     .map_err(|e| SourceError(e.to_string()))?
                 else {
                     input_done = true;
                     break;
                 };
                 self.bytes_read += info.len + 1;
-                let blank = self.line.iter().all(u8::is_ascii_whitespace);
-                if cur.first && !blank && matches!(self.line.trim_ascii(), b"{" | b"[") {
-                    // A pretty-printed Event or EventList: read it whole.
-                    let mut doc = std::mem::take(&mut self.line);
+                let line = &chunk[base..];
+                let blank = line.iter().all(u8::is_ascii_whitespace);
+                if cur.first && !blank && matches!(line.trim_ascii(), b"{" | b"[") {
+                    // A pretty-printed Event or EventList: read it whole (the blank lines
+                    // before it, if any, are dropped).
+                    let mut doc = chunk.split_off(base);
                     doc.push(b'\n');
                     cur.reader
                         .read_rest(&mut doc, self.options.max_document_bytes)
@@ -189,9 +191,9 @@ impl Source for FileSource {
                 if !blank {
                     cur.first = false;
                 }
-                if info.len > self.line.len() as u64 {
+                if info.len > (chunk.len() - base) as u64 {
                     // Cut while reading: hand on the kept prefix with the true length.
-                    let kept = std::mem::take(&mut self.line);
+                    let kept = chunk.split_off(base);
                     let to = info.offset + info.len + 1;
                     let r = self.record(
                         kept,
@@ -207,7 +209,6 @@ impl Source for FileSource {
                     break;
                 }
                 start.get_or_insert((info.line_no, info.offset));
-                chunk.extend_from_slice(&self.line);
                 chunk.push(b'\n');
                 end = info.offset + info.len + 1;
                 lines += usize::from(!blank);
