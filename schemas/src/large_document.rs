@@ -117,13 +117,21 @@ impl<'de> Visitor<'de> for HeadVisitor {
             api_version: None,
             items: None,
         };
+        // A key given twice counts at its first occurrence, as the whole-document path reads
+        // it (simd-json's lookup finds the first entry); otherwise a crafted duplicate could
+        // make one document decode differently depending on its size.
+        let (mut kind_seen, mut api_version_seen) = (false, false);
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
             match key.as_ref() {
-                "kind" => head.kind = map.next_value::<Option<Cow<'de, str>>>().ok().flatten(),
-                "apiVersion" => {
+                "kind" if !kind_seen => {
+                    kind_seen = true;
+                    head.kind = map.next_value::<Option<Cow<'de, str>>>().ok().flatten()
+                }
+                "apiVersion" if !api_version_seen => {
+                    api_version_seen = true;
                     head.api_version = map.next_value::<Option<Cow<'de, str>>>().ok().flatten()
                 }
-                "items" => head.items = Some(map.next_value::<TypeOf>()?.0),
+                "items" if head.items.is_none() => head.items = Some(map.next_value::<TypeOf>()?.0),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -224,8 +232,11 @@ impl<'de> Visitor<'de> for ListItems<'_, '_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        // Only the first `items` counts, as in `ListHead`.
+        let mut items_seen = false;
         while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            if key == "items" {
+            if key == "items" && !items_seen {
+                items_seen = true;
                 map.next_value_seed(Items {
                     each: &mut *self.each,
                     list_api_version: self.list_api_version,

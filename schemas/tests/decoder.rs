@@ -430,3 +430,49 @@ fn every_unambiguous_timestamp_form_decodes_and_keeps_its_original_text() {
         }
     }
 }
+
+#[test]
+fn a_key_given_twice_decodes_the_same_whether_the_document_is_cut_or_whole() {
+    // Found by the decoder fuzz target: `apiVersion` twice in an EventList gave the items the
+    // first value when parsed whole and the last when cut into items. Duplicate `kind` and
+    // `items` are the same ambiguity.
+    let event = |id: &str| {
+        format!(
+            r#"{{"auditID":"{id}","stage":"ResponseComplete","verb":"get","requestURI":"/api","user":{{"username":"u"}},"requestReceivedTimestamp":"2026-11-01T05:00:00Z","stageTimestamp":"2026-11-01T05:00:00Z"}}"#
+        )
+    };
+    let list = format!(
+        r#"{{"kind":"EventList","apiVersion":"first/v1","apiVersion":"audit.k8s.io/v1","items":[{}],"items":[{}]}}"#,
+        event("a"),
+        event("b")
+    );
+    // Read as an EventList only if the first `kind` counts.
+    let kind_twice = format!(
+        r#"{{"kind":"EventList","kind":"Nope","apiVersion":"first/v1","items":[{}]}}"#,
+        event("a"),
+    );
+    for doc in [list, kind_twice] {
+        same_rows_cut_or_whole(&doc);
+    }
+}
+
+fn same_rows_cut_or_whole(doc: &str) {
+    let decode = |large_document_bytes| {
+        let mut d = EventDecoder::new(DecoderOptions {
+            large_document_bytes,
+            ..DecoderOptions::default()
+        });
+        let mut q = Vec::new();
+        let n = d.decode_document(doc.as_bytes(), pos("webhook"), &mut q);
+        assert!(q.is_empty(), "{q:?}");
+        (n, d.finish_batch().unwrap())
+    };
+    let (whole_rows, whole) = decode(usize::MAX);
+    let (cut_rows, cut) = decode(0);
+    assert_eq!((whole_rows, cut_rows), (1, 1));
+    for name in [col::AUDIT_ID, col::EVENT_API_VERSION] {
+        assert_eq!(str_col(&whole, name).value(0), str_col(&cut, name).value(0));
+    }
+    assert_eq!(str_col(&cut, col::AUDIT_ID).value(0), "a");
+    assert_eq!(str_col(&cut, col::EVENT_API_VERSION).value(0), "first/v1");
+}
