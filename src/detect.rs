@@ -96,9 +96,7 @@ impl BatchObserver for Detection {
 impl Detection {
     fn emit(&mut self, findings: Vec<Finding>) -> u64 {
         let n = findings.len() as u64;
-        for f in findings {
-            self.sinks.send(f);
-        }
+        self.sinks.send_all(findings);
         n
     }
 }

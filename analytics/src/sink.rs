@@ -12,11 +12,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc::error::TrySendError;
-use tokio::sync::mpsc::{Receiver, Sender, channel};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 
 use crate::finding::Finding;
 
@@ -115,8 +114,10 @@ pub enum SinkError {
     Http(String),
 }
 
-/// Findings queued per target at most.
-pub const QUEUE_FINDINGS: usize = 1024;
+/// Findings queued per target at most (~1 KB each). Room for a whole detector batch's
+/// findings (batches are at most 8,192 events) with some to spare, so a target that keeps up
+/// never drops any.
+pub const QUEUE_FINDINGS: usize = 16 * 1024;
 /// HTTP attempts per finding and the first backoff (doubled after each failure).
 const HTTP_ATTEMPTS: u32 = 5;
 const HTTP_BACKOFF: Duration = Duration::from_millis(500);
@@ -127,10 +128,15 @@ pub const HTTP_CONCURRENCY: usize = 8;
 /// How long closing waits for the queues to drain.
 pub const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
 
-/// One target's queue and worker.
+/// One target's queue and worker. The queue carries a detector batch's findings as one
+/// message (one wake-up and one write per batch, not per finding); `queued` bounds it in
+/// findings.
 struct Lane {
     kind: &'static str,
-    tx: Option<Sender<Arc<str>>>,
+    tx: Option<UnboundedSender<Vec<Arc<str>>>>,
+    /// Findings handed to the queue and not yet taken by the worker (at most
+    /// [`QUEUE_FINDINGS`]).
+    queued: Arc<AtomicUsize>,
     worker: Option<std::thread::JoinHandle<()>>,
     /// Rate limit of the "queue full" error: last time it was logged.
     last_full_log: Option<Instant>,
@@ -148,7 +154,12 @@ impl FindingSinks {
         let counters = Arc::new(SinkCounters::default());
         let mut lanes = Vec::new();
         for t in targets {
-            let (tx, rx) = channel::<Arc<str>>(QUEUE_FINDINGS);
+            let (tx, rx) = unbounded_channel::<Vec<Arc<str>>>();
+            let queued = Arc::new(AtomicUsize::new(0));
+            let rx = Queue {
+                rx,
+                queued: queued.clone(),
+            };
             let c = counters.clone();
             let worker = match t {
                 SinkTarget::Stdout => spawn("stdout", move || {
@@ -184,6 +195,7 @@ impl FindingSinks {
             lanes.push(Lane {
                 kind: t.kind(),
                 tx: Some(tx),
+                queued,
                 worker: Some(worker),
                 last_full_log: None,
             });
@@ -196,46 +208,68 @@ impl FindingSinks {
         self.counters.clone()
     }
 
-    /// Queues a finding for every target; never waits. A target whose queue is full does
-    /// not get it (counted in `dropped`, logged at most once a minute per target).
+    /// Queues a finding for every target; never waits (see [`FindingSinks::send_all`]).
     pub fn send(&mut self, finding: Finding) {
-        let json: Arc<str> = match serde_json::to_string(&finding) {
-            Ok(j) => j.into(),
-            Err(e) => {
-                tracing::error!(rule = %finding.rule_id, error = %e, "cannot serialise a finding");
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
-                return;
+        self.send_all(vec![finding]);
+    }
+
+    /// Queues findings for every target; never waits. A target whose queue is full does
+    /// not get those beyond its room (counted in `dropped`, logged at most once a minute per
+    /// target).
+    pub fn send_all(&mut self, findings: Vec<Finding>) {
+        let mut jsons: Vec<Arc<str>> = Vec::with_capacity(findings.len());
+        for finding in findings {
+            match serde_json::to_string(&finding) {
+                Ok(j) => jsons.push(j.into()),
+                Err(e) => {
+                    tracing::error!(rule = %finding.rule_id, error = %e, "cannot serialise a finding");
+                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
             }
-        };
-        self.counters.findings.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            rule = %finding.rule_id,
-            severity = %finding.severity,
-            principal = finding.principal.as_deref().unwrap_or(""),
-            object = %finding.object.display(),
-            count = finding.count,
-            "finding"
-        );
+            self.counters.findings.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                rule = %finding.rule_id,
+                severity = %finding.severity,
+                principal = finding.principal.as_deref().unwrap_or(""),
+                object = %finding.object.display(),
+                count = finding.count,
+                "finding"
+            );
+        }
+        if jsons.is_empty() {
+            return;
+        }
         for lane in &mut self.lanes {
             let Some(tx) = &lane.tx else { continue };
-            match tx.try_send(json.clone()) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    self.counters.dropped.fetch_add(1, Ordering::Relaxed);
-                    if lane
-                        .last_full_log
-                        .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
-                    {
-                        lane.last_full_log = Some(Instant::now());
-                        tracing::error!(
-                            target = lane.kind,
-                            queued = QUEUE_FINDINGS,
-                            "findings target is not keeping up: findings for it are dropped (counted in auditlake_findings_dropped_total; the archive's findings table keeps them all)"
-                        );
-                    }
+            // Only this thread adds to `queued`, so the room seen here cannot shrink before
+            // the add below; the worker only takes away.
+            let room = QUEUE_FINDINGS.saturating_sub(lane.queued.load(Ordering::Acquire));
+            let take = room.min(jsons.len());
+            if take > 0 {
+                lane.queued.fetch_add(take, Ordering::AcqRel);
+                if tx.send(jsons[..take].to_vec()).is_err() {
+                    lane.queued.fetch_sub(take, Ordering::AcqRel);
+                    self.counters
+                        .failed
+                        .fetch_add(take as u64, Ordering::Relaxed);
                 }
-                Err(TrySendError::Closed(_)) => {
-                    self.counters.failed.fetch_add(1, Ordering::Relaxed);
+            }
+            let dropped = jsons.len() - take;
+            if dropped > 0 {
+                self.counters
+                    .dropped
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
+                if lane
+                    .last_full_log
+                    .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+                {
+                    lane.last_full_log = Some(Instant::now());
+                    tracing::error!(
+                        target = lane.kind,
+                        queued = QUEUE_FINDINGS,
+                        "findings target is not keeping up: findings for it are dropped (counted in auditlake_findings_dropped_total; the archive's findings table keeps them all)"
+                    );
                 }
             }
         }
@@ -298,39 +332,67 @@ fn spawn(
         .map_err(|e| SinkError::Http(format!("spawning the delivery thread: {e}")))
 }
 
-fn write_lines(mut rx: Receiver<Arc<str>>, mut out: impl Write, name: &str, c: &SinkCounters) {
-    while let Some(json) = rx.blocking_recv() {
-        if let Err(e) = writeln!(out, "{json}").and_then(|()| out.flush()) {
-            tracing::error!(target = name, error = %e, "writing a finding");
-            c.failed.fetch_add(1, Ordering::Relaxed);
+fn write_lines(mut rx: Queue, mut out: impl Write, name: &str, c: &SinkCounters) {
+    let mut buf = Vec::new();
+    while let Some(first) = rx.rx.blocking_recv() {
+        // Everything queued by now goes out in one write.
+        let mut batch = first;
+        while let Ok(more) = rx.rx.try_recv() {
+            batch.extend(more);
         }
+        rx.taken(batch.len());
+        buf.clear();
+        for json in &batch {
+            buf.extend_from_slice(json.as_bytes());
+            buf.push(b'\n');
+        }
+        if let Err(e) = out.write_all(&buf).and_then(|()| out.flush()) {
+            tracing::error!(target = name, error = %e, findings = batch.len(), "writing findings");
+            c.failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A target's end of its queue.
+struct Queue {
+    rx: UnboundedReceiver<Vec<Arc<str>>>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    /// `n` findings left the queue: room for as many more.
+    fn taken(&self, n: usize) {
+        self.queued.fetch_sub(n, Ordering::AcqRel);
     }
 }
 
 /// Posts findings from `rx`, up to [`HTTP_CONCURRENCY`] at once, until the queue closes and
 /// every post in flight ends.
 async fn post_all(
-    mut rx: Receiver<Arc<str>>,
+    mut rx: Queue,
     client: reqwest::Client,
     url: String,
     counters: Arc<SinkCounters>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(HTTP_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
-    loop {
-        // The semaphore is never closed: acquiring only waits for a free slot.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            break;
-        };
-        let Some(json) = rx.recv().await else { break };
-        let (client, url, counters) = (client.clone(), url.clone(), counters.clone());
-        tasks.spawn(async move {
-            let _slot = slot;
-            if !post(&client, &url, &json).await {
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        while tasks.try_join_next().is_some() {}
+    'queue: while let Some(batch) = rx.rx.recv().await {
+        for json in batch {
+            // The semaphore is never closed: acquiring only waits for a free slot.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                break 'queue;
+            };
+            // A finding stays counted in the queue until its post starts.
+            rx.taken(1);
+            let (client, url, counters) = (client.clone(), url.clone(), counters.clone());
+            tasks.spawn(async move {
+                let _slot = slot;
+                if !post(&client, &url, &json).await {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            while tasks.try_join_next().is_some() {}
+        }
     }
     while tasks.join_next().await.is_some() {}
 }
@@ -418,20 +480,8 @@ mod tests {
         String::from_utf8(buf[head_end..head_end + length].to_vec()).unwrap()
     }
 
-    #[test]
-    fn an_http_endpoint_that_refuses_once_gets_the_finding_on_the_retry() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/alert", listener.local_addr().unwrap());
-        let server = std::thread::spawn(move || {
-            let first = answer(listener.accept().unwrap().0, "503 Service Unavailable");
-            let second = answer(listener.accept().unwrap().0, "200 OK");
-            (first, second)
-        });
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("findings.ndjson");
-        let mut sinks =
-            FindingSinks::start(&[SinkTarget::Http(url), SinkTarget::File(file.clone())]).unwrap();
-        sinks.send(Finding {
+    fn finding() -> Finding {
+        Finding {
             rule_id: "K8S-RBAC-001".into(),
             severity: crate::rule::Severity::High,
             title: "Binding to a powerful role".into(),
@@ -452,7 +502,77 @@ mod tests {
             mitre: vec!["T1098".into()],
             remediation: String::new(),
             time_micros: 0,
+        }
+    }
+
+    #[test]
+    fn a_stuck_target_holds_at_most_its_queue_and_the_rest_is_counted_as_dropped() {
+        // Accepts nothing: every POST hangs until its timeout.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/alert", listener.local_addr().unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("findings.ndjson");
+        let mut sinks =
+            FindingSinks::start(&[SinkTarget::Http(url), SinkTarget::File(file.clone())]).unwrap();
+        let wait_until = |what: &str, done: &dyn Fn() -> bool| {
+            let waited = Instant::now();
+            while !done() {
+                assert!(waited.elapsed() < Duration::from_secs(5), "{what}");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        };
+        let queued =
+            |sinks: &FindingSinks, lane: usize| sinks.lanes[lane].queued.load(Ordering::Acquire);
+        // Batches as a detector sends them; the file target drains each before the next.
+        let (batch, extra) = (1024, 300);
+        let total = QUEUE_FINDINGS + HTTP_CONCURRENCY + extra;
+        let mut sent = 0;
+        while sent < total {
+            let n = batch.min(total - sent);
+            sinks.send_all((0..n).map(|_| finding()).collect());
+            sent += n;
+            if sent == n {
+                // The HTTP worker starts its first posts, which frees as many places.
+                wait_until("the HTTP worker never started", &|| {
+                    queued(&sinks, 0) == n - HTTP_CONCURRENCY
+                });
+            }
+            wait_until("the file target never drained", &|| queued(&sinks, 1) == 0);
+        }
+        assert_eq!(
+            queued(&sinks, 0),
+            QUEUE_FINDINGS,
+            "posts in flight are bounded, the queue holds its bound"
+        );
+        let stats = sinks.close_within(Duration::from_millis(200));
+        assert_eq!(
+            stats,
+            SinkStats {
+                findings: total as u64,
+                failed: 0,
+                dropped: extra as u64,
+                abandoned: 1,
+            }
+        );
+        // The file target kept up and got every finding, a line each.
+        let written = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(written.lines().count(), total);
+    }
+
+    #[test]
+    fn an_http_endpoint_that_refuses_once_gets_the_finding_on_the_retry() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/alert", listener.local_addr().unwrap());
+        let server = std::thread::spawn(move || {
+            let first = answer(listener.accept().unwrap().0, "503 Service Unavailable");
+            let second = answer(listener.accept().unwrap().0, "200 OK");
+            (first, second)
         });
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("findings.ndjson");
+        let mut sinks =
+            FindingSinks::start(&[SinkTarget::Http(url), SinkTarget::File(file.clone())]).unwrap();
+        sinks.send(finding());
         let stats = sinks.close();
         assert_eq!(
             stats,

@@ -6,7 +6,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use auditlake_schema::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, col};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
@@ -53,14 +53,25 @@ pub fn writer_properties(table: Table, settings: ParquetSettings) -> WriterPrope
                 .set_column_bloom_filter_enabled(ColumnPath::from(c), true)
                 .set_column_bloom_filter_fpp(ColumnPath::from(c), 0.01);
         }
-        // Bodies are nearly all distinct: dictionary pages would only be built and dropped.
+        // Nearly all distinct: a dictionary would only be built, overflow its page limit and
+        // be dropped, leaving dictionary-coded and plain pages that compress worse than plain
+        // alone (audit_id took 4.4 MB that way against 3.0 MB plain on 490k events).
         for c in [
             col::REQUEST_OBJECT,
             col::RESPONSE_OBJECT,
             col::UNMAPPED,
             col::RESPONSE_DETAILS,
+            col::AUDIT_ID,
+            col::SOURCE_REF,
         ] {
             props = props.set_column_dictionary_enabled(ColumnPath::from(c), false);
+        }
+        // Event times rise nearly monotonically: deltas bit-pack to a few bits a row, where a
+        // dictionary of distinct microseconds overflowed and fell back to plain 8-byte values.
+        for c in [col::REQUEST_RECEIVED_AT, col::STAGE_AT] {
+            props = props
+                .set_column_dictionary_enabled(ColumnPath::from(c), false)
+                .set_column_encoding(ColumnPath::from(c), Encoding::DELTA_BINARY_PACKED);
         }
     }
     props.build()

@@ -179,7 +179,7 @@ impl InputReader {
                 break;
             }
             saw_any = true;
-            let (part, found_newline) = match memchr(chunk) {
+            let (part, found_newline) = match memchr::memchr(b'\n', chunk) {
                 Some(i) => (&chunk[..i], true),
                 None => (chunk, false),
             };
@@ -216,10 +216,6 @@ impl InputReader {
             })?;
         Ok(())
     }
-}
-
-fn memchr(b: &[u8]) -> Option<usize> {
-    b.iter().position(|&c| c == b'\n')
 }
 
 #[cfg(test)]
