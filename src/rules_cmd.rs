@@ -199,7 +199,10 @@ fn seen_rows(batches: &[arrow::array::RecordBatch]) -> Result<Vec<auditlake_anal
     use arrow::datatypes::{Int64Type, TimestampMicrosecondType};
     let mut out = Vec::new();
     for b in batches {
-        let principal = b.column(0).as_string::<i32>();
+        // The events table reads strings as views; a plain string array is what we walk.
+        let principal = arrow::compute::cast(b.column(0), &arrow::datatypes::DataType::Utf8)
+            .context("reading the principals of a learn query")?;
+        let principal = principal.as_string::<i32>();
         let requests = b.column(1).as_primitive::<Int64Type>();
         let first = b.column(2).as_primitive::<TimestampMicrosecondType>();
         let last = b.column(3).as_primitive::<TimestampMicrosecondType>();

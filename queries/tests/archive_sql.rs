@@ -52,6 +52,7 @@ fn rows_as_json(batches: &[RecordBatch]) -> Vec<serde_json::Map<String, Value>> 
                 } else {
                     match field.data_type() {
                         DataType::Utf8 => json!(col.as_string::<i32>().value(i)),
+                        DataType::Utf8View => json!(col.as_string_view().value(i)),
                         DataType::Int32 => json!(col.as_primitive::<Int32Type>().value(i)),
                         DataType::Int64 => {
                             json!(col.as_primitive::<arrow::datatypes::Int64Type>().value(i))
