@@ -1,8 +1,9 @@
-//! The archiver thread of `auditlake serve`: reads the write-ahead log in order, decodes,
-//! drops resent events, shows batches to the detectors, encodes Parquet, and decides when a
-//! commit is due; the committer task does the commits.
+//! The one archiver of every source (`auditlake serve`'s write-ahead log, `auditlake
+//! ingest`'s files): pulls records in order, decodes, drops resent events, shows batches to
+//! the detectors, encodes Parquet, and decides when a commit is due; the committer task does
+//! the commits.
 //!
-//! A record it fails on (an error, a panic, or the process dying while on it) is retried
+//! A write-ahead log record it fails on (an error, a panic, or the process dying while on it) is retried
 //! from the last commit; after [`crate::record_attempts::MAX_FAILURES`] failures it is set
 //! aside whole in the quarantine and the log moves on. Memory stays bounded whatever a
 //! request holds: each input gets at most a fixed number of quarantine records, a commit is
@@ -104,11 +105,11 @@ struct Pending {
     revoked: bool,
     bytes: u64,
     since: Instant,
-    outlier_log: LogEvery,
 }
 
 /// Counts occurrences of something worth a warning and says when to log it: at most once a
 /// minute, with the count since the last message (a flood of them must not flood the log).
+#[derive(Default)]
 struct LogEvery {
     last: Option<Instant>,
     count: u64,
@@ -139,10 +140,6 @@ impl Pending {
             revoked: false,
             bytes: 0,
             since: Instant::now(),
-            outlier_log: LogEvery {
-                last: None,
-                count: 0,
-            },
         }
     }
 
@@ -199,6 +196,24 @@ struct Decoded {
     summarised: u64,
     /// The log record this is, when its attempts are tracked: done once it is written.
     tracked_seq: Option<u64>,
+}
+
+impl Decoded {
+    /// `r`'s place and size, with nothing decoded yet.
+    fn of(r: &SourceRecord) -> Self {
+        Self {
+            position: r.position,
+            origin: r.origin.clone(),
+            byte_offset: r.byte_offset,
+            body_len: r.body.len() as u64,
+            received_at_micros: r.received_at_micros,
+            archived: r.archived,
+            batch: None,
+            quarantine: Vec::new(),
+            summarised: 0,
+            tracked_seq: None,
+        }
+    }
 }
 
 /// What the reading side hands the writing side.
@@ -267,16 +282,9 @@ impl Reader<'_> {
                         quarantine.push(poison_record(&r, failures, self.max_summary_bytes));
                     }
                     return Ok(Step::Record(Box::new(Decoded {
-                        position: r.position,
-                        origin: r.origin,
-                        byte_offset: r.byte_offset,
                         body_len: 0,
-                        received_at_micros: r.received_at_micros,
-                        archived: r.archived,
-                        batch: None,
                         quarantine,
-                        summarised: 0,
-                        tracked_seq: None,
+                        ..Decoded::of(&r)
                     })));
                 }
                 Attempt::Try(attempt) if attempt > 1 => {
@@ -328,18 +336,7 @@ impl Reader<'_> {
                 .map(|d| Some(dedup.first_sighting(*d, r.received_at_micros)))
                 .collect()
         });
-        let mut decoded = Decoded {
-            position: r.position,
-            origin: r.origin.clone(),
-            byte_offset: r.byte_offset,
-            body_len: r.body.len() as u64,
-            received_at_micros: r.received_at_micros,
-            archived: r.archived,
-            batch: None,
-            quarantine: Vec::new(),
-            summarised: 0,
-            tracked_seq: None,
-        };
+        let mut decoded = Decoded::of(r);
         if r.archived {
             return Ok(decoded);
         }
@@ -443,6 +440,8 @@ struct Writing {
     kind: SourceKind,
     last_seq: u64,
     replay_committed: bool,
+    /// Across commits: the warning it rate-limits is about the stream, not one commit.
+    outlier_log: LogEvery,
 }
 
 impl Writing {
@@ -469,6 +468,7 @@ impl Writing {
             kind,
             last_seq: s.committed_seq,
             replay_committed: s.replay_target <= s.committed_seq,
+            outlier_log: LogEvery::default(),
         }
     }
 
@@ -560,15 +560,7 @@ impl Writing {
             if closing {
                 return Ok(true);
             }
-            let log = std::mem::replace(
-                &mut pending.outlier_log,
-                LogEvery {
-                    last: None,
-                    count: 0,
-                },
-            );
             *pending = Pending::new();
-            pending.outlier_log = log;
         }
         Ok(false)
     }
@@ -612,7 +604,7 @@ impl Writing {
         let outliers = self.writer.take_out_of_window();
         if outliers > 0 {
             metrics.events_out_of_window.inc_by(outliers);
-            if let Some(total) = self.pending.outlier_log.count(outliers) {
+            if let Some(total) = self.outlier_log.count(outliers) {
                 tracing::warn!(
                     origin = %d.origin,
                     events = total,
