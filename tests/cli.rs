@@ -176,12 +176,7 @@ fn effective_config(args: &[&str], env: &[(&str, &str)]) -> toml::Table {
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    toml::from_str(&String::from_utf8(out.stdout).unwrap()).unwrap()
+    toml::from_str(&success_stdout(out)).unwrap()
 }
 
 #[test]

@@ -75,6 +75,11 @@ pub fn auditlake_ok<S: AsRef<std::ffi::OsStr>>(archive: &Path, args: &[S]) -> St
         .env("AUDITLAKE_LOG", "warn")
         .output()
         .unwrap();
+    success_stdout(out)
+}
+
+/// The stdout of a run that must have succeeded (its stderr is the failure message).
+pub fn success_stdout(out: std::process::Output) -> String {
     assert!(
         out.status.success(),
         "{}",
