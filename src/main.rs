@@ -63,7 +63,8 @@ enum Command {
     /// functions): `-c SQL`, `-f FILE`, or an interactive prompt without either.
     Query(query_cmd::QueryArgs),
     /// Receive kube-apiserver audit webhook batches over HTTPS; a 200 means the batch is fsynced
-    /// in the write-ahead log, from where it is archived as Parquet.
+    /// in the write-ahead log, from where it is archived as Parquet. With --kafka-brokers,
+    /// archive Kafka topics as a consumer group member instead.
     Serve(Box<serve_cmd::ServeArgs>),
     /// Start the webhook server on loopback, post generated batches to it like a kube-apiserver,
     /// then list the archive and run a query over it.
@@ -275,6 +276,24 @@ async fn run_serve(archive_arg: &str, args: serve_cmd::ServeArgs) -> Result<()> 
         &auditlake_ingest::new_writer_id(),
     )
     .await?;
+    if let Some(source) = auditlake_ingest::kafka_source_options(&config) {
+        let topics = source.topics.join(",");
+        let summary = auditlake_ingest::consume_kafka(
+            archive,
+            config,
+            source,
+            observer,
+            shutdown_signal(),
+            None,
+        )
+        .await
+        .with_context(|| format!("serve: archiving Kafka topics {topics}"))?;
+        eprintln!(
+            "stopped: {} events committed in {} commits",
+            summary.events_committed, summary.commits
+        );
+        return Ok(());
+    }
     let summary = auditlake_ingest::serve(archive, config, observer, shutdown_signal(), None)
         .await
         .context("serve")?;

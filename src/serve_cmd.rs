@@ -82,6 +82,7 @@ impl Args for ServeArgs {
                     .require_equals(true)
                     .default_missing_value("true"),
                 KeyShape::List => arg.action(ArgAction::Append).value_delimiter(','),
+                KeyShape::Pairs => arg.action(ArgAction::Append),
             };
             cmd = cmd.arg(arg);
         }

@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::error::{ArchiveError, store_err};
+use crate::kafka_progress::{KafkaProgress, ProgressCache};
 use crate::layout::{FinishedFile, MANIFEST_DIR};
 use crate::location::ArchiveLocation;
 use crate::manifest::{ManifestFile, ManifestQuarantine, ManifestRecord, RemovedFile, SourceMark};
@@ -72,6 +73,8 @@ pub struct Archive {
     store: Arc<dyn ObjectStore>,
     prefix: Path,
     location: ArchiveLocation,
+    /// The Kafka offsets the chain archives, read once and kept up to date.
+    kafka: Arc<ProgressCache>,
 }
 
 /// What one commit wrote.
@@ -91,6 +94,7 @@ impl Archive {
             store,
             prefix,
             location,
+            kafka: Arc::default(),
         })
     }
 
@@ -102,6 +106,7 @@ impl Archive {
             store,
             prefix,
             location,
+            kafka: Arc::default(),
         };
         if archive.manifest_head().await?.is_none() {
             return Err(ArchiveError::NotAnArchive {
@@ -510,6 +515,12 @@ impl Archive {
             .await
     }
 
+    /// How far every Kafka partition is archived, as of the newest manifest record.
+    pub async fn kafka_progress(&self) -> Result<KafkaProgress, ArchiveError> {
+        let head = self.manifest_head().await?.map_or(0, |(r, _)| r.sequence);
+        self.kafka.up_to(self, head).await
+    }
+
     /// The newest mark of write-ahead log `log_id` in the manifest chain (0 if none): the
     /// records up to it are archived and must not be written again.
     pub async fn wal_mark(&self, log_id: &str) -> Result<u64, ArchiveError> {
@@ -639,6 +650,22 @@ impl Archive {
                 Some((r, sha)) => (r.sequence + 1, Some(sha.clone())),
                 None => (1, None),
             };
+            // Kafka offsets are archived once: checked against every record this one
+            // chains after, so of two writers holding the same range (a zombie and its
+            // replacement) at most one gets its record in.
+            if let Some(SourceMark::Kafka { ranges, .. }) = &contents.source {
+                let progress = self.kafka.up_to(self, sequence - 1).await?;
+                if let Some((r, archived_through)) = progress.overlap(ranges) {
+                    return Err(ArchiveError::RangeArchived {
+                        topic: r.topic.clone(),
+                        partition: r.partition,
+                        from_offset: r.from_offset,
+                        through_offset: r.through_offset,
+                        archived_through,
+                        sequence: sequence - 1,
+                    });
+                }
+            }
             let mut record = ManifestRecord::new(
                 sequence,
                 previous_sha256,
@@ -658,6 +685,7 @@ impl Archive {
             let body_copy = bytes::Bytes::from(body);
             match self.put(&rel, body_copy.clone(), PutMode::Create).await {
                 Ok(()) => {
+                    self.kafka.wrote(&record);
                     self.write_head_pointer(sequence).await;
                     if sequence % crate::checkpoint::CHECKPOINT_EVERY == 0 {
                         let sha = hex::encode(Sha256::digest(&body_copy));

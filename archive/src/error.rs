@@ -64,6 +64,26 @@ pub enum ArchiveError {
         /// The newest format this version reads.
         supported: &'static str,
     },
+    /// A commit's Kafka offsets are archived already by an earlier record (another member
+    /// of the group, or a zombie of this one, got there first): the commit is refused so no
+    /// offset is archived twice; its writer must re-read from the manifest.
+    #[error(
+        "offsets {from_offset}..={through_offset} of {topic}/{partition} overlap what manifest          record {sequence} and earlier archived (through offset {archived_through}); this          commit is refused so no offset is archived twice"
+    )]
+    RangeArchived {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The commit's first offset of the partition.
+        from_offset: i64,
+        /// The commit's last offset of the partition.
+        through_offset: i64,
+        /// The offset the manifest archives the partition through.
+        archived_through: i64,
+        /// The newest record checked.
+        sequence: u64,
+    },
     /// Another writer kept committing manifest records faster than this one could.
     #[error(
         "could not commit after {attempts} attempts: other writers kept taking sequence numbers"

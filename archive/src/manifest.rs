@@ -67,6 +67,8 @@ pub struct RemovedFile {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaRange {
+    /// Topic.
+    pub topic: String,
     /// Partition number.
     pub partition: i32,
     /// First offset covered.
@@ -99,14 +101,14 @@ pub enum SourceMark {
         /// Last sequence number covered.
         through_seq: u64,
     },
-    /// A Kafka consumer group: these offset ranges of `topic` are in this commit.
+    /// A Kafka consumer group: these offset ranges are in this commit. A range of a
+    /// partition is archived by one record only: a commit whose ranges overlap an earlier
+    /// record's is refused ([`crate::ArchiveError::RangeArchived`]).
     Kafka {
         /// Consumer group.
         group: String,
-        /// Topic.
-        topic: String,
-        /// Offsets per partition.
-        partitions: Vec<KafkaRange>,
+        /// Offsets per topic and partition.
+        ranges: Vec<KafkaRange>,
     },
     /// Files read by `auditlake ingest`.
     Files {
@@ -358,8 +360,8 @@ mod tests {
             },
             SourceMark::Kafka {
                 group: "g".into(),
-                topic: "audit".into(),
-                partitions: vec![KafkaRange {
+                ranges: vec![KafkaRange {
+                    topic: "audit".into(),
                     partition: 0,
                     from_offset: 10,
                     through_offset: 99,

@@ -131,3 +131,74 @@ async fn the_head_is_found_past_a_stale_or_missing_pointer() {
         r#"{"sequence":6}"#
     );
 }
+
+fn kafka_commit(i: u64, ranges: &[(i32, i64, i64)]) -> CommitContents {
+    CommitContents {
+        source: Some(auditlake_archive::SourceMark::Kafka {
+            group: "g".into(),
+            ranges: ranges
+                .iter()
+                .map(
+                    |&(partition, from_offset, through_offset)| auditlake_archive::KafkaRange {
+                        topic: "audit".into(),
+                        partition,
+                        from_offset,
+                        through_offset,
+                    },
+                )
+                .collect(),
+        }),
+        ..one_file(i)
+    }
+}
+
+/// Two writers (two processes: each its own `Archive`) holding the same Kafka offsets: the
+/// second commit of an offset is refused, whichever writer makes it, and ranges after the
+/// archived ones go through.
+#[tokio::test]
+async fn an_offset_range_is_archived_by_one_record_only_across_writers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (archive_at(dir.path()), archive_at(dir.path()));
+    a.commit("a", &kafka_commit(1, &[(0, 0, 9), (1, 0, 4)]), None, false)
+        .await
+        .unwrap();
+    // b has never read the chain: it still sees a's record before writing its own.
+    let e = b
+        .commit("b", &kafka_commit(2, &[(1, 5, 7), (0, 5, 12)]), None, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            auditlake_archive::ArchiveError::RangeArchived {
+                partition: 0,
+                from_offset: 5,
+                archived_through: 9,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    b.commit(
+        "b",
+        &kafka_commit(3, &[(1, 5, 7), (0, 10, 12)]),
+        None,
+        false,
+    )
+    .await
+    .unwrap();
+    // And a, whose cache is behind, sees b's record too.
+    let e = a
+        .commit("a", &kafka_commit(4, &[(1, 7, 8)]), None, false)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("audit/1"), "{e}");
+    let p = a.kafka_progress().await.unwrap();
+    assert_eq!(p.through[&("audit".to_string(), 0)], 12);
+    assert_eq!(p.through[&("audit".to_string(), 1)], 7);
+    assert_eq!(
+        a.records().await.unwrap().len(),
+        2,
+        "refused commits leave no record"
+    );
+}

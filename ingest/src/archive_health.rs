@@ -20,7 +20,12 @@ pub struct ArchiveHealth {
     /// A log record older than this and not archived means archiving is stuck.
     stall_after: Duration,
     wal: Mutex<Option<Wal>>,
+    /// A source's own condition for readiness (a Kafka member must hold an assignment).
+    source: Mutex<Option<SourceProbe>>,
 }
+
+/// A source's readiness: `Err(why)` while it cannot archive.
+pub type SourceProbe = Box<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 impl ArchiveHealth {
     /// A server that is replaying its log; stuck once a record waits longer than `stall_after`.
@@ -31,12 +36,18 @@ impl ArchiveHealth {
             failing: Mutex::new(None),
             stall_after,
             wal: Mutex::new(None),
+            source: Mutex::new(None),
         }
     }
 
     /// Watches `wal` for records that wait too long.
     pub fn watch(&self, wal: Wal) {
         *lock(&self.wal) = Some(wal);
+    }
+
+    /// Adds the source's own readiness condition.
+    pub fn require(&self, probe: SourceProbe) {
+        *lock(&self.source) = Some(probe);
     }
 
     /// The log is replayed: requests are taken from now on.
@@ -85,6 +96,9 @@ impl ArchiveHealth {
                 "archiving is failing for {} s and is being retried; last error: {error}",
                 since.elapsed().as_secs()
             ));
+        }
+        if let Some(probe) = &*lock(&self.source) {
+            probe()?;
         }
         let oldest = lock(&self.wal)
             .as_ref()

@@ -489,6 +489,11 @@ impl Writing {
         metrics: &ServeMetrics,
         commits: &mpsc::Sender<CommitUnit>,
     ) -> Result<bool, ArchiverFailure> {
+        if commits.is_closed() {
+            // The committer gave up (at shutdown, or refused a commit whose Kafka offsets
+            // another member archived): what is held must be read again, not kept idle.
+            return Err(ArchiverFailure("the committer stopped".into()));
+        }
         let mut closing = false;
         match step {
             Step::Record(d) => {

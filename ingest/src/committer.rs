@@ -137,6 +137,8 @@ pub(crate) struct Committed {
     pub bytes: u64,
     /// Set when it gave up at shutdown with units not committed.
     pub abandoned: Option<String>,
+    /// The last unit was refused because another writer archived its Kafka offsets.
+    pub conflict: bool,
 }
 
 impl Committer {
@@ -148,10 +150,16 @@ impl Committer {
                 // Only at shutdown: the records stay in the log for the next start.
                 units.close();
                 let left = 1 + std::iter::from_fn(|| units.try_recv().ok()).count();
-                let message = format!(
-                    "gave up committing at shutdown ({left} commit(s) not done; their records stay \
-                     in the write-ahead log and are archived at the next start): {e}"
-                );
+                let message = if done.conflict {
+                    format!(
+                        "{left} commit(s) dropped, to be read again from the manifest's offsets: {e}"
+                    )
+                } else {
+                    format!(
+                        "gave up committing at shutdown ({left} commit(s) not done; their records \
+                         stay in the write-ahead log and are archived at the next start): {e}"
+                    )
+                };
                 tracing::error!("{message}");
                 done.abandoned = Some(message);
                 break;
@@ -181,6 +189,14 @@ impl Committer {
                 }
                 Err(e) => {
                     let chain = error_chain(&e);
+                    if let IngestError::Archive(ArchiveError::RangeArchived { .. }) = e {
+                        // Retrying cannot help: another member archived these offsets. The
+                        // archiver re-reads from the manifest instead.
+                        self.metrics.kafka.range_conflicts.inc();
+                        tracing::warn!(error = %chain, "commit refused: its Kafka offsets are archived already; re-reading from the manifest");
+                        done.conflict = true;
+                        return Err(chain);
+                    }
                     self.metrics.commit_failures.inc();
                     self.metrics.archiving_failing.set(1);
                     self.metrics.last_commit_error_time.set(unix_seconds());

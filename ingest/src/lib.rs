@@ -1,7 +1,8 @@
 //! Sources, batching and the Parquet evidence archive of auditlake.
 //!
-//! Sources: files (`file_source`, [`ingest`]) and the apiserver's audit webhook ([`serve`]:
-//! HTTPS -> fsynced write-ahead log -> archiver). Data flows `file_source` -> decoder (in `auditlake-schema`) -> [`PartitionedWriter`]
+//! Sources: files (`file_source`, [`ingest`]), the apiserver's audit webhook ([`serve`]:
+//! HTTPS -> fsynced write-ahead log -> archiver) and Kafka consumer groups
+//! ([`consume_kafka`]). Data flows `file_source` -> decoder (in `auditlake-schema`) -> [`PartitionedWriter`]
 //! (Parquet per `cluster=/date=/hour=`) -> [`Archive::commit`] (data files, quarantine,
 //! then a hash-chained manifest record written create-if-absent).
 
@@ -15,6 +16,7 @@ mod detection_thread;
 mod error;
 mod file_source;
 mod http_connections;
+mod kafka_member;
 mod observer;
 mod partitioned_writer;
 mod pipeline;
@@ -34,6 +36,7 @@ pub use auditlake_archive::{FinishedFile, cluster_name_error, partition_of};
 pub use bearer_tokens::{BearerTokens, MIN_TOKEN_CHARS};
 pub use error::IngestError;
 pub use file_source::{Input, InputReader};
+pub use kafka_member::{consume_kafka, kafka_source_options};
 pub use observer::{BatchObserver, ObserverCounter};
 pub use partitioned_writer::{ArrivalWindow, PartitionedWriter, WriterOptions};
 pub use pipeline::{IngestOptions, IngestSummary, ingest, new_writer_id};

@@ -15,6 +15,8 @@ pub enum KeyShape {
     Switch,
     /// A list: the flag repeated, or values separated by commas.
     List,
+    /// `key=value` pairs, the flag repeated (values may hold commas); a TOML table.
+    Pairs,
 }
 
 /// A type a key can have: parsed from its text form, shown as its default.
@@ -119,6 +121,29 @@ impl KeyValue for Vec<PathBuf> {
     }
 }
 
+impl KeyValue for std::collections::BTreeMap<String, String> {
+    const SHAPE: KeyShape = KeyShape::Pairs;
+    fn parse(values: &[String]) -> Result<Self, String> {
+        values
+            .iter()
+            .map(|v| match v.split_once('=') {
+                Some((k, val)) if !k.trim().is_empty() => {
+                    Ok((k.trim().to_string(), val.to_string()))
+                }
+                _ => Err(format!("{v:?} is not key=value")),
+            })
+            .collect()
+    }
+    fn show(&self) -> Option<String> {
+        (!self.is_empty()).then(|| {
+            self.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+    }
+}
+
 /// One key of [`ServeConfig`], for building flags and help.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeKey {
@@ -132,14 +157,21 @@ pub struct ServeKey {
 }
 
 impl ServeKey {
-    /// The command-line flag, without the leading `--`.
+    /// The command-line flag, without the leading `--`. The `[kafka]` table of librdkafka
+    /// properties is given one property at a time, as `--kafka-option key=value`.
     pub fn flag(&self) -> String {
-        self.name.replace('_', "-")
+        match self.name {
+            "kafka" => "kafka-option".into(),
+            name => name.replace('_', "-"),
+        }
     }
 
-    /// The environment variable.
+    /// The environment variable (the flag in capitals).
     pub fn env(&self) -> String {
-        format!("AUDITLAKE_{}", self.name.to_ascii_uppercase())
+        format!(
+            "AUDITLAKE_{}",
+            self.flag().replace('-', "_").to_ascii_uppercase()
+        )
     }
 }
 
@@ -270,6 +302,24 @@ serve_config! {
     /// Directory (or file) of RBAC manifests (a GitOps repo, `kubectl get -o yaml` output):
     /// RBAC objects created, changed or deleted away from it are reported as drift.
     rbac_baseline: Option<PathBuf> = None;
+    /// Kafka bootstrap brokers (`host:port,...`): `serve` then archives the topics of
+    /// `kafka_topic` as a member of consumer group `kafka_group` instead of serving the
+    /// webhook (the operations port stays).
+    kafka_brokers: String = String::new();
+    /// Topics to archive (repeat the flag, or separate with commas).
+    kafka_topic: Vec<String> = Vec::new();
+    /// Consumer group; members of one group share the partitions, and the archive (not the
+    /// group's committed offsets) says where each partition resumes.
+    kafka_group: String = "auditlake".into();
+    /// librdkafka properties, `key=value` (a `[kafka]` table in the config file): TLS,
+    /// SASL (`sasl.mechanism=SCRAM-SHA-512`, `PLAIN` for Event Hubs, `OAUTHBEARER`),
+    /// timeouts; see the README for examples.
+    kafka: std::collections::BTreeMap<String, String> = Default::default();
+    /// Message header naming a message's cluster; without it the topic's entry in
+    /// `kafka_topic_cluster`, then `cluster`. Empty: headers are not read.
+    kafka_cluster_header: String = "cluster".into();
+    /// Cluster of each topic, `topic=cluster` (a `[kafka_topic_cluster]` table).
+    kafka_topic_cluster: std::collections::BTreeMap<String, String> = Default::default();
 }
 
 #[cfg(test)]
@@ -292,6 +342,11 @@ mod tests {
                 }
                 _ => "x",
             };
+            let value = if k.shape == KeyShape::Pairs {
+                "a=b"
+            } else {
+                value
+            };
             c.set(k.name, &[value.to_string()]).unwrap();
         }
         assert_eq!(c.wal_max_bytes, 7);
@@ -305,5 +360,12 @@ mod tests {
         );
         assert_eq!(SERVE_KEYS[0].env(), "AUDITLAKE_LISTEN");
         assert_eq!(SERVE_KEYS[1].flag(), "tls-cert");
+        assert_eq!(c.kafka["a"], "b");
+        assert!(c.set("kafka", &["no-equals".into()]).is_err());
+        let kafka = SERVE_KEYS.iter().find(|k| k.name == "kafka").unwrap();
+        assert_eq!(
+            (kafka.flag().as_str(), kafka.env().as_str()),
+            ("kafka-option", "AUDITLAKE_KAFKA_OPTION")
+        );
     }
 }

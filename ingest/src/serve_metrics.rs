@@ -28,6 +28,8 @@ pub struct ServeMetrics {
     /// The named events of the archiving path (quarantine and events by source, the
     /// detectors' queue and failures, the detectors' own counters).
     pub telemetry: crate::telemetry::Telemetry,
+    /// The Kafka source's counters and per-partition gauges.
+    pub kafka: Arc<crate::sources::kafka::KafkaMetrics>,
     /// Webhook answers by status code.
     pub http_responses: Family<StatusLabel, Counter>,
     /// Request bodies accepted (written to the WAL).
@@ -91,6 +93,7 @@ impl ServeMetrics {
         let latency = || Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
         let m = Self {
             telemetry: crate::telemetry::Telemetry::default(),
+            kafka: Arc::default(),
             http_responses: Family::default(),
             batches: Counter::default(),
             bytes_in: Counter::default(),
@@ -120,6 +123,7 @@ impl ServeMetrics {
         };
         let mut registry = Registry::with_prefix("auditlake");
         m.telemetry.register(&mut registry);
+        m.kafka.register(&mut registry);
         registry.register(
             "webhook_http_responses",
             "Webhook answers by HTTP status code",

