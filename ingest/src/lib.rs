@@ -16,7 +16,9 @@ mod detection_thread;
 mod error;
 mod file_source;
 mod http_connections;
+#[cfg(feature = "kafka")]
 mod kafka_member;
+mod kafka_metrics;
 mod observer;
 mod partitioned_writer;
 mod pipeline;
@@ -36,6 +38,7 @@ pub use auditlake_archive::{FinishedFile, cluster_name_error, partition_of};
 pub use bearer_tokens::{BearerTokens, MIN_TOKEN_CHARS};
 pub use error::IngestError;
 pub use file_source::{Input, InputReader};
+#[cfg(feature = "kafka")]
 pub use kafka_member::{consume_kafka, kafka_source_options};
 pub use observer::{BatchObserver, ObserverCounter};
 pub use partitioned_writer::{ArrivalWindow, PartitionedWriter, WriterOptions};

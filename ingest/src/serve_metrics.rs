@@ -29,7 +29,7 @@ pub struct ServeMetrics {
     /// detectors' queue and failures, the detectors' own counters).
     pub telemetry: crate::telemetry::Telemetry,
     /// The Kafka source's counters and per-partition gauges.
-    pub kafka: Arc<crate::sources::kafka::KafkaMetrics>,
+    pub kafka: Arc<crate::kafka_metrics::KafkaMetrics>,
     /// Webhook answers by status code.
     pub http_responses: Family<StatusLabel, Counter>,
     /// Request bodies accepted (written to the WAL).

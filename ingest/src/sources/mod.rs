@@ -17,6 +17,7 @@
 //!   its log, Kafka stores its offsets, files do nothing.
 
 pub mod file;
+#[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod webhook;
 
