@@ -75,6 +75,7 @@ pub async fn run(archive: Archive, archive_arg: &str, args: DemoArgs) -> Result<
             findings: &[findings_file.display().to_string()],
             fold_window_seconds: 300,
             rbac_baseline: None,
+            kafka_properties: None,
         },
         &archive,
         &auditlake_ingest::new_writer_id(),

@@ -111,6 +111,8 @@ pub struct DetectionSettings<'a> {
     pub fold_window_seconds: u64,
     /// Directory (or file) of RBAC manifests drift is reported against.
     pub rbac_baseline: Option<&'a Path>,
+    /// librdkafka properties (TLS, SASL) of `kafka://` findings targets.
+    pub kafka_properties: Option<&'a std::collections::BTreeMap<String, String>>,
 }
 
 /// Loads the built-in pack plus the rule files, compiles it, loads the RBAC baseline,
@@ -131,11 +133,16 @@ pub async fn detection(
         }
         return Ok(None);
     }
-    let targets: Vec<SinkTarget> = findings
+    let mut targets: Vec<SinkTarget> = findings
         .iter()
         .map(|f| f.parse().map_err(anyhow::Error::msg))
         .collect::<Result<_>>()
         .context("--findings")?;
+    for t in &mut targets {
+        if let (SinkTarget::Kafka { properties, .. }, Some(p)) = (t, settings.kafka_properties) {
+            properties.clone_from(p);
+        }
+    }
     let set = RuleSet::load(settings.rules).context("loading rules")?;
     let baseline = match settings.rbac_baseline {
         Some(dir) => {

@@ -134,7 +134,7 @@ struct IngestArgs {
     #[arg(long, env = "AUDITLAKE_RULES", value_delimiter = ',')]
     rules: Vec<PathBuf>,
 
-    /// Where findings go: stdout, a file path, an http(s):// URL (repeatable); `none` turns
+    /// Where findings go: stdout, a file path, an http(s):// URL, kafka://host:port/topic (repeatable); `none` turns
     /// detection off.
     #[arg(
         long,
@@ -265,17 +265,24 @@ async fn run_serve(archive_arg: &str, args: serve_cmd::ServeArgs) -> Result<()> 
     }
     check_cluster(&config.cluster)?;
     let archive = open_archive(archive_arg)?;
-    let observer = detect::detection(
-        &detect::DetectionSettings {
-            rules: &config.rules,
-            findings: &config.findings,
-            fold_window_seconds: config.findings_fold_window_seconds,
-            rbac_baseline: config.rbac_baseline.as_deref(),
-        },
-        &archive,
-        &auditlake_ingest::new_writer_id(),
-    )
-    .await?;
+    // A receiver whose durable log is Kafka archives nothing: the members detect.
+    let stateless = config.durable_log.starts_with("kafka://");
+    let observer = if stateless {
+        None
+    } else {
+        detect::detection(
+            &detect::DetectionSettings {
+                rules: &config.rules,
+                findings: &config.findings,
+                fold_window_seconds: config.findings_fold_window_seconds,
+                rbac_baseline: config.rbac_baseline.as_deref(),
+                kafka_properties: Some(&config.kafka),
+            },
+            &archive,
+            &auditlake_ingest::new_writer_id(),
+        )
+        .await?
+    };
     if let Some(source) = auditlake_ingest::kafka_source_options(&config) {
         let topics = source.topics.join(",");
         let summary = auditlake_ingest::consume_kafka(
@@ -361,6 +368,7 @@ async fn run_ingest(archive: &str, args: IngestArgs) -> Result<()> {
             findings: &args.findings,
             fold_window_seconds: args.findings_fold_window_seconds,
             rbac_baseline: args.rbac_baseline.as_deref(),
+            kafka_properties: None,
         },
         &archive,
         &options.writer_id,

@@ -1,5 +1,6 @@
 //! Where findings go: stdout (NDJSON), a file (NDJSON, appended), an HTTP endpoint (one JSON
-//! object per POST, retried with backoff).
+//! object per POST, retried with backoff), a Kafka topic (one JSON message per finding,
+//! keyed by rule and principal, idempotent producer retrying until its delivery timeout).
 //!
 //! Each target has its own bounded queue and its own delivery worker, so a slow or stuck
 //! target never holds the detectors (and, behind them, archiving) nor the other targets:
@@ -28,6 +29,15 @@ pub enum SinkTarget {
     File(PathBuf),
     /// `POST` of each finding as JSON.
     Http(String),
+    /// One message per finding on a Kafka topic, keyed `<rule_id>|<principal>`.
+    Kafka {
+        /// Bootstrap brokers.
+        brokers: String,
+        /// Topic.
+        topic: String,
+        /// librdkafka properties (TLS, SASL), as for the Kafka source.
+        properties: std::collections::BTreeMap<String, String>,
+    },
 }
 
 impl SinkTarget {
@@ -37,6 +47,7 @@ impl SinkTarget {
             Self::Stdout => "stdout",
             Self::File(_) => "file",
             Self::Http(_) => "http",
+            Self::Kafka { .. } => "kafka",
         }
     }
 }
@@ -44,7 +55,8 @@ impl SinkTarget {
 impl FromStr for SinkTarget {
     type Err = String;
 
-    /// `stdout` (or `-`), an `http://`/`https://` URL, or a file path (`file:` prefix optional).
+    /// `stdout` (or `-`), an `http://`/`https://` URL, `kafka://host:port[,host:port]/topic`,
+    /// or a file path (`file:` prefix optional).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
         if s.is_empty() {
@@ -53,6 +65,22 @@ impl FromStr for SinkTarget {
         Ok(match s {
             "stdout" | "-" => Self::Stdout,
             _ if s.starts_with("http://") || s.starts_with("https://") => Self::Http(s.into()),
+            _ if s.starts_with("kafka://") => match s["kafka://".len()..].split_once('/') {
+                Some((brokers, topic))
+                    if !brokers.is_empty() && !topic.is_empty() && !topic.contains('/') =>
+                {
+                    Self::Kafka {
+                        brokers: brokers.into(),
+                        topic: topic.into(),
+                        properties: Default::default(),
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "{s:?}: expected kafka://host:port[,host:port]/topic"
+                    ));
+                }
+            },
             _ => Self::File(PathBuf::from(s.strip_prefix("file:").unwrap_or(s))),
         })
     }
@@ -112,6 +140,9 @@ pub enum SinkError {
     /// The HTTP client or its runtime could not be built.
     #[error("findings HTTP client: {0}")]
     Http(String),
+    /// The Kafka producer could not be built.
+    #[error("findings Kafka producer: {0}")]
+    Kafka(String),
 }
 
 /// Findings queued per target at most (~1 KB each). Room for a whole detector batch's
@@ -188,7 +219,30 @@ impl FindingSinks {
                         .map_err(|e| SinkError::Http(e.to_string()))?;
                     let url = url.clone();
                     spawn("http", move || {
-                        runtime.block_on(post_all(rx, client, url, c));
+                        runtime.block_on(deliver_all(rx, c, move |json| {
+                            let (client, url) = (client.clone(), url.clone());
+                            async move { post(&client, &url, &json).await }
+                        }));
+                    })
+                }
+                SinkTarget::Kafka {
+                    brokers,
+                    topic,
+                    properties,
+                } => {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| SinkError::Kafka(e.to_string()))?;
+                    let producer = kafka_producer(brokers, properties)?;
+                    let topic: Arc<str> = topic.as_str().into();
+                    spawn("kafka", move || {
+                        // The producer's client lives on this runtime's thread.
+                        let _g = runtime.enter();
+                        runtime.block_on(deliver_all(rx, c, move |json| {
+                            let (producer, topic) = (producer.clone(), topic.clone());
+                            async move { produce(&producer, &topic, &json).await }
+                        }));
                     })
                 }
             }?;
@@ -366,14 +420,13 @@ impl Queue {
     }
 }
 
-/// Posts findings from `rx`, up to [`HTTP_CONCURRENCY`] at once, until the queue closes and
-/// every post in flight ends.
-async fn post_all(
-    mut rx: Queue,
-    client: reqwest::Client,
-    url: String,
-    counters: Arc<SinkCounters>,
-) {
+/// Delivers findings from `rx` with `deliver` (true: delivered), up to
+/// [`HTTP_CONCURRENCY`] at once, until the queue closes and every delivery in flight ends.
+async fn deliver_all<F, Fut>(mut rx: Queue, counters: Arc<SinkCounters>, deliver: F)
+where
+    F: Fn(Arc<str>) -> Fut,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
     let slots = Arc::new(tokio::sync::Semaphore::new(HTTP_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
     'queue: while let Some(batch) = rx.rx.recv().await {
@@ -382,12 +435,13 @@ async fn post_all(
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 break 'queue;
             };
-            // A finding stays counted in the queue until its post starts.
+            // A finding stays counted in the queue until its delivery starts.
             rx.taken(1);
-            let (client, url, counters) = (client.clone(), url.clone(), counters.clone());
+            let counters = counters.clone();
+            let delivery = deliver(json);
             tasks.spawn(async move {
                 let _slot = slot;
-                if !post(&client, &url, &json).await {
+                if !delivery.await {
                     counters.failed.fetch_add(1, Ordering::Relaxed);
                 }
             });
@@ -395,6 +449,63 @@ async fn post_all(
         }
     }
     while tasks.join_next().await.is_some() {}
+}
+
+/// How long librdkafka keeps retrying one finding before it counts as failed.
+const KAFKA_DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn kafka_producer(
+    brokers: &str,
+    properties: &std::collections::BTreeMap<String, String>,
+) -> Result<rdkafka::producer::FutureProducer, SinkError> {
+    let mut c = rdkafka::ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("client.id", "auditlake-findings")
+        .set("linger.ms", "20")
+        .set(
+            "delivery.timeout.ms",
+            KAFKA_DELIVERY_TIMEOUT.as_millis().to_string(),
+        );
+    for (k, v) in properties {
+        c.set(k, v);
+    }
+    c.set("enable.idempotence", "true").set("acks", "all");
+    c.create()
+        .map_err(|e| SinkError::Kafka(format!("{brokers}: {e}")))
+}
+
+/// The message key of a finding: `<rule_id>|<principal>`, so one rule's findings about one
+/// principal stay in order on one partition.
+fn finding_key(json: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct Key {
+        rule_id: String,
+        principal: Option<String>,
+    }
+    match serde_json::from_str::<Key>(json) {
+        Ok(k) => format!("{}|{}", k.rule_id, k.principal.unwrap_or_default()),
+        Err(_) => String::new(),
+    }
+}
+
+async fn produce(producer: &rdkafka::producer::FutureProducer, topic: &str, json: &str) -> bool {
+    let key = finding_key(json);
+    let record = rdkafka::producer::FutureRecord::to(topic)
+        .payload(json)
+        .key(&key);
+    match producer
+        .send(
+            record,
+            rdkafka::util::Timeout::After(KAFKA_DELIVERY_TIMEOUT),
+        )
+        .await
+    {
+        Ok(_) => true,
+        Err((e, _)) => {
+            tracing::error!(topic, error = %e, "a finding could not be delivered to Kafka");
+            false
+        }
+    }
 }
 
 async fn post(client: &reqwest::Client, url: &str, json: &str) -> bool {
@@ -448,6 +559,63 @@ mod tests {
             Ok(SinkTarget::File("/var/log/f.ndjson".into()))
         );
         assert!("".parse::<SinkTarget>().is_err());
+        assert_eq!(
+            "kafka://b1:9092,b2:9092/k8s-findings".parse(),
+            Ok(SinkTarget::Kafka {
+                brokers: "b1:9092,b2:9092".into(),
+                topic: "k8s-findings".into(),
+                properties: Default::default()
+            })
+        );
+        assert!("kafka://b1:9092".parse::<SinkTarget>().is_err());
+    }
+
+    /// Findings reach a Kafka topic (librdkafka's mock cluster), one message each, keyed by
+    /// rule and principal.
+    #[test]
+    fn findings_reach_a_kafka_topic_keyed_by_rule_and_principal() {
+        use rdkafka::Message;
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("findings", 2, 1).unwrap();
+        let brokers = mock.bootstrap_servers();
+        let mut sinks = FindingSinks::start(&[SinkTarget::Kafka {
+            brokers: brokers.clone(),
+            topic: "findings".into(),
+            properties: Default::default(),
+        }])
+        .unwrap();
+        let mut other = finding();
+        other.principal = Some("eve".into());
+        sinks.send_all(vec![finding(), other, finding()]);
+        let stats = sinks.close();
+        assert_eq!((stats.findings, stats.failed, stats.dropped), (3, 0, 0));
+
+        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "t")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["findings"]).unwrap();
+        let mut got = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while got.len() < 3 && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+                let key = String::from_utf8(m.key().unwrap().to_vec()).unwrap();
+                let v: serde_json::Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                got.push((key, v["principal"].as_str().unwrap().to_string()));
+            }
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("K8S-RBAC-001|eve".to_string(), "eve".to_string()),
+                ("K8S-RBAC-001|mallory".into(), "mallory".into()),
+                ("K8S-RBAC-001|mallory".into(), "mallory".into()),
+            ]
+        );
     }
 
     /// Reads one HTTP/1.1 request from `stream`, answers `status` and returns the body.

@@ -40,7 +40,7 @@ use crate::serve_metrics::ServeMetrics;
 use crate::sources::webhook::{LogTrimmer, WebhookSource};
 use crate::tls::TlsError;
 use crate::wal::{self, Wal, WalError, WalOptions};
-use crate::webhook::{self, ConnectionLimits, WebhookSettings, WebhookState};
+use crate::webhook::{self, ConnectionLimits, DurableLog, WebhookSettings, WebhookState};
 use auditlake_archive::Archive;
 
 pub use crate::serve_config::ServeConfig;
@@ -428,63 +428,30 @@ pub async fn serve(
         metrics.clone(),
     ));
 
-    // Off the start-up path: readiness must not wait for a look through the archive.
-    tokio::spawn({
-        let archive = archive.clone();
-        async move { crate::pipeline::clean_orphans(&archive).await }
-    });
-    // The log belongs to this archive; recover it.
-    wal::bind_archive(
-        &config.wal_dir,
-        archive.location().url.as_str(),
-        config.wal_retarget,
-    )?;
-    let span = tracing::info_span!("recover", wal_dir = %config.wal_dir.display());
-    let recovered = {
-        let _g = span.enter();
-        wal::recover(&config.wal_dir, |_| {})?
-    };
-    metrics.wal_cut_regions.inc_by(recovered.cut.len() as u64);
-    let durable_at_start = recovered.next_seq - 1;
-    tracing::info!(wal_id = %recovered.wal_id, records = recovered.records, torn_bytes = recovered.torn_bytes,
-        damaged_regions = recovered.cut.iter().filter(|c| !c.torn_tail).count(), "write-ahead log recovered");
-    let wal_id = recovered.wal_id.clone();
-    let on_fsync: wal::FsyncObserver = {
-        let m = metrics.clone();
-        Arc::new(move |n, d| m.fsynced(n, d))
-    };
-    let (wal, wal_thread) = Wal::start(
-        recovered,
-        WalOptions {
-            dir: config.wal_dir.clone(),
-            segment_bytes: config.wal_segment_bytes,
-        },
-        on_fsync,
-    )?;
-    metrics.watch_wal(wal.clone());
-    health.watch(wal.clone());
-
-    let kit = ArchiverKit {
-        detection: observer
-            .map(|o| DetectionThread::start(o, metrics.clone()))
-            .transpose()?,
-        attempts: Some(RecordAttempts::open(&config.wal_dir)?),
-    };
-    let (give_up_tx, give_up_at) = watch::channel(None);
-    let mut supervisor = tokio::spawn(
-        Supervisor {
-            archive: archive.clone(),
-            wal: wal.clone(),
-            wal_id,
-            config: config.clone(),
-            metrics: metrics.clone(),
-            health: health.clone(),
-            give_up_at,
-            digest_key: process_key(),
+    let (log, mut wal_side) = match durable_log(&config)? {
+        LogChoice::Wal => {
+            let side = start_wal_side(&archive, &config, observer, &metrics, &health)?;
+            (DurableLog::Wal(side.wal.clone()), Some(side))
         }
-        .run(kit, durable_at_start),
-    );
-
+        #[cfg(feature = "kafka")]
+        LogChoice::Kafka(target) => {
+            // Stateless: nothing to replay, nothing archived here.
+            health.set_replayed();
+            if observer.is_some() {
+                tracing::info!(
+                    "detection runs in the members archiving the topic, not in a receiver with a Kafka durable log"
+                );
+            }
+            tracing::info!(brokers = %target.brokers, topic = %target.topic, "durable log: Kafka (a 200 means Kafka acknowledged the body)");
+            let log = crate::kafka_log::KafkaLog::new(
+                &target,
+                &config.kafka,
+                Duration::from_secs(config.request_timeout_seconds),
+            )
+            .map_err(ServeError::Config)?;
+            (DurableLog::Kafka(log), None)
+        }
+    };
     let state = WebhookState {
         settings: Arc::new(WebhookSettings {
             default_cluster: config.cluster.clone(),
@@ -494,7 +461,7 @@ pub async fn serve(
         }),
         credentials: credentials.clone(),
         body_budget: webhook::BodyBudget::new(config.max_inflight_body_bytes),
-        wal: wal.clone(),
+        log: log.clone(),
         metrics: metrics.clone(),
         health: health.clone(),
     };
@@ -520,40 +487,31 @@ pub async fn serve(
         metrics.clone(),
     ));
 
-    let failed = tokio::select! {
-        () = shutdown => None,
-        r = &mut supervisor => Some(r),
+    let failed = match wal_side.as_mut() {
+        Some(side) => tokio::select! {
+            () = shutdown => None,
+            r = &mut side.supervisor => Some(r),
+        },
+        None => {
+            shutdown.await;
+            None
+        }
     };
     health.set_stopping();
     reload.abort();
     let _ = stop_tx.send(true);
     let _ = server.await;
-    wal.close();
-    let result = match failed {
-        Some(r) => {
-            let e = match r {
-                Ok(Ok(_)) => ServeError::Pipeline("archiving ended unexpectedly".into()),
-                Ok(Err(e)) => e,
-                Err(e) => ServeError::Pipeline(format!("the supervisor failed: {e}")),
-            };
-            tracing::error!(error = %error_chain(&e), "archiving cannot go on; stopping with an error so the process is restarted");
-            Err(e)
-        }
+    let result = match wal_side {
+        Some(side) => side.stop(failed, config.shutdown_timeout_seconds).await,
         None => {
-            tracing::info!(
-                "shutting down: no new requests; draining, then committing what was accepted"
-            );
-            let deadline =
-                tokio::time::Instant::now() + Duration::from_secs(config.shutdown_timeout_seconds);
-            let _ = give_up_tx.send(Some(deadline));
-            match supervisor.await {
-                Ok(r) => r,
-                Err(e) => Err(ServeError::Pipeline(format!("the supervisor failed: {e}"))),
+            #[cfg(feature = "kafka")]
+            if let DurableLog::Kafka(k) = &log {
+                k.flush(Duration::from_secs(config.shutdown_timeout_seconds));
             }
+            Ok(ServeSummary::default())
         }
     };
-    drop(wal);
-    let _ = tokio::task::spawn_blocking(move || wal_thread.join()).await;
+    drop(log);
     let _ = ops_stop_tx.send(true);
     let _ = ops.await;
     let summary = result?;
@@ -563,4 +521,147 @@ pub async fn serve(
         "stopped"
     );
     Ok(summary)
+}
+
+/// Where `durable_log` says accepted bodies go.
+enum LogChoice {
+    Wal,
+    #[cfg(feature = "kafka")]
+    Kafka(crate::kafka_log::KafkaTarget),
+}
+
+fn durable_log(config: &ServeConfig) -> Result<LogChoice, ServeError> {
+    if config.durable_log == "wal" {
+        return Ok(LogChoice::Wal);
+    }
+    #[cfg(feature = "kafka")]
+    if let Some(target) = crate::kafka_log::KafkaTarget::parse(&config.durable_log) {
+        return target
+            .map(LogChoice::Kafka)
+            .map_err(|e| ServeError::Config(format!("--durable-log {e}")));
+    }
+    Err(ServeError::Config(format!(
+        "--durable-log {:?}: expected wal or kafka://host:port/topic",
+        config.durable_log
+    )))
+}
+
+/// The local write-ahead log and the archiving behind it.
+struct WalSide {
+    wal: Wal,
+    wal_thread: std::thread::JoinHandle<()>,
+    supervisor: tokio::task::JoinHandle<Result<ServeSummary, ServeError>>,
+    give_up_tx: watch::Sender<Option<tokio::time::Instant>>,
+}
+
+/// Recovers the log and starts the supervised archiver over it.
+fn start_wal_side(
+    archive: &Archive,
+    config: &ServeConfig,
+    observer: Option<Box<dyn BatchObserver>>,
+    metrics: &Arc<ServeMetrics>,
+    health: &Arc<ArchiveHealth>,
+) -> Result<WalSide, ServeError> {
+    // Off the start-up path: readiness must not wait for a look through the archive.
+    tokio::spawn({
+        let archive = archive.clone();
+        async move { crate::pipeline::clean_orphans(&archive).await }
+    });
+    // The log belongs to this archive; recover it.
+    wal::bind_archive(
+        &config.wal_dir,
+        archive.location().url.as_str(),
+        config.wal_retarget,
+    )?;
+    let span = tracing::info_span!("recover", wal_dir = %config.wal_dir.display());
+    let recovered = {
+        let _g = span.enter();
+        wal::recover(&config.wal_dir, |_| {})?
+    };
+    metrics.wal_cut_regions.inc_by(recovered.cut.len() as u64);
+    let durable_at_start = recovered.next_seq - 1;
+    tracing::info!(wal_id = %recovered.wal_id, records = recovered.records, torn_bytes = recovered.torn_bytes,
+            damaged_regions = recovered.cut.iter().filter(|c| !c.torn_tail).count(), "write-ahead log recovered");
+    let wal_id = recovered.wal_id.clone();
+    let on_fsync: wal::FsyncObserver = {
+        let m = metrics.clone();
+        Arc::new(move |n, d| m.fsynced(n, d))
+    };
+    let (wal, wal_thread) = Wal::start(
+        recovered,
+        WalOptions {
+            dir: config.wal_dir.clone(),
+            segment_bytes: config.wal_segment_bytes,
+        },
+        on_fsync,
+    )?;
+    metrics.watch_wal(wal.clone());
+    health.watch(wal.clone());
+
+    let kit = ArchiverKit {
+        detection: observer
+            .map(|o| DetectionThread::start(o, metrics.clone()))
+            .transpose()?,
+        attempts: Some(RecordAttempts::open(&config.wal_dir)?),
+    };
+    let (give_up_tx, give_up_at) = watch::channel(None);
+    let supervisor = tokio::spawn(
+        Supervisor {
+            archive: archive.clone(),
+            wal: wal.clone(),
+            wal_id,
+            config: config.clone(),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            give_up_at,
+            digest_key: process_key(),
+        }
+        .run(kit, durable_at_start),
+    );
+
+    Ok(WalSide {
+        wal,
+        wal_thread,
+        supervisor,
+        give_up_tx,
+    })
+}
+
+impl WalSide {
+    /// After the webhook stopped: lets the archiver commit what was accepted (within
+    /// `shutdown_timeout_seconds`), or reports why archiving failed.
+    async fn stop(
+        self,
+        failed: Option<Result<Result<ServeSummary, ServeError>, tokio::task::JoinError>>,
+        shutdown_timeout_seconds: u64,
+    ) -> Result<ServeSummary, ServeError> {
+        self.wal.close();
+        let result = match failed {
+            Some(r) => {
+                let e = match r {
+                    Ok(Ok(_)) => ServeError::Pipeline("archiving ended unexpectedly".into()),
+                    Ok(Err(e)) => e,
+                    Err(e) => ServeError::Pipeline(format!("the supervisor failed: {e}")),
+                };
+                tracing::error!(error = %error_chain(&e), "archiving cannot go on; stopping with an error so the process is restarted");
+                Err(e)
+            }
+            None => {
+                tracing::info!(
+                    "shutting down: no new requests; draining, then committing what was accepted"
+                );
+                let deadline =
+                    tokio::time::Instant::now() + Duration::from_secs(shutdown_timeout_seconds);
+                let _ = self.give_up_tx.send(Some(deadline));
+                match self.supervisor.await {
+                    Ok(r) => r,
+                    Err(e) => Err(ServeError::Pipeline(format!("the supervisor failed: {e}"))),
+                }
+            }
+        };
+        drop(self.wal);
+        let thread = self.wal_thread;
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        result
+    }
 }

@@ -256,6 +256,11 @@ serve_config! {
     cluster_from_client_cert: bool = false;
     /// Address of /healthz, /readyz and /metrics (plain HTTP, no credentials).
     ops_listen: String = "127.0.0.1:9464".into();
+    /// Where an accepted body is made durable before the 200: `wal` (the local write-ahead
+    /// log in `wal_dir`, archived by this server) or `kafka://host:port[,host:port]/topic`
+    /// (answered once Kafka acknowledged it, acks=all; members running with
+    /// `kafka_brokers` archive the topic, so receivers keep no state).
+    durable_log: String = "wal".into();
     /// Write-ahead log directory on local disk; keep it across restarts. It records the
     /// archive it feeds and refuses to replay into another.
     wal_dir: PathBuf = PathBuf::from("auditlake-wal");
@@ -292,7 +297,8 @@ serve_config! {
     shutdown_timeout_seconds: u64 = 25;
     /// Rule files or directories (YAML) added to the built-in pack; same id replaces.
     rules: Vec<PathBuf> = Vec::new();
-    /// Where findings go: stdout, a file path, an http(s):// URL; `none` turns detection
+    /// Where findings go: stdout, a file path, an http(s):// URL, kafka://host:port/topic
+    /// (keyed by rule and principal); `none` turns detection
     /// off.
     findings: Vec<String> = vec!["stdout".into()];
     /// Repeats of a finding (same rule, principal and object; a rule with `fold_by:

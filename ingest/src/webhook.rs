@@ -83,12 +83,22 @@ pub struct WebhookState {
     pub credentials: Credentials,
     /// Memory for request bodies.
     pub body_budget: BodyBudget,
-    /// The log bodies are appended to.
-    pub wal: Wal,
+    /// The log bodies are made durable in before the 200.
+    pub log: DurableLog,
     /// Metrics.
     pub metrics: Arc<ServeMetrics>,
     /// Whether requests are taken (replayed, not stopping).
     pub health: Arc<ArchiveHealth>,
+}
+
+/// Where an accepted body is made durable before the 200.
+#[derive(Clone)]
+pub enum DurableLog {
+    /// The local write-ahead log, archived by this server.
+    Wal(Wal),
+    /// A Kafka topic, archived by consumer-group members (stateless receivers).
+    #[cfg(feature = "kafka")]
+    Kafka(crate::kafka_log::KafkaLog),
 }
 
 fn answer(status: StatusCode, retry_after: Option<u64>, message: impl Into<String>) -> Response {
@@ -230,6 +240,11 @@ fn resolve_cluster(
     Ok(cluster)
 }
 
+// Without the `kafka` feature the write-ahead log is the only durable log.
+#[cfg_attr(
+    not(feature = "kafka"),
+    allow(irrefutable_let_patterns, clippy::infallible_destructuring_match)
+)]
 async fn accept(
     state: &WebhookState,
     peer: Peer,
@@ -272,22 +287,20 @@ async fn accept(
             );
         }
     }
-    let wal_bytes = state
-        .wal
-        .stats()
-        .bytes
-        .load(std::sync::atomic::Ordering::Relaxed);
-    if wal_bytes >= settings.wal_max_bytes {
-        tracing::warn!(
-            wal_bytes,
-            limit = settings.wal_max_bytes,
-            "write-ahead log full: answering 429"
-        );
-        return answer(
-            StatusCode::TOO_MANY_REQUESTS,
-            Some(10),
-            "the write-ahead log is full: the archive is behind",
-        );
+    if let DurableLog::Wal(wal) = &state.log {
+        let wal_bytes = wal.stats().bytes.load(std::sync::atomic::Ordering::Relaxed);
+        if wal_bytes >= settings.wal_max_bytes {
+            tracing::warn!(
+                wal_bytes,
+                limit = settings.wal_max_bytes,
+                "write-ahead log full: answering 429"
+            );
+            return answer(
+                StatusCode::TOO_MANY_REQUESTS,
+                Some(10),
+                "the write-ahead log is full: the archive is behind",
+            );
+        }
     }
     let limit = settings.max_body_bytes;
     let declared = headers
@@ -329,7 +342,28 @@ async fn accept(
     }
     let len = body.len();
     let received = crate::pipeline::now_micros();
-    match state.wal.append(cluster, identity, received, body).await {
+    let wal = match &state.log {
+        DurableLog::Wal(wal) => wal,
+        #[cfg(feature = "kafka")]
+        DurableLog::Kafka(kafka) => {
+            return match kafka.append(&cluster, &identity, &body).await {
+                Ok(place) => {
+                    state.metrics.batches.inc();
+                    state.metrics.bytes_in.inc_by(len as u64);
+                    answer(StatusCode::OK, None, format!("stored in Kafka at {place}"))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Kafka did not acknowledge a request body: answering 503");
+                    answer(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        Some(10),
+                        "cannot store the body right now",
+                    )
+                }
+            };
+        }
+    };
+    match wal.append(cluster, identity, received, body).await {
         Ok(seq) => {
             state.metrics.batches.inc();
             state.metrics.bytes_in.inc_by(len as u64);

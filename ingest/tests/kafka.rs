@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use auditlake_ingest::sources::kafka::KafkaSourceOptions;
 use auditlake_ingest::{
-    Archive, ArchiveLocation, ServeConfig, ServeError, ServeSummary, consume_kafka,
+    Archive, ArchiveLocation, ServeConfig, ServeError, ServeSummary, consume_kafka, serve,
 };
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -429,4 +429,82 @@ async fn a_rebalance_while_commits_are_in_flight_archives_every_event_once_on_an
     let topic = unique_topic("rebalance");
     create_topic(&brokers, &topic, 3).await;
     rebalances_while_committing(&brokers, &topic).await;
+}
+
+/// Stateless receivers: the webhook answers 200 once Kafka acknowledged the body; a member
+/// archives the topic with the cluster the request named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_with_a_kafka_durable_log_answers_after_kafka_and_a_member_archives_it() {
+    let mock = MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("webhook", 3, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let receiver_dir = tempfile::tempdir().unwrap();
+    let config = ServeConfig {
+        listen: "127.0.0.1:0".into(),
+        ops_listen: "127.0.0.1:0".into(),
+        insecure_plain_http: true,
+        allow_unauthenticated: true,
+        durable_log: format!("kafka://{brokers}/webhook"),
+        wal_dir: receiver_dir.path().join("unused-wal"),
+        ..ServeConfig::default()
+    };
+    let receiver_archive = Archive::open(
+        ArchiveLocation::parse(receiver_dir.path().join("a").to_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = oneshot::channel();
+    let receiver = tokio::spawn(async move {
+        serve(
+            receiver_archive,
+            config,
+            None,
+            async {
+                let _ = stopped.await;
+            },
+            Some(bound_tx),
+        )
+        .await
+    });
+    let bound = bound_rx.await.unwrap();
+    let client = reqwest::Client::new();
+    let mut produced = Vec::new();
+    for batch in 0..12u64 {
+        let events = generated(500 + batch, 25);
+        let r = client
+            .post(format!("http://{}/audit/webhook/prod-us", bound.webhook))
+            .header("content-type", "application/json")
+            .body(event_list(&events))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(r.text().await.unwrap().contains("stored in Kafka at"));
+        produced.extend(events.iter().map(|e| {
+            (
+                e["auditID"].as_str().unwrap().to_string(),
+                e["stage"].as_str().unwrap().to_string(),
+            )
+        }));
+    }
+    let _ = stop.send(());
+    receiver.await.unwrap().unwrap();
+    assert!(
+        !receiver_dir.path().join("unused-wal").exists(),
+        "a receiver with a Kafka durable log keeps no write-ahead log"
+    );
+
+    let m = Member::start(dir.path(), &brokers, "webhook", "archivers").await;
+    wait_rows(dir.path(), produced.len(), 60).await;
+    m.stop().await;
+    assert_exactly_once(dir.path(), &produced);
+    let clusters: std::collections::BTreeSet<String> = event_paths(dir.path())
+        .iter()
+        .map(|p| p.split('/').nth(1).unwrap().to_string())
+        .collect();
+    assert_eq!(
+        clusters.into_iter().collect::<Vec<_>>(),
+        ["cluster=prod-us"]
+    );
 }
