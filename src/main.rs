@@ -71,6 +71,9 @@ enum Command {
     Demo(demo_cmd::DemoArgs),
     /// Write deterministic, realistic generated audit events as NDJSON (for tests and benchmarks).
     Generate(GenerateArgs),
+    /// Send audit log files to a Kafka topic, one NDJSON line per message as a shipper would
+    /// (backfill); returns once Kafka acknowledged every message.
+    Produce(ProduceArgs),
     /// The detection rules: list them, run the labelled scenarios, backtest one over the archive.
     Rules(rules_cmd::RulesArgs),
     /// The archived findings (table `findings`), newest first: `--since 24h`, by rule, severity.
@@ -227,6 +230,7 @@ async fn run(cli: Cli) -> Result<()> {
             demo_cmd::run(open_archive(&cli.archive)?, &cli.archive, args).await
         }
         Command::Generate(args) => run_generate(args),
+        Command::Produce(args) => run_produce(args).await,
         Command::Rules(args) => rules_cmd::run(&cli.archive, args).await,
         Command::Findings(args) => {
             findings_cmd::run(open_existing_archive(&cli.archive).await?, args).await
@@ -348,6 +352,83 @@ fn check_cluster(cluster: &str) -> Result<()> {
         Some(problem) => bail!("invalid --cluster: {problem}"),
         None => Ok(()),
     }
+}
+
+#[derive(Debug, Args)]
+struct ProduceArgs {
+    /// Kafka bootstrap brokers, host:port[,host:port].
+    #[arg(long, env = "AUDITLAKE_KAFKA_BROKERS")]
+    kafka_brokers: String,
+
+    /// Topic to send to.
+    #[arg(long, env = "AUDITLAKE_KAFKA_TOPIC")]
+    kafka_topic: String,
+
+    /// A librdkafka property, key=value (TLS, SASL); repeat the flag.
+    #[arg(long = "kafka-option", value_name = "KEY=VALUE")]
+    kafka_option: Vec<String>,
+
+    /// Put this cluster in every message's `cluster` header (the members file the events
+    /// under it).
+    #[arg(long)]
+    cluster: Option<String>,
+
+    /// NDJSON lines per message.
+    #[arg(long, default_value_t = 1)]
+    lines_per_message: usize,
+
+    /// Largest message in bytes; a longer line is not sent and the run fails.
+    #[arg(long, default_value_t = 1 << 20)]
+    max_message_bytes: usize,
+
+    /// NDJSON audit log files (gzip too), directories, or `-` for stdin.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+}
+
+async fn run_produce(args: ProduceArgs) -> Result<()> {
+    if let Some(c) = &args.cluster {
+        check_cluster(c)?;
+    }
+    let properties = auditlake_ingest::ServeConfig::default()
+        .with_kafka_options(&args.kafka_option)
+        .map_err(anyhow::Error::msg)?;
+    let options = auditlake_ingest::ProduceOptions {
+        target: auditlake_ingest::KafkaTarget {
+            brokers: args.kafka_brokers.clone(),
+            topic: args.kafka_topic.clone(),
+        },
+        properties,
+        cluster: args.cluster.clone(),
+        lines_per_message: args.lines_per_message.max(1),
+        max_message_bytes: args.max_message_bytes,
+    };
+    let inputs = auditlake_ingest::Input::expand(&args.inputs).context("inputs")?;
+    let s = tokio::task::spawn_blocking(move || auditlake_ingest::produce(&inputs, &options))
+        .await
+        .context("producer thread")?
+        .with_context(|| format!("producing to {}/{}", args.kafka_brokers, args.kafka_topic))?;
+    let secs = s.elapsed.as_secs_f64().max(1e-9);
+    eprintln!(
+        "produced {} messages ({} lines, {:.1} MB) to {} in {:.2} s: {:.0} lines/s, {:.1} MB/s; {} failed, {} lines too large",
+        s.delivered,
+        s.lines,
+        s.bytes as f64 / 1e6,
+        args.kafka_topic,
+        secs,
+        s.lines as f64 / secs,
+        s.bytes as f64 / 1e6 / secs,
+        s.failed,
+        s.oversized
+    );
+    if s.failed > 0 || s.oversized > 0 {
+        bail!(
+            "{} messages were not taken by Kafka and {} lines were too large",
+            s.failed,
+            s.oversized
+        );
+    }
+    Ok(())
 }
 
 async fn run_ingest(archive: &str, args: IngestArgs) -> Result<()> {

@@ -729,3 +729,182 @@ fn fifty_sigkills_under_concurrent_load_lose_and_duplicate_no_acknowledged_event
         "nothing was set aside"
     );
 }
+
+/// The out-of-process Kafka broker the Kafka scenarios need, or a failure saying how to
+/// start one.
+fn external_kafka() -> String {
+    std::env::var("AUDITLAKE_TEST_KAFKA_BROKERS").unwrap_or_else(|_| {
+        panic!(
+            "AUDITLAKE_TEST_KAFKA_BROKERS is not set: run the tests with scripts/test.sh (it \
+             starts tansu on loopback), or start a Kafka broker and set it to host:port"
+        )
+    })
+}
+
+fn create_topic(brokers: &str, topic: &str, partitions: i32) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let results = rt
+        .block_on(admin.create_topics(
+            &[NewTopic::new(topic, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+        ))
+        .unwrap();
+    for r in results {
+        r.unwrap();
+    }
+}
+
+/// Two Kafka members die (abort, as SIGKILL would) at their first commit: one after putting
+/// its files but before the manifest record, the other after the record but before telling
+/// Kafka its offsets. Restarted, they archive every produced event exactly once.
+#[test]
+fn kafka_members_killed_before_their_record_or_their_offset_commit_archive_every_event_once() {
+    let brokers = external_kafka();
+    let topic = format!(
+        "kill-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+    );
+    create_topic(&brokers, &topic, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&a_dir).unwrap();
+    std::fs::create_dir_all(&b_dir).unwrap();
+    let archive = a_dir.join("archive");
+    std::fs::create_dir_all(&archive).unwrap();
+    // Both members write the one archive.
+    std::os::unix::fs::symlink(&archive, b_dir.join("archive")).unwrap();
+
+    const EVENTS: usize = 3000;
+    let input = dir.path().join("audit.ndjson");
+    let mut generator = TrafficGenerator::new(11, Mix::default()).starting_recently(600);
+    std::fs::write(&input, generator.ndjson(EVENTS)).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "produce",
+            "--kafka-brokers",
+            &brokers,
+            "--kafka-topic",
+            &topic,
+        ])
+        .args(["--cluster", "kill-test"])
+        .arg(&input)
+        .env("AUDITLAKE_LOG", "warn")
+        .output()
+        .unwrap();
+    success_stdout(out);
+
+    let member_args = [
+        "--kafka-brokers",
+        &brokers,
+        "--kafka-topic",
+        &topic,
+        "--kafka-group",
+        "archivers",
+        "--findings",
+        "none",
+        "--flush-interval-seconds",
+        "1",
+        "--kafka-option",
+        "session.timeout.ms=6000",
+        "--kafka-option",
+        "heartbeat.interval.ms=500",
+    ];
+    let mut a = Server::spawn(
+        &a_dir,
+        &member_args,
+        Some("export AUDITLAKE_FAILPOINT=before-manifest-record;"),
+        Stdio::piped(),
+    );
+    let mut b = Server::spawn(
+        &b_dir,
+        &member_args,
+        Some("export AUDITLAKE_FAILPOINT=before-source-durable;"),
+        Stdio::piped(),
+    );
+    for (m, point) in [
+        (&mut a.child, "before-manifest-record"),
+        (&mut b.child, "before-source-durable"),
+    ] {
+        let status = wait_exit(m, 90);
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(m.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+        assert!(
+            !status.success() && stderr.contains(&format!("failpoint {point} reached")),
+            "the failpoint aborts the member: {status}: {stderr}"
+        );
+    }
+    let records_after_crash = std::fs::read_dir(archive.join("_manifest"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "json")
+            })
+            .count()
+        })
+        .unwrap_or(0);
+    assert!(
+        records_after_crash >= 1,
+        "the member killed after its record left that record"
+    );
+
+    let mut a = Server::spawn(&a_dir, &member_args, None, Stdio::null());
+    let mut b = Server::spawn(&b_dir, &member_args, None, Stdio::null());
+    a.wait_ready(60);
+    b.wait_ready(60);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let out = Command::new(BIN)
+            .arg("--archive")
+            .arg(&archive)
+            .args([
+                "query",
+                "--format",
+                "csv",
+                "-c",
+                "SELECT count(*) FROM events",
+            ])
+            .env("AUDITLAKE_LOG", "error")
+            .output()
+            .unwrap();
+        let n: usize = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap_or(0);
+        if n >= EVENTS {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} of {EVENTS} events archived after 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(a.terminate(30).0.success());
+    assert!(b.terminate(30).0.success());
+    let csv = query_csv(
+        &archive,
+        "SELECT count(*) AS n, count(DISTINCT audit_id || '/' || stage) AS distinct_n, \
+         min(cluster) AS c FROM events",
+    );
+    assert_eq!(
+        csv.lines().nth(1).unwrap(),
+        format!("{EVENTS},{EVENTS},kill-test"),
+        "every event once, under the cluster of its header"
+    );
+}

@@ -311,6 +311,7 @@ impl Archive {
                 records: records.len() as u64,
             });
         }
+        crate::failpoint("before-manifest-record");
         let record = self
             .append_manifest(writer_id, entries, quarantine_entries, contents, retry)
             .await?;

@@ -10,6 +10,7 @@ mod archive;
 mod attested;
 mod checkpoint;
 mod error;
+mod failpoint;
 mod kafka_progress;
 pub mod layout;
 mod location;
@@ -21,6 +22,7 @@ pub use archive::{Archive, BeforePut, CommitContents, CommitOutcome, HEAD_FILE, 
 pub use attested::{AttestedFile, AttestedFiles, AttestedStore};
 pub use checkpoint::{CHECKPOINT_EVERY, CHECKPOINT_FORMAT, CHECKPOINTS_DIR};
 pub use error::ArchiveError;
+pub use failpoint::failpoint;
 pub use kafka_progress::KafkaProgress;
 pub use layout::{
     DERIVED_PARTITION_COLUMNS, EVENTS_PARTITION_COLUMNS, FinishedFile, MANIFEST_DIR,

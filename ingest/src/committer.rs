@@ -297,6 +297,7 @@ impl Committer {
         done.files += outcome.record.files.len() as u64;
         done.bytes += outcome.record.files.iter().map(|f| f.bytes).sum::<u64>();
         done.through_seq = through;
+        auditlake_archive::failpoint("before-source-durable");
         // The source may now let go of what this commit covers (the webhook trims its log).
         // Blocking I/O: not on a worker the requests need.
         let freed = match (&unit.contents.source, &self.durable) {

@@ -21,6 +21,8 @@ mod kafka_log;
 #[cfg(feature = "kafka")]
 mod kafka_member;
 mod kafka_metrics;
+#[cfg(feature = "kafka")]
+mod kafka_produce;
 mod observer;
 mod partitioned_writer;
 mod pipeline;
@@ -41,7 +43,11 @@ pub use bearer_tokens::{BearerTokens, MIN_TOKEN_CHARS};
 pub use error::IngestError;
 pub use file_source::{Input, InputReader};
 #[cfg(feature = "kafka")]
+pub use kafka_log::KafkaTarget;
+#[cfg(feature = "kafka")]
 pub use kafka_member::{consume_kafka, kafka_source_options};
+#[cfg(feature = "kafka")]
+pub use kafka_produce::{ProduceOptions, ProduceSummary, produce};
 pub use observer::{BatchObserver, ObserverCounter};
 pub use partitioned_writer::{ArrivalWindow, PartitionedWriter, WriterOptions};
 pub use pipeline::{IngestOptions, IngestSummary, ingest, new_writer_id};

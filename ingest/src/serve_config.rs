@@ -213,6 +213,19 @@ macro_rules! serve_config {
                 Ok(())
             }
 
+            /// The librdkafka properties `kafka` plus `pairs` (`key=value` each).
+            pub fn with_kafka_options(
+                &self,
+                pairs: &[String],
+            ) -> Result<std::collections::BTreeMap<String, String>, String> {
+                let mut out = self.kafka.clone();
+                out.extend(
+                    <std::collections::BTreeMap<String, String> as KeyValue>::parse(pairs)
+                        .map_err(|e| format!("--kafka-option: {e}"))?,
+                );
+                Ok(out)
+            }
+
             /// The built-in default of key `name` as text, for `--help`.
             pub fn default_text(name: &str) -> Option<String> {
                 let d = Self::default();

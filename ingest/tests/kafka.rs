@@ -508,3 +508,35 @@ async fn a_webhook_with_a_kafka_durable_log_answers_after_kafka_and_a_member_arc
         ["cluster=prod-us"]
     );
 }
+
+/// The broker goes away for 30 s mid-run and comes back (librdkafka's mock cluster: the
+/// broker keeps its log, as a real one does): the member keeps its place and archives what
+/// was produced before, during (buffered by the producer) and after, once each, and is
+/// ready again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_down_for_30_seconds_loses_and_duplicates_nothing() {
+    let mock = MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("audit", 3, 1).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let p = producer(&brokers);
+    let m = Member::start(dir.path(), &brokers, "audit", "archivers").await;
+    let mut produced = produce(&p, "audit", 700, 120).await;
+    wait_rows(dir.path(), produced.len(), 60).await;
+
+    mock.broker_down(1).unwrap();
+    let during = tokio::spawn({
+        let p = p.clone();
+        async move { produce(&p, "audit", 701, 60).await }
+    });
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    mock.broker_up(1).unwrap();
+    produced.extend(during.await.unwrap());
+    produced.extend(produce(&p, "audit", 702, 60).await);
+    wait_rows(dir.path(), produced.len(), 90).await;
+    let (code, text) = m.get("/readyz").await;
+    assert_eq!(code, 200, "{text}");
+    m.stop().await;
+    assert_exactly_once(dir.path(), &produced);
+    assert_ranges_disjoint(dir.path());
+}
