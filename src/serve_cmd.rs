@@ -160,6 +160,49 @@ mod tests {
     }
 
     #[test]
+    fn the_scale_out_variant_has_kafka_receivers_and_archivers_whose_secret_adds_to_the_file() {
+        let dir = auditlake_fixtures::checkout_dir().join("deploy/kubernetes/scale-out");
+        let load = |name: &str, env: Vec<(&'static str, Vec<String>)>| {
+            resolve(&ServeArgs {
+                config: Some(dir.join(name)),
+                given: env,
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let secret = vec![("kafka", vec!["sasl.password=s3cret".to_string()])];
+        let receiver = load("receiver.toml", secret.clone());
+        assert!(receiver.durable_log.starts_with("kafka://"));
+        assert!(
+            receiver.client_ca.is_some(),
+            "receivers authenticate the apiservers"
+        );
+        assert_eq!(receiver.kafka["sasl.password"], "s3cret");
+        assert_eq!(
+            receiver.kafka["security.protocol"], "SASL_SSL",
+            "the Secret's option adds to the file's table"
+        );
+        let archiver = load("archiver.toml", secret);
+        assert!(!archiver.kafka_brokers.is_empty() && archiver.durable_log == "wal");
+        assert_eq!(
+            receiver.durable_log.trim_start_matches("kafka://"),
+            format!("{}/{}", archiver.kafka_brokers, archiver.kafka_topic[0]),
+            "the archivers read the topic the receivers write"
+        );
+        let kafka_env = SERVE_KEYS.iter().find(|k| k.name == "kafka").unwrap().env();
+        for f in ["receivers.yaml", "archivers.yaml"] {
+            let text = std::fs::read_to_string(dir.join(f)).unwrap();
+            assert!(text.contains(&kafka_env), "{f} sets {kafka_env}");
+        }
+        let kubeconfig = std::fs::read_to_string(
+            auditlake_fixtures::checkout_dir()
+                .join("deploy/apiserver/audit-webhook-kubeconfig-scale-out.yaml"),
+        )
+        .unwrap();
+        assert!(kubeconfig.contains("server: https://auditlake-receiver."));
+    }
+
+    #[test]
     fn the_static_pod_runs_as_its_own_user_and_mounts_only_its_own_files() {
         let file = auditlake_fixtures::checkout_dir().join("deploy/static-pod/auditlake.yaml");
         let pod: serde_yaml::Value =

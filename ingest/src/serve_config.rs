@@ -27,6 +27,12 @@ pub trait KeyValue: Sized {
     fn parse(values: &[String]) -> Result<Self, String>;
     /// The value as text, for `--help` (`None`: no default worth showing).
     fn show(&self) -> Option<String>;
+    /// Sets the key from `values` given over an earlier layer (the config file): replaces
+    /// it, except that a table's entries are added to (and override) the file's.
+    fn apply(&mut self, values: &[String]) -> Result<(), String> {
+        *self = Self::parse(values)?;
+        Ok(())
+    }
 }
 
 fn one(values: &[String]) -> Result<&str, String> {
@@ -134,6 +140,10 @@ impl KeyValue for std::collections::BTreeMap<String, String> {
             })
             .collect()
     }
+    fn apply(&mut self, values: &[String]) -> Result<(), String> {
+        self.extend(Self::parse(values)?);
+        Ok(())
+    }
     fn show(&self) -> Option<String> {
         (!self.is_empty()).then(|| {
             self.iter()
@@ -205,7 +215,7 @@ macro_rules! serve_config {
             pub fn set(&mut self, name: &str, values: &[String]) -> Result<(), String> {
                 match name {
                     $( stringify!($name) => {
-                        self.$name = <$ty as KeyValue>::parse(values)
+                        <$ty as KeyValue>::apply(&mut self.$name, values)
                             .map_err(|e| format!("--{}: {e}", name.replace('_', "-")))?;
                     } )*
                     other => return Err(format!("unknown setting {other:?}")),
