@@ -805,13 +805,14 @@ fn kafka_members_killed_before_their_record_or_their_offset_commit_archive_every
         .unwrap();
     success_stdout(out);
 
+    let group = format!("{topic}-archivers");
     let member_args = [
         "--kafka-brokers",
         &brokers,
         "--kafka-topic",
         &topic,
         "--kafka-group",
-        "archivers",
+        &group,
         "--findings",
         "none",
         "--flush-interval-seconds",

@@ -43,6 +43,9 @@ pub struct KafkaMetrics {
     pub range_conflicts: Counter,
     /// Rebalances this member went through (assignments and revocations).
     pub rebalances: Counter,
+    /// Partitions found ending before the offset the archive holds them to (recreated or
+    /// truncated topics).
+    pub offset_regressions: Counter,
 }
 
 impl KafkaMetrics {
@@ -82,6 +85,11 @@ impl KafkaMetrics {
             "kafka_range_conflicts",
             "Commits refused because another member had archived an overlapping offset range",
             self.range_conflicts.clone(),
+        );
+        registry.register(
+            "kafka_offset_regressions",
+            "Partitions found ending before the offset the archive holds them to (a recreated or truncated topic): the member is not ready",
+            self.offset_regressions.clone(),
         );
         registry.register(
             "kafka_rebalances",

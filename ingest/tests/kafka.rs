@@ -348,8 +348,10 @@ async fn a_member_archives_every_message_once_quarantines_poison_and_resumes_fro
 async fn zombie_and_replacement(brokers: &str, topic: &str) {
     let dir = tempfile::tempdir().unwrap();
     let p = producer(brokers);
-    let a = Member::start(dir.path(), brokers, topic, "replacement").await;
-    let b = Member::start(dir.path(), brokers, topic, "zombie").await;
+    // Groups named after the topic: an external broker outlives the test.
+    let (ga, gb) = (format!("{topic}-replacement"), format!("{topic}-zombie"));
+    let a = Member::start(dir.path(), brokers, topic, &ga).await;
+    let b = Member::start(dir.path(), brokers, topic, &gb).await;
     let mut produced = Vec::new();
     for round in 0..6 {
         produced.extend(produce(&p, topic, 100 + round, 80).await);
@@ -382,11 +384,12 @@ async fn a_zombie_member_and_its_replacement_never_archive_a_range_twice_on_the_
 async fn rebalances_while_committing(brokers: &str, topic: &str) {
     let dir = tempfile::tempdir().unwrap();
     let p = producer(brokers);
-    let a = Member::start(dir.path(), brokers, topic, "group").await;
-    let b = Member::start(dir.path(), brokers, topic, "group").await;
+    let group = format!("{topic}-group");
+    let a = Member::start(dir.path(), brokers, topic, &group).await;
+    let b = Member::start(dir.path(), brokers, topic, &group).await;
     let mut produced = produce(&p, topic, 200, 150).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let c = Member::start(dir.path(), brokers, topic, "group").await;
+    let c = Member::start(dir.path(), brokers, topic, &group).await;
     for round in 0..5 {
         produced.extend(produce(&p, topic, 300 + round, 60).await);
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -539,4 +542,54 @@ async fn a_broker_down_for_30_seconds_loses_and_duplicates_nothing() {
     m.stop().await;
     assert_exactly_once(dir.path(), &produced);
     assert_ranges_disjoint(dir.path());
+}
+
+/// A topic deleted and created again restarts its offsets at 0, below what the archive holds:
+/// a member must not take the new messages for archived ones in silence. It says so on
+/// /readyz and stays not ready (fail closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_whose_offsets_went_back_makes_the_member_not_ready_on_an_external_broker()
+ {
+    let brokers = external_brokers();
+    let topic = unique_topic("recreated");
+    create_topic(&brokers, &topic, 3).await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = producer(&brokers);
+    let produced = produce(&p, &topic, 800, 40).await;
+    let m = Member::start(dir.path(), &brokers, &topic, &topic).await;
+    wait_rows(dir.path(), produced.len(), 60).await;
+    m.stop().await;
+
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for r in admin
+        .delete_topics(&[&topic], &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    create_topic(&brokers, &topic, 3).await;
+    produce(&p, &topic, 801, 5).await;
+
+    let m = Member::start(dir.path(), &brokers, &topic, &topic).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let (code, text) = m.get("/readyz").await;
+        if code == 503 && text.contains("created again") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "/readyz still {code}: {text}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(text.contains(&format!("{topic}/")), "{text}");
+    let metrics = m.get("/metrics").await.1;
+    assert!(
+        metric(&metrics, "auditlake_kafka_offset_regressions_total").unwrap() >= 1.0,
+        "{metrics}"
+    );
+    m.stop().await;
 }

@@ -103,6 +103,10 @@ struct Shared {
     joined: bool,
     /// The manifest could not be read at an assignment: the run must restart.
     failed: Option<String>,
+    /// Partitions whose log ends before the offset the manifest archives (the topic was
+    /// deleted and created again, or truncated): their new messages would be taken for
+    /// archived ones, so the member says so and is not ready.
+    regressed: Vec<String>,
 }
 
 /// The consumer's context: assigns partitions at the offsets the manifest says.
@@ -121,7 +125,7 @@ impl ArchiveContext {
 
     /// The start offset of each partition in `tpl`, from the manifest (and this session's
     /// own reading, which may be ahead of the manifest while a commit is in flight).
-    fn position(&self, tpl: &mut TopicPartitionList) {
+    fn position(&self, tpl: &mut TopicPartitionList) -> Vec<((String, i32), i64)> {
         let progress = match self.handle.block_on(self.archive.kafka_progress()) {
             Ok(p) => p,
             Err(e) => {
@@ -129,7 +133,7 @@ impl ArchiveContext {
                     "reading the archived Kafka offsets from the manifest at a partition \
                      assignment: {e}"
                 ));
-                return;
+                return Vec::new();
             }
         };
         let mut starts = Vec::new();
@@ -152,10 +156,38 @@ impl ArchiveContext {
                 starts.push((key, start));
             }
         }
+        let mut archived = Vec::new();
         for ((topic, partition), start) in starts {
             let offset = start.map_or(Offset::Stored, Offset::Offset);
             if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
                 self.shared().failed = Some(format!("seeking {topic}/{partition}: {e}"));
+            }
+            if let Some(start) = start {
+                archived.push(((topic, partition), start));
+            }
+        }
+        archived
+    }
+
+    /// Fails closed on a partition whose log now ends before where the manifest says it
+    /// resumes: Kafka would hand out new messages at offsets already archived.
+    fn check_watermarks(&self, consumer: &BaseConsumer<Self>, starts: &[((String, i32), i64)]) {
+        for ((topic, partition), start) in starts {
+            match consumer.fetch_watermarks(topic, *partition, Duration::from_secs(5)) {
+                Ok((_, high)) if high < *start => {
+                    let problem = format!(
+                        "{topic}/{partition} ends at offset {high}, before offset {start} up to \
+                         which the archive holds it: the topic was deleted and created again or \
+                         truncated, and its new messages would be taken for archived ones. \
+                         Archive it under a new topic name (or into a new archive)"
+                    );
+                    tracing::error!("{problem}");
+                    self.metrics.offset_regressions.inc();
+                    self.shared().regressed.push(problem);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(topic = %topic, partition, error = %e,
+                    "could not read the partition's watermarks at assignment"),
             }
         }
     }
@@ -197,7 +229,8 @@ impl ConsumerContext for ArchiveContext {
         );
         let outcome = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                self.position(tpl);
+                let starts = self.position(tpl);
+                self.check_watermarks(consumer, &starts);
                 let n = tpl.count();
                 {
                     let mut s = self.shared();
@@ -380,6 +413,9 @@ impl ReadinessProbe {
     /// `Ok` while the member holds partitions or the group gave it none; else why not.
     pub fn check(&self) -> Result<(), String> {
         let s = self.0.context().shared();
+        if let Some(problem) = s.regressed.first() {
+            return Err(problem.clone());
+        }
         if s.assigned > 0 || s.joined {
             Ok(())
         } else {

@@ -1,0 +1,46 @@
+//! The peer of `benches/kafka_load.sh`: librdkafka's consumer (the same librdkafka
+//! auditlake links) reading every message of a topic from the beginning and discarding it,
+//! so the ratio shows what auditlake adds over Kafka itself. (kcat from Debian links
+//! librdkafka 2.0, which cannot parse tansu's ApiVersion answer.)
+//!
+//!   kafka_bare_consume BROKERS TOPIC MESSAGES    (prints seconds, messages, bytes)
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, brokers, topic, messages] = args.as_slice() else {
+        bail!("usage: kafka_bare_consume BROKERS TOPIC MESSAGES");
+    };
+    let want: u64 = messages.parse().context("MESSAGES")?;
+    let started = Instant::now();
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("bare-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&[topic])?;
+    let (mut n, mut bytes) = (0u64, 0u64);
+    let deadline = started + Duration::from_secs(600);
+    while n < want {
+        if Instant::now() > deadline {
+            bail!("only {n} of {want} messages after 600 s");
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                n += 1;
+                bytes += m.payload().map_or(0, |p| p.len() as u64);
+            }
+            Some(Err(e)) => eprintln!("consumer error: {e}"),
+            None => {}
+        }
+    }
+    println!("{:.3} {n} {bytes}", started.elapsed().as_secs_f64());
+    Ok(())
+}
