@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use auditlake_ingest::sources::kafka::KafkaSourceOptions;
 use auditlake_ingest::{
-    Archive, ArchiveLocation, ServeConfig, ServeError, ServeSummary, consume_kafka, serve,
+    Archive, ArchiveLocation, ServeConfig, ServeError, ServeSummary, consume_kafka,
 };
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -452,25 +452,8 @@ async fn a_webhook_with_a_kafka_durable_log_answers_after_kafka_and_a_member_arc
         wal_dir: receiver_dir.path().join("unused-wal"),
         ..ServeConfig::default()
     };
-    let receiver_archive = Archive::open(
-        ArchiveLocation::parse(receiver_dir.path().join("a").to_str().unwrap()).unwrap(),
-    )
-    .unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let (bound_tx, bound_rx) = oneshot::channel();
-    let receiver = tokio::spawn(async move {
-        serve(
-            receiver_archive,
-            config,
-            None,
-            async {
-                let _ = stopped.await;
-            },
-            Some(bound_tx),
-        )
-        .await
-    });
-    let bound = bound_rx.await.unwrap();
+    let receiver = start(&receiver_dir.path().join("a"), config).await;
+    let bound = receiver.bound;
     let client = reqwest::Client::new();
     let mut produced = Vec::new();
     for batch in 0..12u64 {
@@ -491,8 +474,7 @@ async fn a_webhook_with_a_kafka_durable_log_answers_after_kafka_and_a_member_arc
             )
         }));
     }
-    let _ = stop.send(());
-    receiver.await.unwrap().unwrap();
+    receiver.stop().await;
     assert!(
         !receiver_dir.path().join("unused-wal").exists(),
         "a receiver with a Kafka durable log keeps no write-ahead log"

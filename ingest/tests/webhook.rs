@@ -6,85 +6,10 @@
 use std::collections::HashSet;
 use std::path::Path;
 
-use auditlake_ingest::{
-    Archive, ArchiveLocation, Bound, ServeConfig, ServeError, ServeSummary, serve,
-};
-use tokio::sync::oneshot;
+use auditlake_ingest::{Archive, ArchiveLocation, ServeConfig, serve};
 
 mod common;
 use common::*;
-
-/// A server running in this process until `stop` is sent.
-struct Running {
-    bound: Bound,
-    stop: oneshot::Sender<()>,
-    done: tokio::task::JoinHandle<Result<ServeSummary, ServeError>>,
-}
-
-async fn start(archive_dir: &Path, config: ServeConfig) -> Running {
-    let archive =
-        Archive::open(ArchiveLocation::parse(archive_dir.to_str().unwrap()).unwrap()).unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let (bound_tx, bound_rx) = oneshot::channel();
-    let done = tokio::spawn(async move {
-        serve(
-            archive,
-            config,
-            None,
-            async {
-                let _ = stopped.await;
-            },
-            Some(bound_tx),
-        )
-        .await
-    });
-    let bound = bound_rx.await.unwrap();
-    let running = Running { bound, stop, done };
-    // Requests get 503 until the log is replayed, as an apiserver would be told.
-    running.wait_readyz(200, 60).await;
-    running
-}
-
-impl Running {
-    async fn stop(self) -> ServeSummary {
-        let _ = self.stop.send(());
-        self.done.await.unwrap().unwrap()
-    }
-
-    /// `/readyz`: its status code and text.
-    async fn readyz(&self) -> (u16, String) {
-        let r = reqwest::get(format!("http://{}/readyz", self.bound.ops))
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    }
-
-    /// `/metrics` text.
-    async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.bound.ops))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    /// Waits up to `secs` for `/readyz` to answer `code`; returns its text.
-    async fn wait_readyz(&self, code: u16, secs: u64) -> String {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-        loop {
-            let (got, text) = self.readyz().await;
-            if got == code {
-                return text;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "/readyz still {got} ({text}) after {secs} s"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
-}
 
 fn base_config(dir: &Path) -> ServeConfig {
     ServeConfig {

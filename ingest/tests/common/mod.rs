@@ -1,12 +1,17 @@
 //! What the integration tests of the ingest crate share: reading an archive back the way
-//! an auditor would (manifest records, then the files they name).
+//! an auditor would (manifest records, then the files they name), and a `serve` running in
+//! the test's process.
 #![allow(clippy::unwrap_used, dead_code)] // tests: a panic is the failure report; each binary uses part
 
 use std::path::Path;
 
 use arrow::array::AsArray;
 use auditlake_fixtures::{Mix, TrafficGenerator};
+use auditlake_ingest::{
+    Archive, ArchiveLocation, Bound, ServeConfig, ServeError, ServeSummary, serve,
+};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use tokio::sync::oneshot;
 
 /// The value of the metric line starting with `name` (no labels), if present.
 pub fn metric(text: &str, name: &str) -> Option<f64> {
@@ -113,4 +118,77 @@ pub fn generated(seed: u64, n: usize) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+/// A server running in this process until `stop` is sent.
+pub struct Running {
+    pub bound: Bound,
+    pub stop: oneshot::Sender<()>,
+    pub done: tokio::task::JoinHandle<Result<ServeSummary, ServeError>>,
+}
+
+/// Starts `serve` on the archive at `archive_dir` and waits until it is ready.
+pub async fn start(archive_dir: &Path, config: ServeConfig) -> Running {
+    let archive =
+        Archive::open(ArchiveLocation::parse(archive_dir.to_str().unwrap()).unwrap()).unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let (bound_tx, bound_rx) = oneshot::channel();
+    let done = tokio::spawn(async move {
+        serve(
+            archive,
+            config,
+            None,
+            async {
+                let _ = stopped.await;
+            },
+            Some(bound_tx),
+        )
+        .await
+    });
+    let bound = bound_rx.await.unwrap();
+    let running = Running { bound, stop, done };
+    // Requests get 503 until the log is replayed, as an apiserver would be told.
+    running.wait_readyz(200, 60).await;
+    running
+}
+
+impl Running {
+    pub async fn stop(self) -> ServeSummary {
+        let _ = self.stop.send(());
+        self.done.await.unwrap().unwrap()
+    }
+
+    /// `/readyz`: its status code and text.
+    pub async fn readyz(&self) -> (u16, String) {
+        let r = reqwest::get(format!("http://{}/readyz", self.bound.ops))
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    }
+
+    /// `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.bound.ops))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Waits up to `secs` for `/readyz` to answer `code`; returns its text.
+    pub async fn wait_readyz(&self, code: u16, secs: u64) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            let (got, text) = self.readyz().await;
+            if got == code {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz still {got} ({text}) after {secs} s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
 }
