@@ -18,15 +18,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use auditlake_schema::DecoderOptions;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::archive_health::ArchiveHealth;
-use crate::archiver::{self, ArchiverFailure, ArchiverKit, ArchiverSettings};
+use crate::archiver::{self, ArchiverFailure, ArchiverKit};
 use crate::committer::{Committer, error_chain};
 use crate::detection_thread::DetectionThread;
 use crate::observer::BatchObserver;
-use crate::partitioned_writer::{ArrivalWindow, WriterOptions};
 use crate::serve::{ServeError, ServeSummary};
 use crate::serve_config::ServeConfig;
 use crate::serve_metrics::ServeMetrics;
@@ -89,8 +87,13 @@ pub async fn consume_kafka(
     source
         .client_config()
         .map_err(|e| ServeError::Config(e.to_string()))?;
+    if config.flush_interval_seconds == 0 {
+        return Err(ServeError::Config(
+            "flush_interval_seconds must be above 0".into(),
+        ));
+    }
     let metrics = ServeMetrics::new();
-    let flush = Duration::from_secs(config.flush_interval_seconds.max(1));
+    let flush = Duration::from_secs(config.flush_interval_seconds);
     let health = Arc::new(ArchiveHealth::new((flush * 3).max(Duration::from_secs(60))));
     health.set_replayed();
     let limits = crate::webhook::ConnectionLimits {
@@ -192,39 +195,14 @@ struct Member {
 }
 
 impl Member {
-    fn settings(&self) -> ArchiverSettings {
-        ArchiverSettings {
-            writer_id: crate::pipeline::new_writer_id(),
-            default_cluster: self.source.default_cluster.clone(),
-            decoder: DecoderOptions {
-                max_summary_bytes: self.config.max_body_bytes as usize,
-                ..DecoderOptions::default()
-            },
-            writer: WriterOptions {
-                arrival_window: Some(ArrivalWindow::WEBHOOK),
-                ..WriterOptions::default()
-            },
-            flush_interval: Duration::from_secs(self.config.flush_interval_seconds.max(1)),
-            flush_bytes: (self.config.wal_max_bytes / 4).max(1 << 20),
-            committed_seq: 0,
-            replay_target: 0,
-            dedup_window_micros: (self.config.dedup_window_seconds as i64)
-                .saturating_mul(1_000_000),
-            dedup_max_events: self.config.dedup_max_events,
-            digest_key: {
-                use std::hash::BuildHasher;
-                std::collections::hash_map::RandomState::new()
-                    .hash_one(crate::pipeline::now_micros())
-            },
-        }
-    }
-
     async fn run(self, mut kit: ArchiverKit) -> Result<ServeSummary, ServeError> {
         let mut summary = ServeSummary::default();
         let mut failures_without_progress = 0u32;
         let mut backoff = Duration::from_secs(1);
+        let digest_key = crate::serve::process_key();
         loop {
-            let settings = self.settings();
+            // Kafka has no replay: nothing up to a sequence is archived, none is awaited.
+            let settings = crate::serve::archiver_settings(&self.config, 0, 0, digest_key);
             let inner = KafkaSource::join(
                 self.source.clone(),
                 self.archive.clone(),

@@ -176,9 +176,40 @@ async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), ServeError> {
     Ok((listener, local))
 }
 
+/// How the archiver of `serve` reads, batches and writes, whatever its source: a new writer
+/// id, commits per `flush_interval_seconds` or a quarter of `wal_max_bytes`, the dedup
+/// window; records up to `committed` are archived, and reaching `replay_target` ends the
+/// replay (both 0 for a source without a replay, Kafka).
+pub(crate) fn archiver_settings(
+    config: &ServeConfig,
+    committed: u64,
+    replay_target: u64,
+    digest_key: u64,
+) -> ArchiverSettings {
+    ArchiverSettings {
+        writer_id: crate::pipeline::new_writer_id(),
+        default_cluster: config.cluster.clone(),
+        decoder: DecoderOptions {
+            max_summary_bytes: config.max_body_bytes as usize,
+            ..DecoderOptions::default()
+        },
+        writer: WriterOptions {
+            arrival_window: Some(ArrivalWindow::WEBHOOK),
+            ..WriterOptions::default()
+        },
+        flush_interval: Duration::from_secs(config.flush_interval_seconds),
+        flush_bytes: (config.wal_max_bytes / 4).max(1 << 20),
+        committed_seq: committed,
+        replay_target,
+        dedup_window_micros: (config.dedup_window_seconds as i64).saturating_mul(1_000_000),
+        dedup_max_events: config.dedup_max_events,
+        digest_key,
+    }
+}
+
 /// A secret of this process that keys the duplicate digests (std's hasher seeds are random
 /// per process).
-fn process_key() -> u64 {
+pub(crate) fn process_key() -> u64 {
     use std::hash::BuildHasher;
     std::collections::hash_map::RandomState::new().hash_one(crate::pipeline::now_micros())
 }
@@ -260,27 +291,9 @@ impl Supervisor {
                 }
                 first = false;
             }
-            let writer_id = crate::pipeline::new_writer_id();
-            let settings = ArchiverSettings {
-                writer_id: writer_id.clone(),
-                default_cluster: self.config.cluster.clone(),
-                decoder: DecoderOptions {
-                    max_summary_bytes: self.config.max_body_bytes as usize,
-                    ..DecoderOptions::default()
-                },
-                writer: WriterOptions {
-                    arrival_window: Some(ArrivalWindow::WEBHOOK),
-                    ..WriterOptions::default()
-                },
-                flush_interval: Duration::from_secs(self.config.flush_interval_seconds),
-                flush_bytes: (self.config.wal_max_bytes / 4).max(1 << 20),
-                committed_seq: committed,
-                replay_target,
-                dedup_window_micros: (self.config.dedup_window_seconds as i64)
-                    .saturating_mul(1_000_000),
-                dedup_max_events: self.config.dedup_max_events,
-                digest_key: self.digest_key,
-            };
+            let settings =
+                archiver_settings(&self.config, committed, replay_target, self.digest_key);
+            let writer_id = settings.writer_id.clone();
             let cuts = wal::pending_cuts(&self.config.wal_dir)?;
             let (commit_tx, commit_rx) = mpsc::channel(2);
             let committer = tokio::spawn(

@@ -285,6 +285,9 @@ pub struct KafkaSource {
     metrics: Arc<KafkaMetrics>,
     /// A message read together with a revocation, handed out at the next pull.
     stashed: Option<SourceRecord>,
+    /// Each topic's message counter, by its index in `options.topics` (no label built per
+    /// message).
+    topic_messages: Vec<prometheus_client::metrics::counter::Counter>,
     /// This member's run, in its file names (see [`OffsetMarker::stem`]).
     run: String,
 }
@@ -317,11 +320,24 @@ impl KafkaSource {
             .map_err(|e| SourceError(format!("subscribing to {topics:?}: {e}")))?;
         tracing::info!(brokers = %options.brokers, topics = ?options.topics, group = %options.group,
             "joined the Kafka consumer group");
+        let topic_messages = options
+            .topics
+            .iter()
+            .map(|topic| {
+                metrics
+                    .messages
+                    .get_or_create(&TopicLabel {
+                        topic: topic.clone(),
+                    })
+                    .clone()
+            })
+            .collect();
         Ok(Self {
             consumer: Arc::new(consumer),
             options,
             metrics,
             stashed: None,
+            topic_messages,
             run: crate::pipeline::new_writer_id(),
         })
     }
@@ -460,12 +476,9 @@ impl Source for KafkaSource {
                             .iter()
                             .position(|t| t == m.topic())
                             .unwrap_or(0) as u16;
-                        self.metrics
-                            .messages
-                            .get_or_create(&TopicLabel {
-                                topic: m.topic().to_string(),
-                            })
-                            .inc();
+                        if let Some(c) = self.topic_messages.get(topic_index as usize) {
+                            c.inc();
+                        }
                         Some(self.record(&m, topic_index))
                     }
                 }
