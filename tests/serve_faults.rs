@@ -881,10 +881,23 @@ fn kafka_members_killed_before_their_record_or_their_offset_commit_archive_every
         "the member killed after its record left that record"
     );
 
-    let mut a = Server::spawn(&a_dir, &member_args, None, Stdio::null());
-    let mut b = Server::spawn(&b_dir, &member_args, None, Stdio::null());
-    a.wait_ready(60);
-    b.wait_ready(60);
+    // Their logs are shown if they fail.
+    let logs = [dir.path().join("a.log"), dir.path().join("b.log")];
+    let log_to = |p: &std::path::Path| Stdio::from(std::fs::File::create(p).unwrap());
+    let info = Some("export AUDITLAKE_LOG=info;");
+    let mut a = Server::spawn(&a_dir, &member_args, info, log_to(&logs[0]));
+    let mut b = Server::spawn(&b_dir, &member_args, info, log_to(&logs[1]));
+    let show = || {
+        logs.iter()
+            .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n--- the other member ---\n")
+    };
+    for m in [&mut a, &mut b] {
+        if let Err(why) = m.ready_within(60) {
+            panic!("{why}; the members' logs:\n{}", show());
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         let out = Command::new(BIN)
@@ -910,7 +923,8 @@ fn kafka_members_killed_before_their_record_or_their_offset_commit_archive_every
         }
         assert!(
             Instant::now() < deadline,
-            "{n} of {EVENTS} events archived after 120 s"
+            "{n} of {EVENTS} events archived after 120 s; the members' logs:\n{}",
+            show()
         );
         std::thread::sleep(Duration::from_millis(500));
     }

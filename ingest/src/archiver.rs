@@ -101,8 +101,8 @@ struct Pending {
     quarantine_weight: usize,
     cleanup: Vec<PathBuf>,
     dirty: bool,
-    /// The source is revoking partitions: commit now.
-    revoked: bool,
+    /// The source is revoking partitions, or ended a commit: commit now.
+    cut: bool,
     bytes: u64,
     since: Instant,
 }
@@ -137,7 +137,7 @@ impl Pending {
             quarantine_weight: 0,
             cleanup: Vec::new(),
             dirty: false,
-            revoked: false,
+            cut: false,
             bytes: 0,
             since: Instant::now(),
         }
@@ -220,7 +220,8 @@ impl Decoded {
 enum Step {
     Record(Box<Decoded>),
     Idle,
-    Revoked,
+    /// Commit now (partitions revoked, or the source ended a commit).
+    Cut,
     End,
 }
 
@@ -249,7 +250,7 @@ impl Reader<'_> {
         {
             Pulled::Record(r) => r,
             Pulled::Idle => return Ok(Step::Idle),
-            Pulled::Revoked(_) => return Ok(Step::Revoked),
+            Pulled::Revoked(_) | Pulled::Cut => return Ok(Step::Cut),
             Pulled::End => return Ok(Step::End),
         };
         let span = tracing::debug_span!("record", origin = %r.origin, bytes = r.body.len());
@@ -385,6 +386,7 @@ pub(crate) fn run(
     }
     let marker = source.marker();
     let kind = source.kind();
+    let self_cut = source.cuts_commits();
     let mut reader = Reader {
         source,
         decoder,
@@ -393,6 +395,7 @@ pub(crate) fn run(
         max_summary_bytes: s.decoder.max_summary_bytes,
     };
     let mut writing = Writing::new(s, marker, kind, cuts);
+    writing.self_cut = self_cut;
     if kit.attempts.is_some() {
         loop {
             let wait = writing.wait(s);
@@ -409,7 +412,7 @@ pub(crate) fn run(
             .spawn_scoped(scope, move || {
                 loop {
                     let step = reader.next(Duration::from_millis(200), None, metrics);
-                    let last = !matches!(step, Ok(Step::Record(_) | Step::Idle | Step::Revoked));
+                    let last = !matches!(step, Ok(Step::Record(_) | Step::Idle | Step::Cut));
                     if tx.send(step).is_err() || last {
                         return;
                     }
@@ -438,6 +441,8 @@ struct Writing {
     pending: Pending,
     marker: Box<dyn Marker>,
     kind: SourceKind,
+    /// The source says where commits end ([`Source::cuts_commits`]).
+    self_cut: bool,
     last_seq: u64,
     replay_committed: bool,
     /// Across commits: the warning it rate-limits is about the stream, not one commit.
@@ -466,6 +471,7 @@ impl Writing {
             pending,
             marker,
             kind,
+            self_cut: false,
             last_seq: s.committed_seq,
             replay_committed: s.replay_target <= s.committed_seq,
             outlier_log: LogEvery::default(),
@@ -514,20 +520,23 @@ impl Writing {
                 }
             }
             Step::Idle => {}
-            // Commit what is held now, so the offsets read from the partitions are durable
-            // before another consumer takes them.
-            Step::Revoked => self.pending.revoked = true,
+            // Commit what is held now: the source ended a commit, or it is revoking
+            // partitions and their offsets must be durable before another consumer takes them.
+            Step::Cut => self.pending.cut = true,
             Step::End => closing = true,
         }
         let pending = &mut self.pending;
         let replay_done = !self.replay_committed && self.last_seq >= s.replay_target;
+        // A source that cuts its own commits gets no timed or sized ones; the other reasons
+        // below are functions of the records too (a full file, a large quarantine).
+        let timed = !self.self_cut
+            && (pending.bytes >= s.flush_bytes || pending.since.elapsed() >= s.flush_interval);
         let due = replay_done
-            || pending.revoked
+            || pending.cut
+            || timed
             || !pending.finished.is_empty()
-            || pending.bytes >= s.flush_bytes
             || pending.quarantine.len() >= MAX_QUARANTINE_RECORDS_PER_COMMIT
-            || pending.quarantine_weight >= MAX_QUARANTINE_BYTES_PER_COMMIT
-            || pending.since.elapsed() >= s.flush_interval;
+            || pending.quarantine_weight >= MAX_QUARANTINE_BYTES_PER_COMMIT;
         if closing || (pending.dirty && due) {
             // The detectors' files for the events written so far; at the end also the
             // summaries of folded findings, which may come with no new events.

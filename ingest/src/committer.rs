@@ -317,6 +317,16 @@ impl Committer {
             }
             _ => 0,
         };
+        if let Some(durable) = &self.durable
+            && durable.wants_quarantine()
+            && !unit.contents.quarantine.is_empty()
+        {
+            let (records, durable) = (unit.contents.quarantine.clone(), durable.clone());
+            if let Err(e) = tokio::task::spawn_blocking(move || durable.quarantined(&records)).await
+            {
+                tracing::error!(error = %e, "the source's quarantine callback panicked");
+            }
+        }
         let _g = span.enter(); // no await below
         tracing::info!(
             sequence = outcome.record.sequence,

@@ -28,7 +28,7 @@ use crate::observer::BatchObserver;
 use crate::serve::{ServeError, ServeSummary};
 use crate::serve_config::ServeConfig;
 use crate::serve_metrics::ServeMetrics;
-use crate::sources::kafka::{KafkaSource, KafkaSourceOptions};
+use crate::sources::kafka::{CommitCuts, KafkaSource, KafkaSourceOptions};
 use crate::sources::{Pulled, Source, SourceError};
 use auditlake_archive::Archive;
 
@@ -48,9 +48,13 @@ impl Source for Stoppable {
     fn resends(&self) -> bool {
         self.inner.resends()
     }
+    fn cuts_commits(&self) -> bool {
+        self.inner.cuts_commits()
+    }
     fn pull(&mut self, wait: Duration) -> Result<Pulled, SourceError> {
         if self.stop.load(Ordering::Acquire) {
-            return Ok(Pulled::End);
+            // Hands out what is buffered, cut per partition, then ends.
+            self.inner.stop();
         }
         // Short polls, so a stop is seen soon.
         self.inner.pull(wait.min(Duration::from_millis(500)))
@@ -71,6 +75,13 @@ pub fn kafka_source_options(config: &ServeConfig) -> Option<KafkaSourceOptions> 
         topic_clusters: config.kafka_topic_cluster.clone(),
         default_cluster: config.cluster.clone(),
         max_message_bytes: config.max_body_bytes.min(usize::MAX as u64) as usize,
+        cuts: CommitCuts {
+            max_messages: config.kafka_commit_messages.clamp(1, usize::MAX as u64) as usize,
+            max_bytes: config.kafka_commit_bytes.max(1),
+            interval: Duration::from_secs(config.flush_interval_seconds),
+            buffer_bytes: config.kafka_buffer_bytes.max(1),
+        },
+        dead_letter_topic: config.kafka_dead_letter_topic.clone(),
     })
 }
 
@@ -216,7 +227,11 @@ impl Member {
             let committer = tokio::spawn(
                 Committer {
                     archive: self.archive.clone(),
-                    durable: Some(inner.offset_committer()),
+                    durable: Some(
+                        inner
+                            .offset_committer()
+                            .map_err(|e| ServeError::Config(e.to_string()))?,
+                    ),
                     wal_dir: None,
                     max_attempts: None,
                     writer_id: settings.writer_id.clone(),

@@ -1,12 +1,63 @@
-//! What a Kafka consumer-group member counts: messages and quarantined messages per topic,
-//! and per partition the offset the manifest archives, the high watermark and the lag.
-//! Labels are configured topics and their partitions: bounded.
+//! What a Kafka consumer-group member counts: messages and quarantined messages per topic;
+//! per partition its messages, the offset the manifest archives, the high watermark, the
+//! lag and how long its commits take; commits by why they were cut; dead letters.
+//! Labels are configured topics, their partitions and fixed reasons: bounded.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+/// Why a partition's commit ended where it did.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum CutReason {
+    /// It reached `kafka_commit_messages`.
+    Messages,
+    /// It reached `kafka_commit_bytes`.
+    Bytes,
+    /// The next message's timestamp was a flush interval past its first one's.
+    EventTime,
+    /// The partition went quiet for a flush interval (the one timed cut).
+    Quiet,
+    /// More than `kafka_buffer_bytes` were buffered: the largest commit was cut early.
+    Pressure,
+    /// The member was stopping.
+    Stop,
+}
+
+impl CutReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Messages => "messages",
+            Self::Bytes => "bytes",
+            Self::EventTime => "event_time",
+            Self::Quiet => "quiet",
+            Self::Pressure => "pressure",
+            Self::Stop => "stop",
+        }
+    }
+}
+
+impl EncodeLabelValue for CutReason {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+/// Label of the cut counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CutLabel {
+    /// Why.
+    pub reason: CutReason,
+}
+
+/// Buckets of the per-partition commit latency, 10 ms to about 80 s.
+fn commit_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 14))
+}
 
 /// Label of a per-topic counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -25,10 +76,19 @@ pub struct PartitionLabel {
 }
 
 /// What the Kafka source counts (labels: configured topics and their partitions).
-#[derive(Default)]
 pub struct KafkaMetrics {
     /// Messages read, per topic.
     pub messages: Family<TopicLabel, Counter>,
+    /// Messages read, per partition.
+    pub partition_messages: Family<PartitionLabel, Counter>,
+    /// Seconds from a partition's commit being cut to its manifest record being durable.
+    pub commit_seconds: Family<PartitionLabel, Histogram, fn() -> Histogram>,
+    /// Commits cut, by why.
+    pub cuts: Family<CutLabel, Counter>,
+    /// Quarantine records sent to the dead-letter topic.
+    pub dead_letters: Counter,
+    /// Quarantine records the dead-letter topic did not take (they stay in the quarantine).
+    pub dead_letter_failures: Counter,
     /// Messages quarantined whole (too large) or with undecodable content, per topic.
     pub quarantined: Family<TopicLabel, Counter>,
     /// The last offset the manifest archives, per partition.
@@ -48,13 +108,64 @@ pub struct KafkaMetrics {
     pub offset_regressions: Counter,
 }
 
+impl Default for KafkaMetrics {
+    fn default() -> Self {
+        Self {
+            messages: Family::default(),
+            partition_messages: Family::default(),
+            commit_seconds: Family::new_with_constructor(commit_histogram),
+            cuts: Family::default(),
+            dead_letters: Counter::default(),
+            dead_letter_failures: Counter::default(),
+            quarantined: Family::default(),
+            archived_offset: Family::default(),
+            high_watermark: Family::default(),
+            lag: Family::default(),
+            assigned_partitions: Gauge::default(),
+            range_conflicts: Counter::default(),
+            rebalances: Counter::default(),
+            offset_regressions: Counter::default(),
+        }
+    }
+}
+
 impl KafkaMetrics {
+    /// Counts a commit cut for `reason`.
+    pub fn cut(&self, reason: CutReason) {
+        self.cuts.get_or_create(&CutLabel { reason }).inc();
+    }
+
     /// Registers the metrics (names without the `auditlake_` prefix).
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "kafka_messages",
             "Kafka messages read, by topic",
             self.messages.clone(),
+        );
+        registry.register(
+            "kafka_partition_messages",
+            "Kafka messages read, by partition",
+            self.partition_messages.clone(),
+        );
+        registry.register(
+            "kafka_commit_seconds",
+            "Seconds from a partition's commit being cut to its manifest record being durable",
+            self.commit_seconds.clone(),
+        );
+        registry.register(
+            "kafka_commit_cuts",
+            "Commits cut, by why: messages, bytes and event_time depend only on the records (a replay cuts the same); quiet, pressure and stop on timing",
+            self.cuts.clone(),
+        );
+        registry.register(
+            "kafka_dead_letters",
+            "Quarantined messages also sent to the dead-letter topic",
+            self.dead_letters.clone(),
+        );
+        registry.register(
+            "kafka_dead_letter_failures",
+            "Quarantined messages the dead-letter topic did not take (they are in the archive's quarantine)",
+            self.dead_letter_failures.clone(),
         );
         registry.register(
             "kafka_quarantined",

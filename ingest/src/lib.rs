@@ -17,6 +17,8 @@ mod error;
 mod file_source;
 mod http_connections;
 #[cfg(feature = "kafka")]
+mod kafka_dead_letter;
+#[cfg(feature = "kafka")]
 mod kafka_log;
 #[cfg(feature = "kafka")]
 mod kafka_member;

@@ -349,6 +349,19 @@ serve_config! {
     kafka_cluster_header: String = "cluster".into();
     /// Cluster of each topic, `topic=cluster` (a `[kafka_topic_cluster]` table).
     kafka_topic_cluster: std::collections::BTreeMap<String, String> = Default::default();
+    /// A Kafka member's commit holds one partition's messages, at most this many; with
+    /// `kafka_commit_bytes` and `flush_interval_seconds` (measured on the messages'
+    /// timestamps) this decides where commits end, so a replay cuts the same files.
+    kafka_commit_messages: u64 = 100_000;
+    /// A Kafka member's commit ends once its messages' values reach this many bytes.
+    kafka_commit_bytes: u64 = 16 << 20;
+    /// Bytes of Kafka messages a member buffers over all its partitions; beyond it the
+    /// largest partition's commit is cut early (counted in `kafka_commit_cuts{reason=
+    /// "pressure"}`). Keep it above partitions held x `kafka_commit_bytes`.
+    kafka_buffer_bytes: u64 = 256 << 20;
+    /// Topic that quarantined Kafka messages are also sent to once archived, with the
+    /// reason in headers (empty: none). The archive's quarantine keeps them either way.
+    kafka_dead_letter_topic: String = String::new();
 }
 
 #[cfg(test)]
@@ -365,6 +378,7 @@ mod tests {
                 _ if k.name.ends_with("_bytes")
                     || k.name.ends_with("_seconds")
                     || k.name.ends_with("_events")
+                    || k.name.ends_with("_messages")
                     || k.name.ends_with("_connections") =>
                 {
                     "7"

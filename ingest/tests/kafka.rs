@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use auditlake_ingest::sources::kafka::KafkaSourceOptions;
+use auditlake_ingest::sources::kafka::{CommitCuts, KafkaSourceOptions};
 use auditlake_ingest::{
     Archive, ArchiveLocation, ServeConfig, ServeError, ServeSummary, consume_kafka,
 };
@@ -32,6 +32,21 @@ struct Member {
 
 impl Member {
     async fn start(archive_dir: &Path, brokers: &str, topic: &str, group: &str) -> Member {
+        let cuts = CommitCuts {
+            interval: Duration::from_secs(1),
+            ..CommitCuts::default()
+        };
+        Self::start_with(archive_dir, brokers, topic, group, cuts, "").await
+    }
+
+    async fn start_with(
+        archive_dir: &Path,
+        brokers: &str,
+        topic: &str,
+        group: &str,
+        cuts: CommitCuts,
+        dead_letter_topic: &str,
+    ) -> Member {
         let archive =
             Archive::open(ArchiveLocation::parse(archive_dir.to_str().unwrap()).unwrap()).unwrap();
         let config = ServeConfig {
@@ -55,6 +70,8 @@ impl Member {
             topic_clusters: BTreeMap::from([(topic.to_string(), "from-topic".to_string())]),
             default_cluster: "fallback".into(),
             max_message_bytes: 64 << 10,
+            cuts,
+            dead_letter_topic: dead_letter_topic.into(),
         };
         let (stop, stopped) = oneshot::channel::<()>();
         let (bound_tx, bound_rx) = oneshot::channel();
@@ -282,7 +299,20 @@ async fn a_member_archives_every_message_once_quarantines_poison_and_resumes_fro
     .await
     .unwrap();
 
-    let m = Member::start(dir.path(), &brokers, "audit", "archivers").await;
+    mock.create_topic("audit-dead", 1, 1).unwrap();
+    let cuts = CommitCuts {
+        interval: Duration::from_secs(1),
+        ..CommitCuts::default()
+    };
+    let m = Member::start_with(
+        dir.path(),
+        &brokers,
+        "audit",
+        "archivers",
+        cuts,
+        "audit-dead",
+    )
+    .await;
     wait_rows(dir.path(), produced.len(), 60).await;
     let (code, _) = m.get("/readyz").await;
     assert_eq!(code, 200, "ready while holding partitions");
@@ -317,6 +347,28 @@ async fn a_member_archives_every_message_once_quarantines_poison_and_resumes_fro
             .starts_with("kafka audit/2@")
     );
 
+    // The dead-letter topic got both, with where they came from and why.
+    let dead = read_topic(&brokers, "audit-dead", 2).await;
+    let keys: std::collections::BTreeSet<&str> = dead.iter().map(|d| d.0.as_str()).collect();
+    assert!(
+        keys.iter()
+            .any(|k| k.starts_with("kafka audit/1@") && k.contains("poison"))
+            && keys
+                .iter()
+                .any(|k| k.starts_with("kafka audit/2@") && k.contains("big")),
+        "{keys:?}"
+    );
+    for (_, headers, _) in &dead {
+        assert!(headers.contains_key("auditlake-reason"), "{headers:?}");
+        assert!(
+            headers.contains_key("auditlake-original-bytes"),
+            "{headers:?}"
+        );
+    }
+    let poison = dead.iter().find(|d| d.0.contains("poison")).unwrap();
+    assert_eq!(poison.2, b"this is not json");
+    assert_eq!(poison.1["auditlake-cluster"], "from-topic");
+
     // Offsets: every message of each partition is in exactly one range.
     let ranges = assert_ranges_disjoint(dir.path());
     assert_eq!(ranges.keys().copied().collect::<Vec<_>>(), [0, 1, 2]);
@@ -340,6 +392,130 @@ async fn a_member_archives_every_message_once_quarantines_poison_and_resumes_fro
     assert_exactly_once(dir.path(), &produced);
     assert!(manifest_records(dir.path()).len() > records_before);
     assert_ranges_disjoint(dir.path());
+}
+
+/// The first `n` messages of `topic` (one partition): key, headers, value.
+async fn read_topic(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+) -> Vec<(String, BTreeMap<String, String>, Vec<u8>)> {
+    use rdkafka::Message;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Headers;
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("{topic}-reader"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out = Vec::new();
+    while out.len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{topic} holds {} of {n} messages after 30 s",
+            out.len()
+        );
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            (
+                                h.key.to_string(),
+                                String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                            )
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((
+                String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                headers,
+                m.payload().unwrap_or_default().to_vec(),
+            ));
+        }
+    }
+    out
+}
+
+/// Each Kafka manifest record as (partition, first offset, last offset, event rows).
+fn commits(archive_dir: &Path) -> Vec<(i64, i64, i64, u64)> {
+    let mut out = Vec::new();
+    for m in manifest_records(archive_dir) {
+        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(m).unwrap()).unwrap();
+        if r["source"]["kind"] != "kafka" {
+            continue;
+        }
+        let ranges = r["source"]["ranges"].as_array().unwrap();
+        assert_eq!(ranges.len(), 1, "a commit holds one partition: {r}");
+        let rows = r["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["table"] == "events")
+            .map(|f| f["rows"].as_u64().unwrap())
+            .sum();
+        out.push((
+            ranges[0]["partition"].as_i64().unwrap(),
+            ranges[0]["from_offset"].as_i64().unwrap(),
+            ranges[0]["through_offset"].as_i64().unwrap(),
+            rows,
+        ));
+    }
+    out.sort();
+    out
+}
+
+/// Commits end where the records say (here every 40 messages of a partition), not where
+/// the clock or the interleaving of partitions happened to be: two members reading the
+/// same topic into two archives cut the same commits, with the same events in each. Only
+/// each partition's tail, read to its end, is cut by the clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_are_cut_by_the_records_so_a_second_reading_cuts_the_same_commits() {
+    let mock = MockCluster::new(1).unwrap();
+    let brokers = mock.bootstrap_servers();
+    mock.create_topic("audit", 3, 1).unwrap();
+    let p = producer(&brokers);
+    let produced = produce(&p, "audit", 7, 900).await;
+    let mut cut = Vec::new();
+    for group in ["first", "second"] {
+        let dir = tempfile::tempdir().unwrap();
+        let cuts = CommitCuts {
+            max_messages: 40,
+            // No event-time cut: the test's messages span less than this.
+            interval: Duration::from_secs(2),
+            ..CommitCuts::default()
+        };
+        let m = Member::start_with(dir.path(), &brokers, "audit", group, cuts, "").await;
+        wait_rows(dir.path(), produced.len(), 60).await;
+        let metrics = m.get("/metrics").await.1;
+        m.stop().await;
+        assert_exactly_once(dir.path(), &produced);
+        for want in [
+            "auditlake_kafka_commit_cuts_total{reason=\"messages\"}",
+            "auditlake_kafka_commit_cuts_total{reason=\"quiet\"}",
+            "auditlake_kafka_partition_messages_total{topic=\"audit\",partition=\"2\"}",
+            "auditlake_kafka_commit_seconds_count{topic=\"audit\",partition=\"0\"}",
+        ] {
+            assert!(metrics.contains(want), "{want} in {metrics}");
+        }
+        cut.push(commits(dir.path()));
+    }
+    assert_eq!(cut[0], cut[1], "the same commits, with the same events");
+    for partition in 0..3 {
+        let mine: Vec<_> = cut[0].iter().filter(|c| c.0 == partition).collect();
+        assert!(mine.len() > 1, "{mine:?}");
+        for (i, c) in mine.iter().enumerate() {
+            assert_eq!(c.1, 40 * i as i64, "{mine:?}");
+            if i + 1 < mine.len() {
+                assert_eq!(c.2 - c.1 + 1, 40, "full commits of 40 messages: {mine:?}");
+            }
+        }
+    }
 }
 
 /// A zombie and its replacement: two members that both believe they own every partition

@@ -179,14 +179,24 @@ impl Server {
 
     /// Waits up to `secs` for `/readyz` to answer 200.
     pub fn wait_ready(&mut self, secs: u64) {
+        if let Err(why) = self.ready_within(secs) {
+            panic!("{why}");
+        }
+    }
+
+    /// Waits up to `secs` for `/readyz` to answer 200; else why not.
+    pub fn ready_within(&mut self, secs: u64) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(secs);
         while http(self.ops, "GET", "/readyz", b"") != Some(200) {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("serve exited before it was ready: {status}");
+                return Err(format!("serve exited before it was ready: {status}"));
             }
-            assert!(Instant::now() < deadline, "serve not ready after {secs} s");
+            if Instant::now() >= deadline {
+                return Err(format!("serve not ready after {secs} s"));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     /// POSTs `body` to `/audit/webhook/{cluster}`; the status code.

@@ -10,23 +10,33 @@
 //! - Offsets are committed to Kafka only after the manifest record is durable
 //!   ([`OffsetCommitter`]), for lag monitoring; nothing reads them back except for a
 //!   partition the manifest does not know.
+//! - Each commit holds one partition's messages, cut by the records themselves
+//!   ([`CommitCuts`]): so many messages, so many bytes, or a message whose timestamp is a
+//!   flush interval past the first one's. A replay after a crash therefore cuts the same
+//!   commits and files. Only a partition that has gone quiet (read to its end, or the whole
+//!   consumer idle) is cut by the clock, within `flush_interval_seconds`; memory pressure
+//!   (more buffered than `buffer_bytes`) cuts the largest partition early, counted.
 //! - On revocation the archiver is told ([`Pulled::Revoked`]) and commits what it holds at
-//!   once; if another member gets its record in first, this one's commit is refused and it
-//!   re-reads, so no range is archived twice either way.
+//!   once (only whole cut commits are ever handed to it); what a revoked partition had
+//!   buffered is dropped, for its new owner to read from the manifest's offset. If another
+//!   member gets its record in first, this one's commit is refused and it re-reads, so no
+//!   range is archived twice either way.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use auditlake_archive::{Archive, KafkaRange, SourceMark};
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::topic_partition_list::TopicPartitionList;
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, Statistics};
 
 use super::{Durable, Marker, Position, Pulled, Shape, Source, SourceError, SourceRecord};
-pub use crate::kafka_metrics::{KafkaMetrics, PartitionLabel, TopicLabel};
+use crate::kafka_dead_letter::DeadLetter;
+pub use crate::kafka_metrics::{CutReason, KafkaMetrics, PartitionLabel, TopicLabel};
 use crate::telemetry::SourceKind;
 
 /// librdkafka properties auditlake sets itself: giving them is an error, since the
@@ -59,6 +69,37 @@ pub struct KafkaSourceOptions {
     pub default_cluster: String,
     /// Larger message values are quarantined (their start kept) instead of decoded.
     pub max_message_bytes: usize,
+    /// Where each partition's commits end.
+    pub cuts: CommitCuts,
+    /// Topic that quarantined messages are also sent to once archived (empty: none).
+    pub dead_letter_topic: String,
+}
+
+/// Where a partition's commits end: every limit but the quiet one is a function of the
+/// records, so a replay cuts the same commits.
+#[derive(Debug, Clone)]
+pub struct CommitCuts {
+    /// A commit holds at most this many messages of its partition.
+    pub max_messages: usize,
+    /// A commit ends once its messages' values reach this many bytes.
+    pub max_bytes: u64,
+    /// A message whose timestamp is this far past the commit's first message starts a new
+    /// commit; a quiet partition's messages are committed this long after the first arrived.
+    pub interval: Duration,
+    /// Messages buffered over all partitions beyond this many bytes cut the largest
+    /// partition's commit early (the one cut that depends on timing).
+    pub buffer_bytes: u64,
+}
+
+impl Default for CommitCuts {
+    fn default() -> Self {
+        Self {
+            max_messages: 100_000,
+            max_bytes: 16 << 20,
+            interval: Duration::from_secs(30),
+            buffer_bytes: 256 << 20,
+        }
+    }
 }
 
 impl KafkaSourceOptions {
@@ -80,7 +121,8 @@ impl KafkaSourceOptions {
             .set("client.id", "auditlake")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
-            .set("enable.partition.eof", "false")
+            // Where a partition is read to its end, a quiet commit may be cut by the clock.
+            .set("enable.partition.eof", "true")
             .set("auto.offset.reset", "earliest")
             .set("statistics.interval.ms", "5000");
         for (k, v) in &self.properties {
@@ -96,17 +138,40 @@ struct Shared {
     /// The next offset to hand out, per partition held (or held earlier in this session).
     next: HashMap<(String, i32), i64>,
     /// Partitions revoked since the last pull.
-    revoked: Vec<i32>,
+    revoked: Vec<(String, i32)>,
+    /// When each commit was cut, by (topic, partition, last offset): its latency is
+    /// observed once the offsets are durable.
+    cut_at: HashMap<(String, i32, i64), Instant>,
     /// Partitions held now.
     assigned: usize,
     /// Whether the group has assigned anything yet (or told us there is nothing for us).
     joined: bool,
+    /// Statistics in a row that showed a partition's high watermark below its next offset.
+    low_watermarks: HashMap<(String, i32), u32>,
     /// The manifest could not be read at an assignment: the run must restart.
     failed: Option<String>,
-    /// Partitions whose log ends before the offset the manifest archives (the topic was
-    /// deleted and created again, or truncated): their new messages would be taken for
-    /// archived ones, so the member says so and is not ready.
-    regressed: Vec<String>,
+    /// Partitions whose log went back below the offset the manifest archives (the topic was
+    /// deleted and created again, or truncated), and what to tell the operator.
+    regressed: BTreeMap<(String, i32), String>,
+}
+
+impl Shared {
+    /// Records that `key`'s log went back: `what` happened where offset `next` was due.
+    fn regression(&mut self, key: &(String, i32), what: &str, next: i64, metrics: &KafkaMetrics) {
+        if self.regressed.contains_key(key) {
+            return;
+        }
+        let (topic, partition) = key;
+        let problem = format!(
+            "{topic}/{partition} {what}, below offset {next} up to which the archive holds \
+             it: the topic was deleted and created again or truncated, and its new messages \
+             would be taken for archived ones, so none is archived. Archive it under a new \
+             topic name (or into a new archive)"
+        );
+        tracing::error!("{problem}");
+        metrics.offset_regressions.inc();
+        self.regressed.insert(key.clone(), problem);
+    }
 }
 
 /// The consumer's context: assigns partitions at the offsets the manifest says.
@@ -125,7 +190,7 @@ impl ArchiveContext {
 
     /// The start offset of each partition in `tpl`, from the manifest (and this session's
     /// own reading, which may be ahead of the manifest while a commit is in flight).
-    fn position(&self, tpl: &mut TopicPartitionList) -> Vec<((String, i32), i64)> {
+    fn position(&self, tpl: &mut TopicPartitionList) {
         let progress = match self.handle.block_on(self.archive.kafka_progress()) {
             Ok(p) => p,
             Err(e) => {
@@ -133,7 +198,7 @@ impl ArchiveContext {
                     "reading the archived Kafka offsets from the manifest at a partition \
                      assignment: {e}"
                 ));
-                return Vec::new();
+                return;
             }
         };
         let mut starts = Vec::new();
@@ -156,49 +221,57 @@ impl ArchiveContext {
                 starts.push((key, start));
             }
         }
-        let mut archived = Vec::new();
         for ((topic, partition), start) in starts {
             let offset = start.map_or(Offset::Stored, Offset::Offset);
             if let Err(e) = tpl.set_partition_offset(&topic, partition, offset) {
                 self.shared().failed = Some(format!("seeking {topic}/{partition}: {e}"));
             }
-            if let Some(start) = start {
-                archived.push(((topic, partition), start));
-            }
         }
-        archived
     }
+}
 
-    /// Fails closed on a partition whose log now ends before where the manifest says it
-    /// resumes: Kafka would hand out new messages at offsets already archived.
-    fn check_watermarks(&self, consumer: &BaseConsumer<Self>, starts: &[((String, i32), i64)]) {
-        for ((topic, partition), start) in starts {
-            match consumer.fetch_watermarks(topic, *partition, Duration::from_secs(5)) {
-                Ok((_, high)) if high < *start => {
-                    let problem = format!(
-                        "{topic}/{partition} ends at offset {high}, before offset {start} up to \
-                         which the archive holds it: the topic was deleted and created again or \
-                         truncated, and its new messages would be taken for archived ones. \
-                         Archive it under a new topic name (or into a new archive)"
-                    );
-                    tracing::error!("{problem}");
-                    self.metrics.offset_regressions.inc();
-                    self.shared().regressed.push(problem);
+impl ArchiveContext {
+    /// A partition whose log (as the fetches see it) ends before the offset due next went
+    /// back: a broker that answers fetches past the end with nothing, rather than an
+    /// out-of-range error, shows it only this way. Twice in a row, so a high watermark from
+    /// before a new assignment's first fetch is not taken for one.
+    fn check_high_watermark(&self, topic: &str, partition: i32, high: i64) {
+        let mut s = self.shared();
+        let key = (topic.to_string(), partition);
+        match s.next.get(&key).copied() {
+            Some(next) if high < next => {
+                let seen = s.low_watermarks.entry(key.clone()).or_default();
+                *seen += 1;
+                if *seen >= 2 {
+                    let what = format!("ends at offset {high}");
+                    s.regression(&key, &what, next, &self.metrics);
                 }
-                Ok(_) => {}
-                Err(e) => tracing::warn!(topic = %topic, partition, error = %e,
-                    "could not read the partition's watermarks at assignment"),
+            }
+            _ => {
+                s.low_watermarks.remove(&key);
             }
         }
     }
 }
 
 impl ClientContext for ArchiveContext {
+    /// librdkafka also reports each partition read to its end as a global error; the
+    /// source takes that from `poll`, so it is no error here.
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::Global(rdkafka::error::RDKafkaErrorCode::PartitionEOF) => {}
+            e => tracing::error!(error = %e, reason, "librdkafka error"),
+        }
+    }
+
     fn stats(&self, statistics: Statistics) {
         for (topic, t) in &statistics.topics {
             for (partition, p) in &t.partitions {
                 if *partition < 0 || p.hi_offset < 0 {
                     continue;
+                }
+                if p.desired {
+                    self.check_high_watermark(topic, *partition, p.hi_offset);
                 }
                 let l = KafkaMetrics::label(topic, *partition);
                 self.metrics
@@ -229,8 +302,7 @@ impl ConsumerContext for ArchiveContext {
         );
         let outcome = match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                let starts = self.position(tpl);
-                self.check_watermarks(consumer, &starts);
+                self.position(tpl);
                 let n = tpl.count();
                 {
                     let mut s = self.shared();
@@ -245,9 +317,13 @@ impl ConsumerContext for ArchiveContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                let parts: Vec<(String, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_string(), e.partition()))
+                    .collect();
                 tracing::info!(partitions = ?parts, lost = consumer.assignment_lost(),
-                    "partitions revoked; committing what was read from them");
+                    "partitions revoked; committing what was cut from them, leaving the rest to their next owner");
                 {
                     let mut s = self.shared();
                     s.revoked.extend(parts);
@@ -278,18 +354,42 @@ impl ConsumerContext for ArchiveContext {
 /// The consumer, shared by the source and the offset committer.
 type Member = BaseConsumer<ArchiveContext>;
 
-/// A consumer-group member yielding its messages as records.
+/// A consumer-group member yielding its messages as records, one partition's commit at a
+/// time.
 pub struct KafkaSource {
     consumer: Arc<Member>,
     options: KafkaSourceOptions,
     metrics: Arc<KafkaMetrics>,
-    /// A message read together with a revocation, handed out at the next pull.
-    stashed: Option<SourceRecord>,
     /// Each topic's message counter, by its index in `options.topics` (no label built per
     /// message).
     topic_messages: Vec<prometheus_client::metrics::counter::Counter>,
+    /// Each partition's message counter, resolved once per partition.
+    partition_messages: HashMap<(u16, i32), prometheus_client::metrics::counter::Counter>,
     /// This member's run, in its file names (see [`OffsetMarker::stem`]).
     run: String,
+    /// Messages read but not yet cut into a commit, per (topic index, partition).
+    chunks: BTreeMap<(u16, i32), Chunk>,
+    /// Bytes held in `chunks`.
+    buffered: u64,
+    /// Partition numbers read to their end since their last message (librdkafka's
+    /// end-of-partition event names no topic: with several topics this errs toward cutting
+    /// a quiet commit early, never toward holding one back).
+    at_end: HashSet<i32>,
+    /// When the last message of any partition arrived.
+    last_message: Instant,
+    /// Cut commits and revocations, handed out one per pull.
+    out: VecDeque<Pulled>,
+    /// Shutting down: cut everything buffered, then end.
+    stopping: bool,
+}
+
+/// A partition's messages since its last cut.
+struct Chunk {
+    records: Vec<SourceRecord>,
+    bytes: u64,
+    /// The first message's timestamp (ms), when messages carry one.
+    first_timestamp_ms: Option<i64>,
+    opened: Instant,
 }
 
 impl KafkaSource {
@@ -336,19 +436,164 @@ impl KafkaSource {
             consumer: Arc::new(consumer),
             options,
             metrics,
-            stashed: None,
             topic_messages,
+            partition_messages: HashMap::new(),
             run: crate::pipeline::new_writer_id(),
+            chunks: BTreeMap::new(),
+            buffered: 0,
+            at_end: HashSet::new(),
+            last_message: Instant::now(),
+            out: VecDeque::new(),
+            stopping: false,
         })
     }
 
-    /// The callback that commits offsets to Kafka once their manifest record is durable.
-    pub fn offset_committer(&self) -> Arc<dyn Durable> {
-        Arc::new(OffsetCommitter {
+    /// The callback that commits offsets to Kafka once their manifest record is durable,
+    /// and sends quarantined messages to the dead-letter topic, if one is configured.
+    pub fn offset_committer(&self) -> Result<Arc<dyn Durable>, SourceError> {
+        let dead_letter = if self.options.dead_letter_topic.is_empty() {
+            None
+        } else {
+            Some(
+                DeadLetter::new(
+                    &self.options.brokers,
+                    &self.options.dead_letter_topic,
+                    &self.options.properties,
+                    self.metrics.clone(),
+                )
+                .map_err(SourceError)?,
+            )
+        };
+        Ok(Arc::new(OffsetCommitter {
             consumer: self.consumer.clone(),
             group: self.options.group.clone(),
             metrics: self.metrics.clone(),
-        })
+            dead_letter,
+        }))
+    }
+
+    /// Stops reading: the next pulls hand out everything buffered, cut per partition, then
+    /// end.
+    pub fn stop(&mut self) {
+        self.stopping = true;
+    }
+
+    fn topic_index(&self, topic: &str) -> Option<u16> {
+        self.options
+            .topics
+            .iter()
+            .position(|t| t == topic)
+            .map(|i| i as u16)
+    }
+
+    fn topic_name(&self, index: u16) -> &str {
+        self.options
+            .topics
+            .get(index as usize)
+            .map_or("", String::as_str)
+    }
+
+    /// Adds a message to its partition's commit, cutting where the records say.
+    fn buffer(&mut self, key: (u16, i32), record: SourceRecord, timestamp_ms: Option<i64>) {
+        let interval_ms = self.options.cuts.interval.as_millis() as i64;
+        if let Some(c) = self.chunks.get(&key)
+            && let (Some(first), Some(ts)) = (c.first_timestamp_ms, timestamp_ms)
+            && ts.saturating_sub(first) >= interval_ms
+        {
+            self.cut(key, CutReason::EventTime);
+        }
+        let len = record.body.len() as u64;
+        let c = self.chunks.entry(key).or_insert_with(|| Chunk {
+            records: Vec::new(),
+            bytes: 0,
+            first_timestamp_ms: None,
+            opened: Instant::now(),
+        });
+        if c.first_timestamp_ms.is_none() {
+            c.first_timestamp_ms = timestamp_ms;
+        }
+        c.records.push(record);
+        c.bytes += len;
+        self.buffered += len;
+        if c.records.len() >= self.options.cuts.max_messages {
+            self.cut(key, CutReason::Messages);
+        } else if c.bytes >= self.options.cuts.max_bytes {
+            self.cut(key, CutReason::Bytes);
+        }
+        if self.buffered > self.options.cuts.buffer_bytes
+            && let Some(largest) = self
+                .chunks
+                .iter()
+                .max_by_key(|(_, c)| c.bytes)
+                .map(|(k, _)| *k)
+        {
+            tracing::debug!(
+                buffered = self.buffered,
+                "Kafka messages buffered beyond kafka_buffer_bytes: cutting the largest partition's commit early"
+            );
+            self.cut(largest, CutReason::Pressure);
+        }
+    }
+
+    /// Hands out `key`'s buffered messages as one commit.
+    fn cut(&mut self, key: (u16, i32), reason: CutReason) {
+        let Some(c) = self.chunks.remove(&key) else {
+            return;
+        };
+        self.buffered -= c.bytes;
+        if let Some(Position::Kafka { offset, .. }) = c.records.last().map(|r| r.position) {
+            let topic = self.topic_name(key.0).to_string();
+            self.consumer
+                .context()
+                .shared()
+                .cut_at
+                .insert((topic, key.1, offset), Instant::now());
+        }
+        self.metrics.cut(reason);
+        self.out.extend(c.records.into_iter().map(Pulled::Record));
+        self.out.push_back(Pulled::Cut);
+    }
+
+    /// Cuts the commits of partitions gone quiet: read to their end, or the whole consumer
+    /// idle, for a flush interval since their first message arrived.
+    fn cut_quiet(&mut self) {
+        if self.chunks.is_empty() {
+            return;
+        }
+        let interval = self.options.cuts.interval;
+        let all_quiet = self.last_message.elapsed() >= interval;
+        let due: Vec<(u16, i32)> = self
+            .chunks
+            .iter()
+            .filter(|(k, c)| {
+                c.opened.elapsed() >= interval && (all_quiet || self.at_end.contains(&k.1))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in due {
+            self.cut(k, CutReason::Quiet);
+        }
+    }
+
+    /// Drops what revoked partitions had buffered (their next owner reads it from the
+    /// manifest's offset) and rewinds where this session would resume them.
+    fn drop_revoked(&mut self, revoked: &[(String, i32)]) {
+        for (topic, partition) in revoked {
+            let Some(t) = self.topic_index(topic) else {
+                continue;
+            };
+            if let Some(c) = self.chunks.remove(&(t, *partition)) {
+                self.buffered -= c.bytes;
+                if let Some(Position::Kafka { offset, .. }) = c.records.first().map(|r| r.position)
+                {
+                    self.consumer
+                        .context()
+                        .shared()
+                        .next
+                        .insert((topic.clone(), *partition), offset);
+                }
+            }
+        }
     }
 
     /// Whether the member holds partitions now, or has joined and was given none (more
@@ -429,7 +674,7 @@ impl ReadinessProbe {
     /// `Ok` while the member holds partitions or the group gave it none; else why not.
     pub fn check(&self) -> Result<(), String> {
         let s = self.0.context().shared();
-        if let Some(problem) = s.regressed.first() {
+        if let Some(problem) = s.regressed.values().next() {
             return Err(problem.clone());
         }
         if s.assigned > 0 || s.joined {
@@ -450,58 +695,107 @@ impl Source for KafkaSource {
         true
     }
 
+    fn cuts_commits(&self) -> bool {
+        true
+    }
+
     fn pull(&mut self, wait: Duration) -> Result<Pulled, SourceError> {
-        if let Some(r) = self.stashed.take() {
-            return Ok(Pulled::Record(r));
+        if let Some(p) = self.out.pop_front() {
+            return Ok(p);
         }
-        let deadline = std::time::Instant::now() + wait;
+        if self.stopping {
+            let keys: Vec<(u16, i32)> = self.chunks.keys().copied().collect();
+            for k in keys {
+                self.cut(k, CutReason::Stop);
+            }
+            return Ok(self.out.pop_front().unwrap_or(Pulled::End));
+        }
+        let deadline = Instant::now() + wait;
+        // The message borrows the consumer, not `self`, so it can be buffered.
+        let consumer = self.consumer.clone();
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let polled = self.consumer.poll(left);
-            let ctx = self.consumer.context();
-            let record = match polled {
+            self.cut_quiet();
+            if let Some(p) = self.out.pop_front() {
+                return Ok(p);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Short polls, so quiet partitions are looked at between them.
+            let polled = consumer.poll(left.min(Duration::from_millis(100)));
+            let revoked = {
+                let mut s = consumer.context().shared();
+                if let Some(why) = s.failed.take() {
+                    return Err(SourceError(why));
+                }
+                std::mem::take(&mut s.revoked)
+            };
+            if !revoked.is_empty() {
+                self.drop_revoked(&revoked);
+                self.out
+                    .push_back(Pulled::Revoked(revoked.iter().map(|r| r.1).collect()));
+            }
+            match polled {
                 Some(Ok(m)) => {
-                    let key = (m.topic().to_string(), m.partition());
-                    let mut s = ctx.shared();
-                    let next = s.next.get(&key).copied();
-                    // Below the start: archived already (a message fetched before the seek).
-                    if next.is_some_and(|n| m.offset() < n) {
-                        None
-                    } else {
-                        s.next.insert(key, m.offset() + 1);
-                        drop(s);
-                        let topic_index = self
-                            .options
-                            .topics
-                            .iter()
-                            .position(|t| t == m.topic())
-                            .unwrap_or(0) as u16;
+                    let partition = m.partition();
+                    let gone = revoked
+                        .iter()
+                        .any(|(t, p)| *p == partition && t == m.topic());
+                    let Some(topic_index) = self.topic_index(m.topic()) else {
+                        continue;
+                    };
+                    let fresh = !gone && {
+                        let mut s = consumer.context().shared();
+                        let key = (m.topic().to_string(), partition);
+                        match s.next.get(&key).copied() {
+                            // librdkafka drops messages fetched before an assignment, so a
+                            // message below where this partition was sought means its log
+                            // went back: Kafka reset to its start after the archived offset
+                            // fell off its end (the topic was deleted and created again, or
+                            // truncated). Its messages would be taken for archived ones, so
+                            // none is, and the member says so and is not ready.
+                            Some(n) if m.offset() < n => {
+                                let what = format!("went back to offset {}", m.offset());
+                                s.regression(&key, &what, n, &self.metrics);
+                                false
+                            }
+                            _ => {
+                                s.next.insert(key, m.offset() + 1);
+                                true
+                            }
+                        }
+                    };
+                    if fresh {
                         if let Some(c) = self.topic_messages.get(topic_index as usize) {
                             c.inc();
                         }
-                        Some(self.record(&m, topic_index))
+                        let key = (topic_index, partition);
+                        let metrics = &self.metrics;
+                        self.partition_messages
+                            .entry(key)
+                            .or_insert_with(|| {
+                                metrics
+                                    .partition_messages
+                                    .get_or_create(&KafkaMetrics::label(m.topic(), partition))
+                                    .clone()
+                            })
+                            .inc();
+                        self.at_end.remove(&partition);
+                        self.last_message = Instant::now();
+                        let record = self.record(&m, topic_index);
+                        self.buffer(key, record, m.timestamp().to_millis());
                     }
+                }
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
+                    self.at_end.insert(partition);
                 }
                 Some(Err(e)) => {
                     // librdkafka retries broker errors itself; they are worth a line, not
                     // the end of the run.
                     tracing::warn!(error = %e, "Kafka consumer error");
-                    None
                 }
-                None => None,
-            };
-            let mut s = ctx.shared();
-            if let Some(why) = s.failed.take() {
-                return Err(SourceError(why));
+                None => {}
             }
-            if !s.revoked.is_empty() {
-                let parts = std::mem::take(&mut s.revoked);
-                self.stashed = record;
-                return Ok(Pulled::Revoked(parts));
-            }
-            drop(s);
-            if let Some(r) = record {
-                return Ok(Pulled::Record(r));
+            if let Some(p) = self.out.pop_front() {
+                return Ok(p);
             }
             if left.is_zero() {
                 return Ok(Pulled::Idle);
@@ -590,6 +884,7 @@ pub struct OffsetCommitter {
     consumer: Arc<Member>,
     group: String,
     metrics: Arc<KafkaMetrics>,
+    dead_letter: Option<DeadLetter>,
 }
 
 impl Durable for OffsetCommitter {
@@ -604,6 +899,17 @@ impl Durable for OffsetCommitter {
         for r in ranges {
             self.metrics
                 .archived(&r.topic, r.partition, r.through_offset);
+            let cut = self.consumer.context().shared().cut_at.remove(&(
+                r.topic.clone(),
+                r.partition,
+                r.through_offset,
+            ));
+            if let Some(cut) = cut {
+                self.metrics
+                    .commit_seconds
+                    .get_or_create(&KafkaMetrics::label(&r.topic, r.partition))
+                    .observe(cut.elapsed().as_secs_f64());
+            }
             tpl.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.through_offset + 1))
                 .map_err(|e| SourceError(format!("offsets of {}/{}: {e}", r.topic, r.partition)))?;
         }
@@ -612,6 +918,16 @@ impl Durable for OffsetCommitter {
             tracing::debug!(error = %e, "committing offsets to Kafka (they are archived; Kafka's copy is only for lag monitoring)");
         }
         Ok(0)
+    }
+
+    fn wants_quarantine(&self) -> bool {
+        self.dead_letter.is_some()
+    }
+
+    fn quarantined(&self, records: &[auditlake_schema::Quarantined]) {
+        if let Some(d) = &self.dead_letter {
+            d.send(records);
+        }
     }
 }
 
@@ -679,6 +995,8 @@ mod tests {
             topic_clusters: BTreeMap::new(),
             default_cluster: "default".into(),
             max_message_bytes: 1 << 20,
+            cuts: CommitCuts::default(),
+            dead_letter_topic: String::new(),
         };
         o.properties
             .insert("security.protocol".into(), "SASL_SSL".into());

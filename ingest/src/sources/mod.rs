@@ -12,6 +12,9 @@
 //! - [`Pulled::Revoked`] tells the archiver that partitions are being taken away mid-batch:
 //!   it commits what it holds at once, so the offsets of everything it read from them are in
 //!   a committed manifest record before the partitions go to another consumer;
+//! - a source that decides its commits itself ([`Source::cuts_commits`]: Kafka, so that a
+//!   replay cuts the same files) says where each ends with [`Pulled::Cut`], and the archiver
+//!   then commits on no timer or byte count of its own;
 //! - a source learns that records are durable from the committer ([`Durable`]), after the
 //!   manifest record naming their files is written, never before: the webhook then trims
 //!   its log, Kafka stores its offsets, files do nothing.
@@ -101,6 +104,8 @@ pub enum Pulled {
     Idle,
     /// These partitions are being revoked: commit what is held now.
     Revoked(Vec<i32>),
+    /// The records handed out since the last commit form one: commit them now.
+    Cut,
     /// The source ended (the log closed, the files were read).
     End,
 }
@@ -118,6 +123,12 @@ pub trait Source: Send {
     /// timeout), so the archiver drops events it has seen within the dedup window. A file
     /// is archived as it is.
     fn resends(&self) -> bool;
+    /// Whether the source says where each commit ends ([`Pulled::Cut`]), so the archiver
+    /// cuts none on its own timer or byte count: a commit's contents are then a function of
+    /// the records, and a replay after a crash cuts the same files.
+    fn cuts_commits(&self) -> bool {
+        false
+    }
     /// The next record, waiting up to `wait` for one.
     fn pull(&mut self, wait: Duration) -> Result<Pulled, SourceError>;
     /// What turns the records in a commit into the commit's mark. It is kept by the
@@ -150,4 +161,14 @@ pub trait Durable: Send + Sync {
     /// returns the bytes it freed, for the log. An error is logged and the next commit's
     /// call tries again.
     fn durable(&self, mark: &SourceMark) -> Result<u64, SourceError>;
+
+    /// Whether [`Durable::quarantined`] wants the quarantine records of each commit (so
+    /// they are copied only for a source that passes them on).
+    fn wants_quarantine(&self) -> bool {
+        false
+    }
+
+    /// The quarantine records of a commit now durable, after [`Durable::durable`]: a source
+    /// may pass them on (Kafka's dead-letter topic). Runs on a blocking thread.
+    fn quarantined(&self, _records: &[auditlake_schema::Quarantined]) {}
 }
