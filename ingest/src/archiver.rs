@@ -219,11 +219,24 @@ impl Decoded {
 /// What the reading side hands the writing side.
 enum Step {
     Record(Box<Decoded>),
+    /// Consecutive records decoded as one batch (see [`Reader::coalesce`]): each record's
+    /// place and quarantine, then their events.
+    Group {
+        records: Vec<Decoded>,
+        batch: Option<RecordBatch>,
+        received_at_micros: i64,
+        origin: String,
+    },
     Idle,
     /// Commit now (partitions revoked, or the source ended a commit).
     Cut,
     End,
 }
+
+/// Rows of small records gathered into one batch before it is finished...
+const COALESCE_ROWS: usize = 8192;
+/// ...or this many input bytes.
+const COALESCE_BYTES: usize = 8 << 20;
 
 /// The reading side: pulls, decodes and drops resends.
 struct Reader<'a> {
@@ -232,7 +245,18 @@ struct Reader<'a> {
     dedup: Option<Deduplicator>,
     kind: SourceKind,
     max_summary_bytes: usize,
+    /// Decode consecutive records into one batch (a source that cuts its own commits, such
+    /// as Kafka with one event per message: a batch per message would cost the detectors
+    /// and the Parquet writer far more than the event).
+    coalesce: bool,
+    /// Records whose rows are in the decoder, not yet in a batch.
+    held: Vec<Decoded>,
+    /// What the source said while rows were held: handled once they are handed over.
+    stashed: Option<Pulled>,
 }
+
+/// Records in one [`Step::Group`] at most.
+const COALESCE_RECORDS: usize = 8192;
 
 impl Reader<'_> {
     /// The next step. With `attempts`, a log record the archiver keeps failing on is set
@@ -243,11 +267,69 @@ impl Reader<'_> {
         attempts: Option<&mut RecordAttempts>,
         metrics: &ServeMetrics,
     ) -> Result<Step, ArchiverFailure> {
-        let r = match self
+        if self.coalesce {
+            return self.next_group(wait, metrics);
+        }
+        let pulled = self
             .source
             .pull(wait)
-            .map_err(|e| ArchiverFailure(e.to_string()))?
-        {
+            .map_err(|e| ArchiverFailure(e.to_string()))?;
+        self.step(pulled, attempts, metrics)
+    }
+
+    /// Pulls records into one batch until it is full or the source has nothing at hand,
+    /// then hands them over as a [`Step::Group`].
+    fn next_group(
+        &mut self,
+        wait: Duration,
+        metrics: &ServeMetrics,
+    ) -> Result<Step, ArchiverFailure> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let pulled = match self.stashed.take() {
+                Some(p) => p,
+                None => {
+                    // Held rows are handed over as soon as the source has nothing at hand.
+                    let wait = if self.held.is_empty() {
+                        deadline.saturating_duration_since(Instant::now())
+                    } else {
+                        Duration::ZERO
+                    };
+                    self.source
+                        .pull(wait)
+                        .map_err(|e| ArchiverFailure(e.to_string()))?
+                }
+            };
+            match pulled {
+                Pulled::Record(r) if !r.archived => {
+                    self.hold(&r);
+                    if self.held.len() >= COALESCE_RECORDS
+                        || self.decoder.buffered_rows() >= COALESCE_ROWS
+                        || self.decoder.buffered_input_bytes() >= COALESCE_BYTES
+                    {
+                        return self.finish_held(metrics);
+                    }
+                }
+                // The held rows go first: the step after them may cut a commit.
+                other if !self.held.is_empty() => {
+                    if !matches!(other, Pulled::Idle) {
+                        self.stashed = Some(other);
+                    }
+                    return self.finish_held(metrics);
+                }
+                other => return self.step(other, None, metrics),
+            }
+        }
+    }
+
+    /// What one pull means for the writing side.
+    fn step(
+        &mut self,
+        pulled: Pulled,
+        attempts: Option<&mut RecordAttempts>,
+        metrics: &ServeMetrics,
+    ) -> Result<Step, ArchiverFailure> {
+        let r = match pulled {
             Pulled::Record(r) => r,
             Pulled::Idle => return Ok(Step::Idle),
             Pulled::Revoked(_) | Pulled::Cut => return Ok(Step::Cut),
@@ -301,13 +383,35 @@ impl Reader<'_> {
         })))
     }
 
-    /// Decodes one record and drops its resent events (for a record already archived, only
-    /// remembers its events as seen).
-    fn decode(
-        &mut self,
-        r: &SourceRecord,
-        metrics: &ServeMetrics,
-    ) -> Result<Decoded, ArchiverFailure> {
+    /// Decodes a record into the rows held.
+    fn hold(&mut self, r: &SourceRecord) {
+        let (quarantine, summarised) = self.decode_rows(r);
+        self.held.push(Decoded {
+            quarantine,
+            summarised,
+            ..Decoded::of(r)
+        });
+    }
+
+    /// Hands over the records held and their rows as one batch.
+    fn finish_held(&mut self, metrics: &ServeMetrics) -> Result<Step, ArchiverFailure> {
+        let records = std::mem::take(&mut self.held);
+        let (origin, received_at_micros) = records
+            .last()
+            .map(|d| (d.origin.clone(), d.received_at_micros))
+            .unwrap_or_default();
+        let batch = self.finish_rows(&origin, received_at_micros, metrics)?;
+        Ok(Step::Group {
+            records,
+            batch,
+            received_at_micros,
+            origin,
+        })
+    }
+
+    /// Decodes `r` into the decoder's rows; its quarantine records and how many more were
+    /// only summarised.
+    fn decode_rows(&mut self, r: &SourceRecord) -> (Vec<Quarantined>, u64) {
         let decoder = &mut self.decoder;
         decoder.set_ingested_at(r.received_at_micros);
         let mut q = Vec::new();
@@ -328,34 +432,65 @@ impl Reader<'_> {
                 decoder.quarantine_oversized(&r.body, full_len, pos, &mut q)
             }
         }
-        let summarised = decoder.take_summarised();
+        (q, decoder.take_summarised())
+    }
+
+    /// Finishes the decoder's rows as a batch, resent events dropped.
+    fn finish_rows(
+        &mut self,
+        origin: &str,
+        received_at_micros: i64,
+        metrics: &ServeMetrics,
+    ) -> Result<Option<RecordBatch>, ArchiverFailure> {
+        let decoder = &mut self.decoder;
         let batch = decoder.finish_batch();
         let keep: Option<BooleanArray> = self.dedup.as_mut().map(|dedup| {
             decoder
                 .take_row_digests()
                 .iter()
-                .map(|d| Some(dedup.first_sighting(*d, r.received_at_micros)))
+                .map(|d| Some(dedup.first_sighting(*d, received_at_micros)))
                 .collect()
         });
-        let mut decoded = Decoded::of(r);
-        if r.archived {
-            return Ok(decoded);
-        }
         let duplicates = keep.as_ref().map_or(0, |k| k.false_count() as u64);
         if duplicates > 0 {
             metrics.duplicates.inc_by(duplicates);
-            tracing::info!(origin = %r.origin, duplicates, "dropped resent events");
+            tracing::info!(origin = %origin, duplicates, "dropped resent events");
         }
-        decoded.batch = match (batch, keep) {
+        Ok(match (batch, keep) {
             (Some(batch), Some(keep)) if duplicates > 0 => Some(
                 filter_record_batch(&batch, &keep)
                     .map_err(|e| ArchiverFailure(format!("filtering duplicates: {e}")))?,
             ),
             (batch, _) => batch,
-        };
-        decoded.quarantine = q;
-        decoded.summarised = summarised;
-        Ok(decoded)
+        })
+    }
+
+    /// Decodes one record and drops its resent events (for a record already archived, only
+    /// remembers its events as seen).
+    fn decode(
+        &mut self,
+        r: &SourceRecord,
+        metrics: &ServeMetrics,
+    ) -> Result<Decoded, ArchiverFailure> {
+        let (quarantine, summarised) = self.decode_rows(r);
+        if r.archived {
+            // Remembered as seen, not counted as dropped.
+            let decoder = &mut self.decoder;
+            decoder.finish_batch();
+            if let Some(dedup) = self.dedup.as_mut() {
+                for d in decoder.take_row_digests() {
+                    dedup.first_sighting(d, r.received_at_micros);
+                }
+            }
+            return Ok(Decoded::of(r));
+        }
+        let batch = self.finish_rows(&r.origin, r.received_at_micros, metrics)?;
+        Ok(Decoded {
+            batch,
+            quarantine,
+            summarised,
+            ..Decoded::of(r)
+        })
     }
 }
 
@@ -393,6 +528,10 @@ pub(crate) fn run(
         dedup: resends.then(|| Deduplicator::new(s.dedup_window_micros, s.dedup_max_events)),
         kind,
         max_summary_bytes: s.decoder.max_summary_bytes,
+        // The tracked path decodes record by record (see below).
+        coalesce: self_cut && kit.attempts.is_none(),
+        held: Vec::new(),
+        stashed: None,
     };
     let mut writing = Writing::new(s, marker, kind, cuts);
     writing.self_cut = self_cut;
@@ -412,7 +551,10 @@ pub(crate) fn run(
             .spawn_scoped(scope, move || {
                 loop {
                     let step = reader.next(Duration::from_millis(200), None, metrics);
-                    let last = !matches!(step, Ok(Step::Record(_) | Step::Idle | Step::Cut));
+                    let last = !matches!(
+                        step,
+                        Ok(Step::Record(_) | Step::Group { .. } | Step::Idle | Step::Cut)
+                    );
                     if tx.send(step).is_err() || last {
                         return;
                     }
@@ -502,21 +644,24 @@ impl Writing {
         }
         let mut closing = false;
         match step {
-            Step::Record(d) => {
-                let d = *d;
-                let tracked = d.tracked_seq;
-                let archived = d.archived;
-                let (position, body_len) = (d.position, d.body_len);
-                self.write(d, kit.detection.as_ref(), metrics)?;
-                if let (Some(seq), Some(attempts)) = (tracked, kit.attempts.as_mut()) {
-                    attempts.done(seq)?;
+            Step::Record(d) => self.take_record(*d, kit, metrics)?,
+            Step::Group {
+                records,
+                batch,
+                received_at_micros,
+                origin,
+            } => {
+                for d in records {
+                    self.take_record(d, kit, metrics)?;
                 }
-                if !archived {
-                    if let Position::Log { seq } = position {
-                        self.last_seq = seq;
-                    }
-                    self.pending.dirty = true;
-                    self.pending.bytes += body_len;
+                if let Some(batch) = batch {
+                    self.write_batch(
+                        batch,
+                        received_at_micros,
+                        &origin,
+                        kit.detection.as_ref(),
+                        metrics,
+                    )?;
                 }
             }
             Step::Idle => {}
@@ -579,6 +724,30 @@ impl Writing {
         Ok(false)
     }
 
+    /// Files a decoded record and counts it into the commit being gathered.
+    fn take_record(
+        &mut self,
+        d: Decoded,
+        kit: &mut ArchiverKit,
+        metrics: &ServeMetrics,
+    ) -> Result<(), ArchiverFailure> {
+        let tracked = d.tracked_seq;
+        let archived = d.archived;
+        let (position, body_len) = (d.position, d.body_len);
+        self.write(d, kit.detection.as_ref(), metrics)?;
+        if let (Some(seq), Some(attempts)) = (tracked, kit.attempts.as_mut()) {
+            attempts.done(seq)?;
+        }
+        if !archived {
+            if let Position::Log { seq } = position {
+                self.last_seq = seq;
+            }
+            self.pending.dirty = true;
+            self.pending.bytes += body_len;
+        }
+        Ok(())
+    }
+
     /// Files a decoded record: its quarantine, its events to the detectors and the Parquet
     /// writer, its place in the commit's mark.
     fn write(
@@ -605,14 +774,28 @@ impl Writing {
         if !d.quarantine.is_empty() {
             self.pending.quarantine(d.quarantine);
         }
-        let Some(kept) = d.batch else {
-            return Ok(());
-        };
+        match d.batch {
+            Some(kept) => {
+                self.write_batch(kept, d.received_at_micros, &d.origin, detection, metrics)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Shows a batch to the detectors and writes it to Parquet.
+    fn write_batch(
+        &mut self,
+        kept: RecordBatch,
+        received_at_micros: i64,
+        origin: &str,
+        detection: Option<&DetectionThread>,
+        metrics: &ServeMetrics,
+    ) -> Result<(), ArchiverFailure> {
         metrics
             .telemetry
             .events_in(self.kind, kept.num_rows() as u64);
         if let Some(det) = detection {
-            det.observe(kept.clone(), d.received_at_micros)?;
+            det.observe(kept.clone(), received_at_micros)?;
         }
         self.pending.finished.extend(self.writer.write(&kept)?);
         let outliers = self.writer.take_out_of_window();
@@ -620,7 +803,7 @@ impl Writing {
             metrics.events_out_of_window.inc_by(outliers);
             if let Some(total) = self.outlier_log.count(outliers) {
                 tracing::warn!(
-                    origin = %d.origin,
+                    origin = %origin,
                     events = total,
                     "events whose request time is more than 7 days before or 1 hour after their arrival were filed under the arrival hour (count since the last such message)"
                 );

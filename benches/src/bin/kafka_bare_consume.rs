@@ -3,7 +3,10 @@
 //! so the ratio shows what auditlake adds over Kafka itself. (kcat from Debian links
 //! librdkafka 2.0, which cannot parse tansu's ApiVersion answer.)
 //!
-//!   kafka_bare_consume BROKERS TOPIC MESSAGES    (prints seconds, messages, bytes)
+//!   kafka_bare_consume BROKERS TOPIC MESSAGES
+//!
+//! Prints the seconds from start (the group join included), the messages, the bytes, and
+//! the seconds from the first message (reading only).
 
 use std::time::{Duration, Instant};
 
@@ -27,6 +30,7 @@ fn main() -> Result<()> {
         .create()?;
     consumer.subscribe(&[topic])?;
     let (mut n, mut bytes) = (0u64, 0u64);
+    let mut first: Option<Instant> = None;
     let deadline = started + Duration::from_secs(600);
     while n < want {
         if Instant::now() > deadline {
@@ -34,6 +38,7 @@ fn main() -> Result<()> {
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                first.get_or_insert_with(Instant::now);
                 n += 1;
                 bytes += m.payload().map_or(0, |p| p.len() as u64);
             }
@@ -41,6 +46,10 @@ fn main() -> Result<()> {
             None => {}
         }
     }
-    println!("{:.3} {n} {bytes}", started.elapsed().as_secs_f64());
+    let reading = first.map_or(0.0, |f| f.elapsed().as_secs_f64());
+    println!(
+        "{:.3} {n} {bytes} {reading:.3}",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
