@@ -11,6 +11,11 @@ use auditlake_ingest::{Archive, ArchiveLocation, IngestOptions, IngestSummary, I
 use auditlake_queries::ArchiveSession;
 use clap::{Args, Parser, Subcommand};
 
+/// glibc malloc serialises threads that free what another thread allocated (each decoded
+/// record crosses from the decoder to the writer), which measured as the Kafka member's main wait.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod demo_cmd;
 mod detect;
 mod findings_cmd;

@@ -302,7 +302,7 @@ impl Reader<'_> {
             };
             match pulled {
                 Pulled::Record(r) if !r.archived => {
-                    self.hold(&r);
+                    self.hold(r);
                     if self.held.len() >= COALESCE_RECORDS
                         || self.decoder.buffered_rows() >= COALESCE_ROWS
                         || self.decoder.buffered_input_bytes() >= COALESCE_BYTES
@@ -384,12 +384,15 @@ impl Reader<'_> {
     }
 
     /// Decodes a record into the rows held.
-    fn hold(&mut self, r: &SourceRecord) {
-        let (quarantine, summarised) = self.decode_rows(r);
+    fn hold(&mut self, mut r: SourceRecord) {
+        let (quarantine, summarised) = self.decode_rows(&r);
+        // The record is done with once decoded: its origin moves, it is not copied.
+        let origin = std::mem::take(&mut r.origin);
         self.held.push(Decoded {
             quarantine,
             summarised,
-            ..Decoded::of(r)
+            origin,
+            ..Decoded::of(&r)
         });
     }
 
@@ -586,6 +589,8 @@ struct Writing {
     /// The source says where commits end ([`Source::cuts_commits`]).
     self_cut: bool,
     last_seq: u64,
+    /// The writer has this commit's stem (see [`Marker::stem`]).
+    stem_named: bool,
     replay_committed: bool,
     /// Across commits: the warning it rate-limits is about the stream, not one commit.
     outlier_log: LogEvery,
@@ -615,6 +620,7 @@ impl Writing {
             kind,
             self_cut: false,
             last_seq: s.committed_seq,
+            stem_named: false,
             replay_committed: s.replay_target <= s.committed_seq,
             outlier_log: LogEvery::default(),
         }
@@ -704,7 +710,10 @@ impl Writing {
                             .then(|| quarantine_stem(&s.writer_id)),
                         quarantine,
                         removed: Vec::new(),
-                        source: self.marker.take(),
+                        source: {
+                            self.stem_named = false;
+                            self.marker.take()
+                        },
                     },
                     through_seq: self.last_seq,
                     cleanup: std::mem::take(&mut pending.cleanup),
@@ -758,8 +767,13 @@ impl Writing {
     ) -> Result<(), ArchiverFailure> {
         if !d.archived {
             self.marker.add(&d.position, &d.origin, d.byte_offset);
-            if let Some(stem) = self.marker.stem() {
+            // The stem comes from the commit's first record: named once per commit, not
+            // formatted again for every record after it.
+            if !self.stem_named
+                && let Some(stem) = self.marker.stem()
+            {
                 self.writer.set_stem(&stem);
+                self.stem_named = true;
             }
         }
         if let Some(first) = d.quarantine.first() {
