@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -616,4 +617,125 @@ fn rules_learn_proposes_who_did_what_a_list_allows_and_the_proposal_is_a_rule_fi
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["rule_id"].to_string())
         .collect();
     assert!(fired.is_empty(), "{fired:?}");
+}
+
+/// Findings of `ingest` over `input` as (rule, cluster, evidence), sorted.
+fn findings_of(dir: &Path, name: &str, input: &Path) -> Vec<(String, String, String)> {
+    let findings = dir.join(format!("{name}.findings.ndjson"));
+    auditlake_ok(
+        &dir.join(format!("{name}.archive")),
+        &[
+            "ingest",
+            "--cluster",
+            "configured",
+            "--findings",
+            findings.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ],
+    );
+    let mut out: Vec<_> = read_ndjson(&findings)
+        .iter()
+        .map(|f| {
+            (
+                f["rule_id"].as_str().unwrap().to_string(),
+                f["cluster"].as_str().unwrap().to_string(),
+                f["evidence"].to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn every_scenario_raises_the_same_findings_wrapped_in_eks_and_aks_envelopes_as_unwrapped() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenarios = auditlake_fixtures::checkout_dir().join("fixtures/scenarios");
+    let mut events = Vec::new();
+    let mut names: Vec<_> = std::fs::read_dir(&scenarios)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    names.sort();
+    for (n, path) in names.iter().enumerate() {
+        let sub = dir.path().join(format!("s{n}"));
+        std::fs::create_dir(&sub).unwrap();
+        let file = scenario_ndjson(&sub, path.to_str().unwrap());
+        events.extend(
+            std::fs::read_to_string(file)
+                .unwrap()
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    assert!(events.len() > 100, "{} scenario events", events.len());
+    // Unwrapped, for the cluster the envelopes name.
+    let plain_file = dir.path().join("plain.ndjson");
+    std::fs::write(&plain_file, events.join("\n")).unwrap();
+    let plain = findings_of(dir.path(), "plain", &plain_file);
+    assert!(plain.len() > 20, "{plain:?}");
+    eprintln!("{} scenario events, {} findings", events.len(), plain.len());
+    let for_cluster = |c: &str| -> Vec<_> {
+        plain
+            .iter()
+            .map(|(r, _, e)| (r.clone(), c.to_string(), e.clone()))
+            .collect()
+    };
+
+    // EKS: subscription messages of 50 log events each, one per line, with health checks
+    // and the scheduler's klog stream between them.
+    let mut eks = String::new();
+    for (m, chunk) in events.chunks(50).enumerate() {
+        let log_events: Vec<_> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, e)| serde_json::json!({"id": format!("{m:028}{i:028}"), "timestamp": 1_780_000_000_000_i64, "message": e}))
+            .collect();
+        let data = serde_json::json!({"messageType": "DATA_MESSAGE", "owner": "123456789012",
+            "logGroup": "/aws/eks/prod-eu/cluster", "logStream": "kube-apiserver-audit-0a1b2c",
+            "subscriptionFilters": ["auditlake"], "logEvents": log_events});
+        eks.push_str(&format!("{data}\n"));
+        eks.push_str(&format!("{}\n", serde_json::json!({"messageType": "CONTROL_MESSAGE", "owner": "CloudwatchLogs",
+            "logGroup": "", "logStream": "", "logEvents": [{"id": "", "timestamp": 1, "message": "CWL CONTROL MESSAGE: Checking health of destination Firehose."}]})));
+        eks.push_str(&format!("{}\n", serde_json::json!({"messageType": "DATA_MESSAGE", "owner": "123456789012",
+            "logGroup": "/aws/eks/prod-eu/cluster", "logStream": "kube-scheduler-0a1b2c",
+            "logEvents": [{"id": "1", "timestamp": 1, "message": "I1101 03:12:00.000000 1 schedule_one.go:1] scheduled"}]})));
+    }
+    let eks_file = dir.path().join("eks.ndjson");
+    std::fs::write(&eks_file, eks).unwrap();
+    assert_eq!(
+        findings_of(dir.path(), "eks", &eks_file),
+        for_cluster("prod-eu")
+    );
+
+    // AKS: Event Hubs bodies of 50 records, `properties.log` the apiserver's stdout line,
+    // with another category's record in each.
+    let resource = "/SUBSCRIPTIONS/0000/RESOURCEGROUPS/RG/PROVIDERS/MICROSOFT.CONTAINERSERVICE/MANAGEDCLUSTERS/AKS-WEST";
+    let mut aks = String::new();
+    for chunk in events.chunks(50) {
+        let mut records: Vec<_> = chunk
+            .iter()
+            .map(|e| serde_json::json!({"category": "kube-audit", "resourceId": resource,
+                "properties": {"log": format!("{e}\n"), "stream": "stdout", "pod": "kube-apiserver-1"},
+                "time": "2026-11-01T03:12:00.0000000Z"}))
+            .collect();
+        records.push(
+            serde_json::json!({"category": "kube-apiserver", "resourceId": resource,
+            "properties": {"log": "I1101 03:12:00.000000 1 handler.go:1] GET /readyz\n"}}),
+        );
+        aks.push_str(&format!("{}\n", serde_json::json!({ "records": records })));
+    }
+    let aks_file = dir.path().join("aks.json");
+    std::fs::write(&aks_file, aks).unwrap();
+    assert_eq!(
+        findings_of(dir.path(), "aks", &aks_file),
+        for_cluster("aks-west")
+    );
+    // Every event archived under the envelope's cluster, none under the configured one.
+    let csv = query_csv(
+        &dir.path().join("aks.archive"),
+        "SELECT cluster, count(*) AS n FROM events GROUP BY cluster",
+    );
+    assert_eq!(csv.trim(), format!("cluster,n\naks-west,{}", events.len()));
 }

@@ -302,7 +302,7 @@ impl Reader<'_> {
             };
             match pulled {
                 Pulled::Record(r) if !r.archived => {
-                    self.hold(r);
+                    self.hold(r, metrics);
                     if self.held.len() >= COALESCE_RECORDS
                         || self.decoder.buffered_rows() >= COALESCE_ROWS
                         || self.decoder.buffered_input_bytes() >= COALESCE_BYTES
@@ -384,8 +384,8 @@ impl Reader<'_> {
     }
 
     /// Decodes a record into the rows held.
-    fn hold(&mut self, mut r: SourceRecord) {
-        let (quarantine, summarised) = self.decode_rows(&r);
+    fn hold(&mut self, mut r: SourceRecord, metrics: &ServeMetrics) {
+        let (quarantine, summarised) = self.decode_rows(&r, metrics);
         // The record is done with once decoded: its origin moves, it is not copied.
         let origin = std::mem::take(&mut r.origin);
         self.held.push(Decoded {
@@ -414,7 +414,7 @@ impl Reader<'_> {
 
     /// Decodes `r` into the decoder's rows; its quarantine records and how many more were
     /// only summarised.
-    fn decode_rows(&mut self, r: &SourceRecord) -> (Vec<Quarantined>, u64) {
+    fn decode_rows(&mut self, r: &SourceRecord, metrics: &ServeMetrics) -> (Vec<Quarantined>, u64) {
         let decoder = &mut self.decoder;
         decoder.set_ingested_at(r.received_at_micros);
         let mut q = Vec::new();
@@ -434,6 +434,12 @@ impl Reader<'_> {
             Shape::Oversized { full_len } => {
                 decoder.quarantine_oversized(&r.body, full_len, pos, &mut q)
             }
+        }
+        let skipped = decoder.take_skipped();
+        if !skipped.is_empty() {
+            metrics
+                .telemetry
+                .envelope_skipped(self.kind, &r.origin, &skipped);
         }
         (q, decoder.take_summarised())
     }
@@ -475,7 +481,7 @@ impl Reader<'_> {
         r: &SourceRecord,
         metrics: &ServeMetrics,
     ) -> Result<Decoded, ArchiverFailure> {
-        let (quarantine, summarised) = self.decode_rows(r);
+        let (quarantine, summarised) = self.decode_rows(r, metrics);
         if r.archived {
             // Remembered as seen, not counted as dropped.
             let decoder = &mut self.decoder;

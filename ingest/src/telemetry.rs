@@ -44,10 +44,20 @@ pub struct SourceLabel {
     pub source: &'static str,
 }
 
+/// Label of the counter of envelope records that held no audit event.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SkippedLabel {
+    /// `file`, `webhook` or `kafka`.
+    pub source: &'static str,
+    /// Why (see [`auditlake_schema::Skipped`]).
+    pub reason: &'static str,
+}
+
 /// The counters of the named events, and the detectors' own counters.
 #[derive(Default)]
 pub struct Telemetry {
     events_in: Family<SourceLabel, Counter>,
+    envelope_skipped: Family<SkippedLabel, Counter>,
     quarantined: Family<SourceLabel, Counter>,
     quarantine_summarised: Family<SourceLabel, Counter>,
     detection_queue_full: Counter,
@@ -74,6 +84,11 @@ impl Telemetry {
             self.quarantined.clone(),
         );
         registry.register(
+            "envelope_records_skipped",
+            "Records of a managed cluster's log envelope that held no audit event (other log streams or categories, health checks), by source and reason",
+            self.envelope_skipped.clone(),
+        );
+        registry.register(
             "quarantine_summarised",
             "Quarantined inputs counted in a summary record instead of one record each, by source",
             self.quarantine_summarised.clone(),
@@ -98,6 +113,30 @@ impl Telemetry {
     /// Events of `source` decoded and handed to the Parquet writer.
     pub fn events_in(&self, source: SourceKind, n: u64) {
         self.events_in.get_or_create(&source.label()).inc_by(n);
+    }
+
+    /// Records of an envelope read from `source` at `origin` that held no audit event, by
+    /// reason. Logged at DEBUG: a log group's klog streams make many (the counter says how many).
+    pub fn envelope_skipped(
+        &self,
+        source: SourceKind,
+        origin: &str,
+        skipped: &[(auditlake_schema::Skipped, u64)],
+    ) {
+        for (why, n) in skipped {
+            let label = SkippedLabel {
+                source: source.label().source,
+                reason: why.as_str(),
+            };
+            self.envelope_skipped.get_or_create(&label).inc_by(*n);
+            tracing::debug!(
+                source = label.source,
+                origin,
+                reason = label.reason,
+                records = n,
+                "envelope records without an audit event skipped"
+            );
+        }
     }
 
     /// Inputs of `source` quarantined: `recorded` one by one and `summarised` only counted
@@ -188,6 +227,19 @@ impl Telemetry {
                 .collect::<Vec<_>>()
         };
         let mut out = by_source("events", &self.events_in);
+        for why in auditlake_schema::Skipped::ALL {
+            let label = SkippedLabel {
+                source: SourceKind::File.label().source,
+                reason: why.as_str(),
+            };
+            let n = self.envelope_skipped.get_or_create(&label).get();
+            if n > 0 {
+                out.push((
+                    format!("envelope_records_skipped{{reason={}}}", why.as_str()),
+                    n,
+                ));
+            }
+        }
         out.extend(by_source("quarantined", &self.quarantined));
         out.extend(by_source(
             "quarantine_summarised",

@@ -11,7 +11,9 @@
 
 use arrow::array::RecordBatch;
 
-use crate::envelope::{Parser, contains_two_lines, decode_root, lines, offset_in, record_of_value};
+use crate::envelope::{
+    Parser, Skipped, UTF8_BOM, contains_two_lines, decode_root, lines, offset_in, record_of_value,
+};
 use crate::event_builder::EventBatchBuilder;
 use crate::event_mapping::{Ctx, append_event};
 use crate::large_document;
@@ -158,6 +160,20 @@ pub(crate) struct Scratch {
     /// Seed of the digests of the input being decoded: the key and its cluster, so equal
     /// events of two clusters differ.
     pub(crate) digest_seed: u64,
+    /// Parses the events an envelope holds as JSON text (see [`crate::envelope`]).
+    pub(crate) embedded: Option<Parser>,
+    /// Envelope records holding no audit event, by [`Skipped::ALL`] index, since the last
+    /// [`EventDecoder::take_skipped`].
+    skipped: [u64; Skipped::ALL.len()],
+}
+
+impl Scratch {
+    /// Counts `n` envelope records skipped for `why`.
+    pub(crate) fn skip(&mut self, why: Skipped, n: u64) {
+        if let Some(i) = Skipped::ALL.iter().position(|s| *s == why) {
+            self.skipped[i] += n;
+        }
+    }
 }
 
 impl EventDecoder {
@@ -196,6 +212,17 @@ impl EventDecoder {
         self.summarised += q.suppressed;
         let record = quarantine_record(pos, None, reason, bytes, self.options.max_summary_bytes);
         q.out.push(record);
+    }
+
+    /// Envelope records that held no audit event (other log streams and categories, health
+    /// checks), by reason, since the last call; reasons with none are left out.
+    pub fn take_skipped(&mut self) -> Vec<(Skipped, u64)> {
+        let counts = std::mem::take(&mut self.scratch.skipped);
+        Skipped::ALL
+            .into_iter()
+            .zip(counts)
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 
     /// Options in force.
@@ -309,6 +336,7 @@ impl EventDecoder {
         pos: SourcePos<'_>,
         quarantine: &mut Vec<Quarantined>,
     ) -> usize {
+        let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
         let mut q = Bounded::new(quarantine, self.options.max_quarantined_per_input);
         let n = if bytes.len() > self.options.large_document_bytes {
             self.decode_large(bytes, pos, &mut q)

@@ -17,7 +17,7 @@ pub mod timestamp;
 
 pub use decoder::{DecoderOptions, EventDecoder, Quarantined, SourcePos};
 pub use derived_tables::{findings_file_schema, rbac_history_file_schema};
-pub use envelope::{json_syntax_error, lines};
+pub use envelope::{Skipped, json_syntax_error, lines};
 pub use event_builder::EventBatchBuilder;
 pub use events_schema::{
     PARTITION_COLUMNS, SCHEMA_VERSION, SCHEMA_VERSION_KEY, col, events_file_schema, events_schema,

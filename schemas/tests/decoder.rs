@@ -476,3 +476,208 @@ fn same_rows_cut_or_whole(doc: &str) {
     assert_eq!(str_col(&cut, col::AUDIT_ID).value(0), "a");
     assert_eq!(str_col(&cut, col::EVENT_API_VERSION).value(0), "first/v1");
 }
+
+/// The sample events (one per line; the EventList line is left out: envelopes carry Events).
+fn sample_events() -> Vec<String> {
+    let text = std::fs::read_to_string(data_dir().join("samples/handwritten.ndjson")).unwrap();
+    text.lines()
+        .filter(|l| !l.contains("\"EventList\""))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `body` decoded as one document (as a Kafka message or a webhook body is).
+fn decode_doc(body: &[u8], cluster: &str) -> (EventDecoder, Option<RecordBatch>, Vec<Quarantined>) {
+    let mut d = EventDecoder::new(DecoderOptions::default());
+    let mut q = Vec::new();
+    d.decode_document(
+        body,
+        SourcePos {
+            cluster,
+            ..pos("envelope")
+        },
+        &mut q,
+    );
+    let b = d.finish_batch();
+    (d, b, q)
+}
+
+/// Every column but those saying where and when a row was read.
+fn event_columns(b: &RecordBatch) -> Vec<(String, arrow::array::ArrayRef)> {
+    b.schema()
+        .fields()
+        .iter()
+        .zip(b.columns())
+        .filter(|(f, _)| {
+            ![col::CLUSTER, col::SOURCE_REF, col::INGESTED_AT].contains(&f.name().as_str())
+        })
+        .map(|(f, c)| (f.name().clone(), c.clone()))
+        .collect()
+}
+
+fn assert_same_events(wrapped: &RecordBatch, plain: &RecordBatch) {
+    assert_eq!(wrapped.num_rows(), plain.num_rows());
+    for ((name, w), (_, p)) in event_columns(wrapped).iter().zip(event_columns(plain)) {
+        assert_eq!(w.as_ref(), p.as_ref(), "column {name}");
+    }
+}
+
+/// Decodes `body`, an envelope around the events of `plain`: nothing quarantined, the same
+/// events, all of `cluster` (the envelope's, not the input's `default`).
+fn decode_wrapped(body: &[u8], plain: &RecordBatch, cluster: &str) -> EventDecoder {
+    let (d, wrapped, q) = decode_doc(body, "default");
+    assert!(q.is_empty(), "{q:?}");
+    let wrapped = wrapped.unwrap();
+    assert_same_events(&wrapped, plain);
+    let clusters = str_col(&wrapped, col::CLUSTER);
+    assert!(clusters.iter().all(|c| c == Some(cluster)), "{clusters:?}");
+    d
+}
+
+#[test]
+fn a_cloudwatch_subscription_message_yields_its_events_for_the_eks_cluster_and_counts_the_rest() {
+    let events = sample_events();
+    let (_, plain, q) = decode_doc(events.join("\n").as_bytes(), "default");
+    assert!(q.is_empty(), "{q:?}");
+    let plain = plain.unwrap();
+    let log_events: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| serde_json::json!({"id": format!("{i:056}"), "timestamp": 1_780_000_000_000_i64 + i as i64, "message": e}))
+        .collect();
+    let data = serde_json::json!({"messageType": "DATA_MESSAGE", "owner": "123456789012",
+        "logGroup": "/aws/eks/prod-eu/cluster", "logStream": "kube-apiserver-audit-0a1b2c",
+        "subscriptionFilters": ["auditlake"], "logEvents": log_events});
+    decode_wrapped(data.to_string().as_bytes(), &plain, "prod-eu");
+
+    // The same log group's klog streams, a health check, and an event CloudWatch cut.
+    let cut = &events[3][..events[3].len() / 2];
+    let noise = [
+        serde_json::json!({"messageType": "DATA_MESSAGE", "owner": "123456789012",
+            "logGroup": "/aws/eks/prod-eu/cluster", "logStream": "kube-scheduler-0a1b2c",
+            "logEvents": [{"id": "1", "timestamp": 1, "message": "I1101 03:12:00.000 1 scheduler.go:42] ok"},
+                          {"id": "2", "timestamp": 2, "message": "I1101 03:12:01.000 1 scheduler.go:42] ok"}]}),
+        serde_json::json!({"messageType": "CONTROL_MESSAGE", "owner": "CloudwatchLogs", "logGroup": "",
+            "logStream": "", "logEvents": [{"id": "", "timestamp": 1, "message": "CWL CONTROL MESSAGE: Checking health of destination Firehose."}]}),
+        serde_json::json!({"messageType": "DATA_MESSAGE", "owner": "123456789012",
+            "logGroup": "/aws/eks/prod-eu/cluster", "logStream": "kube-apiserver-audit-0a1b2c",
+            "logEvents": [{"id": "3", "timestamp": 3, "message": format!("{cut}[Truncated...]")}]}),
+    ];
+    let mut d = EventDecoder::new(DecoderOptions::default());
+    let mut q = Vec::new();
+    for m in &noise {
+        d.decode_document(m.to_string().as_bytes(), pos("firehose"), &mut q);
+    }
+    assert!(d.finish_batch().is_none());
+    let skipped: Vec<_> = d
+        .take_skipped()
+        .into_iter()
+        .map(|(s, n)| (s.as_str(), n))
+        .collect();
+    assert_eq!(
+        skipped,
+        [
+            ("cloudwatch_control_message", 1),
+            ("cloudwatch_other_stream", 2)
+        ]
+    );
+    assert_eq!(q.len(), 1, "{q:?}");
+    assert_eq!(q[0].cluster, "prod-eu");
+    assert!(
+        q[0].reason.contains("truncated") && q[0].reason.contains(&audit_id_of(&events[3])),
+        "{}",
+        q[0].reason
+    );
+    assert!(q[0].raw.ends_with(b"[Truncated...]"));
+}
+
+#[test]
+fn azure_diagnostic_records_yield_their_events_for_the_aks_cluster_whether_log_is_a_string_or_an_object()
+ {
+    let events = sample_events();
+    let (_, plain, _) = decode_doc(events.join("\n").as_bytes(), "default");
+    let plain = plain.unwrap();
+    let resource = "/SUBSCRIPTIONS/0000/RESOURCEGROUPS/RG/PROVIDERS/MICROSOFT.CONTAINERSERVICE/MANAGEDCLUSTERS/AKS-WEST";
+    let record = |i: usize, e: &str| {
+        // Alternately the API server's stdout line (with its newline) and the event's own
+        // bytes as an object.
+        let log = if i.is_multiple_of(2) {
+            serde_json::Value::String(format!("{e}\n")).to_string()
+        } else {
+            e.to_string()
+        };
+        let category = if i == 1 {
+            "kube-audit-admin"
+        } else {
+            "kube-audit"
+        };
+        format!(
+            r#"{{"operationName":"Microsoft.ContainerService/managedClusters/diagnosticLogs/Read","category":"{category}","resourceId":"{resource}","properties":{{"log":{log},"stream":"stdout","pod":"kube-apiserver-abc"}},"time":"2026-11-01T03:12:00.0000000Z"}}"#
+        )
+    };
+    let mut records: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| record(i, e))
+        .collect();
+    records.insert(
+        2,
+        format!(
+            r#"{{"category":"kube-apiserver","resourceId":"{resource}","properties":{{"log":"I1101 03:12:00.000 1 handler.go:1] GET /readyz\n"}}}}"#
+        ),
+    );
+    let body = format!(r#"{{"records":[{}]}}"#, records.join(","));
+    let mut d = decode_wrapped(body.as_bytes(), &plain, "aks-west");
+    let skipped: Vec<_> = d
+        .take_skipped()
+        .into_iter()
+        .map(|(s, n)| (s.as_str(), n))
+        .collect();
+    assert_eq!(skipped, [("azure_other_category", 1)]);
+
+    // A Storage account's blob: the same records as JSON Lines, one starting with a BOM.
+    let lines_body: String = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| format!("{}\n", record(i, e)))
+        .collect();
+    let mut d = EventDecoder::new(DecoderOptions::default());
+    let mut q = Vec::new();
+    d.decode_ndjson(
+        format!("\u{feff}{lines_body}").as_bytes(),
+        pos("PT1H.json"),
+        &mut q,
+    );
+    assert!(q.is_empty(), "{q:?}");
+    assert_same_events(&d.finish_batch().unwrap(), &plain);
+}
+
+#[test]
+fn a_shippers_wrapper_yields_the_line_it_carries_and_the_configured_cluster() {
+    let events = sample_events();
+    let (_, plain, _) = decode_doc(events[3].as_bytes(), "default");
+    for wrapper in [
+        serde_json::json!({"@timestamp": 1_780_000_000.021_638, "log": events[3]}),
+        serde_json::json!({"file": "/var/log/audit.log", "host": "cp-1", "message": format!("{}\n", events[3]), "source_type": "file"}),
+    ] {
+        let (_, wrapped, q) = decode_doc(wrapper.to_string().as_bytes(), "on-prem");
+        assert!(q.is_empty(), "{q:?}");
+        let wrapped = wrapped.unwrap();
+        assert_same_events(&wrapped, plain.as_ref().unwrap());
+        assert_eq!(str_col(&wrapped, col::CLUSTER).value(0), "on-prem");
+    }
+    // A wrapper around a line that is not an event is quarantined, not dropped.
+    let (_, none, q) = decode_doc(br#"{"log":"{not json"}"#, "on-prem");
+    assert!(none.is_none());
+    assert_eq!(q.len(), 1);
+    assert!(
+        q[0].reason.contains("`log` is not a JSON event"),
+        "{}",
+        q[0].reason
+    );
+}
+
+fn audit_id_of(event: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(event).unwrap();
+    v["auditID"].as_str().unwrap().to_string()
+}
