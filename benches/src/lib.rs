@@ -149,6 +149,46 @@ pub fn decode_batches(d: &mut EventDecoder, bytes: &[u8], mut each: impl FnMut(R
     }
 }
 
+/// `ndjson`'s events wrapped as AKS delivers them through Event Hubs: one
+/// `{"records":[...]}` body of `per` diagnostic records per line, each event the API
+/// server's stdout line (a JSON string ending in a newline) in `properties.log`.
+pub fn aks_records(ndjson: &str, per: usize) -> String {
+    let resource = "/SUBSCRIPTIONS/0000/RESOURCEGROUPS/RG/PROVIDERS/MICROSOFT.CONTAINERSERVICE/MANAGEDCLUSTERS/BENCH";
+    wrap_lines(ndjson, per, |events| {
+        let records: Vec<_> = events
+            .iter()
+            .map(|e| serde_json::json!({"operationName": "Microsoft.ContainerService/managedClusters/diagnosticLogs/Read",
+                "category": "kube-audit", "resourceId": resource, "time": "2026-11-01T03:12:00.0000000Z",
+                "properties": {"log": format!("{e}\n"), "stream": "stdout", "pod": "kube-apiserver-1"}}))
+            .collect();
+        serde_json::json!({ "records": records })
+    })
+}
+
+/// `ndjson`'s events wrapped as EKS delivers them through a CloudWatch Logs subscription
+/// (un-gzipped): one `DATA_MESSAGE` of `per` log events per line.
+pub fn eks_subscription(ndjson: &str, per: usize) -> String {
+    wrap_lines(ndjson, per, |events| {
+        let log_events: Vec<_> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| serde_json::json!({"id": format!("{i:056}"), "timestamp": 1_780_000_000_000_i64, "message": e}))
+            .collect();
+        serde_json::json!({"messageType": "DATA_MESSAGE", "owner": "123456789012",
+            "logGroup": "/aws/eks/bench/cluster", "logStream": "kube-apiserver-audit-0a1b2c",
+            "subscriptionFilters": ["auditlake"], "logEvents": log_events})
+    })
+}
+
+/// One line per `per` lines of `ndjson`, made by `wrap`.
+fn wrap_lines(ndjson: &str, per: usize, wrap: impl Fn(&[&str]) -> serde_json::Value) -> String {
+    let lines: Vec<&str> = ndjson.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines
+        .chunks(per.max(1))
+        .map(|chunk| format!("{}\n", wrap(chunk)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
