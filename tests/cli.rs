@@ -619,21 +619,26 @@ fn rules_learn_proposes_who_did_what_a_list_allows_and_the_proposal_is_a_rule_fi
     assert!(fired.is_empty(), "{fired:?}");
 }
 
-/// Findings of `ingest` over `input` as (rule, cluster, evidence), sorted.
-fn findings_of(dir: &Path, name: &str, input: &Path) -> Vec<(String, String, String)> {
+/// Findings of `ingest` over `input` as (rule, cluster, evidence), sorted, and the
+/// counters line of its summary.
+fn findings_of(dir: &Path, name: &str, input: &Path) -> (Vec<(String, String, String)>, String) {
     let findings = dir.join(format!("{name}.findings.ndjson"));
-    auditlake_ok(
-        &dir.join(format!("{name}.archive")),
-        &[
-            "ingest",
-            "--cluster",
-            "configured",
-            "--findings",
-            findings.to_str().unwrap(),
-            input.to_str().unwrap(),
-        ],
-    );
-    let mut out: Vec<_> = read_ndjson(&findings)
+    let out = Command::new(BIN)
+        .arg("--archive")
+        .arg(dir.join(format!("{name}.archive")))
+        .args(["ingest", "--cluster", "configured", "--findings"])
+        .args([&findings, input])
+        .env("AUDITLAKE_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    let counters = stderr
+        .lines()
+        .find(|l| l.starts_with("counters:"))
+        .unwrap_or_default()
+        .to_string();
+    let mut found: Vec<_> = read_ndjson(&findings)
         .iter()
         .map(|f| {
             (
@@ -643,37 +648,25 @@ fn findings_of(dir: &Path, name: &str, input: &Path) -> Vec<(String, String, Str
             )
         })
         .collect();
-    out.sort();
-    out
+    found.sort();
+    (found, counters)
 }
 
 #[test]
 fn every_scenario_raises_the_same_findings_wrapped_in_eks_and_aks_envelopes_as_unwrapped() {
     let dir = tempfile::tempdir().unwrap();
     let scenarios = auditlake_fixtures::checkout_dir().join("fixtures/scenarios");
-    let mut events = Vec::new();
-    let mut names: Vec<_> = std::fs::read_dir(&scenarios)
+    let events: Vec<String> = auditlake_analytics::scenario_files(&scenarios)
         .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .iter()
+        .flat_map(|path| scenario_events(path))
         .collect();
-    names.sort();
-    for (n, path) in names.iter().enumerate() {
-        let sub = dir.path().join(format!("s{n}"));
-        std::fs::create_dir(&sub).unwrap();
-        let file = scenario_ndjson(&sub, path.to_str().unwrap());
-        events.extend(
-            std::fs::read_to_string(file)
-                .unwrap()
-                .lines()
-                .map(str::to_string),
-        );
-    }
     assert!(events.len() > 100, "{} scenario events", events.len());
     // Unwrapped, for the cluster the envelopes name.
     let plain_file = dir.path().join("plain.ndjson");
     std::fs::write(&plain_file, events.join("\n")).unwrap();
-    let plain = findings_of(dir.path(), "plain", &plain_file);
+    let (plain, counters) = findings_of(dir.path(), "plain", &plain_file);
+    assert!(!counters.contains("envelope"), "{counters}");
     assert!(plain.len() > 20, "{plain:?}");
     eprintln!("{} scenario events, {} findings", events.len(), plain.len());
     let for_cluster = |c: &str| -> Vec<_> {
@@ -704,10 +697,14 @@ fn every_scenario_raises_the_same_findings_wrapped_in_eks_and_aks_envelopes_as_u
     }
     let eks_file = dir.path().join("eks.ndjson");
     std::fs::write(&eks_file, eks).unwrap();
-    assert_eq!(
-        findings_of(dir.path(), "eks", &eks_file),
-        for_cluster("prod-eu")
-    );
+    let (eks_findings, counters) = findings_of(dir.path(), "eks", &eks_file);
+    assert_eq!(eks_findings, for_cluster("prod-eu"));
+    // One health check and one klog line per message, counted.
+    let messages = events.len().div_ceil(50);
+    for reason in ["cloudwatch_control_message", "cloudwatch_other_stream"] {
+        let counted = format!("envelope_records_skipped{{reason={reason}}}={messages}");
+        assert!(counters.contains(&counted), "{counted} in {counters}");
+    }
 
     // AKS: Event Hubs bodies of 50 records, `properties.log` the apiserver's stdout line,
     // with another category's record in each.
@@ -728,10 +725,10 @@ fn every_scenario_raises_the_same_findings_wrapped_in_eks_and_aks_envelopes_as_u
     }
     let aks_file = dir.path().join("aks.json");
     std::fs::write(&aks_file, aks).unwrap();
-    assert_eq!(
-        findings_of(dir.path(), "aks", &aks_file),
-        for_cluster("aks-west")
-    );
+    let (aks_findings, counters) = findings_of(dir.path(), "aks", &aks_file);
+    assert_eq!(aks_findings, for_cluster("aks-west"));
+    let counted = format!("envelope_records_skipped{{reason=azure_other_category}}={messages}");
+    assert!(counters.contains(&counted), "{counted} in {counters}");
     // Every event archived under the envelope's cluster, none under the configured one.
     let csv = query_csv(
         &dir.path().join("aks.archive"),

@@ -44,7 +44,7 @@ pub use rbac_drift::{
 pub use rbac_state::{BaselineError, RbacBaseline, RbacContent, RbacKey, RbacKind};
 pub use rule::{BUILTIN_RULE_FILES, FoldBy, LoadedRule, Rule, RuleSet, Scope, Severity};
 pub use scenario::{
-    Expect, Label, Report, Scenario, ScenarioResult, complete_event, run_scenarios,
+    Expect, Label, Report, Scenario, ScenarioResult, complete_event, run_scenarios, scenario_files,
 };
 pub use sink::{FindingSinks, SinkCounters, SinkError, SinkStats, SinkTarget};
 pub use stateful_rules::{STATEFUL_RULES, StatefulRule};

@@ -167,7 +167,8 @@ pub fn complete_event(index: usize, defaults: &Value, event: &Value) -> Value {
     e
 }
 
-fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, RuleError> {
+/// The scenario files (`*.yaml`, `*.yml`) of `dir`, sorted by name.
+pub fn scenario_files(dir: &Path) -> Result<Vec<PathBuf>, RuleError> {
     let err = |source| RuleError::Read {
         path: dir.to_path_buf(),
         source,
@@ -329,7 +330,7 @@ pub fn run_scenarios(
     options: &DetectorOptions,
 ) -> Result<Report, RuleError> {
     let mut report = Report::default();
-    for file in yaml_files(dir)? {
+    for file in scenario_files(dir)? {
         let name = file
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())

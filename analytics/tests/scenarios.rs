@@ -263,12 +263,7 @@ fn delete(event: &mut serde_json::Value, field: &str, path: &[&str]) {
 fn an_attack_still_fires_when_any_optional_field_is_missing() {
     let dir = fixtures("scenarios");
     let rules = RuleSet::builtin().unwrap();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
+    let files = auditlake_analytics::scenario_files(&dir).unwrap();
     let mut failures = Vec::new();
     let mut checked = 0;
     for file in files {

@@ -709,6 +709,9 @@ impl Writing {
                 files.extend(self.writer.finish_all()?);
                 files.extend(tables);
                 let quarantine = std::mem::take(&mut pending.quarantine);
+                // The next record opens the next commit, and names its stem.
+                let source = self.marker.take();
+                self.stem_named = false;
                 let unit = CommitUnit {
                     contents: CommitContents {
                         files,
@@ -716,10 +719,7 @@ impl Writing {
                             .then(|| quarantine_stem(&s.writer_id)),
                         quarantine,
                         removed: Vec::new(),
-                        source: {
-                            self.stem_named = false;
-                            self.marker.take()
-                        },
+                        source,
                     },
                     through_seq: self.last_seq,
                     cleanup: std::mem::take(&mut pending.cleanup),

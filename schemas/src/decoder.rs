@@ -157,9 +157,6 @@ pub(crate) struct Scratch {
     pub(crate) digests: Option<Vec<u128>>,
     /// The process secret the digests are keyed with.
     digest_key: u64,
-    /// Seed of the digests of the input being decoded: the key and its cluster, so equal
-    /// events of two clusters differ.
-    pub(crate) digest_seed: u64,
     /// Parses the events an envelope holds as JSON text (see [`crate::envelope`]).
     pub(crate) embedded: Option<Parser>,
     /// Envelope records holding no audit event, by [`Skipped::ALL`] index, since the last
@@ -170,8 +167,16 @@ pub(crate) struct Scratch {
 impl Scratch {
     /// Counts `n` envelope records skipped for `why`.
     pub(crate) fn skip(&mut self, why: Skipped, n: u64) {
-        if let Some(i) = Skipped::ALL.iter().position(|s| *s == why) {
-            self.skipped[i] += n;
+        self.skipped[why as usize] += n;
+    }
+
+    /// The seed of the digests of `cluster`'s events (see [`Ctx::digest_seed`]).
+    pub(crate) fn digest_seed(&self, cluster: &str) -> u64 {
+        match self.digests {
+            Some(_) => {
+                twox_hash::XxHash3_64::oneshot_with_seed(self.digest_key, cluster.as_bytes())
+            }
+            None => 0,
         }
     }
 }
@@ -498,18 +503,12 @@ impl EventDecoder {
             options,
             ..
         } = self;
-        if scratch.digests.is_some() {
-            scratch.digest_seed = twox_hash::XxHash3_64::oneshot_with_seed(
-                scratch.digest_key,
-                pos.cluster.as_bytes(),
-            );
-        }
         let ctx = Ctx {
-            cluster: pos.cluster,
             ingested_at: *ingested_at,
             pos,
             max_quarantined: options.max_quarantined_bytes,
             doc: Doc::new(&[], &[]),
+            digest_seed: scratch.digest_seed(pos.cluster),
         };
         parser.parse(bytes, |root, doc| {
             let ctx = Ctx { doc, ..ctx };

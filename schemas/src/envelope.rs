@@ -197,18 +197,8 @@ pub(crate) fn decode_root(
             return decode_azure_record(root, None, ctx, b, scratch, quarantine);
         }
         if let Some((name, text)) = shipper_line(root) {
-            let pos = ctx.pos;
-            return decode_embedded(
-                text,
-                name,
-                ctx.cluster,
-                pos,
-                None,
-                ctx,
-                b,
-                scratch,
-                quarantine,
-            );
+            let cluster = ctx.pos.cluster;
+            return decode_embedded(text, name, cluster, None, ctx, b, scratch, quarantine);
         }
     }
     decode_events(root, ctx, b, scratch, quarantine)
@@ -294,7 +284,7 @@ pub(crate) fn record_of_value(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Skipped {
     /// A CloudWatch Logs `CONTROL_MESSAGE` (the subscription's health check).
-    CloudWatchControlMessage,
+    CloudWatchControlMessage = 0,
     /// A CloudWatch log event from a stream other than `kube-apiserver-audit-*` (the EKS
     /// log group also holds the control plane's klog text).
     CloudWatchOtherStream,
@@ -304,12 +294,22 @@ pub enum Skipped {
 }
 
 impl Skipped {
-    /// Every reason, in a fixed order (indexes of the decoder's counters).
+    /// Every reason, in declaration order (a reason's discriminant is its index here and
+    /// in the decoder's counters).
     pub const ALL: [Skipped; 3] = [
         Skipped::CloudWatchControlMessage,
         Skipped::CloudWatchOtherStream,
         Skipped::AzureOtherCategory,
     ];
+
+    // Proof that a reason's discriminant is its index in `ALL` (the counters rely on it).
+    const _INDEXED: () = {
+        let mut i = 0;
+        while i < Self::ALL.len() {
+            assert!(Self::ALL[i] as usize == i);
+            i += 1;
+        }
+    };
 
     /// The reason as a metric label and log field.
     pub fn as_str(self) -> &'static str {
@@ -370,7 +370,7 @@ fn decode_cloudwatch(
         .and_then(|g| g.strip_prefix("/aws/eks/"))
         .and_then(|g| g.strip_suffix("/cluster"))
         .filter(|c| !c.is_empty() && !c.contains('/'))
-        .unwrap_or(ctx.cluster);
+        .unwrap_or(ctx.pos.cluster);
     let mut n = 0;
     for (i, item) in log_events.items().enumerate() {
         let i = i as u64;
@@ -380,7 +380,6 @@ fn decode_cloudwatch(
                     text,
                     "logEvents[].message",
                     cluster,
-                    ctx.pos,
                     Some(i),
                     ctx,
                     b,
@@ -449,48 +448,35 @@ fn decode_azure_record(
         .and_then(|id| id.rsplit('/').next())
         .filter(|c| !c.is_empty())
         .map(str::to_ascii_lowercase);
-    let cluster = cluster.as_deref().unwrap_or(ctx.cluster);
+    let cluster = cluster.as_deref().unwrap_or(ctx.pos.cluster);
     let log = field(record, "properties").and_then(|p| field(p, "log"));
-    match log {
-        Some(log) if log.value.is_object() => {
-            let inner = Ctx {
-                cluster,
-                pos: SourcePos { cluster, ..ctx.pos },
-                ingested_at: ctx.ingested_at,
-                max_quarantined: ctx.max_quarantined,
-                doc: ctx.doc,
-            };
-            match append_event(log, None, &inner, item, b, scratch) {
-                Ok(()) => 1,
-                Err(reason) => {
-                    let reason = format!("Azure record `properties.log`: {reason}");
-                    quarantine.push_with(|| record_of_value(record, &inner, item, reason, scratch));
-                    0
-                }
+    if let Some(log) = log.filter(|l| l.value.is_object()) {
+        let inner = ctx.for_cluster(cluster, ctx.doc, scratch);
+        return match append_event(log, None, &inner, item, b, scratch) {
+            Ok(()) => 1,
+            Err(reason) => {
+                let reason = format!("Azure record `properties.log`: {reason}");
+                quarantine.push_with(|| record_of_value(record, &inner, item, reason, scratch));
+                0
             }
-        }
-        Some(log) if log.value.into_string().is_some() => {
-            let text = log.value.into_string().unwrap_or_default();
-            decode_embedded(
-                text,
-                "properties.log",
-                cluster,
-                ctx.pos,
-                item,
-                ctx,
-                b,
-                scratch,
-                quarantine,
-            )
-        }
-        _ => {
-            let reason =
-                "Azure diagnostic record: `properties.log` (a string or an object) missing"
-                    .to_string();
-            quarantine.push_with(|| record_of_value(record, ctx, item, reason, scratch));
-            0
-        }
+        };
     }
+    if let Some(text) = log.and_then(|l| l.value.into_string()) {
+        return decode_embedded(
+            text,
+            "properties.log",
+            cluster,
+            item,
+            ctx,
+            b,
+            scratch,
+            quarantine,
+        );
+    }
+    let reason =
+        "Azure diagnostic record: `properties.log` (a string or an object) missing".to_string();
+    quarantine.push_with(|| record_of_value(record, ctx, item, reason, scratch));
+    0
 }
 
 /// A shipper's wrapper around one line of `audit.log`: Fluent Bit's `log`, the `message`
@@ -513,7 +499,6 @@ fn decode_embedded(
     text: &str,
     what: &str,
     cluster: &str,
-    pos: SourcePos<'_>,
     item: Option<u64>,
     ctx: &Ctx<'_>,
     b: &mut EventBatchBuilder,
@@ -521,17 +506,10 @@ fn decode_embedded(
     quarantine: &mut Bounded<'_>,
 ) -> usize {
     let text = text.trim_start_matches('\u{feff}').trim();
-    let pos = SourcePos { cluster, ..pos };
     // Taken out while it parses: the events it finds are decoded with the scratch.
     let mut parser = scratch.embedded.take().unwrap_or_default();
     let parsed = parser.parse(text.as_bytes(), |root, doc| {
-        let inner = Ctx {
-            cluster,
-            pos,
-            ingested_at: ctx.ingested_at,
-            max_quarantined: ctx.max_quarantined,
-            doc,
-        };
+        let inner = ctx.for_cluster(cluster, doc, scratch);
         match item {
             // One event of a batch: its index names it in `source_ref` and the quarantine.
             Some(i) if root.value.is_object() => {
@@ -560,7 +538,7 @@ fn decode_embedded(
             if let Some(id) = audit_id_in(text) {
                 reason.push_str(&format!("; auditID {id}"));
             }
-            let max = ctx.max_quarantined;
+            let (pos, max) = (SourcePos { cluster, ..ctx.pos }, ctx.max_quarantined);
             quarantine.push_with(|| quarantine_record(pos, item, reason, text.as_bytes(), max));
             0
         }

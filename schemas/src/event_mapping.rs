@@ -14,12 +14,41 @@ use crate::event_builder::EventBatchBuilder;
 use crate::tape_span::{Doc, Located};
 use crate::timestamp::parse_timestamp;
 
+/// What the events of one input (or of one envelope's part of it) share: where they are
+/// from (`pos`, whose cluster is theirs), the parsed input, and their digests' seed.
 pub(crate) struct Ctx<'a> {
-    pub(crate) cluster: &'a str,
     pub(crate) ingested_at: i64,
     pub(crate) pos: SourcePos<'a>,
     pub(crate) max_quarantined: usize,
     pub(crate) doc: Doc<'a>,
+    /// The digests' key and `pos.cluster` hashed, so equal events of two clusters differ
+    /// (0 when the decoder takes no digests).
+    pub(crate) digest_seed: u64,
+}
+
+impl<'a> Ctx<'a> {
+    /// The context of events of `cluster` found in `doc`, from the same input as `self`
+    /// (an envelope naming its cluster).
+    pub(crate) fn for_cluster<'b>(
+        &self,
+        cluster: &'b str,
+        doc: Doc<'b>,
+        scratch: &Scratch,
+    ) -> Ctx<'b>
+    where
+        'a: 'b,
+    {
+        Ctx {
+            ingested_at: self.ingested_at,
+            pos: SourcePos {
+                cluster,
+                ..self.pos
+            },
+            max_quarantined: self.max_quarantined,
+            doc,
+            digest_seed: scratch.digest_seed(cluster),
+        }
+    }
 }
 
 /// Handles on the parts of one event, collected before anything is appended so that a
@@ -349,7 +378,7 @@ pub(crate) fn append_event(
         .ok_or("missing field `stageTimestamp`")?;
 
     // Validated: from here on every column gets exactly one value.
-    b.cluster.append_value(ctx.cluster);
+    b.cluster.append_value(ctx.pos.cluster);
     b.event_api_version
         .append_option(f.api_version.or(list_api_version));
     b.audit_id.append_value(audit_id);
@@ -458,7 +487,7 @@ pub(crate) fn append_event(
     if let Some(digests) = &mut scratch.digests {
         let text = json_text(root, ctx.doc, &mut scratch.json);
         digests.push(twox_hash::XxHash3_128::oneshot_with_seed(
-            scratch.digest_seed,
+            ctx.digest_seed,
             text.as_bytes(),
         ));
     }

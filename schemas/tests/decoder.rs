@@ -384,6 +384,22 @@ fn duplicate_digests_are_keyed_so_no_sender_can_predict_them() {
     );
     assert_ne!(digest("prod", 1), digest("prod", 2), "another process key");
     assert_ne!(digest("prod", 1), digest("staging", 1), "another cluster");
+
+    // An envelope's cluster keys its events' digests, whatever the input's cluster: the same
+    // event from two EKS clusters differs, and equals the bare event sent for its cluster.
+    let wrapped = |group: &str| {
+        let message = serde_json::json!({"messageType": "DATA_MESSAGE", "logGroup": group,
+            "logStream": "kube-apiserver-audit-1",
+            "logEvents": [{"id": "1", "timestamp": 1, "message": std::str::from_utf8(line).unwrap()}]});
+        let mut d = EventDecoder::new(DecoderOptions::default());
+        d.enable_row_digests(1);
+        let mut q = Vec::new();
+        d.decode_document(message.to_string().as_bytes(), pos("firehose"), &mut q);
+        assert!(q.is_empty(), "{q:?}");
+        d.take_row_digests()[0]
+    };
+    assert_eq!(wrapped("/aws/eks/prod/cluster"), digest("prod", 1));
+    assert_eq!(wrapped("/aws/eks/staging/cluster"), digest("staging", 1));
 }
 
 #[test]

@@ -280,20 +280,21 @@ pub fn wait_exit(child: &mut Child, secs: u64) -> ExitStatus {
 
 /// The events of the scenario at `scenario` (relative to the checkout) as an NDJSON file in
 /// `dir`, through the same completion the scenario runner uses.
-pub fn scenario_ndjson(dir: &Path, scenario: &str) -> std::path::PathBuf {
-    let s = auditlake_analytics::Scenario::load(&auditlake_fixtures::checkout_dir().join(scenario))
-        .unwrap();
-    let ndjson: String = s
-        .events
+/// The events of a scenario file, completed as the scenario runner completes them, one
+/// JSON line each.
+pub fn scenario_events(scenario: &Path) -> Vec<String> {
+    let s = auditlake_analytics::Scenario::load(scenario).unwrap();
+    s.events
         .iter()
         .enumerate()
-        .map(|(i, e)| {
-            format!(
-                "{}\n",
-                auditlake_analytics::complete_event(i, &s.defaults, e)
-            )
-        })
-        .collect();
+        .map(|(i, e)| auditlake_analytics::complete_event(i, &s.defaults, e).to_string())
+        .collect()
+}
+
+/// A scenario's events (`scenario`: path from the checkout) as `dir/audit.ndjson`.
+pub fn scenario_ndjson(dir: &Path, scenario: &str) -> std::path::PathBuf {
+    let events = scenario_events(&auditlake_fixtures::checkout_dir().join(scenario));
+    let ndjson: String = events.iter().map(|e| format!("{e}\n")).collect();
     let input = dir.join("audit.ndjson");
     std::fs::write(&input, ndjson).unwrap();
     input
