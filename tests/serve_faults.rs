@@ -741,9 +741,17 @@ fn fifty_sigkills_under_concurrent_load_lose_and_duplicate_no_acknowledged_event
     assert!(acked.len() > 10_000, "too little load: {}", acked.len());
     assert_eq!(missing, 0, "acknowledged events missing from the archive");
     assert_eq!(duplicated, 0, "events archived more than once");
+    // A kill that lands inside a write-ahead log append leaves a torn frame at the log's
+    // end, which recovery keeps in the quarantine: that body was never acknowledged (none
+    // is missing above). Anything else set aside (a record the archiver "failed on"
+    // repeatedly) is a kill mistaken for a poison record.
     let set_aside: Vec<_> = quarantine_records(&dir.path().join("archive"))
         .iter()
-        .map(|r| r["reason"].to_string())
+        .map(|r| r["reason"].as_str().unwrap_or_default().to_string())
+        .filter(|reason| {
+            !(reason.starts_with("torn append at the end of write-ahead log segment")
+                && reason.contains("it was never acknowledged"))
+        })
         .collect();
     assert!(
         set_aside.is_empty(),
