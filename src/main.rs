@@ -126,6 +126,15 @@ struct IngestArgs {
     #[arg(long, env = "AUDITLAKE_MAX_EVENT_BYTES", default_value_t = 8 << 20)]
     max_event_bytes: usize,
 
+    /// How the inputs are wrapped: `auto` recognises each line or document by its shape
+    /// (plain events; EKS CloudWatch Logs, Firehose and Logs Insights output; GKE
+    /// LogEntries; AKS diagnostic records; Fluent Bit, Vector, OTLP and OpenShift
+    /// forwarders; gzip and base64 layers; see schemas/ENVELOPES.md). A format name
+    /// (`azure_diagnostic`, `cloudwatch_subscription`, `gke_log_entry`, `event`, ...)
+    /// decodes every input as that and quarantines what is not.
+    #[arg(long, env = "AUDITLAKE_ENVELOPE", default_value = "auto")]
+    envelope: String,
+
     /// Events per Arrow batch between decoding and Parquet encoding.
     #[arg(long, env = "AUDITLAKE_BATCH_ROWS", default_value_t = 8192)]
     batch_rows: usize,
@@ -445,6 +454,14 @@ async fn run_ingest(archive: &str, args: IngestArgs) -> Result<()> {
     }
     let mut options = IngestOptions::new(&args.cluster);
     options.decoder.max_event_bytes = args.max_event_bytes;
+    options.decoder.envelope = match args.envelope.as_str() {
+        "auto" => None,
+        name => Some(
+            name.parse::<auditlake_schema::Envelope>()
+                .map_err(anyhow::Error::msg)
+                .context("--envelope")?,
+        ),
+    };
     options.batch_rows = args.batch_rows.max(1);
     options.writer.max_file_rows = args.max_file_rows.max(1);
     options.writer.max_file_bytes = args.max_file_bytes.max(1 << 20);

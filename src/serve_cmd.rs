@@ -160,6 +160,29 @@ mod tests {
     }
 
     #[test]
+    fn the_managed_cluster_guides_configs_are_valid_and_turn_on_their_receivers() {
+        let dir = auditlake_fixtures::checkout_dir().join("deploy/managed");
+        let load = |name: &str| {
+            resolve(&ServeArgs {
+                config: Some(dir.join(name)),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let eks = load("eks-firehose.toml");
+        assert!(eks.firehose_access_key_file.is_some() && eks.client_ca.is_none());
+        assert!(eks.max_inflight_body_bytes >= 2 * eks.max_body_bytes);
+        let gke = load("gke-pubsub.toml");
+        assert!(gke.pubsub_jwks_file.is_some() && !gke.pubsub_audience.is_empty());
+        let aks = load("aks-event-hubs.toml");
+        assert_eq!(
+            aks.kafka.get("sasl.mechanism").map(String::as_str),
+            Some("PLAIN")
+        );
+        assert_eq!(aks.kafka_topic, ["aks-audit"]);
+    }
+
+    #[test]
     fn the_scale_out_variant_has_kafka_receivers_and_archivers_whose_secret_adds_to_the_file() {
         let dir = auditlake_fixtures::checkout_dir().join("deploy/kubernetes/scale-out");
         let load = |name: &str, env: Vec<(&'static str, Vec<String>)>| {

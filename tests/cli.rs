@@ -621,9 +621,15 @@ fn rules_learn_proposes_who_did_what_a_list_allows_and_the_proposal_is_a_rule_fi
 
 /// Findings of `ingest` over `input` as (rule, cluster, evidence), sorted, and the
 /// counters line of its summary.
-fn findings_of(dir: &Path, name: &str, input: &Path) -> (Vec<(String, String, String)>, String) {
+fn findings_of(
+    dir: &Path,
+    name: &str,
+    input: &Path,
+    env: &[(&str, &str)],
+) -> (Vec<(String, String, String)>, String) {
     let findings = dir.join(format!("{name}.findings.ndjson"));
     let out = Command::new(BIN)
+        .envs(env.iter().copied())
         .arg("--archive")
         .arg(dir.join(format!("{name}.archive")))
         .args(["ingest", "--cluster", "configured", "--findings"])
@@ -665,7 +671,7 @@ fn every_scenario_raises_the_same_findings_wrapped_in_eks_and_aks_envelopes_as_u
     // Unwrapped, for the cluster the envelopes name.
     let plain_file = dir.path().join("plain.ndjson");
     std::fs::write(&plain_file, events.join("\n")).unwrap();
-    let (plain, counters) = findings_of(dir.path(), "plain", &plain_file);
+    let (plain, counters) = findings_of(dir.path(), "plain", &plain_file, &[]);
     assert!(!counters.contains("envelope"), "{counters}");
     assert!(plain.len() > 20, "{plain:?}");
     eprintln!("{} scenario events, {} findings", events.len(), plain.len());
@@ -697,7 +703,7 @@ fn every_scenario_raises_the_same_findings_wrapped_in_eks_and_aks_envelopes_as_u
     }
     let eks_file = dir.path().join("eks.ndjson");
     std::fs::write(&eks_file, eks).unwrap();
-    let (eks_findings, counters) = findings_of(dir.path(), "eks", &eks_file);
+    let (eks_findings, counters) = findings_of(dir.path(), "eks", &eks_file, &[]);
     assert_eq!(eks_findings, for_cluster("prod-eu"));
     // One health check and one klog line per message, counted.
     let messages = events.len().div_ceil(50);
@@ -725,7 +731,7 @@ fn every_scenario_raises_the_same_findings_wrapped_in_eks_and_aks_envelopes_as_u
     }
     let aks_file = dir.path().join("aks.json");
     std::fs::write(&aks_file, aks).unwrap();
-    let (aks_findings, counters) = findings_of(dir.path(), "aks", &aks_file);
+    let (aks_findings, counters) = findings_of(dir.path(), "aks", &aks_file, &[]);
     assert_eq!(aks_findings, for_cluster("aks-west"));
     let counted = format!("envelope_records_skipped{{reason=azure_other_category}}={messages}");
     assert!(counters.contains(&counted), "{counted} in {counters}");
@@ -735,4 +741,208 @@ fn every_scenario_raises_the_same_findings_wrapped_in_eks_and_aks_envelopes_as_u
         "SELECT cluster, count(*) AS n FROM events GROUP BY cluster",
     );
     assert_eq!(csv.trim(), format!("cluster,n\naks-west,{}", events.len()));
+}
+
+/// `event` (an audit.k8s.io Event) as GKE would log it: a Cloud Logging `LogEntry` of
+/// cluster `gke-prod`; `None` for a stage GKE does not log (RequestReceived). `started`:
+/// the audit IDs seen at ResponseStarted, whose ResponseComplete is the operation's last.
+fn as_gke_log_entry(event: &str, started: &mut HashSet<String>) -> Option<serde_json::Value> {
+    let e: serde_json::Value = serde_json::from_str(event).unwrap();
+    let id = e["auditID"].as_str().unwrap().to_string();
+    let (first, last) = match e["stage"].as_str() {
+        Some("ResponseStarted") => {
+            started.insert(id.clone());
+            (true, false)
+        }
+        Some("ResponseComplete") => (!started.contains(&id), true),
+        _ => return None,
+    };
+    let verb = e["verb"].as_str().unwrap_or("get");
+    let o = &e["objectRef"];
+    let (method, resource_name) = match o["resource"].as_str() {
+        Some(resource) => {
+            let group = match o["apiGroup"].as_str().unwrap_or("") {
+                "" => "core",
+                g => g,
+            };
+            let version = o["apiVersion"].as_str().unwrap_or("v1");
+            let mut name = format!("{group}/{version}");
+            if let Some(ns) = o["namespace"].as_str() {
+                name.push_str(&format!("/namespaces/{ns}"));
+            }
+            name.push_str(&format!("/{resource}"));
+            let mut method = format!("io.k8s.{group}.{version}.{resource}");
+            if let Some(n) = o["name"].as_str() {
+                name.push_str(&format!("/{n}"));
+            }
+            if let Some(sub) = o["subresource"].as_str() {
+                name.push_str(&format!("/{sub}"));
+                method.push_str(&format!(".{sub}"));
+            }
+            (format!("{method}.{verb}"), name)
+        }
+        None => (
+            format!("io.k8s.{verb}"),
+            e["requestURI"]
+                .as_str()
+                .unwrap_or("/")
+                .trim_start_matches('/')
+                .to_string(),
+        ),
+    };
+    let code = e["responseStatus"]["code"].as_i64().unwrap_or(200);
+    let mut proto = serde_json::json!({
+        "@type": "type.googleapis.com/google.cloud.audit.AuditLog",
+        "serviceName": "k8s.io",
+        "methodName": method,
+        "resourceName": resource_name,
+        "authenticationInfo": {"principalEmail": e["user"]["username"]},
+        "requestMetadata": {"callerIp": e["sourceIPs"].as_array().and_then(|a| a.last()).cloned().unwrap_or_default(),
+            "callerSuppliedUserAgent": e["userAgent"]},
+        "status": {},
+    });
+    let typed = |body: &serde_json::Value| {
+        let mut b = body.clone();
+        if let Some(m) = b.as_object_mut() {
+            m.insert("@type".into(), "core.k8s.io/v1.Object".into());
+        }
+        b
+    };
+    if e["requestObject"].is_object() {
+        proto["request"] = typed(&e["requestObject"]);
+    }
+    if code >= 400 {
+        proto["status"] =
+            serde_json::json!({"code": if code == 403 { 7 } else { 3 }, "message": "failed"});
+        proto["response"] = serde_json::json!({"@type": "core.k8s.io/v1.Status", "apiVersion": "v1", "kind": "Status",
+            "code": code, "status": "Failure", "reason": e["responseStatus"]["reason"], "metadata": {}});
+    } else if e["responseObject"].is_object() {
+        proto["response"] = typed(&e["responseObject"]);
+    }
+    let mut entry = serde_json::json!({
+        "insertId": format!("{id}-{}", if last { "last" } else { "first" }),
+        "logName": "projects/acme-prod/logs/cloudaudit.googleapis.com%2Factivity",
+        "operation": {"id": id, "producer": "k8s.io", "first": first, "last": last},
+        "protoPayload": proto,
+        "resource": {"type": "k8s_cluster", "labels": {"cluster_name": "gke-prod", "location": "europe-west1", "project_id": "acme-prod"}},
+        "timestamp": e["stageTimestamp"],
+        "receiveTimestamp": e["stageTimestamp"],
+    });
+    if e["annotations"].is_object() {
+        entry["labels"] = e["annotations"].clone();
+    }
+    Some(entry)
+}
+
+#[test]
+fn openshift_and_firehose_objects_and_gke_mapped_rbac_and_exec_scenarios_raise_the_same_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let scenarios_dir = auditlake_fixtures::checkout_dir().join("fixtures/scenarios");
+    let scenarios = auditlake_analytics::scenario_files(&scenarios_dir).unwrap();
+    let events: Vec<String> = scenarios.iter().flat_map(|p| scenario_events(p)).collect();
+    let plain_file = dir.path().join("plain.ndjson");
+    std::fs::write(&plain_file, events.join("\n")).unwrap();
+    let (plain, _) = findings_of(dir.path(), "plain", &plain_file, &[]);
+    let for_cluster = |c: &str| -> Vec<_> {
+        plain
+            .iter()
+            .map(|(r, _, e)| (r.clone(), c.to_string(), e.clone()))
+            .collect()
+    };
+
+    // OpenShift's forwarder: fields inline, the audit level moved, ViaQ fields added.
+    let openshift: String = events
+        .iter()
+        .map(|e| {
+            let mut v: serde_json::Value = serde_json::from_str(e).unwrap();
+            let o = v.as_object_mut().unwrap();
+            if let Some(level) = o.remove("level") {
+                o.insert("k8s_audit_level".into(), level);
+            }
+            o.insert("level".into(), "default".into());
+            o.insert("log_type".into(), "audit".into());
+            o.insert("hostname".into(), "master-0".into());
+            o.insert(
+                "openshift".into(),
+                serde_json::json!({"cluster_id": "ocp-1"}),
+            );
+            format!("{v}\n")
+        })
+        .collect();
+    let file = dir.path().join("openshift.ndjson");
+    std::fs::write(&file, openshift).unwrap();
+    assert_eq!(
+        findings_of(dir.path(), "openshift", &file, &[]).0,
+        for_cluster("ocp-1")
+    );
+
+    // A Firehose object in S3: each record a gzip member holding one subscription message,
+    // back to back with no delimiter; with an event limit below the object's inflated size,
+    // so the file source reads its one long line as a document.
+    let mut object = Vec::new();
+    for (m, chunk) in events.chunks(20).enumerate() {
+        let log_events: Vec<_> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, e)| serde_json::json!({"id": format!("{m:028}{i:028}"), "timestamp": 1_780_000_000_000_i64, "message": e}))
+            .collect();
+        let message = serde_json::json!({"messageType": "DATA_MESSAGE", "owner": "123456789012",
+            "logGroup": "/aws/eks/prod-eu/cluster", "logStream": "kube-apiserver-audit-0a1b2c",
+            "subscriptionFilters": ["auditlake"], "logEvents": log_events});
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, message.to_string().as_bytes()).unwrap();
+        object.extend(gz.finish().unwrap());
+    }
+    let file = dir.path().join("firehose-object.gz");
+    std::fs::write(&file, object).unwrap();
+    let (found, counters) = findings_of(
+        dir.path(),
+        "firehose",
+        &file,
+        &[("AUDITLAKE_MAX_EVENT_BYTES", "65536")],
+    );
+    assert_eq!(found, for_cluster("prod-eu"), "{counters}");
+
+    // GKE: the RBAC and exec scenarios as GKE logs them raise the same rules.
+    let (mut mismatched, mut fired) = (Vec::new(), HashSet::new());
+    for scenario in scenarios.iter().filter(|p| {
+        let name = p.file_name().unwrap().to_string_lossy();
+        name.starts_with("rbac-") || name.starts_with("wl-exec-")
+    }) {
+        let name = scenario
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .trim_end_matches(".yaml")
+            .to_string();
+        let events = scenario_events(scenario);
+        let plain_file = dir.path().join(format!("{name}.ndjson"));
+        std::fs::write(&plain_file, events.join("\n")).unwrap();
+        let rules = |found: Vec<(String, String, String)>| -> Vec<String> {
+            let mut r: Vec<String> = found.into_iter().map(|f| f.0).collect();
+            r.dedup();
+            r
+        };
+        let expected = rules(findings_of(dir.path(), &format!("{name}.plain"), &plain_file, &[]).0);
+        let mut started = HashSet::new();
+        let entries: String = events
+            .iter()
+            .filter_map(|e| as_gke_log_entry(e, &mut started))
+            .map(|e| format!("{e}\n"))
+            .collect();
+        let gke_file = dir.path().join(format!("{name}.gke.ndjson"));
+        std::fs::write(&gke_file, entries).unwrap();
+        let (found, _) = findings_of(dir.path(), &format!("{name}.gke"), &gke_file, &[]);
+        assert!(found.iter().all(|f| f.1 == "gke-prod"), "{name}: {found:?}");
+        let got = rules(found);
+        fired.extend(got.iter().cloned());
+        if got != expected {
+            mismatched.push(format!("{name}: plain {expected:?}, GKE {got:?}"));
+        }
+    }
+    assert!(mismatched.is_empty(), "{mismatched:#?}");
+    // The RBAC and exec rules themselves fired on GKE's entries, not only the quiet cases.
+    for rule in ["K8S-RBAC-001", "K8S-WL-001"] {
+        assert!(fired.contains(rule), "{rule} never fired: {fired:?}");
+    }
 }

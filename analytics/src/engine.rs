@@ -40,6 +40,7 @@ const BODY_COLUMNS: &[&str] = &[
     "impersonated_extra",
     "response_details",
     "unmapped",
+    "envelope",
 ];
 
 /// A completed request that was carried out: 2xx at ResponseComplete, or the 101 of an

@@ -63,6 +63,7 @@ pub fn writer_properties(table: Table, settings: ParquetSettings) -> WriterPrope
             col::REQUEST_OBJECT,
             col::RESPONSE_OBJECT,
             col::UNMAPPED,
+            col::ENVELOPE,
             col::RESPONSE_DETAILS,
             col::AUDIT_ID,
             col::SOURCE_REF,

@@ -101,6 +101,7 @@ pub fn serde_decode_lines(text: &[u8], cluster: &str) -> (RecordBatch, usize) {
         b.ingested_at.append_value(0);
         b.source_ref.append_value("bench");
         b.unmapped.append_null();
+        b.envelope.append_null();
         b.row_done();
     }
     (b.finish(), skipped)

@@ -431,6 +431,9 @@ impl Reader<'_> {
             Shape::Lines => {
                 decoder.decode_ndjson(&r.body, pos, &mut q);
             }
+            Shape::LongLine => {
+                decoder.decode_long_line(&r.body, pos, &mut q);
+            }
             Shape::Oversized { full_len } => {
                 decoder.quarantine_oversized(&r.body, full_len, pos, &mut q)
             }

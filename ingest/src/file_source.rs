@@ -205,6 +205,17 @@ impl InputReader {
         }))
     }
 
+    /// Whether the input's next bytes start a JSON object or array (after a UTF-8 byte
+    /// order mark and whitespace), as far as the read buffer shows.
+    pub fn starts_json(&mut self) -> bool {
+        let Ok(head) = self.reader.fill_buf() else {
+            // The error comes again, with its context, from the read that follows.
+            return false;
+        };
+        let head = head.strip_prefix(b"\xef\xbb\xbf").unwrap_or(head);
+        matches!(head.trim_ascii_start().first(), Some(b'{' | b'['))
+    }
+
     /// Reads the rest of the input (for a pretty-printed document), up to `limit` bytes.
     pub fn read_rest(&mut self, buf: &mut Vec<u8>, limit: u64) -> Result<(), IngestError> {
         (&mut self.reader)

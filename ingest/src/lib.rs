@@ -15,6 +15,7 @@ mod dedup;
 mod detection_thread;
 mod error;
 mod file_source;
+mod firehose_http;
 mod http_connections;
 #[cfg(feature = "kafka")]
 mod kafka_dead_letter;
@@ -26,8 +27,10 @@ mod kafka_metrics;
 #[cfg(feature = "kafka")]
 mod kafka_produce;
 mod observer;
+mod oidc;
 mod partitioned_writer;
 mod pipeline;
+mod pubsub_push;
 mod record_attempts;
 mod serve;
 mod serve_config;

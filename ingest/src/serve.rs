@@ -110,6 +110,61 @@ const MAX_RESTARTS_WITHOUT_PROGRESS: u32 = 5;
 /// Connections the operations port serves at once.
 const OPS_MAX_CONNECTIONS: usize = 64;
 
+/// The routes of the receiving port: the webhook (unless only push receivers are
+/// configured), Firehose's and Pub/Sub's when configured.
+fn receivers_router(config: &ServeConfig, state: WebhookState) -> Result<axum::Router, ServeError> {
+    let mut router = axum::Router::new();
+    if !push_receivers_only(config) {
+        router = router.merge(webhook::router(state.clone()));
+    }
+    if let Some(path) = &config.firehose_access_key_file {
+        let key = crate::firehose_http::FirehoseKey::load(path).map_err(ServeError::Config)?;
+        router = router.merge(crate::firehose_http::router(state.clone(), key));
+        tracing::info!("Firehose HTTP endpoint receiver on POST /firehose");
+    }
+    let pubsub = match (&config.pubsub_jwks_file, &config.pubsub_token_file) {
+        (Some(jwks), _) => Some(crate::pubsub_push::PushAuth::Oidc(std::sync::Arc::new(
+            crate::oidc::OidcVerifier::load(
+                jwks,
+                &config.pubsub_audience,
+                Some(&config.pubsub_service_account),
+            )
+            .map_err(ServeError::Config)?,
+        ))),
+        (None, Some(token)) => {
+            Some(crate::pubsub_push::PushAuth::shared_token(token).map_err(ServeError::Config)?)
+        }
+        (None, None) => None,
+    };
+    if let Some(auth) = pubsub {
+        router = router.merge(crate::pubsub_push::router(state, auth));
+        tracing::info!("Pub/Sub push receiver on POST /pubsub/push");
+    }
+    Ok(router)
+}
+
+/// The `envelope` setting: `None` for `auto`.
+pub(crate) fn parse_envelope(text: &str) -> Result<Option<auditlake_schema::Envelope>, String> {
+    match text {
+        "auto" | "" => Ok(None),
+        name => name
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("--envelope: {e}")),
+    }
+}
+
+/// Whether only push receivers (Firehose, Pub/Sub) are to be served: they are configured
+/// and the webhook has no authentication and was not allowed to go without.
+fn push_receivers_only(config: &ServeConfig) -> bool {
+    let push = config.firehose_access_key_file.is_some()
+        || config.pubsub_jwks_file.is_some()
+        || config.pubsub_token_file.is_some();
+    push && config.client_ca.is_none()
+        && config.bearer_tokens_file.is_none()
+        && !config.allow_unauthenticated
+}
+
 fn validate(config: &ServeConfig) -> Result<(), ServeError> {
     let refuse = |m: String| Err(ServeError::Config(m));
     if config.insecure_plain_http && config.client_ca.is_some() {
@@ -136,7 +191,26 @@ fn validate(config: &ServeConfig) -> Result<(), ServeError> {
     {
         return refuse("max_connections and the timeouts must be above 0".into());
     }
-    if config.client_ca.is_none() && config.bearer_tokens_file.is_none() {
+    parse_envelope(&config.envelope).map_err(ServeError::Config)?;
+    if config.pubsub_jwks_file.is_some() && config.pubsub_token_file.is_some() {
+        return refuse(
+            "give --pubsub-jwks-file (OIDC, preferred) or --pubsub-token-file, not both".into(),
+        );
+    }
+    if config.pubsub_jwks_file.is_some() && config.pubsub_audience.is_empty() {
+        return refuse(
+            "--pubsub-jwks-file needs --pubsub-audience (the push subscription's OIDC audience)"
+                .into(),
+        );
+    }
+    if config.client_ca.is_none()
+        && config.bearer_tokens_file.is_none()
+        && push_receivers_only(config)
+    {
+        tracing::info!(
+            "no webhook client authentication configured: only the Firehose and Pub/Sub push receivers are served"
+        );
+    } else if config.client_ca.is_none() && config.bearer_tokens_file.is_none() {
         if !config.allow_unauthenticated {
             return refuse(
                 "no client authentication: give --client-ca (mutual TLS with the apiserver's \
@@ -191,6 +265,8 @@ pub(crate) fn archiver_settings(
         default_cluster: config.cluster.clone(),
         decoder: DecoderOptions {
             max_summary_bytes: config.max_body_bytes as usize,
+            // Checked when the configuration was validated.
+            envelope: parse_envelope(&config.envelope).unwrap_or_default(),
             ..DecoderOptions::default()
         },
         writer: WriterOptions {
@@ -490,10 +566,11 @@ pub async fn serve(
         let _ = tx.send(addrs);
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let router = receivers_router(&config, state)?;
     let server = tokio::spawn(webhook::serve_connections(
         webhook_listener,
         Some(credentials),
-        webhook::router(state),
+        router,
         stop_rx,
         Duration::from_secs(config.shutdown_timeout_seconds),
         limits,

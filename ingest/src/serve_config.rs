@@ -272,6 +272,27 @@ serve_config! {
     /// clusters may post only those). Reloaded on SIGHUP and when the file changes, like
     /// the certificates.
     bearer_tokens_file: Option<PathBuf> = None;
+    /// File holding the access key configured on an Amazon Data Firehose delivery stream
+    /// (sent as `X-Amz-Firehose-Access-Key`): turns on `POST /firehose` and
+    /// `/firehose/{cluster}` (EKS audit logs through a CloudWatch Logs subscription).
+    firehose_access_key_file: Option<PathBuf> = None;
+    /// JWKS file of the keys Google signs Pub/Sub push tokens with (saved from
+    /// https://www.googleapis.com/oauth2/v3/certs): turns on `POST /pubsub/push` and
+    /// `/pubsub/push/{cluster}` with OIDC authentication; needs `pubsub_audience`.
+    pubsub_jwks_file: Option<PathBuf> = None;
+    /// Audience of the push subscription's OIDC tokens (as set on the subscription).
+    pubsub_audience: String = String::new();
+    /// E-mail of the push subscription's service account; tokens of any other are
+    /// refused. Empty: any Google-signed token for the audience.
+    pubsub_service_account: String = String::new();
+    /// File holding a shared token Pub/Sub push requests carry in the endpoint's `token`
+    /// query parameter: turns on `POST /pubsub/push` without OIDC (prefer OIDC).
+    pubsub_token_file: Option<PathBuf> = None;
+    /// How request bodies and Kafka messages are wrapped: `auto` recognises each by its
+    /// shape (plain events, EKS, GKE and AKS envelopes, shippers; see
+    /// schemas/ENVELOPES.md); a format name (`azure_diagnostic`, `cloudwatch_subscription`,
+    /// `gke_log_entry`, `event`, ...) decodes every one as that and quarantines the rest.
+    envelope: String = "auto".into();
     /// Cluster of events posted to /audit/webhook; /audit/webhook/{cluster} overrides it.
     cluster: String = "default".into();
     /// The client certificate's common name is the cluster: a request whose path names

@@ -240,11 +240,6 @@ fn resolve_cluster(
     Ok(cluster)
 }
 
-// Without the `kafka` feature the write-ahead log is the only durable log.
-#[cfg_attr(
-    not(feature = "kafka"),
-    allow(irrefutable_let_patterns, clippy::infallible_destructuring_match)
-)]
 async fn accept(
     state: &WebhookState,
     peer: Peer,
@@ -267,24 +262,62 @@ async fn accept(
             return *r;
         }
     };
+    match store(state, cluster, identity, headers, body).await {
+        Ok(place) => answer(StatusCode::OK, None, format!("stored {place}")),
+        Err(r) => answer(r.status, r.retry_after, r.message),
+    }
+}
+
+/// Why a body was not stored: the status to answer, when to retry, and what to say.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    pub(crate) status: StatusCode,
+    pub(crate) retry_after: Option<u64>,
+    pub(crate) message: String,
+}
+
+fn refuse(status: StatusCode, retry_after: Option<u64>, message: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        retry_after,
+        message: message.into(),
+    }
+}
+
+/// Reads a request's body within the memory budget, checks it is JSON and makes it
+/// durable for `cluster`, from `identity`; where it was stored, or why not. Every
+/// receiver (the webhook, Firehose, Pub/Sub push) answers success only after this.
+// Without the `kafka` feature the write-ahead log is the only durable log.
+#[cfg_attr(
+    not(feature = "kafka"),
+    allow(irrefutable_let_patterns, clippy::infallible_destructuring_match)
+)]
+pub(crate) async fn store(
+    state: &WebhookState,
+    cluster: String,
+    identity: String,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<String, Refusal> {
+    let settings = &state.settings;
     if let Some(problem) = auditlake_archive::cluster_name_error(&cluster) {
-        return answer(StatusCode::BAD_REQUEST, None, problem);
+        return Err(refuse(StatusCode::BAD_REQUEST, None, problem));
     }
     if !state.health.accepting() {
-        return answer(
+        return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             Some(5),
             "not taking requests yet (replaying the write-ahead log) or any more (shutting down)",
-        );
+        ));
     }
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         let ct = ct.to_str().unwrap_or_default().to_ascii_lowercase();
         if !(ct.starts_with("application/json") || ct.starts_with("application/x-ndjson")) {
-            return answer(
+            return Err(refuse(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 None,
                 format!("Content-Type {ct:?}: expected application/json"),
-            );
+            ));
         }
     }
     if let DurableLog::Wal(wal) = &state.log {
@@ -295,11 +328,11 @@ async fn accept(
                 limit = settings.wal_max_bytes,
                 "write-ahead log full: answering 429"
             );
-            return answer(
+            return Err(refuse(
                 StatusCode::TOO_MANY_REQUESTS,
                 Some(10),
                 "the write-ahead log is full: the archive is behind",
-            );
+            ));
         }
     }
     let limit = settings.max_body_bytes;
@@ -308,7 +341,7 @@ async fn accept(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return too_large(limit);
+        return Err(too_large(limit));
     }
     let gzip = is_gzip(headers);
     // Reserve what the body can take before reading it: the declared length (or the limit),
@@ -319,26 +352,23 @@ async fn accept(
             bytes = reserve,
             "request bodies in memory are at their limit: answering 503"
         );
-        return answer(
+        return Err(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             Some(5),
             "too many request bodies in flight; retry shortly",
-        );
+        ));
     };
     let raw = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
-        Err(_) => return too_large(limit),
+        Err(_) => return Err(too_large(limit)),
     };
-    let body = match decompress(headers, raw, limit) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
+    let body = decompress(headers, raw, limit)?;
     if let Some(problem) = auditlake_schema::json_syntax_error(&body) {
-        return answer(
+        return Err(refuse(
             StatusCode::BAD_REQUEST,
             None,
             format!("request body: {problem}"),
-        );
+        ));
     }
     let len = body.len();
     let received = crate::pipeline::now_micros();
@@ -350,15 +380,15 @@ async fn accept(
                 Ok(place) => {
                     state.metrics.batches.inc();
                     state.metrics.bytes_in.inc_by(len as u64);
-                    answer(StatusCode::OK, None, format!("stored in Kafka at {place}"))
+                    Ok(format!("in Kafka at {place}"))
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "Kafka did not acknowledge a request body: answering 503");
-                    answer(
+                    Err(refuse(
                         StatusCode::SERVICE_UNAVAILABLE,
                         Some(10),
                         "cannot store the body right now",
-                    )
+                    ))
                 }
             };
         }
@@ -367,30 +397,26 @@ async fn accept(
         Ok(seq) => {
             state.metrics.batches.inc();
             state.metrics.bytes_in.inc_by(len as u64);
-            answer(
-                StatusCode::OK,
-                None,
-                format!("stored as write-ahead log record {seq}"),
-            )
+            Ok(format!("as write-ahead log record {seq}"))
         }
-        Err(e) => match &*e {
-            WalError::Record(m) => answer(StatusCode::BAD_REQUEST, None, m.clone()),
-            WalError::Closed => answer(StatusCode::SERVICE_UNAVAILABLE, Some(5), "shutting down"),
+        Err(e) => Err(match &*e {
+            WalError::Record(m) => refuse(StatusCode::BAD_REQUEST, None, m.clone()),
+            WalError::Closed => refuse(StatusCode::SERVICE_UNAVAILABLE, Some(5), "shutting down"),
             WalError::Io { .. } | WalError::OtherArchive { .. } => {
                 // The path and the OS error are for the operator, not for the client.
                 tracing::error!(error = %e, "cannot store a request body: answering 503");
-                answer(
+                refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
                     Some(10),
                     "cannot store the body right now",
                 )
             }
-        },
+        }),
     }
 }
 
-fn too_large(limit: usize) -> Response {
-    answer(
+fn too_large(limit: usize) -> Refusal {
+    refuse(
         StatusCode::PAYLOAD_TOO_LARGE,
         None,
         format!("request body exceeds max_body_bytes ({limit})"),
@@ -411,33 +437,33 @@ fn is_gzip(headers: &HeaderMap) -> bool {
 }
 
 /// The body as stored: `raw` itself unless it is gzip (never copied otherwise).
-fn decompress(headers: &HeaderMap, raw: Bytes, limit: usize) -> Result<Bytes, Box<Response>> {
+fn decompress(headers: &HeaderMap, raw: Bytes, limit: usize) -> Result<Bytes, Refusal> {
     match content_encoding(headers).as_str() {
         "" | "identity" => Ok(raw),
         "gzip" | "x-gzip" => {
             let mut out = Vec::with_capacity((raw.len() * 4).min(limit + 1));
             let mut reader = flate2::read::MultiGzDecoder::new(&raw[..]).take(limit as u64 + 1);
             if let Err(e) = reader.read_to_end(&mut out) {
-                return Err(Box::new(answer(
+                return Err(refuse(
                     StatusCode::BAD_REQUEST,
                     None,
                     format!("gzip body: {e} (after {} decompressed bytes)", out.len()),
-                )));
+                ));
             }
             if out.len() > limit {
-                return Err(Box::new(answer(
+                return Err(refuse(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     None,
                     format!("decompressed body exceeds max_body_bytes ({limit})"),
-                )));
+                ));
             }
             Ok(Bytes::from(out))
         }
-        other => Err(Box::new(answer(
+        other => Err(refuse(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             None,
             format!("Content-Encoding {other:?}: only gzip is supported"),
-        ))),
+        )),
     }
 }
 

@@ -1009,3 +1009,226 @@ async fn a_failing_disk_answers_503_without_revealing_paths_or_os_errors() {
     std::fs::rename(dir.path().join("wal-gone"), dir.path().join("wal")).unwrap();
     server.stop().await;
 }
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The tests' Google stand-in: signs OIDC tokens with the fixture key; its JWKS.
+struct TokenSigner {
+    key: ring::signature::RsaKeyPair,
+}
+
+impl TokenSigner {
+    fn new() -> Self {
+        let der = std::fs::read(auditlake_fixtures::data_dir().join("pubsub/test-signing-key.pk8"))
+            .unwrap();
+        Self {
+            key: ring::signature::RsaKeyPair::from_pkcs8(&der).unwrap(),
+        }
+    }
+
+    fn jwks(&self) -> String {
+        let public = ring::rsa::PublicKeyComponents::<Vec<u8>>::from(self.key.public());
+        let (n, e) = (&public.n, &public.e);
+        serde_json::json!({"keys": [{"kty": "RSA", "alg": "RS256", "use": "sig", "kid": "test-key-1", "n": b64url(n), "e": b64url(e)}]})
+            .to_string()
+    }
+
+    fn token(&self, claims: serde_json::Value) -> String {
+        let header = b64url(br#"{"alg":"RS256","kid":"test-key-1","typ":"JWT"}"#);
+        let signed = format!("{header}.{}", b64url(claims.to_string().as_bytes()));
+        let mut sig = vec![0; self.key.public().modulus_len()];
+        self.key
+            .sign(
+                &ring::signature::RSA_PKCS1_SHA256,
+                &ring::rand::SystemRandom::new(),
+                signed.as_bytes(),
+                &mut sig,
+            )
+            .unwrap();
+        format!("{signed}.{}", b64url(&sig))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firehose_and_pubsub_push_requests_are_answered_in_their_protocol_once_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive_dir = dir.path().join("archive");
+    let pki = auditlake_fixtures::Pki::generate("apiserver").unwrap();
+    let files = pki.write_to(&dir.path().join("pki")).unwrap();
+    const KEY: &str = "firehose-access-key-0123456789";
+    std::fs::write(dir.path().join("firehose-key"), format!("{KEY}\n")).unwrap();
+    let signer = TokenSigner::new();
+    std::fs::write(dir.path().join("jwks.json"), signer.jwks()).unwrap();
+    const AUDIENCE: &str = "https://auditlake.example.com/pubsub/push";
+    const ACCOUNT: &str = "auditlake-push@acme-prod.iam.gserviceaccount.com";
+    let config = ServeConfig {
+        tls_cert: Some(files.server_cert),
+        tls_key: Some(files.server_key),
+        firehose_access_key_file: Some(dir.path().join("firehose-key")),
+        pubsub_jwks_file: Some(dir.path().join("jwks.json")),
+        pubsub_audience: AUDIENCE.into(),
+        pubsub_service_account: ACCOUNT.into(),
+        ..base_config(dir.path())
+    };
+    let server = start(&archive_dir, config).await;
+    let addr = server.bound.webhook;
+    let client = https_client(&pki, None, addr);
+    let url = |path: &str| format!("https://localhost:{}{path}", addr.port());
+
+    // Only the push receivers are served: the webhook had no credentials configured.
+    let r = client
+        .post(url("/audit/webhook"))
+        .header("Content-Type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Firehose: EKS events in a CloudWatch Logs subscription message, gzip, base64.
+    let events = generated(41, 30);
+    let log_events: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| serde_json::json!({"id": format!("{i:056}"), "timestamp": 1_780_000_000_000_i64, "message": e.to_string()}))
+        .collect();
+    let message = serde_json::json!({"messageType": "DATA_MESSAGE", "owner": "123456789012",
+        "logGroup": "/aws/eks/prod-eu/cluster", "logStream": "kube-apiserver-audit-0a1b2c",
+        "subscriptionFilters": ["auditlake"], "logEvents": log_events});
+    let control = serde_json::json!({"messageType": "CONTROL_MESSAGE", "owner": "CloudwatchLogs", "logGroup": "", "logStream": "",
+        "subscriptionFilters": [], "logEvents": [{"id": "", "timestamp": 1, "message": "CWL CONTROL MESSAGE: Checking health of destination Firehose."}]});
+    let request = serde_json::json!({"requestId": "ed4acda5-034f-9f42-bba1-f29aea6d7d8f", "timestamp": 1_780_000_000_500_i64,
+        "records": [{"data": b64(&gzip(message.to_string().as_bytes()))}, {"data": b64(&gzip(control.to_string().as_bytes()))}]});
+    let firehose = |key: &'static str| {
+        client
+            .post(url("/firehose"))
+            .header("Content-Type", "application/json")
+            .header("Content-Encoding", "gzip")
+            .header("X-Amz-Firehose-Protocol-Version", "1.0")
+            .header(
+                "X-Amz-Firehose-Request-Id",
+                "ed4acda5-034f-9f42-bba1-f29aea6d7d8f",
+            )
+            .header(
+                "X-Amz-Firehose-Source-Arn",
+                "arn:aws:firehose:eu-west-1:123456789012:deliverystream/eks-audit",
+            )
+            .header("X-Amz-Firehose-Access-Key", key)
+            .body(gzip(request.to_string().as_bytes()))
+            .send()
+    };
+    let r = firehose("firehose-access-key-0123456788").await.unwrap();
+    assert_eq!(r.status(), 401);
+    let refused: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(refused["requestId"], "ed4acda5-034f-9f42-bba1-f29aea6d7d8f");
+    assert!(
+        refused["timestamp"].is_u64()
+            && refused["errorMessage"]
+                .as_str()
+                .unwrap()
+                .contains("Access-Key")
+    );
+    for _ in 0..2 {
+        // The second is Firehose retrying after a lost answer: kept once.
+        let r = firehose(KEY).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "application/json");
+        let ok: serde_json::Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        assert_eq!(ok["requestId"], "ed4acda5-034f-9f42-bba1-f29aea6d7d8f");
+        assert!(
+            ok["timestamp"].as_u64().unwrap() > 1_780_000_000_000
+                && ok.get("errorMessage").is_none()
+        );
+    }
+
+    // Pub/Sub push: a GKE LogEntry in message.data, with Google's OIDC token.
+    let entry = serde_json::json!({"insertId": "c0ffee-1", "logName": "projects/acme-prod/logs/cloudaudit.googleapis.com%2Factivity",
+        "operation": {"id": "c0ffee-1", "producer": "k8s.io", "first": true, "last": true},
+        "protoPayload": {"@type": "type.googleapis.com/google.cloud.audit.AuditLog", "serviceName": "k8s.io",
+            "methodName": "io.k8s.authorization.rbac.v1.clusterrolebindings.create",
+            "resourceName": "rbac.authorization.k8s.io/v1/clusterrolebindings/backdoor",
+            "authenticationInfo": {"principalEmail": "mallory@example.com"},
+            "requestMetadata": {"callerIp": "203.0.113.7"}, "status": {}},
+        "resource": {"type": "k8s_cluster", "labels": {"cluster_name": "gke-prod", "location": "europe-west1", "project_id": "acme-prod"}},
+        "timestamp": "2026-11-01T03:12:00.80581Z", "receiveTimestamp": "2026-11-01T03:12:19Z"});
+    let push = serde_json::json!({"message": {"data": b64(entry.to_string().as_bytes()), "messageId": "1", "message_id": "1",
+        "publishTime": "2026-11-01T03:12:20Z", "publish_time": "2026-11-01T03:12:20Z", "attributes": {}},
+        "subscription": "projects/acme-prod/subscriptions/gke-audit-auditlake"});
+    let now = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()) as i64;
+    let claims = |aud: &str, email: &str, exp: i64| {
+        serde_json::json!({"iss": "https://accounts.google.com", "aud": aud,
+        "email": email, "email_verified": true, "iat": now - 10, "exp": exp, "sub": "1"})
+    };
+    let send = |token: String| {
+        client
+            .post(url("/pubsub/push"))
+            .header("Content-Type", "application/json")
+            .bearer_auth(token)
+            .body(push.to_string())
+            .send()
+    };
+    let good = signer.token(claims(AUDIENCE, ACCOUNT, now + 3600));
+    let mut tampered = good.clone();
+    tampered.replace_range(tampered.len() - 4.., "AAAA");
+    for (token, why) in [
+        (
+            signer.token(claims("https://elsewhere.example.com", ACCOUNT, now + 3600)),
+            "audience",
+        ),
+        (
+            signer.token(claims(
+                AUDIENCE,
+                "someone@else.iam.gserviceaccount.com",
+                now + 3600,
+            )),
+            "e-mail",
+        ),
+        (
+            signer.token(claims(AUDIENCE, ACCOUNT, now - 3600)),
+            "expired",
+        ),
+        (tampered, "signature"),
+    ] {
+        let r = send(token).await.unwrap();
+        assert_eq!(r.status(), 401, "{why}");
+        assert!(r.text().await.unwrap().contains(why), "{why}");
+    }
+    let r = send(good).await.unwrap();
+    assert_eq!(r.status(), 204, "a 2xx acknowledges the message");
+
+    server.stop().await;
+    let paths = event_paths(&archive_dir);
+    let rows = archived_rows(&archive_dir);
+    assert_eq!(rows.len(), 31, "30 EKS events once, 1 GKE event: {rows:?}");
+    assert!(
+        paths.iter().any(|p| p.contains("cluster=prod-eu/")),
+        "{paths:?}"
+    );
+    assert!(
+        paths.iter().any(|p| p.contains("cluster=gke-prod/")),
+        "{paths:?}"
+    );
+    let got: HashSet<String> = rows.iter().map(|r| r.0.clone()).collect();
+    for e in &events {
+        assert!(got.contains(e["auditID"].as_str().unwrap()));
+    }
+    assert!(got.contains("c0ffee-1"));
+}

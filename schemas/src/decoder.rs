@@ -11,8 +11,10 @@
 
 use arrow::array::RecordBatch;
 
+use crate::byte_layers::{decode_base64, inflate_gzip, is_gzip, looks_like_base64_payload};
 use crate::envelope::{
-    Parser, Skipped, UTF8_BOM, contains_two_lines, decode_root, lines, offset_in, record_of_value,
+    Envelope, Meta, Parser, Payload, Skipped, UTF8_BOM, contains_two_lines, decode_root, lines,
+    offset_in, record_of_value,
 };
 use crate::event_builder::EventBatchBuilder;
 use crate::event_mapping::{Ctx, append_event};
@@ -34,6 +36,11 @@ pub struct DecoderOptions {
     /// Documents larger than this are cut into their events before parsing, so memory
     /// follows the largest event rather than the document (see `large_document.rs`).
     pub large_document_bytes: usize,
+    /// A gzip layer (a CloudWatch Logs payload, a Firehose object) inflating to more than
+    /// this is quarantined instead (a small compressed input must not fill memory).
+    pub max_inflated_bytes: usize,
+    /// The envelope every input is decoded as; `None` (`auto`) recognises each by shape.
+    pub envelope: Option<Envelope>,
 }
 
 impl Default for DecoderOptions {
@@ -46,6 +53,9 @@ impl Default for DecoderOptions {
             max_quarantined_per_input: 100,
             max_summary_bytes: 16 << 20,
             large_document_bytes: 1 << 20,
+            // Firehose's largest buffer is 128 MiB of compressed records.
+            max_inflated_bytes: 256 << 20,
+            envelope: None,
         }
     }
 }
@@ -105,7 +115,13 @@ pub struct EventDecoder {
     ingested_at: i64,
     input_bytes: usize,
     summarised: u64,
+    /// How many byte layers (base64, gzip) deep the input being decoded is.
+    depth: u8,
 }
+
+/// Byte layers (a transport's base64 payload, gzip) peeled inside one another at most; a
+/// payload nested deeper is quarantined (no real transport nests more than three).
+const MAX_BYTE_LAYERS: u8 = 4;
 
 /// The quarantine records of one input: at most `cap` one by one; beyond, bad items are
 /// only counted (so a body of millions of bad items costs a count, not millions of records).
@@ -157,8 +173,13 @@ pub(crate) struct Scratch {
     pub(crate) digests: Option<Vec<u128>>,
     /// The process secret the digests are keyed with.
     digest_key: u64,
-    /// Parses the events an envelope holds as JSON text (see [`crate::envelope`]).
-    pub(crate) embedded: Option<Parser>,
+    /// Parse states for the events envelopes hold as JSON text, one per depth of nesting
+    /// (see [`crate::envelope`]).
+    pub(crate) embedded: Vec<Parser>,
+    /// The `envelope` column's value for the events being appended.
+    pub(crate) meta: Meta,
+    /// Payloads transports carried as bytes, decoded once the input holding them is done.
+    pub(crate) payloads: Vec<Payload>,
     /// Envelope records holding no audit event, by [`Skipped::ALL`] index, since the last
     /// [`EventDecoder::take_skipped`].
     skipped: [u64; Skipped::ALL.len()],
@@ -192,6 +213,7 @@ impl EventDecoder {
             ingested_at: 0,
             input_bytes: 0,
             summarised: 0,
+            depth: 0,
         }
     }
 
@@ -314,6 +336,39 @@ impl EventDecoder {
         appended
     }
 
+    /// Decodes a line longer than `max_event_bytes` that a reader kept whole: JSON values
+    /// back to back (a Firehose object's records once inflated), each decoded on its own
+    /// and quarantined when it alone exceeds `max_event_bytes`. A line that is one value, or
+    /// not JSON, is quarantined as an over-long line, as if it had been cut while reading.
+    pub fn decode_long_line(
+        &mut self,
+        line: &[u8],
+        pos: SourcePos<'_>,
+        quarantine: &mut Vec<Quarantined>,
+    ) -> usize {
+        let line = line.strip_prefix(UTF8_BOM).unwrap_or(line);
+        let values = match large_document::top_level_values(line) {
+            Ok(v) if v.len() > 1 => v,
+            _ => {
+                let kept = &line[..line.len().min(self.options.max_quarantined_bytes)];
+                self.quarantine_oversized(kept, line.len() as u64, pos, quarantine);
+                return 0;
+            }
+        };
+        let mut q = Bounded::new(quarantine, self.options.max_quarantined_per_input);
+        let mut n = 0;
+        for v in values {
+            let raw = v.get().as_bytes();
+            let v_pos = SourcePos {
+                byte_offset: pos.byte_offset + offset_in(line, raw),
+                ..pos
+            };
+            n += self.decode_piece(large_document::Piece::Whole(raw), v_pos, &mut q);
+        }
+        self.close_input(q, line, pos);
+        n
+    }
+
     /// Quarantines a line longer than `max_event_bytes` without parsing it. `kept` is what a
     /// bounded reader kept of it and `full_len` its true length, so a huge line is never
     /// buffered whole.
@@ -341,14 +396,87 @@ impl EventDecoder {
         pos: SourcePos<'_>,
         quarantine: &mut Vec<Quarantined>,
     ) -> usize {
-        let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
         let mut q = Bounded::new(quarantine, self.options.max_quarantined_per_input);
-        let n = if bytes.len() > self.options.large_document_bytes {
-            self.decode_large(bytes, pos, &mut q)
-        } else {
-            self.decode_small(bytes, pos, &mut q)
-        };
+        let n = self.decode_whole(bytes, pos, &mut q);
         self.close_input(q, bytes, pos);
+        n
+    }
+
+    /// A document: gzip inflated first, then parsed whole, cut first when large.
+    fn decode_whole(&mut self, bytes: &[u8], pos: SourcePos<'_>, q: &mut Bounded<'_>) -> usize {
+        if is_gzip(bytes) {
+            return self.decode_layer(bytes, pos, None, "gzip", q);
+        }
+        let bytes = bytes.strip_prefix(UTF8_BOM).unwrap_or(bytes);
+        if bytes.len() > self.options.large_document_bytes {
+            self.decode_large(bytes, pos, q)
+        } else {
+            self.decode_small(bytes, pos, q)
+        }
+    }
+
+    /// Decodes the document inside a byte layer (`what`: a gzip stream, a transport's
+    /// payload), one layer deeper; what cannot be peeled is quarantined with the reason.
+    fn decode_layer(
+        &mut self,
+        bytes: &[u8],
+        pos: SourcePos<'_>,
+        item: Option<u64>,
+        what: &str,
+        q: &mut Bounded<'_>,
+    ) -> usize {
+        let max = self.options.max_quarantined_bytes;
+        if self.depth >= MAX_BYTE_LAYERS {
+            let reason =
+                format!("{what}: more than {MAX_BYTE_LAYERS} byte layers (base64, gzip) nested");
+            q.push_with(|| quarantine_record(pos, item, reason, bytes, max));
+            return 0;
+        }
+        let inflated;
+        let inner = if is_gzip(bytes) {
+            match inflate_gzip(bytes, self.options.max_inflated_bytes) {
+                Ok(v) => {
+                    inflated = v;
+                    &inflated[..]
+                }
+                Err(e) => {
+                    let reason = format!("{what}: {e}");
+                    q.push_with(|| quarantine_record(pos, item, reason, bytes, max));
+                    return 0;
+                }
+            }
+        } else {
+            bytes
+        };
+        // What is inside is recognised by its own shape: the source's `--envelope` named
+        // the outer layer.
+        let forced = self.options.envelope.take();
+        self.depth += 1;
+        let n = self.decode_whole(inner, pos, q);
+        self.depth -= 1;
+        self.options.envelope = forced;
+        n
+    }
+
+    /// Decodes the payloads the input just parsed queued (a transport's `data` fields).
+    fn decode_payloads(&mut self, pos: SourcePos<'_>, q: &mut Bounded<'_>) -> usize {
+        let payloads = std::mem::take(&mut self.scratch.payloads);
+        let mut n = 0;
+        for p in payloads {
+            let source = format!(
+                "{}#{}[{}]",
+                pos.source,
+                p.what.split('[').next().unwrap_or(p.what),
+                p.item
+            );
+            let inner_pos = SourcePos {
+                source: &source,
+                ..pos
+            };
+            let outer = self.scratch.meta.transport.replace(p.transport);
+            n += self.decode_layer(&p.bytes, inner_pos, Some(p.item), p.what, q);
+            self.scratch.meta.transport = outer;
+        }
         n
     }
 
@@ -509,6 +637,7 @@ impl EventDecoder {
             max_quarantined: options.max_quarantined_bytes,
             doc: Doc::new(&[], &[]),
             digest_seed: scratch.digest_seed(pos.cluster),
+            envelope: options.envelope,
         };
         parser.parse(bytes, |root, doc| {
             let ctx = Ctx { doc, ..ctx };
@@ -548,9 +677,15 @@ impl EventDecoder {
         match parsed {
             Ok(n) => {
                 self.input_bytes += bytes.len();
-                n
+                match self.scratch.payloads.is_empty() {
+                    true => n,
+                    false => n + self.decode_payloads(pos, quarantine),
+                }
             }
             Err(e) => {
+                if let Some(n) = self.decode_unparsed(bytes, pos, quarantine) {
+                    return n;
+                }
                 let reason = if let Err(utf8) = std::str::from_utf8(bytes) {
                     format!(
                         "invalid UTF-8: byte {} is not part of a valid UTF-8 sequence",
@@ -568,6 +703,53 @@ impl EventDecoder {
         }
     }
 
+    /// An input that is not one JSON value may still be a known layer: gzip, base64, a
+    /// CloudWatch export line (`<ISO time> <event>`), or JSON values back to back with no
+    /// delimiter (Firehose's records in S3). `None` when it is none of these.
+    fn decode_unparsed(
+        &mut self,
+        bytes: &[u8],
+        pos: SourcePos<'_>,
+        q: &mut Bounded<'_>,
+    ) -> Option<usize> {
+        if is_gzip(bytes) {
+            return Some(self.decode_layer(bytes, pos, None, "gzip", q));
+        }
+        if looks_like_base64_payload(bytes) {
+            let text = std::str::from_utf8(bytes).ok()?;
+            let payload = decode_base64(text).ok()?;
+            return Some(self.decode_layer(&payload, pos, None, "base64", q));
+        }
+        if let Some((time, rest)) = export_line(bytes) {
+            let rest_pos = SourcePos {
+                byte_offset: pos.byte_offset + offset_in(bytes, rest),
+                ..pos
+            };
+            self.scratch.meta.begin(Envelope::CloudWatchExport);
+            self.scratch.meta.str("timestamp", Some(time));
+            self.scratch.meta.end();
+            let n = self.decode_value_bytes(rest, rest_pos, q);
+            self.scratch.meta.off();
+            return Some(n);
+        }
+        if memchr::memchr(b'\n', bytes).is_none()
+            && let Ok(values) = large_document::top_level_values(bytes)
+            && values.len() > 1
+        {
+            let mut n = 0;
+            for v in values {
+                let raw = v.get().as_bytes();
+                let v_pos = SourcePos {
+                    byte_offset: pos.byte_offset + offset_in(bytes, raw),
+                    ..pos
+                };
+                n += self.decode_value_bytes(raw, v_pos, q);
+            }
+            return Some(n);
+        }
+        None
+    }
+
     fn quarantined(
         &self,
         pos: SourcePos<'_>,
@@ -577,6 +759,21 @@ impl EventDecoder {
     ) -> Quarantined {
         quarantine_record(pos, item, reason, raw, self.options.max_quarantined_bytes)
     }
+}
+
+/// A line of a CloudWatch Logs export to S3: `<ISO-8601 time> <message>`, the message
+/// starting with `{`; the time and the message.
+fn export_line(bytes: &[u8]) -> Option<(&str, &[u8])> {
+    // An ISO time is at most 35 bytes: a line with no space before is no export line.
+    let space = memchr::memchr(b' ', &bytes[..bytes.len().min(40)])?;
+    let (time, rest) = (&bytes[..space], bytes[space + 1..].trim_ascii_start());
+    let looks_like_time = time.len() >= 20
+        && time[..4].iter().all(u8::is_ascii_digit)
+        && time[4] == b'-'
+        && time[10] == b'T';
+    (looks_like_time && rest.first() == Some(&b'{'))
+        .then(|| std::str::from_utf8(time).ok().map(|t| (t, rest)))
+        .flatten()
 }
 
 pub(crate) fn quarantine_record(

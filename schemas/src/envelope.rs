@@ -18,6 +18,11 @@ use crate::event_builder::EventBatchBuilder;
 use crate::event_mapping::{Ctx, append_event, json_text, type_name};
 use crate::tape_span::{Doc, Located};
 
+mod aws;
+mod azure;
+mod gcp;
+mod shippers;
+
 /// Reusable simd-json parse state: input copy with padding, stage-1 buffers and tape.
 pub(crate) struct Parser {
     input: Vec<u8>,
@@ -175,6 +180,190 @@ pub fn lines(bytes: &[u8]) -> impl Iterator<Item = (u64, usize, &[u8])> {
     })
 }
 
+/// The envelope formats the decoder recognises, by the name `--envelope` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Envelope {
+    /// Audit events themselves: an Event, an `EventList`, a JSON array of events.
+    Event,
+    /// A CloudWatch Logs subscription message (EKS through Kinesis, Firehose or Lambda).
+    CloudWatchSubscription,
+    /// `aws logs filter-log-events` / `get-log-events` output (`events[].message`).
+    CloudWatchApi,
+    /// A CloudWatch Logs Insights result row (`@message`), or a JSON array of them.
+    CloudWatchInsights,
+    /// A line of a CloudWatch export to S3: `<ISO-8601 time> <event>`.
+    CloudWatchExport,
+    /// AWS Lambda's CloudWatch Logs event (`awslogs.data`, base64 of gzip).
+    LambdaAwslogs,
+    /// An Amazon Data Firehose HTTP endpoint request (`records[].data`, base64).
+    FirehoseHttp,
+    /// Kinesis records as JSON (`Records[].Data` or `Records[].kinesis.data`, base64).
+    Kinesis,
+    /// Azure Monitor diagnostic records (AKS), in `records` or one per line.
+    AzureDiagnostic,
+    /// A Google Cloud Logging `LogEntry` of a GKE audit log.
+    GkeLogEntry,
+    /// A Pub/Sub push request (`message.data`, base64).
+    PubSubPush,
+    /// A Pub/Sub pull response (`receivedMessages[].message.data`, base64).
+    PubSubPull,
+    /// OpenTelemetry logs as `otlp_json` (`resourceLogs[]...logRecords[].body.stringValue`).
+    OtlpJson,
+    /// A shipper's wrapper of one `audit.log` line (Fluent Bit `log`; Fluentd, Vector,
+    /// Filebeat `message`).
+    Shipper,
+    /// OpenShift's log forwarder: the event's fields inline, ViaQ fields beside them.
+    OpenShift,
+}
+
+impl Envelope {
+    /// Every format, in declaration order.
+    pub const ALL: [Envelope; 15] = [
+        Envelope::Event,
+        Envelope::CloudWatchSubscription,
+        Envelope::CloudWatchApi,
+        Envelope::CloudWatchInsights,
+        Envelope::CloudWatchExport,
+        Envelope::LambdaAwslogs,
+        Envelope::FirehoseHttp,
+        Envelope::Kinesis,
+        Envelope::AzureDiagnostic,
+        Envelope::GkeLogEntry,
+        Envelope::PubSubPush,
+        Envelope::PubSubPull,
+        Envelope::OtlpJson,
+        Envelope::Shipper,
+        Envelope::OpenShift,
+    ];
+
+    /// The name of the format (`--envelope`, the `format` key of the `envelope` column).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Envelope::Event => "event",
+            Envelope::CloudWatchSubscription => "cloudwatch_subscription",
+            Envelope::CloudWatchApi => "cloudwatch_api",
+            Envelope::CloudWatchInsights => "cloudwatch_insights",
+            Envelope::CloudWatchExport => "cloudwatch_export",
+            Envelope::LambdaAwslogs => "lambda_awslogs",
+            Envelope::FirehoseHttp => "firehose_http",
+            Envelope::Kinesis => "kinesis",
+            Envelope::AzureDiagnostic => "azure_diagnostic",
+            Envelope::GkeLogEntry => "gke_log_entry",
+            Envelope::PubSubPush => "pubsub_push",
+            Envelope::PubSubPull => "pubsub_pull",
+            Envelope::OtlpJson => "otlp_json",
+            Envelope::Shipper => "shipper",
+            Envelope::OpenShift => "openshift",
+        }
+    }
+}
+
+impl std::str::FromStr for Envelope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Envelope::ALL
+            .into_iter()
+            .find(|e| e.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = Envelope::ALL.iter().map(|e| e.as_str()).collect();
+                format!(
+                    "unknown envelope {s:?}; expected auto or one of: {}",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+impl std::fmt::Display for Envelope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The envelope `root` is, by its shape (see `schemas/ENVELOPES.md`): one pass over its
+/// top-level keys, so a plain Event costs a key comparison per field.
+pub(crate) fn detect(root: Located<'_, '_>) -> Envelope {
+    #[derive(Default)]
+    struct Keys {
+        kind: bool,
+        openshift: bool,
+        message_type: bool,
+        awslogs: bool,
+        records: bool,
+        kinesis_records: bool,
+        received_messages: bool,
+        message_object: bool,
+        proto_payload: bool,
+        resource_logs: bool,
+        insights_message: bool,
+        events: bool,
+        properties: bool,
+        category_or_resource: bool,
+    }
+    if !root.value.is_object() {
+        return Envelope::Event;
+    }
+    let mut k = Keys::default();
+    for (key, v) in root.entries() {
+        let v = v.value;
+        match key {
+            "kind" => k.kind = true,
+            "openshift" => k.openshift = v.is_object(),
+            "messageType" => k.message_type = true,
+            "awslogs" => k.awslogs = v.is_object(),
+            "records" => k.records = v.is_array(),
+            "Records" => k.kinesis_records = v.is_array(),
+            "receivedMessages" => k.received_messages = v.is_array(),
+            "message" => k.message_object = v.is_object(),
+            "protoPayload" => k.proto_payload = v.is_object(),
+            "resourceLogs" => k.resource_logs = v.is_array(),
+            "@message" => k.insights_message = true,
+            "events" => k.events = v.is_array(),
+            "properties" => k.properties = v.is_object(),
+            "category" | "resourceId" => k.category_or_resource = v.is_str(),
+            _ => {}
+        }
+    }
+    if k.openshift {
+        return Envelope::OpenShift;
+    }
+    if k.kind {
+        return Envelope::Event;
+    }
+    if k.message_type {
+        Envelope::CloudWatchSubscription
+    } else if k.awslogs {
+        Envelope::LambdaAwslogs
+    } else if k.records {
+        let first = field(root, "records").and_then(|r| r.items().next());
+        match first.and_then(|r| str_field(r, "data")) {
+            Some(_) => Envelope::FirehoseHttp,
+            None => Envelope::AzureDiagnostic,
+        }
+    } else if k.kinesis_records {
+        Envelope::Kinesis
+    } else if k.received_messages {
+        Envelope::PubSubPull
+    } else if k.message_object {
+        Envelope::PubSubPush
+    } else if k.proto_payload {
+        Envelope::GkeLogEntry
+    } else if k.resource_logs {
+        Envelope::OtlpJson
+    } else if k.insights_message {
+        Envelope::CloudWatchInsights
+    } else if k.events {
+        Envelope::CloudWatchApi
+    } else if k.properties && k.category_or_resource {
+        Envelope::AzureDiagnostic
+    } else if shipper_line(root).is_some() {
+        Envelope::Shipper
+    } else {
+        Envelope::Event
+    }
+}
+
 pub(crate) fn decode_root(
     root: Located<'_, '_>,
     ctx: &Ctx<'_>,
@@ -182,29 +371,56 @@ pub(crate) fn decode_root(
     scratch: &mut Scratch,
     quarantine: &mut Bounded<'_>,
 ) -> usize {
-    if let Some(obj) = root.value.as_object()
-        && obj.get("kind").is_none()
-    {
-        if obj.get("messageType").is_some() {
-            return decode_cloudwatch(root, ctx, b, scratch, quarantine);
-        }
-        if let Some(records) = field(root, "records")
-            && records.value.is_array()
-        {
-            return decode_azure_records(records, ctx, b, scratch, quarantine);
-        }
-        if is_azure_record(root) {
-            return decode_azure_record(root, None, ctx, b, scratch, quarantine);
-        }
-        if let Some((name, text)) = shipper_line(root) {
-            let cluster = ctx.pos.cluster;
-            return decode_embedded(text, name, cluster, None, ctx, b, scratch, quarantine);
-        }
-    }
-    decode_events(root, ctx, b, scratch, quarantine)
+    let format = ctx.envelope.unwrap_or_else(|| detect(root));
+    decode_as(format, root, None, ctx, b, scratch, quarantine)
 }
 
-/// The events of a value that holds them directly: an Event, an `EventList`, a JSON array.
+/// Decodes `root` (item `item` of a JSON array, if one) as `format`.
+fn decode_as(
+    format: Envelope,
+    root: Located<'_, '_>,
+    item: Option<u64>,
+    ctx: &Ctx<'_>,
+    b: &mut EventBatchBuilder,
+    scratch: &mut Scratch,
+    quarantine: &mut Bounded<'_>,
+) -> usize {
+    if root.value.is_array() && format != Envelope::Event {
+        return root
+            .items()
+            .enumerate()
+            .map(|(i, it)| decode_as(format, it, Some(i as u64), ctx, b, scratch, quarantine))
+            .sum();
+    }
+    let n = match format {
+        Envelope::Event | Envelope::CloudWatchExport => {
+            return decode_events(root, ctx, b, scratch, quarantine);
+        }
+        Envelope::CloudWatchSubscription => {
+            aws::decode_subscription(root, ctx, b, scratch, quarantine)
+        }
+        Envelope::CloudWatchApi => aws::decode_api_output(root, ctx, b, scratch, quarantine),
+        Envelope::CloudWatchInsights => {
+            aws::decode_insights_row(root, item, ctx, b, scratch, quarantine)
+        }
+        Envelope::LambdaAwslogs | Envelope::FirehoseHttp | Envelope::Kinesis => {
+            aws::take_payloads(format, root, ctx, scratch, quarantine)
+        }
+        Envelope::AzureDiagnostic => azure::decode(root, item, ctx, b, scratch, quarantine),
+        Envelope::GkeLogEntry => gcp::decode_log_entry(root, item, ctx, b, scratch, quarantine),
+        Envelope::PubSubPush | Envelope::PubSubPull => {
+            gcp::take_payloads(format, root, ctx, scratch, quarantine)
+        }
+        Envelope::OtlpJson => shippers::decode_otlp(root, ctx, b, scratch, quarantine),
+        Envelope::Shipper => shippers::decode_line(root, item, ctx, b, scratch, quarantine),
+        Envelope::OpenShift => shippers::decode_openshift(root, item, ctx, b, scratch, quarantine),
+    };
+    scratch.meta.off();
+    n
+}
+
+/// The events of a value that holds them directly: an Event, an `EventList`, a JSON array
+/// (of events, or of envelopes: Logs Insights and `gcloud logging read` export arrays).
 fn decode_events(
     root: Located<'_, '_>,
     ctx: &Ctx<'_>,
@@ -213,7 +429,25 @@ fn decode_events(
     quarantine: &mut Bounded<'_>,
 ) -> usize {
     if root.value.is_array() {
-        return decode_items(root, None, ctx, b, scratch, quarantine);
+        let first = root.items().next().map(detect);
+        return match first {
+            Some(format) if format != Envelope::Event && ctx.envelope.is_none() => root
+                .items()
+                .enumerate()
+                .map(|(i, item)| {
+                    decode_as(
+                        detect(item),
+                        item,
+                        Some(i as u64),
+                        ctx,
+                        b,
+                        scratch,
+                        quarantine,
+                    )
+                })
+                .sum(),
+            _ => decode_items(root, None, ctx, b, scratch, quarantine),
+        };
     }
     if let Some(obj) = root.value.as_object()
         && obj.get("kind").and_then(|k| k.into_string()) == Some("EventList")
@@ -279,8 +513,9 @@ pub(crate) fn record_of_value(
     quarantine_record(ctx.pos, item, reason, raw.as_bytes(), ctx.max_quarantined)
 }
 
-/// Why a record of a managed cluster's log envelope holds no audit event. Each is counted
-/// (see [`crate::EventDecoder::take_skipped`]), never dropped silently.
+/// Why a record of a managed cluster's log envelope holds no archived audit event, or an
+/// incomplete one. Each is counted (see [`crate::EventDecoder::take_skipped`]), never
+/// dropped silently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Skipped {
     /// A CloudWatch Logs `CONTROL_MESSAGE` (the subscription's health check).
@@ -288,18 +523,31 @@ pub enum Skipped {
     /// A CloudWatch log event from a stream other than `kube-apiserver-audit-*` (the EKS
     /// log group also holds the control plane's klog text).
     CloudWatchOtherStream,
+    /// A CloudWatch log event cut by CloudWatch (`[Truncated...]`); kept in the quarantine.
+    CloudWatchTruncated,
     /// An Azure diagnostic record of a category other than `kube-audit` /
     /// `kube-audit-admin` (other control-plane logs sharing the Event Hub).
     AzureOtherCategory,
+    /// An Azure record whose `properties.log` the container runtime cut at 16 KiB; kept in
+    /// the quarantine.
+    AzureTruncated,
+    /// An event archived with a body Azure replaced by `"skipped-too-big-size-object"`.
+    AzureObjectTooBig,
+    /// A GKE `LogEntry` of a service other than `k8s.io` (GKE's cluster management).
+    GkeOtherService,
 }
 
 impl Skipped {
     /// Every reason, in declaration order (a reason's discriminant is its index here and
     /// in the decoder's counters).
-    pub const ALL: [Skipped; 3] = [
+    pub const ALL: [Skipped; 7] = [
         Skipped::CloudWatchControlMessage,
         Skipped::CloudWatchOtherStream,
+        Skipped::CloudWatchTruncated,
         Skipped::AzureOtherCategory,
+        Skipped::AzureTruncated,
+        Skipped::AzureObjectTooBig,
+        Skipped::GkeOtherService,
     ];
 
     // Proof that a reason's discriminant is its index in `ALL` (the counters rely on it).
@@ -316,172 +564,124 @@ impl Skipped {
         match self {
             Skipped::CloudWatchControlMessage => "cloudwatch_control_message",
             Skipped::CloudWatchOtherStream => "cloudwatch_other_stream",
+            Skipped::CloudWatchTruncated => "cloudwatch_truncated",
             Skipped::AzureOtherCategory => "azure_other_category",
+            Skipped::AzureTruncated => "azure_truncated",
+            Skipped::AzureObjectTooBig => "azure_object_too_big",
+            Skipped::GkeOtherService => "gke_other_service",
         }
     }
 }
 
 /// The value of `obj`'s field `name`.
-fn field<'t, 'i>(obj: Located<'t, 'i>, name: &str) -> Option<Located<'t, 'i>> {
+pub(crate) fn field<'t, 'i>(obj: Located<'t, 'i>, name: &str) -> Option<Located<'t, 'i>> {
     obj.entries().find(|(k, _)| *k == name).map(|(_, v)| v)
 }
 
 /// The string value of `obj`'s field `name`.
-fn str_field<'i>(obj: Located<'_, 'i>, name: &str) -> Option<&'i str> {
+pub(crate) fn str_field<'i>(obj: Located<'_, 'i>, name: &str) -> Option<&'i str> {
     field(obj, name).and_then(|v| v.value.into_string())
 }
 
-/// A CloudWatch Logs subscription message (what Kinesis, Firehose and Lambda deliver, once
-/// un-gzipped): `DATA_MESSAGE` with `logEvents[].message` each holding one event as a
-/// string; the cluster from the EKS log group `/aws/eks/<cluster>/cluster`.
-fn decode_cloudwatch(
-    root: Located<'_, '_>,
-    ctx: &Ctx<'_>,
-    b: &mut EventBatchBuilder,
-    scratch: &mut Scratch,
-    quarantine: &mut Bounded<'_>,
-) -> usize {
-    let message_type = str_field(root, "messageType");
-    if message_type == Some("CONTROL_MESSAGE") {
-        scratch.skip(Skipped::CloudWatchControlMessage, 1);
-        return 0;
+/// The value at `path` (field names) below `obj`.
+pub(crate) fn path<'t, 'i>(obj: Located<'t, 'i>, path: &[&str]) -> Option<Located<'t, 'i>> {
+    path.iter().try_fold(obj, |v, name| field(v, name))
+}
+
+/// The `envelope` column's value of the events being decoded: a JSON object of the
+/// envelope's metadata (its `format`, and what a user filters on: account, log group and
+/// stream, resource id, category, insert id, ...), built once per record and per event.
+#[derive(Default)]
+pub(crate) struct Meta {
+    text: String,
+    on: bool,
+    /// The transport the current payload came in (Firehose, Lambda, Kinesis, Pub/Sub).
+    pub(crate) transport: Option<Envelope>,
+}
+
+impl Meta {
+    /// Starts the object for `format`.
+    pub(crate) fn begin(&mut self, format: Envelope) {
+        self.text.clear();
+        self.text.push_str("{\"format\":\"");
+        self.text.push_str(format.as_str());
+        self.text.push('"');
+        if let Some(t) = self.transport {
+            self.text.push_str(",\"transport\":\"");
+            self.text.push_str(t.as_str());
+            self.text.push('"');
+        }
+        self.on = false;
     }
-    let log_events = field(root, "logEvents").filter(|v| v.value.is_array());
-    let (Some("DATA_MESSAGE"), Some(log_events)) = (message_type, log_events) else {
-        let reason = match message_type {
-            Some(t) if t != "DATA_MESSAGE" => {
-                format!("CloudWatch Logs message: unknown messageType {t:?}")
-            }
-            _ => "CloudWatch Logs message: `messageType` DATA_MESSAGE with a `logEvents` array expected"
-                .to_string(),
-        };
-        quarantine.push_with(|| record_of_value(root, ctx, None, reason, scratch));
-        return 0;
-    };
-    let stream = str_field(root, "logStream").unwrap_or_default();
-    if !stream.starts_with("kube-apiserver-audit") {
-        scratch.skip(
-            Skipped::CloudWatchOtherStream,
-            log_events.items().count() as u64,
-        );
-        return 0;
-    }
-    let cluster = str_field(root, "logGroup")
-        .and_then(|g| g.strip_prefix("/aws/eks/"))
-        .and_then(|g| g.strip_suffix("/cluster"))
-        .filter(|c| !c.is_empty() && !c.contains('/'))
-        .unwrap_or(ctx.pos.cluster);
-    let mut n = 0;
-    for (i, item) in log_events.items().enumerate() {
-        let i = i as u64;
-        match str_field(item, "message") {
-            Some(text) => {
-                n += decode_embedded(
-                    text,
-                    "logEvents[].message",
-                    cluster,
-                    Some(i),
-                    ctx,
-                    b,
-                    scratch,
-                    quarantine,
-                )
-            }
-            None => {
-                let reason = "CloudWatch log event: `message` string missing".to_string();
-                quarantine.push_with(|| record_of_value(item, ctx, Some(i), reason, scratch));
-            }
+
+    /// Adds `key` with a string value (skipped when `None`).
+    pub(crate) fn str(&mut self, key: &str, value: Option<&str>) {
+        if let Some(v) = value {
+            self.key(key);
+            push_json_string(&mut self.text, v);
         }
     }
-    n
-}
 
-/// Whether `v` is one Azure diagnostic record (a line of a Storage account's JSON Lines blob).
-fn is_azure_record(v: Located<'_, '_>) -> bool {
-    field(v, "properties").is_some_and(|p| p.value.is_object())
-        && (str_field(v, "category").is_some() || str_field(v, "resourceId").is_some())
-}
-
-/// Azure Monitor diagnostic records (`{"records":[...]}`, as Event Hubs and its Kafka
-/// endpoint deliver them).
-fn decode_azure_records(
-    records: Located<'_, '_>,
-    ctx: &Ctx<'_>,
-    b: &mut EventBatchBuilder,
-    scratch: &mut Scratch,
-    quarantine: &mut Bounded<'_>,
-) -> usize {
-    let mut n = 0;
-    for (i, record) in records.items().enumerate() {
-        let i = i as u64;
-        if is_azure_record(record) {
-            n += decode_azure_record(record, Some(i), ctx, b, scratch, quarantine);
-        } else {
-            let reason = "Azure diagnostic record: `properties` object and `category` or `resourceId` expected".to_string();
-            quarantine.push_with(|| record_of_value(record, ctx, Some(i), reason, scratch));
+    /// Adds `key` with an integer value (skipped when `None`).
+    pub(crate) fn int(&mut self, key: &str, value: Option<i64>) {
+        if let Some(v) = value {
+            self.key(key);
+            self.text.push_str(itoa::Buffer::new().format(v));
         }
     }
-    n
+
+    /// Adds `key` with a value that is JSON text already (skipped when `None`).
+    pub(crate) fn raw(&mut self, key: &str, json: Option<&str>) {
+        if let Some(v) = json {
+            self.key(key);
+            self.text.push_str(v);
+        }
+    }
+
+    fn key(&mut self, key: &str) {
+        self.text.push(',');
+        push_json_string(&mut self.text, key);
+        self.text.push(':');
+    }
+
+    /// Where the per-event keys start: [`Meta::truncate`] returns here for the next event.
+    pub(crate) fn mark(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Drops what was added after `mark`.
+    pub(crate) fn truncate(&mut self, mark: usize) {
+        self.text.truncate(mark);
+        self.on = false;
+    }
+
+    /// Closes the object: the events appended from now on carry it.
+    pub(crate) fn end(&mut self) {
+        self.text.push('}');
+        self.on = true;
+    }
+
+    /// The events appended from now on carry no envelope.
+    pub(crate) fn off(&mut self) {
+        self.on = false;
+    }
+
+    /// The column's value for the event being appended.
+    pub(crate) fn current(&self) -> Option<&str> {
+        self.on.then_some(self.text.as_str())
+    }
 }
 
-/// One Azure diagnostic record: `properties.log` holds the event, as a string (the API
-/// server's stdout line) or an object; the cluster from `resourceId`'s last segment.
-fn decode_azure_record(
-    record: Located<'_, '_>,
-    item: Option<u64>,
-    ctx: &Ctx<'_>,
-    b: &mut EventBatchBuilder,
-    scratch: &mut Scratch,
-    quarantine: &mut Bounded<'_>,
-) -> usize {
-    if let Some(category) = str_field(record, "category")
-        && category != "kube-audit"
-        && category != "kube-audit-admin"
-    {
-        scratch.skip(Skipped::AzureOtherCategory, 1);
-        return 0;
-    }
-    // Azure upper-cases resource ids: the cluster's own case is lost, lower case is the
-    // likelier spelling.
-    let cluster = str_field(record, "resourceId")
-        .filter(|id| id.to_ascii_lowercase().contains("/managedclusters/"))
-        .and_then(|id| id.rsplit('/').next())
-        .filter(|c| !c.is_empty())
-        .map(str::to_ascii_lowercase);
-    let cluster = cluster.as_deref().unwrap_or(ctx.pos.cluster);
-    let log = field(record, "properties").and_then(|p| field(p, "log"));
-    if let Some(log) = log.filter(|l| l.value.is_object()) {
-        let inner = ctx.for_cluster(cluster, ctx.doc, scratch);
-        return match append_event(log, None, &inner, item, b, scratch) {
-            Ok(()) => 1,
-            Err(reason) => {
-                let reason = format!("Azure record `properties.log`: {reason}");
-                quarantine.push_with(|| record_of_value(record, &inner, item, reason, scratch));
-                0
-            }
-        };
-    }
-    if let Some(text) = log.and_then(|l| l.value.into_string()) {
-        return decode_embedded(
-            text,
-            "properties.log",
-            cluster,
-            item,
-            ctx,
-            b,
-            scratch,
-            quarantine,
-        );
-    }
-    let reason =
-        "Azure diagnostic record: `properties.log` (a string or an object) missing".to_string();
-    quarantine.push_with(|| record_of_value(record, ctx, item, reason, scratch));
-    0
+fn push_json_string(out: &mut String, s: &str) {
+    let mut buf = std::mem::take(out).into_bytes();
+    crate::event_mapping::write_json_string(&mut buf, s);
+    // Only valid UTF-8 was written (a &str, escaped); this is the proven case.
+    *out = String::from_utf8(buf).unwrap_or_default();
 }
 
 /// A shipper's wrapper around one line of `audit.log`: Fluent Bit's `log`, the `message`
 /// of Fluentd, Vector and Filebeat, when it holds a JSON object as a string.
-fn shipper_line<'i>(root: Located<'_, 'i>) -> Option<(&'static str, &'i str)> {
+pub(crate) fn shipper_line<'i>(root: Located<'_, 'i>) -> Option<(&'static str, &'i str)> {
     ["log", "message"].into_iter().find_map(|name| {
         let text = str_field(root, name)?;
         text.trim_start_matches('\u{feff}')
@@ -495,7 +695,7 @@ fn shipper_line<'i>(root: Located<'_, 'i>) -> Option<(&'static str, &'i str)> {
 /// A text that is not JSON (cut by the cloud, or another log's line) is quarantined whole,
 /// with the audit ID when one can be read from it.
 #[allow(clippy::too_many_arguments)]
-fn decode_embedded(
+pub(crate) fn decode_embedded(
     text: &str,
     what: &str,
     cluster: &str,
@@ -506,13 +706,20 @@ fn decode_embedded(
     quarantine: &mut Bounded<'_>,
 ) -> usize {
     let text = text.trim_start_matches('\u{feff}').trim();
-    // Taken out while it parses: the events it finds are decoded with the scratch.
-    let mut parser = scratch.embedded.take().unwrap_or_default();
+    // Taken out while it parses: the events it finds are decoded with the scratch. A stack,
+    // so a text inside a text (a shipper's line inside a log event) reuses one per depth.
+    let mut parser = scratch.embedded.pop().unwrap_or_default();
     let parsed = parser.parse(text.as_bytes(), |root, doc| {
         let inner = ctx.for_cluster(cluster, doc, scratch);
         match item {
             // One event of a batch: its index names it in `source_ref` and the quarantine.
-            Some(i) if root.value.is_object() => {
+            // (Every event the API server writes starts with `kind`: found at the first key.)
+            Some(i)
+                if root
+                    .value
+                    .as_object()
+                    .is_some_and(|o| o.get("kind").is_some()) =>
+            {
                 match append_event(root, None, &inner, Some(i), b, scratch) {
                     Ok(()) => 1,
                     Err(reason) => {
@@ -523,15 +730,32 @@ fn decode_embedded(
                     }
                 }
             }
-            _ => decode_events(root, &inner, b, scratch, quarantine),
+            _ => {
+                // An envelope inside (a shipper's line in a log event): its own metadata.
+                let meta_on = scratch.meta.current().is_some();
+                let format = detect(root);
+                if meta_on && format != Envelope::Event {
+                    decode_as(format, root, item, &inner, b, scratch, quarantine)
+                } else {
+                    decode_events(root, &inner, b, scratch, quarantine)
+                }
+            }
         }
     });
-    scratch.embedded = Some(parser);
+    scratch.embedded.push(parser);
     match parsed {
         Ok(n) => n,
         Err(e) => {
             let mut reason = if text.ends_with("[Truncated...]") {
+                scratch.skip(Skipped::CloudWatchTruncated, 1);
                 format!("`{what}` holds an event the cloud truncated (it ends with [Truncated...])")
+            } else if what == "properties.log" && (16_000..=16_384).contains(&text.len()) {
+                scratch.skip(Skipped::AzureTruncated, 1);
+                format!(
+                    "`{what}` holds an event cut at 16 KiB by the node's container runtime \
+                     ({} bytes, not valid JSON: {e})",
+                    text.len()
+                )
             } else {
                 format!("`{what}` is not a JSON event: {e}")
             };
@@ -557,4 +781,44 @@ fn audit_id_in(text: &str) -> Option<&str> {
     let id = &rest[..rest.find('"')?];
     (!id.is_empty() && id.len() <= 64 && id.bytes().all(|c| c.is_ascii_hexdigit() || c == b'-'))
         .then_some(id)
+}
+
+/// A payload a transport carried as bytes (base64 in JSON), decoded once the input holding
+/// it is done: it may be gzip, and holds a document of its own.
+pub(crate) struct Payload {
+    /// The bytes, base64-decoded (maybe still gzip).
+    pub(crate) bytes: Vec<u8>,
+    /// The transport that carried it.
+    pub(crate) transport: Envelope,
+    /// Its index among the transport's records.
+    pub(crate) item: u64,
+    /// The field it was in, for positions and reasons (`records[].data`).
+    pub(crate) what: &'static str,
+}
+
+/// Base64-decodes the payload at `text` (record `item` of `transport`, field `what`) and
+/// queues it; bad base64 is quarantined with the record.
+pub(crate) fn queue_payload(
+    text: &str,
+    transport: Envelope,
+    item: u64,
+    what: &'static str,
+    ctx: &Ctx<'_>,
+    scratch: &mut Scratch,
+    quarantine: &mut Bounded<'_>,
+) {
+    match crate::byte_layers::decode_base64(text) {
+        Ok(bytes) => scratch.payloads.push(Payload {
+            bytes,
+            transport,
+            item,
+            what,
+        }),
+        Err(e) => {
+            let reason = format!("{transport} `{what}` of record {item}: {e}");
+            let (pos, max) = (ctx.pos, ctx.max_quarantined);
+            quarantine
+                .push_with(|| quarantine_record(pos, Some(item), reason, text.as_bytes(), max));
+        }
+    }
 }

@@ -56,6 +56,7 @@ pub struct EventBatchBuilder {
     pub ingested_at: TimestampMicrosecondBuilder,
     pub source_ref: StringBuilder,
     pub unmapped: StringBuilder,
+    pub envelope: StringBuilder,
     rows: usize,
 }
 
@@ -148,6 +149,7 @@ impl EventBatchBuilder {
             ingested_at: ts(),
             source_ref: StringBuilder::new(),
             unmapped: StringBuilder::new(),
+            envelope: StringBuilder::new(),
             rows: 0,
         }
     }
@@ -211,6 +213,7 @@ impl EventBatchBuilder {
             self.ingested_at.finish_and_refill(),
             self.source_ref.finish_and_refill(),
             self.unmapped.finish_and_refill(),
+            self.envelope.finish_and_refill(),
         ];
         self.rows = 0;
         #[allow(clippy::expect_used)]

@@ -24,6 +24,9 @@ pub(crate) struct Ctx<'a> {
     /// The digests' key and `pos.cluster` hashed, so equal events of two clusters differ
     /// (0 when the decoder takes no digests).
     pub(crate) digest_seed: u64,
+    /// The envelope the input is decoded as, when the source names it (`--envelope`);
+    /// `None` recognises it by shape.
+    pub(crate) envelope: Option<crate::envelope::Envelope>,
 }
 
 impl<'a> Ctx<'a> {
@@ -47,6 +50,7 @@ impl<'a> Ctx<'a> {
             max_quarantined: self.max_quarantined,
             doc,
             digest_seed: scratch.digest_seed(cluster),
+            envelope: self.envelope,
         }
     }
 }
@@ -59,6 +63,9 @@ pub(crate) struct Fields<'t, 'i> {
     audit_id: Option<&'i str>,
     stage: Option<&'i str>,
     level: Option<&'i str>,
+    /// OpenShift's forwarder moves the audit level here and writes its own in `level`.
+    audit_level: Option<&'i str>,
+    level_at: Option<Located<'t, 'i>>,
     verb: Option<&'i str>,
     request_uri: Option<&'i str>,
     user: UserFields<'t, 'i>,
@@ -244,7 +251,13 @@ pub(crate) fn collect<'t, 'i>(root: Located<'t, 'i>) -> Result<Fields<'t, 'i>, S
             "apiVersion" => f.api_version = expect_str(v, "apiVersion")?,
             "auditID" => f.audit_id = expect_str(v, "auditID")?,
             "stage" => f.stage = expect_str(v, "stage")?,
-            "level" => f.level = expect_str(v, "level")?,
+            "level" => {
+                f.level = expect_str(v, "level")?;
+                f.level_at = Some(located);
+            }
+            "k8s_audit_level" | "openshift_audit_level" => {
+                f.audit_level = expect_str(v, k)?;
+            }
             "verb" => f.verb = expect_str(v, "verb")?,
             "requestURI" => f.request_uri = expect_str(v, "requestURI")?,
             "user" => collect_user(located, &USER_PATHS, &mut f.user, &mut f.unmapped)?,
@@ -325,6 +338,13 @@ pub(crate) fn collect<'t, 'i>(root: Located<'t, 'i>) -> Result<Fields<'t, 'i>, S
             }
             _ => f.unmapped.push((Cow::Owned(k.to_string()), located)),
         }
+    }
+    if let Some(level) = f.audit_level {
+        // The forwarder's own `level` ("default", "info") is kept, under its name.
+        if let Some(at) = f.level_at {
+            f.unmapped.push((Cow::Borrowed("level"), at));
+        }
+        f.level = Some(level);
     }
     Ok(f)
 }
@@ -444,24 +464,15 @@ pub(crate) fn append_event(
     b.authz_reason
         .append_option(annotation("authorization.k8s.io/reason"));
     append_json(&mut b.annotations, f.annotations, ctx.doc, scratch);
+    for body in [f.request_object, f.response_object].into_iter().flatten() {
+        if body.value.as_str() == Some("skipped-too-big-size-object") {
+            scratch.skip(crate::envelope::Skipped::AzureObjectTooBig, 1);
+        }
+    }
     append_json(&mut b.request_object, f.request_object, ctx.doc, scratch);
     append_json(&mut b.response_object, f.response_object, ctx.doc, scratch);
     b.request_received_at.append_value(received);
     b.stage_at.append_value(stage_at);
-    b.ingested_at.append_value(ctx.ingested_at);
-    // Formatted by hand: `write!` costs more than the rest of this row's scalars.
-    let mut digits = itoa::Buffer::new();
-    scratch.source_ref.clear();
-    scratch.source_ref.push_str(ctx.pos.source);
-    if let Some(line) = ctx.pos.line {
-        scratch.source_ref.push(':');
-        scratch.source_ref.push_str(digits.format(line));
-    }
-    if let Some(i) = item {
-        scratch.source_ref.push('#');
-        scratch.source_ref.push_str(digits.format(i));
-    }
-    b.source_ref.append_value(&scratch.source_ref);
     if f.unmapped.is_empty() {
         b.unmapped.append_null();
     } else {
@@ -484,6 +495,34 @@ pub(crate) fn append_event(
         b.unmapped.append_value(String::from_utf8_lossy(&out));
         scratch.json = out;
     }
+    finish_row(root, ctx, item, b, scratch);
+    Ok(())
+}
+
+/// Appends the columns every mapping fills alike (`ingested_at`, `source_ref`,
+/// `envelope`) and the row's digest, and ends the row.
+pub(crate) fn finish_row(
+    root: Located<'_, '_>,
+    ctx: &Ctx<'_>,
+    item: Option<u64>,
+    b: &mut EventBatchBuilder,
+    scratch: &mut Scratch,
+) {
+    b.ingested_at.append_value(ctx.ingested_at);
+    // Formatted by hand: `write!` costs more than the rest of this row's scalars.
+    let mut digits = itoa::Buffer::new();
+    scratch.source_ref.clear();
+    scratch.source_ref.push_str(ctx.pos.source);
+    if let Some(line) = ctx.pos.line {
+        scratch.source_ref.push(':');
+        scratch.source_ref.push_str(digits.format(line));
+    }
+    if let Some(i) = item {
+        scratch.source_ref.push('#');
+        scratch.source_ref.push_str(digits.format(i));
+    }
+    b.source_ref.append_value(&scratch.source_ref);
+    b.envelope.append_option(scratch.meta.current());
     if let Some(digests) = &mut scratch.digests {
         let text = json_text(root, ctx.doc, &mut scratch.json);
         digests.push(twox_hash::XxHash3_128::oneshot_with_seed(
@@ -492,7 +531,6 @@ pub(crate) fn append_event(
         ));
     }
     b.row_done();
-    Ok(())
 }
 
 pub(crate) fn append_user(

@@ -6,7 +6,7 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 
 /// Version of the events schema; bumped whenever a column is added, removed or retyped.
 /// Written into every Parquet file's metadata and every manifest record.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Parquet/Arrow metadata key holding [`SCHEMA_VERSION`].
 pub const SCHEMA_VERSION_KEY: &str = "auditlake.schema_version";
@@ -93,6 +93,11 @@ pub mod col {
     pub const SOURCE_REF: &str = "source_ref";
     /// Every field not mapped to a column, as a JSON object keyed by its dotted path.
     pub const UNMAPPED: &str = "unmapped";
+    /// The envelope the event arrived in (managed clusters' logs, shippers), as a JSON
+    /// object: its `format` and the metadata a user filters on (account, project or
+    /// subscription, log group and stream, insert id, category; see `schemas/ENVELOPES.md`).
+    /// Null for an event that came bare. Added in schema version 2.
+    pub const ENVELOPE: &str = "envelope";
 }
 
 fn utf8(name: &str) -> Field {
@@ -157,6 +162,7 @@ static EVENTS_SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         timestamp(col::INGESTED_AT, false),
         utf8(col::SOURCE_REF),
         utf8(col::UNMAPPED),
+        utf8(col::ENVELOPE),
     ];
     let metadata = [(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string())].into();
     Arc::new(Schema::new_with_metadata(fields, metadata))
@@ -198,7 +204,7 @@ mod tests {
         assert!(file.field_with_name(col::CLUSTER).is_err());
         assert_eq!(
             file.metadata().get(SCHEMA_VERSION_KEY).map(String::as_str),
-            Some("1")
+            Some("2")
         );
     }
 }

@@ -525,7 +525,13 @@ fn event_columns(b: &RecordBatch) -> Vec<(String, arrow::array::ArrayRef)> {
         .iter()
         .zip(b.columns())
         .filter(|(f, _)| {
-            ![col::CLUSTER, col::SOURCE_REF, col::INGESTED_AT].contains(&f.name().as_str())
+            ![
+                col::CLUSTER,
+                col::SOURCE_REF,
+                col::INGESTED_AT,
+                col::ENVELOPE,
+            ]
+            .contains(&f.name().as_str())
         })
         .map(|(f, c)| (f.name().clone(), c.clone()))
         .collect()
@@ -541,13 +547,29 @@ fn assert_same_events(wrapped: &RecordBatch, plain: &RecordBatch) {
 /// Decodes `body`, an envelope around the events of `plain`: nothing quarantined, the same
 /// events, all of `cluster` (the envelope's, not the input's `default`).
 fn decode_wrapped(body: &[u8], plain: &RecordBatch, cluster: &str) -> EventDecoder {
+    decode_wrapped_with(body, plain, cluster).0
+}
+
+/// [`decode_wrapped`], also returning the rows.
+fn decode_wrapped_with(
+    body: &[u8],
+    plain: &RecordBatch,
+    cluster: &str,
+) -> (EventDecoder, RecordBatch) {
     let (d, wrapped, q) = decode_doc(body, "default");
     assert!(q.is_empty(), "{q:?}");
     let wrapped = wrapped.unwrap();
     assert_same_events(&wrapped, plain);
     let clusters = str_col(&wrapped, col::CLUSTER);
     assert!(clusters.iter().all(|c| c == Some(cluster)), "{clusters:?}");
-    d
+    (d, wrapped)
+}
+
+/// The `envelope` column of row `row` as JSON.
+fn envelope_of(b: &RecordBatch, row: usize) -> serde_json::Value {
+    let text = str_col(b, col::ENVELOPE);
+    assert!(text.is_valid(row), "row {row} has no envelope");
+    serde_json::from_str(text.value(row)).unwrap()
 }
 
 #[test]
@@ -594,7 +616,8 @@ fn a_cloudwatch_subscription_message_yields_its_events_for_the_eks_cluster_and_c
         skipped,
         [
             ("cloudwatch_control_message", 1),
-            ("cloudwatch_other_stream", 2)
+            ("cloudwatch_other_stream", 2),
+            ("cloudwatch_truncated", 1)
         ]
     );
     assert_eq!(q.len(), 1, "{q:?}");
@@ -696,4 +719,578 @@ fn a_shippers_wrapper_yields_the_line_it_carries_and_the_configured_cluster() {
 fn audit_id_of(event: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(event).unwrap();
     v["auditID"].as_str().unwrap().to_string()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The sample events as one CloudWatch Logs subscription message of the EKS cluster
+/// `prod-eu`, and the same events decoded plain.
+fn subscription_message(events: &[String]) -> (serde_json::Value, RecordBatch) {
+    let (_, plain, q) = decode_doc(events.join("\n").as_bytes(), "default");
+    assert!(q.is_empty(), "{q:?}");
+    let log_events: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| serde_json::json!({"id": format!("{i:056}"), "timestamp": 1_780_000_000_000_i64 + i as i64, "message": e}))
+        .collect();
+    let message = serde_json::json!({"messageType": "DATA_MESSAGE", "owner": "123456789012",
+        "logGroup": "/aws/eks/prod-eu/cluster", "logStream": "kube-apiserver-audit-0a1b2c",
+        "subscriptionFilters": ["auditlake"], "logEvents": log_events});
+    (message, plain.unwrap())
+}
+
+#[test]
+fn subscription_messages_arrive_through_every_aws_transport_as_base64_of_gzip() {
+    let events = sample_events();
+    let (message, plain) = subscription_message(&events);
+    let data = base64(&gzip(message.to_string().as_bytes()));
+    let control = base64(&gzip(
+        br#"{"messageType":"CONTROL_MESSAGE","owner":"CloudwatchLogs","logGroup":"","logStream":"","subscriptionFilters":[],"logEvents":[{"id":"","timestamp":1,"message":"CWL CONTROL MESSAGE: Checking health of destination Firehose."}]}"#,
+    ));
+    for (transport, body) in [
+        (
+            "lambda_awslogs",
+            serde_json::json!({"awslogs": {"data": data}}),
+        ),
+        // Firehose's HTTP endpoint delivery: a health check beside the data.
+        (
+            "firehose_http",
+            serde_json::json!({"requestId": "ed4acda5-034f-9f42-bba1-f29aea6d7d8f",
+            "timestamp": 1_780_000_000_000_i64, "records": [{"data": control}, {"data": data}]}),
+        ),
+        (
+            "kinesis",
+            serde_json::json!({"Records": [{"SequenceNumber": "1", "PartitionKey": "k", "Data": data}]}),
+        ),
+        (
+            "kinesis",
+            serde_json::json!({"Records": [{"eventSource": "aws:kinesis", "kinesis": {"data": data}}]}),
+        ),
+    ] {
+        let (_, rows) = decode_wrapped_with(body.to_string().as_bytes(), &plain, "prod-eu");
+        let envelope = envelope_of(&rows, 1);
+        assert_eq!(envelope["format"], "cloudwatch_subscription", "{transport}");
+        assert_eq!(envelope["transport"], transport);
+        assert_eq!(envelope["owner"], "123456789012");
+        assert_eq!(envelope["logStream"], "kube-apiserver-audit-0a1b2c");
+        assert_eq!(envelope["id"], format!("{:056}", 1));
+        assert_eq!(envelope["timestamp"], 1_780_000_000_001_i64);
+    }
+    // Raw gzip as a Kafka message value or a file's bytes; base64 text of it too.
+    decode_wrapped(&gzip(message.to_string().as_bytes()), &plain, "prod-eu");
+    decode_wrapped(data.as_bytes(), &plain, "prod-eu");
+}
+
+#[test]
+fn a_firehose_object_in_s3_is_gzip_members_of_messages_back_to_back() {
+    let events = sample_events();
+    let (first, plain_first) = subscription_message(&events[..3]);
+    let (second, plain_second) = subscription_message(&events[3..]);
+    let control = br#"{"messageType":"CONTROL_MESSAGE","owner":"CloudwatchLogs","logGroup":"","logStream":"","subscriptionFilters":[],"logEvents":[]}"#;
+    let mut object = gzip(first.to_string().as_bytes());
+    object.extend(gzip(control));
+    object.extend(gzip(second.to_string().as_bytes()));
+    let plain =
+        arrow::compute::concat_batches(&plain_first.schema(), [&plain_first, &plain_second])
+            .unwrap();
+    let mut d = decode_wrapped(&object, &plain, "prod-eu");
+    let skipped: Vec<_> = d
+        .take_skipped()
+        .into_iter()
+        .map(|(s, n)| (s.as_str(), n))
+        .collect();
+    assert_eq!(skipped, [("cloudwatch_control_message", 1)]);
+
+    // Once inflated (as the file source reads a .gz object): the same, as one document or
+    // as a line, also when larger than the large-document threshold.
+    let mut inflated = first.to_string();
+    inflated.push_str(std::str::from_utf8(control).unwrap());
+    inflated.push_str(&second.to_string());
+    decode_wrapped(inflated.as_bytes(), &plain, "prod-eu");
+    for options in [
+        DecoderOptions::default(),
+        DecoderOptions {
+            large_document_bytes: 1000,
+            ..DecoderOptions::default()
+        },
+    ] {
+        let mut d = EventDecoder::new(options.clone());
+        let mut q = Vec::new();
+        d.decode_line(inflated.as_bytes(), pos("line"), &mut q);
+        d.decode_document(inflated.as_bytes(), pos("doc"), &mut q);
+        assert!(q.is_empty(), "{q:?}");
+        assert_eq!(d.finish_batch().unwrap().num_rows(), 2 * plain.num_rows());
+    }
+
+    // A gzip bomb and a cut stream are quarantined with the reason; nothing else is lost.
+    let mut d = EventDecoder::new(DecoderOptions {
+        max_inflated_bytes: 1 << 16,
+        ..DecoderOptions::default()
+    });
+    let mut q = Vec::new();
+    let bomb = gzip(&vec![b' '; 1 << 20]);
+    d.decode_document(&bomb, pos("bomb"), &mut q);
+    let mut cut = gzip(first.to_string().as_bytes());
+    cut.truncate(cut.len() / 2);
+    d.decode_document(&cut, pos("cut"), &mut q);
+    assert_eq!(q.len(), 2, "{q:?}");
+    assert!(
+        q[0].reason.contains("max_inflated_bytes (65536)"),
+        "{}",
+        q[0].reason
+    );
+    assert!(q[1].reason.starts_with("gzip:"), "{}", q[1].reason);
+}
+
+#[test]
+fn cloudwatch_api_output_insights_rows_and_export_lines_yield_their_events() {
+    let events = sample_events();
+    let (_, plain, _) = decode_doc(events.join("\n").as_bytes(), "default");
+    let plain = plain.unwrap();
+    // filter-log-events: events of many streams, a klog stream among them.
+    let mut items: Vec<_> = events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            serde_json::json!({"logStreamName": "kube-apiserver-audit-0a1b2c",
+            "timestamp": 1_780_000_000_000_i64 + i as i64, "message": e,
+            "ingestionTime": 1_780_000_001_000_i64, "eventId": format!("{i:056}")})
+        })
+        .collect();
+    items.insert(1, serde_json::json!({"logStreamName": "authenticator-0a1b2c", "timestamp": 1,
+        "message": "time=\"2026-11-01T03:12:00Z\" level=info msg=\"access granted\"", "eventId": "x"}));
+    let output = serde_json::json!({"events": items, "searchedLogStreams": [], "nextToken": "Y2E"});
+    let (mut d, rows) = decode_wrapped_with(output.to_string().as_bytes(), &plain, "default");
+    assert_eq!(envelope_of(&rows, 0)["eventId"], format!("{:056}", 0));
+    let skipped: Vec<_> = d
+        .take_skipped()
+        .into_iter()
+        .map(|(s, n)| (s.as_str(), n))
+        .collect();
+    assert_eq!(skipped, [("cloudwatch_other_stream", 1)]);
+    // get-log-events: one stream, no stream name per event.
+    let output = serde_json::json!({"events": events.iter().map(|e| serde_json::json!({"timestamp": 1, "message": e, "ingestionTime": 2})).collect::<Vec<_>>(),
+        "nextForwardToken": "f/1", "nextBackwardToken": "b/1"});
+    decode_wrapped(output.to_string().as_bytes(), &plain, "default");
+    // Logs Insights JSON export: an array of rows, `@log` naming the group.
+    let rows_json: Vec<_> = events
+        .iter()
+        .map(|e| serde_json::json!({"@timestamp": "2026-11-01 03:12:00.000", "@message": e,
+            "@logStream": "kube-apiserver-audit-0a1b2c", "@log": "123456789012:/aws/eks/prod-eu/cluster"}))
+        .collect();
+    let (_, rows) = decode_wrapped_with(
+        serde_json::Value::from(rows_json).to_string().as_bytes(),
+        &plain,
+        "prod-eu",
+    );
+    let envelope = envelope_of(&rows, 0);
+    assert_eq!(
+        (envelope["format"].as_str(), envelope["account"].as_str()),
+        (Some("cloudwatch_insights"), Some("123456789012"))
+    );
+    assert_eq!(envelope["timestamp"], "2026-11-01 03:12:00.000");
+    // An export to S3: `<ISO time> <message>` lines.
+    let export: String = events
+        .iter()
+        .map(|e| format!("2026-11-01T03:12:00.000Z {e}\n"))
+        .collect();
+    let mut d = EventDecoder::new(DecoderOptions::default());
+    let mut q = Vec::new();
+    d.decode_ndjson(export.as_bytes(), pos("000000.gz"), &mut q);
+    assert!(q.is_empty(), "{q:?}");
+    let rows = d.finish_batch().unwrap();
+    assert_same_events(&rows, &plain);
+    assert_eq!(
+        envelope_of(&rows, 2)["timestamp"],
+        "2026-11-01T03:12:00.000Z"
+    );
+}
+
+/// A GKE audit LogEntry as Cloud Logging writes it (shape from Google's documentation and
+/// public samples; values made up).
+fn gke_entry(method: &str, resource: &str, extra: serde_json::Value) -> serde_json::Value {
+    let mut entry = serde_json::json!({
+        "insertId": "8bd6c2a1-7a8b-4a56-9c6b-1f0a4d0e9c11",
+        "logName": "projects/acme-prod/logs/cloudaudit.googleapis.com%2Factivity",
+        "operation": {"id": "8bd6c2a1-7a8b-4a56-9c6b-1f0a4d0e9c11", "producer": "k8s.io", "first": true, "last": true},
+        "protoPayload": {
+            "@type": "type.googleapis.com/google.cloud.audit.AuditLog",
+            "authenticationInfo": {"principalEmail": "mallory@example.com"},
+            "authorizationInfo": [{"granted": true, "permission": method, "resource": resource}],
+            "methodName": method,
+            "requestMetadata": {"callerIp": "203.0.113.7", "callerSuppliedUserAgent": "kubectl/v1.31.0 (linux/amd64)"},
+            "resourceName": resource,
+            "serviceName": "k8s.io",
+            "status": {}
+        },
+        "receiveTimestamp": "2026-11-01T03:12:19.71757101Z",
+        "resource": {"type": "k8s_cluster", "labels": {"cluster_name": "gke-prod", "location": "europe-west1", "project_id": "acme-prod"}},
+        "timestamp": "2026-11-01T03:12:00.80581Z",
+        "labels": {"authorization.k8s.io/decision": "allow", "authorization.k8s.io/reason": "RBAC: allowed by ClusterRoleBinding \"x\""}
+    });
+    if let (Some(e), Some(x)) = (entry.as_object_mut(), extra.as_object()) {
+        for (k, v) in x {
+            if k == "protoPayload" {
+                for (pk, pv) in v.as_object().unwrap() {
+                    e["protoPayload"][pk] = pv.clone();
+                }
+            } else {
+                e.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    entry
+}
+
+#[test]
+fn a_gke_log_entry_becomes_an_event_row_with_its_inferences_named() {
+    let binding = gke_entry(
+        "io.k8s.authorization.rbac.v1.clusterrolebindings.create",
+        "rbac.authorization.k8s.io/v1/clusterrolebindings/backdoor",
+        serde_json::json!({"protoPayload": {
+            "request": {"@type": "rbac.authorization.k8s.io/v1.ClusterRoleBinding", "kind": "ClusterRoleBinding",
+                        "metadata": {"name": "backdoor"}, "roleRef": {"kind": "ClusterRole", "name": "cluster-admin"}},
+            "response": {"@type": "rbac.authorization.k8s.io/v1.ClusterRoleBinding", "kind": "ClusterRoleBinding", "metadata": {"name": "backdoor"}}}}),
+    );
+    let exec = gke_entry(
+        "io.k8s.core.v1.pods.exec.create",
+        "core/v1/namespaces/shop/pods/web-0/exec",
+        serde_json::json!({"operation": {"id": "op-exec-1", "producer": "k8s.io", "first": true}}),
+    );
+    let denied = gke_entry(
+        "io.k8s.core.v1.secrets.get",
+        "core/v1/namespaces/kube-system/secrets/admin-token",
+        serde_json::json!({"protoPayload": {"status": {"code": 7, "message": "Forbidden"}},
+            "labels": {"authorization.k8s.io/decision": "forbid", "authorization.k8s.io/reason": ""}}),
+    );
+    let admission = gke_entry(
+        "io.k8s.core.v1.pods.create",
+        "core/v1/namespaces/shop/pods/miner",
+        serde_json::json!({"protoPayload": {"status": {"code": 3, "message": "denied"},
+            "response": {"@type": "core.k8s.io/v1.Status", "apiVersion": "v1", "code": 403, "kind": "Status",
+                         "message": "admission webhook denied the request", "reason": "Forbidden", "status": "Failure", "metadata": {}}}}),
+    );
+    let readyz = gke_entry("io.k8s.get", "readyz", serde_json::json!({}));
+    let management = gke_entry(
+        "google.container.v1.ClusterManager.UpdateCluster",
+        "projects/acme-prod/locations/europe-west1/clusters/gke-prod",
+        serde_json::json!({"protoPayload": {"serviceName": "container.googleapis.com"}, "resource": {"type": "gke_cluster", "labels": {}}}),
+    );
+    // `gcloud logging read --format=json` prints a JSON array.
+    let body = serde_json::Value::from(vec![
+        binding.clone(),
+        exec,
+        denied,
+        admission,
+        readyz,
+        management,
+    ]);
+    let (mut d, rows, q) = decode_doc(body.to_string().as_bytes(), "default");
+    assert!(q.is_empty(), "{q:?}");
+    let rows = rows.unwrap();
+    assert_eq!(rows.num_rows(), 5);
+    let skipped: Vec<_> = d
+        .take_skipped()
+        .into_iter()
+        .map(|(s, n)| (s.as_str(), n))
+        .collect();
+    assert_eq!(skipped, [("gke_other_service", 1)]);
+    let s = |name: &str, row: usize| {
+        let c = str_col(&rows, name);
+        c.is_valid(row).then(|| c.value(row).to_string())
+    };
+    let code = |row: usize| {
+        rows.column_by_name(col::RESPONSE_CODE)
+            .unwrap()
+            .as_primitive::<Int32Type>()
+            .value(row)
+    };
+    assert!(
+        str_col(&rows, col::CLUSTER)
+            .iter()
+            .all(|c| c == Some("gke-prod"))
+    );
+    // The binding: verb from the method, group from the resource name (not the method's
+    // reversed domain), code 201 from an OK rpc status of a create.
+    assert_eq!(s(col::VERB, 0).as_deref(), Some("create"));
+    assert_eq!(s(col::RESOURCE, 0).as_deref(), Some("clusterrolebindings"));
+    assert_eq!(
+        s(col::API_GROUP, 0).as_deref(),
+        Some("rbac.authorization.k8s.io")
+    );
+    assert_eq!(s(col::NAME, 0).as_deref(), Some("backdoor"));
+    assert_eq!(s(col::NAMESPACE, 0), None);
+    assert_eq!(
+        s(col::REQUEST_URI, 0).as_deref(),
+        Some("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/backdoor")
+    );
+    assert_eq!(
+        s(col::USER_USERNAME, 0).as_deref(),
+        Some("mallory@example.com")
+    );
+    assert_eq!(
+        s(col::USER_AGENT, 0).as_deref(),
+        Some("kubectl/v1.31.0 (linux/amd64)")
+    );
+    assert_eq!(s(col::STAGE, 0).as_deref(), Some("ResponseComplete"));
+    assert_eq!(s(col::LEVEL, 0).as_deref(), Some("RequestResponse"));
+    assert_eq!(
+        s(col::AUDIT_ID, 0).as_deref(),
+        Some("8bd6c2a1-7a8b-4a56-9c6b-1f0a4d0e9c11")
+    );
+    assert_eq!(s(col::AUTHZ_DECISION, 0).as_deref(), Some("allow"));
+    assert_eq!(code(0), 201);
+    let request: serde_json::Value =
+        serde_json::from_str(&s(col::REQUEST_OBJECT, 0).unwrap()).unwrap();
+    assert_eq!(
+        request,
+        serde_json::json!({"kind": "ClusterRoleBinding", "metadata": {"name": "backdoor"}, "roleRef": {"kind": "ClusterRole", "name": "cluster-admin"}})
+    );
+    let groups = rows.column_by_name(col::USER_GROUPS).unwrap();
+    assert!(
+        groups.is_null(0),
+        "GKE does not log groups: null, never an empty list"
+    );
+    // Times from `timestamp`, not `receiveTimestamp`.
+    let at = rows
+        .column_by_name(col::STAGE_AT)
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>()
+        .value(0);
+    assert_eq!(at % 1_000_000, 805_810);
+    let envelope = envelope_of(&rows, 0);
+    assert_eq!(envelope["format"], "gke_log_entry");
+    assert_eq!(
+        (envelope["project"].as_str(), envelope["location"].as_str()),
+        (Some("acme-prod"), Some("europe-west1"))
+    );
+    assert_eq!(
+        envelope["inferred"],
+        serde_json::json!(["stage", "level", "requestURI", "responseStatus.code"])
+    );
+    assert!(
+        envelope["unknown"]
+            .as_array()
+            .unwrap()
+            .contains(&"user.groups".into())
+    );
+    assert_eq!(
+        envelope["logEntry"], binding,
+        "the LogEntry is kept verbatim"
+    );
+    // exec: the first half of a long-running request, a subresource, a namespace.
+    assert_eq!(
+        (
+            s(col::STAGE, 1).as_deref(),
+            s(col::SUBRESOURCE, 1).as_deref(),
+            s(col::NAMESPACE, 1).as_deref()
+        ),
+        (Some("ResponseStarted"), Some("exec"), Some("shop"))
+    );
+    assert_eq!(
+        (
+            s(col::AUDIT_ID, 1).as_deref(),
+            s(col::API_GROUP, 1).as_deref()
+        ),
+        (Some("op-exec-1"), Some(""))
+    );
+    assert_eq!(
+        s(col::REQUEST_URI, 1).as_deref(),
+        Some("/api/v1/namespaces/shop/pods/web-0/exec")
+    );
+    // Denied by RBAC: the rpc code maps to 403; the decision label says so.
+    assert_eq!(
+        (code(2), s(col::AUTHZ_DECISION, 2).as_deref()),
+        (403, Some("forbid"))
+    );
+    // Denied by admission: the v1.Status the API server returned wins over the rpc code.
+    assert_eq!(
+        (code(3), s(col::RESPONSE_REASON, 3).as_deref()),
+        (403, Some("Forbidden"))
+    );
+    assert_eq!(
+        envelope_of(&rows, 3)["inferred"],
+        serde_json::json!(["stage", "level", "requestURI"])
+    );
+    // A non-resource request.
+    assert_eq!(
+        (
+            s(col::REQUEST_URI, 4).as_deref(),
+            s(col::RESOURCE, 4),
+            s(col::VERB, 4).as_deref()
+        ),
+        (Some("/readyz"), None, Some("get"))
+    );
+}
+
+#[test]
+fn pub_sub_push_and_pull_carry_log_entries_as_base64() {
+    let entry = gke_entry(
+        "io.k8s.core.v1.pods.exec.create",
+        "core/v1/namespaces/shop/pods/web-0/exec",
+        serde_json::json!({}),
+    );
+    let (_, plain, q) = decode_doc(entry.to_string().as_bytes(), "default");
+    assert!(q.is_empty(), "{q:?}");
+    let plain = plain.unwrap();
+    let data = base64(entry.to_string().as_bytes());
+    let message = serde_json::json!({"attributes": {"logging.googleapis.com/timestamp": "2026-11-01T03:12:00.80581Z"},
+        "data": data, "messageId": "1", "message_id": "1", "publishTime": "2026-11-01T03:12:20Z", "publish_time": "2026-11-01T03:12:20Z"});
+    let push = serde_json::json!({"message": message, "subscription": "projects/acme-prod/subscriptions/auditlake"});
+    let pull = serde_json::json!({"receivedMessages": [{"ackId": "a", "message": message}, {"ackId": "b", "message": message}]});
+    let (_, rows) = decode_wrapped_with(push.to_string().as_bytes(), &plain, "gke-prod");
+    assert_eq!(envelope_of(&rows, 0)["transport"], "pubsub_push");
+    let both = arrow::compute::concat_batches(&plain.schema(), [&plain, &plain]).unwrap();
+    decode_wrapped(pull.to_string().as_bytes(), &both, "gke-prod");
+    // Bad base64 is quarantined with the record, never dropped.
+    let (_, none, q) = decode_doc(
+        br#"{"message":{"data":"%%%not base64"},"subscription":"s"}"#,
+        "default",
+    );
+    assert!(none.is_none());
+    assert_eq!(q.len(), 1);
+    assert!(
+        q[0].reason.contains("pubsub_push `message.data`") && q[0].reason.contains("base64"),
+        "{}",
+        q[0].reason
+    );
+}
+
+#[test]
+fn otlp_json_and_openshift_forwarded_events_yield_their_events_and_cluster() {
+    let events = sample_events();
+    let (_, plain, _) = decode_doc(events.join("\n").as_bytes(), "default");
+    let plain = plain.unwrap();
+    let records: Vec<_> = events
+        .iter()
+        .map(|e| serde_json::json!({"timeUnixNano": "1780000000000000000", "body": {"stringValue": e}}))
+        .collect();
+    let otlp = serde_json::json!({"resourceLogs": [{"resource": {"attributes": [
+        {"key": "k8s.cluster.name", "value": {"stringValue": "onprem-1"}}]},
+        "scopeLogs": [{"scope": {}, "logRecords": records}]}]});
+    let (_, rows) = decode_wrapped_with(otlp.to_string().as_bytes(), &plain, "onprem-1");
+    assert_eq!(envelope_of(&rows, 0)["format"], "otlp_json");
+
+    // OpenShift's forwarder: fields inline, the audit level moved, `level` overwritten.
+    let forwarded: Vec<String> = events
+        .iter()
+        .map(|e| {
+            let mut v: serde_json::Value = serde_json::from_str(e).unwrap();
+            let o = v.as_object_mut().unwrap();
+            if let Some(level) = o.remove("level") {
+                o.insert("k8s_audit_level".into(), level);
+            }
+            o.insert("level".into(), "default".into());
+            o.insert("log_type".into(), "audit".into());
+            o.insert("log_source".into(), "kubeAPI".into());
+            o.insert("hostname".into(), "master-0".into());
+            o.insert(
+                "openshift".into(),
+                serde_json::json!({"cluster_id": "3c8e0c1b-ocp", "sequence": 1}),
+            );
+            v.to_string()
+        })
+        .collect();
+    let (_, rows, q) = decode_doc(forwarded.join("\n").as_bytes(), "default");
+    assert!(q.is_empty(), "{q:?}");
+    let rows = rows.unwrap();
+    assert_eq!(str_col(&rows, col::LEVEL), str_col(&plain, col::LEVEL));
+    assert!(
+        str_col(&rows, col::CLUSTER)
+            .iter()
+            .all(|c| c == Some("3c8e0c1b-ocp"))
+    );
+    let unmapped: serde_json::Value =
+        serde_json::from_str(str_col(&rows, col::UNMAPPED).value(0)).unwrap();
+    assert_eq!(
+        unmapped["level"], "default",
+        "ViaQ's level is kept, not lost"
+    );
+    assert_eq!(envelope_of(&rows, 0)["hostname"], "master-0");
+}
+
+#[test]
+fn a_named_envelope_overrides_detection() {
+    let events = sample_events();
+    let shipper = serde_json::json!({"log": events[0]}).to_string();
+    // `--envelope event`: a wrapper is not an Event, and says so.
+    let mut d = EventDecoder::new(DecoderOptions {
+        envelope: Some(auditlake_schema::Envelope::Event),
+        ..DecoderOptions::default()
+    });
+    let mut q = Vec::new();
+    d.decode_document(shipper.as_bytes(), pos("s"), &mut q);
+    assert!(d.finish_batch().is_none());
+    assert_eq!(q.len(), 1);
+    assert!(q[0].reason.contains("auditID"), "{}", q[0].reason);
+    // `--envelope azure_diagnostic`: plain events are not records, and are quarantined.
+    let mut d = EventDecoder::new(DecoderOptions {
+        envelope: Some("azure_diagnostic".parse().unwrap()),
+        ..DecoderOptions::default()
+    });
+    let mut q = Vec::new();
+    d.decode_document(events[0].as_bytes(), pos("s"), &mut q);
+    assert!(d.finish_batch().is_none());
+    assert!(
+        q[0].reason.contains("`properties` object"),
+        "{}",
+        q[0].reason
+    );
+    let err = "cloudtrail"
+        .parse::<auditlake_schema::Envelope>()
+        .unwrap_err();
+    assert!(
+        err.contains("azure_diagnostic") && err.contains("gke_log_entry"),
+        "{err}"
+    );
+}
+
+#[test]
+fn azure_truncations_and_placeholders_are_counted() {
+    let events = sample_events();
+    let resource = "/SUBSCRIPTIONS/0000/RESOURCEGROUPS/RG/PROVIDERS/MICROSOFT.CONTAINERSERVICE/MANAGEDCLUSTERS/AKS-WEST";
+    let mut big: serde_json::Value = serde_json::from_str(&events[0]).unwrap();
+    big["requestObject"] = "skipped-too-big-size-object".into();
+    big["responseObject"] = serde_json::json!({"padding": "x".repeat(20_000)});
+    let cut = &big.to_string()[..16_384];
+    let mut placeholder = big.clone();
+    placeholder["responseObject"] = "skipped-too-big-size-object".into();
+    let record = |log: String| {
+        format!(
+            r#"{{"category":"kube-audit","resourceId":"{resource}","properties":{{"log":{log}}}}}"#
+        )
+    };
+    let body = format!(
+        r#"{{"records":[{},{}]}}"#,
+        record(serde_json::Value::from(cut).to_string()),
+        record(serde_json::Value::from(placeholder.to_string()).to_string())
+    );
+    let (mut d, rows, q) = decode_doc(body.as_bytes(), "default");
+    assert_eq!(rows.unwrap().num_rows(), 1);
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].cluster, "aks-west");
+    assert!(
+        q[0].reason.contains("cut at 16 KiB") && q[0].reason.contains(&audit_id_of(&events[0])),
+        "{}",
+        q[0].reason
+    );
+    let skipped: Vec<_> = d
+        .take_skipped()
+        .into_iter()
+        .map(|(s, n)| (s.as_str(), n))
+        .collect();
+    assert_eq!(
+        skipped,
+        [("azure_truncated", 1), ("azure_object_too_big", 2)]
+    );
 }

@@ -163,9 +163,18 @@ impl Source for FileSource {
                     .ok_or_else(|| SourceError("no input".into()))?;
                 // Each line is read straight onto the end of the chunk: copied once.
                 let base = chunk.len();
+                // A first line of JSON may be a whole document on one line (Firehose's
+                // records back to back in an S3 object, a minified EventList): read up to
+                // the document limit rather than cut at the event limit.
+                let document_keep =
+                    usize::try_from(self.options.max_document_bytes).unwrap_or(usize::MAX);
+                let line_keep = match cur.first && chunk.is_empty() && cur.reader.starts_json() {
+                    true => keep.max(document_keep),
+                    false => keep,
+                };
                 let Some(info) = cur
                     .reader
-                    .append_line(&mut chunk, keep)
+                    .append_line(&mut chunk, line_keep)
                     .map_err(|e| SourceError(e.to_string()))?
                 else {
                     input_done = true;
@@ -186,6 +195,14 @@ impl Source for FileSource {
                     let to = info.offset + doc.len() as u64;
                     let r = self.record(doc, info.line_no, info.offset, to, Shape::Document);
                     self.current = None;
+                    return Ok(self.hand_out(r));
+                }
+                if cur.first && info.len >= keep as u64 && info.len <= line_keep as u64 {
+                    // The long first line, whole: decoded value by value.
+                    let doc = chunk.split_off(base);
+                    let to = info.offset + info.len + 1;
+                    cur.first = false;
+                    let r = self.record(doc, info.line_no, info.offset, to, Shape::LongLine);
                     return Ok(self.hand_out(r));
                 }
                 if !blank {

@@ -68,6 +68,10 @@ pub enum Shape {
         /// The line's true length.
         full_len: u64,
     },
+    /// A whole line longer than an event may be, that may hold several JSON values back
+    /// to back (Firehose records in an S3 object): each value is decoded on its own; a
+    /// line of one value is quarantined as oversized.
+    LongLine,
 }
 
 /// One payload from a source: audit events in any envelope the decoder reads.

@@ -1,0 +1,264 @@
+//! AWS's envelopes of EKS audit events: CloudWatch Logs subscription messages, the
+//! `filter-log-events` / `get-log-events` output, Logs Insights rows, and the transports
+//! that carry subscription messages as base64 (Lambda, Firehose HTTP endpoint, Kinesis).
+
+use simd_json::prelude::*;
+
+use super::{
+    Envelope, Skipped, decode_embedded, field, path, queue_payload, record_of_value, str_field,
+};
+use crate::decoder::{Bounded, Scratch};
+use crate::event_builder::EventBatchBuilder;
+use crate::event_mapping::Ctx;
+use crate::tape_span::Located;
+
+/// The EKS cluster a log group belongs to: `/aws/eks/<cluster>/cluster`.
+fn eks_cluster(group: &str) -> Option<&str> {
+    group
+        .strip_prefix("/aws/eks/")?
+        .strip_suffix("/cluster")
+        .filter(|c| !c.is_empty() && !c.contains('/'))
+}
+
+/// Whether a log stream holds audit events (the group also holds the control plane's
+/// klog text, in streams named after their component).
+fn is_audit_stream(stream: &str) -> bool {
+    stream.starts_with("kube-apiserver-audit")
+}
+
+/// A CloudWatch Logs subscription message (what Kinesis, Firehose and Lambda deliver, once
+/// un-gzipped): `DATA_MESSAGE` with `logEvents[].message` each holding one event as a
+/// string; the cluster from the EKS log group `/aws/eks/<cluster>/cluster`.
+pub(super) fn decode_subscription(
+    root: Located<'_, '_>,
+    ctx: &Ctx<'_>,
+    b: &mut EventBatchBuilder,
+    scratch: &mut Scratch,
+    quarantine: &mut Bounded<'_>,
+) -> usize {
+    let message_type = str_field(root, "messageType");
+    if message_type == Some("CONTROL_MESSAGE") {
+        scratch.skip(Skipped::CloudWatchControlMessage, 1);
+        return 0;
+    }
+    let log_events = field(root, "logEvents").filter(|v| v.value.is_array());
+    let (Some("DATA_MESSAGE"), Some(log_events)) = (message_type, log_events) else {
+        let reason = match message_type {
+            Some(t) if t != "DATA_MESSAGE" => {
+                format!("CloudWatch Logs message: unknown messageType {t:?}")
+            }
+            _ => "CloudWatch Logs message: `messageType` DATA_MESSAGE with a `logEvents` array expected"
+                .to_string(),
+        };
+        quarantine.push_with(|| record_of_value(root, ctx, None, reason, scratch));
+        return 0;
+    };
+    let stream = str_field(root, "logStream").unwrap_or_default();
+    if !is_audit_stream(stream) {
+        scratch.skip(
+            Skipped::CloudWatchOtherStream,
+            log_events.items().count() as u64,
+        );
+        return 0;
+    }
+    let group = str_field(root, "logGroup");
+    let cluster = group.and_then(eks_cluster).unwrap_or(ctx.pos.cluster);
+    let meta = &mut scratch.meta;
+    meta.begin(Envelope::CloudWatchSubscription);
+    meta.str("owner", str_field(root, "owner"));
+    meta.str("logGroup", group);
+    meta.str("logStream", Some(stream));
+    let mark = meta.mark();
+    let mut n = 0;
+    for (i, item) in log_events.items().enumerate() {
+        let i = i as u64;
+        scratch.meta.truncate(mark);
+        scratch.meta.str("id", str_field(item, "id"));
+        scratch.meta.int(
+            "timestamp",
+            field(item, "timestamp").and_then(|t| t.value.as_i64()),
+        );
+        scratch.meta.end();
+        match str_field(item, "message") {
+            Some(text) => {
+                n += decode_embedded(
+                    text,
+                    "logEvents[].message",
+                    cluster,
+                    Some(i),
+                    ctx,
+                    b,
+                    scratch,
+                    quarantine,
+                )
+            }
+            None => {
+                let reason = "CloudWatch log event: `message` string missing".to_string();
+                quarantine.push_with(|| record_of_value(item, ctx, Some(i), reason, scratch));
+            }
+        }
+    }
+    n
+}
+
+/// `aws logs filter-log-events` (events of many streams, each naming its `logStreamName`)
+/// or `get-log-events` (one stream's events) output: `events[].message`. The log group is
+/// in the request, not the output: the events get the input's cluster.
+pub(super) fn decode_api_output(
+    root: Located<'_, '_>,
+    ctx: &Ctx<'_>,
+    b: &mut EventBatchBuilder,
+    scratch: &mut Scratch,
+    quarantine: &mut Bounded<'_>,
+) -> usize {
+    let Some(events) = field(root, "events").filter(|v| v.value.is_array()) else {
+        let reason = "CloudWatch Logs API output: `events` array expected".to_string();
+        quarantine.push_with(|| record_of_value(root, ctx, None, reason, scratch));
+        return 0;
+    };
+    let mut n = 0;
+    for (i, item) in events.items().enumerate() {
+        let i = i as u64;
+        let stream = str_field(item, "logStreamName");
+        if stream.is_some_and(|s| !is_audit_stream(s)) {
+            scratch.skip(Skipped::CloudWatchOtherStream, 1);
+            continue;
+        }
+        let meta = &mut scratch.meta;
+        meta.begin(Envelope::CloudWatchApi);
+        meta.str("logStream", stream);
+        meta.str("eventId", str_field(item, "eventId"));
+        meta.int(
+            "timestamp",
+            field(item, "timestamp").and_then(|t| t.value.as_i64()),
+        );
+        meta.end();
+        match str_field(item, "message") {
+            Some(text) => {
+                n += decode_embedded(
+                    text,
+                    "events[].message",
+                    ctx.pos.cluster,
+                    Some(i),
+                    ctx,
+                    b,
+                    scratch,
+                    quarantine,
+                )
+            }
+            None => {
+                let reason = "CloudWatch log event: `message` string missing".to_string();
+                quarantine.push_with(|| record_of_value(item, ctx, Some(i), reason, scratch));
+            }
+        }
+    }
+    n
+}
+
+/// One CloudWatch Logs Insights result row: `@message` holds the event; `@log`
+/// (`<account>:<group>`) names the cluster when the query selected it; `@timestamp` has no
+/// zone (UTC) and is kept as it was.
+pub(super) fn decode_insights_row(
+    root: Located<'_, '_>,
+    item: Option<u64>,
+    ctx: &Ctx<'_>,
+    b: &mut EventBatchBuilder,
+    scratch: &mut Scratch,
+    quarantine: &mut Bounded<'_>,
+) -> usize {
+    let stream = str_field(root, "@logStream");
+    if stream.is_some_and(|s| !is_audit_stream(s)) {
+        scratch.skip(Skipped::CloudWatchOtherStream, 1);
+        return 0;
+    }
+    let log = str_field(root, "@log");
+    let (account, group) = match log.and_then(|l| l.split_once(':')) {
+        Some((a, g)) => (Some(a), Some(g)),
+        None => (None, log),
+    };
+    let cluster = group.and_then(eks_cluster).unwrap_or(ctx.pos.cluster);
+    let meta = &mut scratch.meta;
+    meta.begin(Envelope::CloudWatchInsights);
+    meta.str("account", account);
+    meta.str("logGroup", group);
+    meta.str("logStream", stream);
+    meta.str("timestamp", str_field(root, "@timestamp"));
+    meta.str("ptr", str_field(root, "@ptr"));
+    meta.end();
+    match field(root, "@message") {
+        Some(m) if m.value.is_str() => {
+            let text = m.value.into_string().unwrap_or_default();
+            decode_embedded(text, "@message", cluster, item, ctx, b, scratch, quarantine)
+        }
+        // A pretty-printed copy shows `@message` as the event object itself.
+        Some(m) if m.value.is_object() => {
+            let inner = ctx.for_cluster(cluster, ctx.doc, scratch);
+            match crate::event_mapping::append_event(m, None, &inner, item, b, scratch) {
+                Ok(()) => 1,
+                Err(reason) => {
+                    let reason = format!("Logs Insights `@message`: {reason}");
+                    quarantine.push_with(|| record_of_value(root, &inner, item, reason, scratch));
+                    0
+                }
+            }
+        }
+        _ => {
+            let reason = "Logs Insights row: `@message` (the event) missing".to_string();
+            quarantine.push_with(|| record_of_value(root, ctx, item, reason, scratch));
+            0
+        }
+    }
+}
+
+/// Queues the base64 payloads of AWS transports of subscription messages: Lambda's
+/// `awslogs.data`, a Firehose HTTP endpoint request's `records[].data`, Kinesis records'
+/// `Data` (GetRecords) or `kinesis.data` (a Lambda event). They are decoded (un-gzipped,
+/// then recognised by shape) once this input is done.
+pub(super) fn take_payloads(
+    format: Envelope,
+    root: Located<'_, '_>,
+    ctx: &Ctx<'_>,
+    scratch: &mut Scratch,
+    quarantine: &mut Bounded<'_>,
+) -> usize {
+    let (list, what): (Option<Located<'_, '_>>, &'static str) = match format {
+        Envelope::LambdaAwslogs => {
+            let data = path(root, &["awslogs", "data"]).and_then(|d| d.value.into_string());
+            match data {
+                Some(text) => {
+                    queue_payload(text, format, 0, "awslogs.data", ctx, scratch, quarantine)
+                }
+                None => {
+                    let reason =
+                        "Lambda CloudWatch Logs event: `awslogs.data` string missing".to_string();
+                    quarantine.push_with(|| record_of_value(root, ctx, None, reason, scratch));
+                }
+            }
+            return 0;
+        }
+        Envelope::FirehoseHttp => (field(root, "records"), "records[].data"),
+        _ => (field(root, "Records"), "Records[].Data"),
+    };
+    let Some(list) = list.filter(|l| l.value.is_array()) else {
+        let reason = format!(
+            "{format} request: `{}` array missing",
+            what.split('[').next().unwrap_or(what)
+        );
+        quarantine.push_with(|| record_of_value(root, ctx, None, reason, scratch));
+        return 0;
+    };
+    for (i, record) in list.items().enumerate() {
+        let i = i as u64;
+        let data = str_field(record, "data")
+            .or_else(|| str_field(record, "Data"))
+            .or_else(|| path(record, &["kinesis", "data"]).and_then(|d| d.value.into_string()));
+        match data {
+            Some(text) => queue_payload(text, format, i, what, ctx, scratch, quarantine),
+            None => {
+                let reason = format!("{format} record: `{what}` string missing");
+                quarantine.push_with(|| record_of_value(record, ctx, Some(i), reason, scratch));
+            }
+        }
+    }
+    0
+}
