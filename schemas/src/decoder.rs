@@ -180,6 +180,8 @@ pub(crate) struct Scratch {
     pub(crate) meta: Meta,
     /// Payloads transports carried as bytes, decoded once the input holding them is done.
     pub(crate) payloads: Vec<Payload>,
+    /// What consecutive Azure records of one resource share.
+    pub(crate) azure: crate::envelope::AzureRecordCache,
     /// Envelope records holding no audit event, by [`Skipped::ALL`] index, since the last
     /// [`EventDecoder::take_skipped`].
     skipped: [u64; Skipped::ALL.len()],

@@ -20,6 +20,7 @@ use crate::tape_span::{Doc, Located};
 
 mod aws;
 mod azure;
+pub(crate) use azure::RecordCache as AzureRecordCache;
 mod gcp;
 mod shippers;
 
@@ -644,6 +645,18 @@ impl Meta {
         self.text.push(':');
     }
 
+    /// The text so far (to keep a prefix shared by many events).
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Starts over from `prefix`, a text [`Meta::text`] returned.
+    pub(crate) fn restore(&mut self, prefix: &str) {
+        self.text.clear();
+        self.text.push_str(prefix);
+        self.on = false;
+    }
+
     /// Where the per-event keys start: [`Meta::truncate`] returns here for the next event.
     pub(crate) fn mark(&self) -> usize {
         self.text.len()
@@ -673,10 +686,9 @@ impl Meta {
 }
 
 fn push_json_string(out: &mut String, s: &str) {
-    let mut buf = std::mem::take(out).into_bytes();
-    crate::event_mapping::write_json_string(&mut buf, s);
-    // Only valid UTF-8 was written (a &str, escaped); this is the proven case.
-    *out = String::from_utf8(buf).unwrap_or_default();
+    out.push('"');
+    crate::event_mapping::escape_json(s, |run| out.push_str(run));
+    out.push('"');
 }
 
 /// A shipper's wrapper around one line of `audit.log`: Fluent Bit's `log`, the `message`
@@ -764,6 +776,30 @@ pub(crate) fn decode_embedded(
             }
             let (pos, max) = (SourcePos { cluster, ..ctx.pos }, ctx.max_quarantined);
             quarantine.push_with(|| quarantine_record(pos, item, reason, text.as_bytes(), max));
+            0
+        }
+    }
+}
+
+/// Decodes the event text `text` that record `item` holds in field `what`, or quarantines
+/// the record when the field is missing.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn decode_field(
+    record: Located<'_, '_>,
+    text: Option<&str>,
+    what: &'static str,
+    cluster: &str,
+    item: u64,
+    ctx: &Ctx<'_>,
+    b: &mut EventBatchBuilder,
+    scratch: &mut Scratch,
+    quarantine: &mut Bounded<'_>,
+) -> usize {
+    match text {
+        Some(text) => decode_embedded(text, what, cluster, Some(item), ctx, b, scratch, quarantine),
+        None => {
+            let reason = format!("`{what}` (the event, a string) missing");
+            quarantine.push_with(|| record_of_value(record, ctx, Some(item), reason, scratch));
             0
         }
     }

@@ -596,25 +596,37 @@ pub(crate) fn json_text<'a>(
     }
 }
 
+/// Hands `s` to `out` as the contents of a JSON string literal (without the quotes), in
+/// runs: the characters that need no escape are passed through as they are, in one piece.
+pub(crate) fn escape_json(s: &str, mut out: impl FnMut(&str)) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &c) in bytes.iter().enumerate() {
+        let escaped = match c {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..0x20 => "",
+            _ => continue,
+        };
+        // Every byte matched above is ASCII, so `i` is a character boundary.
+        out(&s[start..i]);
+        if escaped.is_empty() {
+            out(&format!("\\u{c:04x}"));
+        } else {
+            out(escaped);
+        }
+        start = i + 1;
+    }
+    out(&s[start..]);
+}
+
 /// Appends `s` as a JSON string literal.
 pub(crate) fn write_json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 => {
-                out.extend_from_slice(format!("\\u{:04x}", c as u32).as_bytes())
-            }
-            c => {
-                let mut buf = [0u8; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
-        }
-    }
+    escape_json(s, |run| out.extend_from_slice(run.as_bytes()));
     out.push(b'"');
 }
 
@@ -627,5 +639,19 @@ pub(crate) fn type_name(v: Value<'_, '_>) -> &'static str {
         ValueType::Array => "array",
         ValueType::Object => "object",
         _ => "number",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_escape_quotes_backslashes_and_controls_and_keep_the_rest() {
+        let mut out = Vec::new();
+        write_json_string(&mut out, "a\"b\\c\nd\u{1}é☃");
+        assert_eq!(out, "\"a\\\"b\\\\c\\nd\\u0001é☃\"".as_bytes());
+        let back: String = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, "a\"b\\c\nd\u{1}é☃");
     }
 }

@@ -5,7 +5,8 @@
 use simd_json::prelude::*;
 
 use super::{
-    Envelope, Skipped, decode_embedded, field, path, queue_payload, record_of_value, str_field,
+    Envelope, Skipped, decode_embedded, decode_field, field, path, queue_payload, record_of_value,
+    str_field,
 };
 use crate::decoder::{Bounded, Scratch};
 use crate::event_builder::EventBatchBuilder;
@@ -79,24 +80,18 @@ pub(super) fn decode_subscription(
             field(item, "timestamp").and_then(|t| t.value.as_i64()),
         );
         scratch.meta.end();
-        match str_field(item, "message") {
-            Some(text) => {
-                n += decode_embedded(
-                    text,
-                    "logEvents[].message",
-                    cluster,
-                    Some(i),
-                    ctx,
-                    b,
-                    scratch,
-                    quarantine,
-                )
-            }
-            None => {
-                let reason = "CloudWatch log event: `message` string missing".to_string();
-                quarantine.push_with(|| record_of_value(item, ctx, Some(i), reason, scratch));
-            }
-        }
+        let text = str_field(item, "message");
+        n += decode_field(
+            item,
+            text,
+            "logEvents[].message",
+            cluster,
+            i,
+            ctx,
+            b,
+            scratch,
+            quarantine,
+        );
     }
     n
 }
@@ -133,24 +128,18 @@ pub(super) fn decode_api_output(
             field(item, "timestamp").and_then(|t| t.value.as_i64()),
         );
         meta.end();
-        match str_field(item, "message") {
-            Some(text) => {
-                n += decode_embedded(
-                    text,
-                    "events[].message",
-                    ctx.pos.cluster,
-                    Some(i),
-                    ctx,
-                    b,
-                    scratch,
-                    quarantine,
-                )
-            }
-            None => {
-                let reason = "CloudWatch log event: `message` string missing".to_string();
-                quarantine.push_with(|| record_of_value(item, ctx, Some(i), reason, scratch));
-            }
-        }
+        let text = str_field(item, "message");
+        n += decode_field(
+            item,
+            text,
+            "events[].message",
+            ctx.pos.cluster,
+            i,
+            ctx,
+            b,
+            scratch,
+            quarantine,
+        );
     }
     n
 }

@@ -4,7 +4,7 @@
 
 use simd_json::prelude::*;
 
-use super::{Envelope, Skipped, decode_embedded, field, record_of_value, str_field};
+use super::{Envelope, Meta, Skipped, decode_embedded, field, record_of_value};
 use crate::decoder::{Bounded, Scratch};
 use crate::event_builder::EventBatchBuilder;
 use crate::event_mapping::{Ctx, append_event};
@@ -41,6 +41,64 @@ fn resource_part<'a>(id: &'a str, key: &str) -> Option<&'a str> {
     None
 }
 
+/// What the records of one resource share, worked out once: consecutive records of an
+/// Event Hubs body name the same cluster, category and API server pod.
+#[derive(Default)]
+pub(crate) struct RecordCache {
+    category: Option<String>,
+    resource_id: Option<String>,
+    pod: Option<String>,
+    transport: Option<Envelope>,
+    /// The cluster `resourceId` names, lower-cased (Azure upper-cases resource ids: the
+    /// cluster's own case is lost, lower case is the likelier spelling).
+    cluster: Option<String>,
+    /// The `envelope` column's text up to the per-record keys.
+    meta: String,
+}
+
+impl RecordCache {
+    /// Starts `meta` for a record of `resource_id` (computing what it derives when the
+    /// record differs from the last one) and sets `self.cluster`.
+    fn describe(
+        &mut self,
+        meta: &mut Meta,
+        category: Option<&str>,
+        resource_id: Option<&str>,
+        pod: Option<&str>,
+    ) {
+        let same = self.category.as_deref() == category
+            && self.resource_id.as_deref() == resource_id
+            && self.pod.as_deref() == pod
+            && self.transport == meta.transport
+            && !self.meta.is_empty();
+        if !same {
+            meta.begin(Envelope::AzureDiagnostic);
+            meta.str("category", category);
+            meta.str("resourceId", resource_id);
+            meta.str(
+                "subscription",
+                resource_id.and_then(|id| resource_part(id, "subscriptions")),
+            );
+            meta.str(
+                "resourceGroup",
+                resource_id.and_then(|id| resource_part(id, "resourceGroups")),
+            );
+            meta.str("pod", pod);
+            self.meta.clear();
+            self.meta.push_str(meta.text());
+            self.category = category.map(str::to_string);
+            self.resource_id = resource_id.map(str::to_string);
+            self.pod = pod.map(str::to_string);
+            self.transport = meta.transport;
+            self.cluster = resource_id
+                .and_then(|id| resource_part(id, "managedClusters"))
+                .map(str::to_ascii_lowercase);
+        } else {
+            meta.restore(&self.meta);
+        }
+    }
+}
+
 /// One Azure diagnostic record: `properties.log` holds the event, as a string (the API
 /// server's stdout line) or an object; the cluster from `resourceId`'s last segment.
 fn decode_record(
@@ -51,7 +109,17 @@ fn decode_record(
     scratch: &mut Scratch,
     quarantine: &mut Bounded<'_>,
 ) -> usize {
-    let category = str_field(record, "category");
+    // One pass over the record's keys and one over its properties (a record has a dozen).
+    let (mut category, mut resource_id, mut time, mut properties) = (None, None, None, None);
+    for (k, v) in record.entries() {
+        match k {
+            "category" => category = v.value.into_string(),
+            "resourceId" => resource_id = v.value.into_string(),
+            "time" => time = v.value.into_string(),
+            "properties" => properties = Some(v),
+            _ => {}
+        }
+    }
     if let Some(c) = category
         && c != "kube-audit"
         && c != "kube-audit-admin"
@@ -59,30 +127,22 @@ fn decode_record(
         scratch.skip(Skipped::AzureOtherCategory, 1);
         return 0;
     }
-    let resource_id = str_field(record, "resourceId");
-    // Azure upper-cases resource ids: the cluster's own case is lost, lower case is the
-    // likelier spelling.
-    let cluster = resource_id
-        .and_then(|id| resource_part(id, "managedClusters"))
-        .map(str::to_ascii_lowercase);
-    let cluster = cluster.as_deref().unwrap_or(ctx.pos.cluster);
-    let properties = field(record, "properties");
-    let meta = &mut scratch.meta;
-    meta.begin(Envelope::AzureDiagnostic);
-    meta.str("category", category);
-    meta.str("resourceId", resource_id);
-    meta.str(
-        "subscription",
-        resource_id.and_then(|id| resource_part(id, "subscriptions")),
-    );
-    meta.str(
-        "resourceGroup",
-        resource_id.and_then(|id| resource_part(id, "resourceGroups")),
-    );
-    meta.str("time", str_field(record, "time"));
-    meta.str("pod", properties.and_then(|p| str_field(p, "pod")));
+    let (mut log, mut pod) = (None, None);
+    for (k, v) in properties.into_iter().flat_map(|p| p.entries()) {
+        match k {
+            "log" => log = Some(v),
+            "pod" => pod = v.value.into_string(),
+            _ => {}
+        }
+    }
+    let Scratch { meta, azure, .. } = &mut *scratch;
+    azure.describe(meta, category, resource_id, pod);
+    let cluster = azure.cluster.as_deref().unwrap_or(ctx.pos.cluster);
+    meta.str("time", time);
     meta.end();
-    let log = properties.and_then(|p| field(p, "log"));
+    // The cluster outlives the scratch's borrow below: copied only when the record named one.
+    let cluster = cluster.to_string();
+    let cluster = cluster.as_str();
     if let Some(log) = log.filter(|l| l.value.is_object()) {
         let inner = ctx.for_cluster(cluster, ctx.doc, scratch);
         return match append_event(log, None, &inner, item, b, scratch) {

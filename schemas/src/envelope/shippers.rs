@@ -4,7 +4,9 @@
 
 use simd_json::prelude::*;
 
-use super::{Envelope, decode_embedded, field, path, record_of_value, shipper_line, str_field};
+use super::{
+    Envelope, decode_embedded, decode_field, field, path, record_of_value, shipper_line, str_field,
+};
 use crate::decoder::{Bounded, Scratch};
 use crate::event_builder::EventBatchBuilder;
 use crate::event_mapping::{Ctx, append_event};
@@ -85,24 +87,18 @@ pub(super) fn decode_otlp(
                 str_field(record, "observedTimeUnixNano"),
             );
             meta.end();
-            match path(record, &["body", "stringValue"]).and_then(|v| v.value.into_string()) {
-                Some(text) => {
-                    n += decode_embedded(
-                        text,
-                        "body.stringValue",
-                        cluster,
-                        Some(i),
-                        ctx,
-                        b,
-                        scratch,
-                        quarantine,
-                    )
-                }
-                None => {
-                    let reason = "OTLP log record: `body.stringValue` (the event) missing".into();
-                    quarantine.push_with(|| record_of_value(record, ctx, Some(i), reason, scratch));
-                }
-            }
+            let text = path(record, &["body", "stringValue"]).and_then(|v| v.value.into_string());
+            n += decode_field(
+                record,
+                text,
+                "body.stringValue",
+                cluster,
+                i,
+                ctx,
+                b,
+                scratch,
+                quarantine,
+            );
         }
     }
     n
