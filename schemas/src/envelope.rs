@@ -742,16 +742,8 @@ pub(crate) fn decode_embedded(
                     }
                 }
             }
-            _ => {
-                // An envelope inside (a shipper's line in a log event): its own metadata.
-                let meta_on = scratch.meta.current().is_some();
-                let format = detect(root);
-                if meta_on && format != Envelope::Event {
-                    decode_as(format, root, item, &inner, b, scratch, quarantine)
-                } else {
-                    decode_events(root, &inner, b, scratch, quarantine)
-                }
-            }
+            // An envelope inside (a shipper's line in a log event) brings its own metadata.
+            _ => decode_as(detect(root), root, item, &inner, b, scratch, quarantine),
         }
     });
     scratch.embedded.push(parser);
@@ -776,6 +768,35 @@ pub(crate) fn decode_embedded(
             }
             let (pos, max) = (SourcePos { cluster, ..ctx.pos }, ctx.max_quarantined);
             quarantine.push_with(|| quarantine_record(pos, item, reason, text.as_bytes(), max));
+            0
+        }
+    }
+}
+
+/// Appends the event `record` holds inline (an object, not text), mapped by `map`, as an
+/// event of `cluster`; when it cannot be, quarantines `record` with `what` before the
+/// reason.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn append_inline(
+    record: Located<'_, '_>,
+    what: &str,
+    cluster: &str,
+    item: Option<u64>,
+    ctx: &Ctx<'_>,
+    b: &mut EventBatchBuilder,
+    scratch: &mut Scratch,
+    quarantine: &mut Bounded<'_>,
+    map: impl FnOnce(&Ctx<'_>, &mut EventBatchBuilder, &mut Scratch) -> Result<(), String>,
+) -> usize {
+    let inner = ctx.for_cluster(cluster, ctx.doc, scratch);
+    match map(&inner, b, scratch) {
+        Ok(()) => 1,
+        Err(reason) => {
+            let reason = match what {
+                "" => reason,
+                what => format!("{what}: {reason}"),
+            };
+            quarantine.push_with(|| record_of_value(record, &inner, item, reason, scratch));
             0
         }
     }

@@ -899,6 +899,28 @@ fn cloudwatch_api_output_insights_rows_and_export_lines_yield_their_events() {
         (Some("cloudwatch_insights"), Some("123456789012"))
     );
     assert_eq!(envelope["timestamp"], "2026-11-01 03:12:00.000");
+    // A pretty-printed copy shows `@message` as the event object itself.
+    let objects: Vec<_> = events
+        .iter()
+        .map(|e| {
+            serde_json::json!({"@message": serde_json::from_str::<serde_json::Value>(e).unwrap(),
+            "@log": "123456789012:/aws/eks/prod-eu/cluster"})
+        })
+        .collect();
+    // (Re-encoded by serde_json, so bodies differ in key order: compare the identities.)
+    let (_, rows, q) = decode_doc(serde_json::Value::from(objects).to_string().as_bytes(), "x");
+    assert!(q.is_empty(), "{q:?}");
+    let rows = rows.unwrap();
+    assert_eq!(
+        str_col(&rows, col::AUDIT_ID),
+        str_col(&plain, col::AUDIT_ID)
+    );
+    assert_eq!(str_col(&rows, col::STAGE), str_col(&plain, col::STAGE));
+    assert!(
+        str_col(&rows, col::CLUSTER)
+            .iter()
+            .all(|c| c == Some("prod-eu"))
+    );
     // An export to S3: `<ISO time> <message>` lines.
     let export: String = events
         .iter()
@@ -1217,6 +1239,19 @@ fn otlp_json_and_openshift_forwarded_events_yield_their_events_and_cluster() {
         "ViaQ's level is kept, not lost"
     );
     assert_eq!(envelope_of(&rows, 0)["hostname"], "master-0");
+    // An inline event that cannot be decoded is quarantined for the envelope's cluster,
+    // its reason naming the envelope.
+    let (_, none, q) = decode_doc(
+        br#"{"kind":"Event","level":"default","openshift":{"cluster_id":"3c8e0c1b-ocp"}}"#,
+        "default",
+    );
+    assert!(none.is_none());
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].cluster, "3c8e0c1b-ocp");
+    assert_eq!(
+        q[0].reason,
+        "OpenShift forwarded event: missing field `auditID`"
+    );
 }
 
 #[test]

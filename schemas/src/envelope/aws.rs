@@ -5,8 +5,8 @@
 use simd_json::prelude::*;
 
 use super::{
-    Envelope, Skipped, decode_embedded, decode_field, field, path, queue_payload, record_of_value,
-    str_field,
+    Envelope, Skipped, append_inline, decode_embedded, decode_field, field, path, queue_payload,
+    record_of_value, str_field,
 };
 use crate::decoder::{Bounded, Scratch};
 use crate::event_builder::EventBatchBuilder;
@@ -181,15 +181,11 @@ pub(super) fn decode_insights_row(
         }
         // A pretty-printed copy shows `@message` as the event object itself.
         Some(m) if m.value.is_object() => {
-            let inner = ctx.for_cluster(cluster, ctx.doc, scratch);
-            match crate::event_mapping::append_event(m, None, &inner, item, b, scratch) {
-                Ok(()) => 1,
-                Err(reason) => {
-                    let reason = format!("Logs Insights `@message`: {reason}");
-                    quarantine.push_with(|| record_of_value(root, &inner, item, reason, scratch));
-                    0
-                }
-            }
+            let map = |c: &Ctx<'_>, b: &mut EventBatchBuilder, s: &mut Scratch| {
+                crate::event_mapping::append_event(m, None, c, item, b, s)
+            };
+            let what = "Logs Insights `@message`";
+            append_inline(root, what, cluster, item, ctx, b, scratch, quarantine, map)
         }
         _ => {
             let reason = "Logs Insights row: `@message` (the event) missing".to_string();

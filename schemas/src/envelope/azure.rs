@@ -4,7 +4,7 @@
 
 use simd_json::prelude::*;
 
-use super::{Envelope, Meta, Skipped, decode_embedded, field, record_of_value};
+use super::{Envelope, Meta, Skipped, append_inline, decode_embedded, field, record_of_value};
 use crate::decoder::{Bounded, Scratch};
 use crate::event_builder::EventBatchBuilder;
 use crate::event_mapping::{Ctx, append_event};
@@ -39,6 +39,14 @@ fn resource_part<'a>(id: &'a str, key: &str) -> Option<&'a str> {
         }
     }
     None
+}
+
+/// The AKS cluster a resource id names, lower-cased (Azure upper-cases resource ids: the
+/// cluster's own case is lost, lower case is the likelier spelling).
+fn cluster_of(resource_id: Option<&str>) -> Option<String> {
+    resource_id
+        .and_then(|id| resource_part(id, "managedClusters"))
+        .map(str::to_ascii_lowercase)
 }
 
 /// What the records of one resource share, worked out once: consecutive records of an
@@ -90,11 +98,13 @@ impl RecordCache {
             self.resource_id = resource_id.map(str::to_string);
             self.pod = pod.map(str::to_string);
             self.transport = meta.transport;
-            self.cluster = resource_id
-                .and_then(|id| resource_part(id, "managedClusters"))
-                .map(str::to_ascii_lowercase);
+            self.cluster = cluster_of(resource_id);
         } else {
             meta.restore(&self.meta);
+            if self.cluster.is_none() {
+                // Taken by a record being decoded further up (an envelope nested in one).
+                self.cluster = cluster_of(resource_id);
+            }
         }
     }
 }
@@ -137,34 +147,39 @@ fn decode_record(
     }
     let Scratch { meta, azure, .. } = &mut *scratch;
     azure.describe(meta, category, resource_id, pod);
-    let cluster = azure.cluster.as_deref().unwrap_or(ctx.pos.cluster);
     meta.str("time", time);
     meta.end();
-    // The cluster outlives the scratch's borrow below: copied only when the record named one.
-    let cluster = cluster.to_string();
-    let cluster = cluster.as_str();
-    if let Some(log) = log.filter(|l| l.value.is_object()) {
-        let inner = ctx.for_cluster(cluster, ctx.doc, scratch);
-        return match append_event(log, None, &inner, item, b, scratch) {
-            Ok(()) => 1,
-            Err(reason) => {
-                let reason = format!("Azure record `properties.log`: {reason}");
-                quarantine.push_with(|| record_of_value(record, &inner, item, reason, scratch));
-                0
-            }
-        };
-    }
-    if let Some(text) = log.and_then(|l| l.value.into_string()) {
-        return decode_embedded(
-            text,
-            "properties.log",
-            cluster,
-            item,
-            ctx,
-            b,
-            scratch,
-            quarantine,
-        );
+    // Taken out of the cache while the event is decoded (which needs the whole scratch),
+    // put back after: no copy of the cluster per record.
+    let named = azure.cluster.take();
+    let cluster = named.as_deref().unwrap_or(ctx.pos.cluster);
+    let n = match log {
+        Some(log) if log.value.is_object() => {
+            let map = |c: &Ctx<'_>, b: &mut EventBatchBuilder, s: &mut Scratch| {
+                append_event(log, None, c, item, b, s)
+            };
+            let what = "Azure record `properties.log`";
+            Some(append_inline(
+                record, what, cluster, item, ctx, b, scratch, quarantine, map,
+            ))
+        }
+        Some(log) => log.value.into_string().map(|text| {
+            decode_embedded(
+                text,
+                "properties.log",
+                cluster,
+                item,
+                ctx,
+                b,
+                scratch,
+                quarantine,
+            )
+        }),
+        None => None,
+    };
+    scratch.azure.cluster = named;
+    if let Some(n) = n {
+        return n;
     }
     let reason = if properties.is_some_and(|p| p.value.is_object()) {
         "Azure diagnostic record: `properties.log` (a string or an object) missing"

@@ -4,7 +4,7 @@
 
 use simd_json::prelude::*;
 
-use super::{Envelope, Skipped, field, path, queue_payload, record_of_value};
+use super::{Envelope, Skipped, append_inline, field, path, queue_payload, record_of_value};
 use crate::decoder::{Bounded, Scratch};
 use crate::event_builder::EventBatchBuilder;
 use crate::event_mapping::Ctx;
@@ -31,14 +31,11 @@ pub(super) fn decode_log_entry(
         .and_then(|c| c.value.into_string())
         .filter(|c| !c.is_empty())
         .unwrap_or(ctx.pos.cluster);
-    let inner = ctx.for_cluster(cluster, ctx.doc, scratch);
-    match append_log_entry(root, &inner, item, b, scratch) {
-        Ok(()) => 1,
-        Err(reason) => {
-            quarantine.push_with(|| record_of_value(root, &inner, item, reason, scratch));
-            0
-        }
-    }
+    // The mapping's reasons name the LogEntry already.
+    let map = |c: &Ctx<'_>, b: &mut EventBatchBuilder, s: &mut Scratch| {
+        append_log_entry(root, c, item, b, s)
+    };
+    append_inline(root, "", cluster, item, ctx, b, scratch, quarantine, map)
 }
 
 /// Queues the base64 `message.data` of a Pub/Sub push request, or of every message of a

@@ -5,7 +5,8 @@
 use simd_json::prelude::*;
 
 use super::{
-    Envelope, decode_embedded, decode_field, field, path, record_of_value, shipper_line, str_field,
+    Envelope, append_inline, decode_embedded, decode_field, field, path, record_of_value,
+    shipper_line, str_field,
 };
 use crate::decoder::{Bounded, Scratch};
 use crate::event_builder::EventBatchBuilder;
@@ -130,13 +131,9 @@ pub(super) fn decode_openshift(
     meta.str("log_type", str_field(root, "log_type"));
     meta.str("log_source", str_field(root, "log_source"));
     meta.end();
-    let inner = ctx.for_cluster(cluster, ctx.doc, scratch);
-    match append_event(root, None, &inner, item, b, scratch) {
-        Ok(()) => 1,
-        Err(reason) => {
-            let reason = format!("OpenShift forwarded event: {reason}");
-            quarantine.push_with(|| record_of_value(root, &inner, item, reason, scratch));
-            0
-        }
-    }
+    let map = |c: &Ctx<'_>, b: &mut EventBatchBuilder, s: &mut Scratch| {
+        append_event(root, None, c, item, b, s)
+    };
+    let what = "OpenShift forwarded event";
+    append_inline(root, what, cluster, item, ctx, b, scratch, quarantine, map)
 }
