@@ -18,6 +18,7 @@ use crate::kafka_progress::{KafkaProgress, ProgressCache};
 use crate::layout::{FinishedFile, MANIFEST_DIR};
 use crate::location::ArchiveLocation;
 use crate::manifest::{ManifestFile, ManifestQuarantine, ManifestRecord, RemovedFile, SourceMark};
+use crate::tlog::{LogKeys, LogWriter, TreeHead};
 use auditlake_schema::Quarantined;
 
 /// Name, under [`MANIFEST_DIR`], of the pointer to the newest record.
@@ -75,6 +76,8 @@ pub struct Archive {
     location: ArchiveLocation,
     /// The Kafka offsets the chain archives, read once and kept up to date.
     kafka: Arc<ProgressCache>,
+    /// Extends the signed log after each record, when the archive has a signing key.
+    log: Option<Arc<LogWriter>>,
 }
 
 /// What one commit wrote.
@@ -95,7 +98,30 @@ impl Archive {
             prefix,
             location,
             kafka: Arc::default(),
+            log: None,
         })
+    }
+
+    /// Signs the log over the manifest with `keys`: every commit becomes a leaf and gets a
+    /// signed checkpoint (`archive/FORMAT.md` §7).
+    pub fn with_signing(mut self, keys: LogKeys) -> Self {
+        self.log = Some(LogWriter::new(keys));
+        self
+    }
+
+    /// Whether commits are signed.
+    pub fn signs(&self) -> bool {
+        self.log.is_some()
+    }
+
+    /// Extends the signed log to the newest record (a writer that starts on an archive whose
+    /// log is behind its chain catches up before its first commit). `None` when unsigned.
+    pub async fn sync_log(&self) -> Result<Option<TreeHead>, ArchiveError> {
+        let Some(log) = &self.log else {
+            return Ok(None);
+        };
+        let through = self.manifest_head().await?.map_or(0, |(r, _)| r.sequence);
+        log.extend(self, through, None).await.map(Some)
     }
 
     /// Opens an existing archive to read: a location with no manifest record is an error
@@ -107,6 +133,7 @@ impl Archive {
             prefix,
             location,
             kafka: Arc::default(),
+            log: None,
         };
         if archive.manifest_head().await?.is_none() {
             return Err(ArchiveError::NotAnArchive {
@@ -146,6 +173,18 @@ impl Archive {
             out.push_str(p.as_ref());
         }
         Some(out)
+    }
+
+    /// Puts `bytes` at `relative` (fsynced on a local filesystem).
+    pub(crate) async fn put_bytes(
+        &self,
+        relative: &str,
+        bytes: bytes::Bytes,
+        mode: PutMode,
+    ) -> Result<(), ArchiveError> {
+        self.put(relative, bytes, mode)
+            .await
+            .map_err(store_err("put", relative))
     }
 
     async fn put(
@@ -688,9 +727,22 @@ impl Archive {
                 Ok(()) => {
                     self.kafka.wrote(&record);
                     self.write_head_pointer(sequence).await;
+                    let digest: [u8; 32] = Sha256::digest(&body_copy).into();
                     if sequence % crate::checkpoint::CHECKPOINT_EVERY == 0 {
-                        let sha = hex::encode(Sha256::digest(&body_copy));
-                        crate::checkpoint::write(self, sequence, &sha).await;
+                        crate::checkpoint::write(self, sequence, &hex::encode(digest)).await;
+                    }
+                    if let Some(log) = &self.log {
+                        // The record is durable; the log is derived from the chain, so a
+                        // failure here is made good by the next commit (or verify says
+                        // which records no checkpoint covers yet).
+                        match log.extend(self, sequence, Some(digest)).await {
+                            Ok(head) => {
+                                tracing::debug!(size = head.size, "signed a log checkpoint")
+                            }
+                            Err(e) => {
+                                tracing::warn!(sequence, error = %e, "could not extend the signed log; the next commit retries")
+                            }
+                        }
                     }
                     return Ok(record);
                 }

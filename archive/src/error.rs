@@ -51,6 +51,14 @@ pub enum ArchiveError {
         /// What is wrong with it.
         message: String,
     },
+    /// The signed log (tiles, checkpoint) could not be read, written or trusted.
+    #[error("log {path}: {message}")]
+    Log {
+        /// Object path (or what was being read).
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
     /// A manifest record written by a newer auditlake, in a format this one cannot read.
     #[error(
         "manifest {path}: format {found:?} is newer than this auditlake reads ({supported}); \

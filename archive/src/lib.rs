@@ -15,8 +15,12 @@ mod kafka_progress;
 pub mod layout;
 mod location;
 mod manifest;
+pub mod merkle;
+pub mod note;
 mod parquet_properties;
 mod quarantine;
+pub mod tlog;
+pub mod verify;
 
 pub use archive::{Archive, BeforePut, CommitContents, CommitOutcome, HEAD_FILE, INTENTS_DIR};
 pub use attested::{AttestedFile, AttestedFiles, AttestedStore};

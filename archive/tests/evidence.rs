@@ -1,0 +1,355 @@
+//! The signed log on a real local store: every commit is a leaf under a signed checkpoint,
+//! and `verify` gives each kind of tampering its own verdict, naming the object.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::path::Path;
+
+use auditlake_archive::note::{KeyKind, SignedNote, Signer, Verifier};
+use auditlake_archive::tlog::{self, Checkpoint, LogKeys, TreeHead};
+use auditlake_archive::verify::{Verdict, VerifyOptions, VerifyReport, verify};
+use auditlake_archive::{
+    Archive, ArchiveLocation, CommitContents, FinishedFile, RemovedFile, Table, data_file_path,
+    events_partition_dir,
+};
+
+/// Commits in the shared archive: more than one full level-0 tile (256 leaves).
+const COMMITS: u64 = 260;
+/// The commit after which a checkpoint is kept as a pin.
+const PINNED_AT: u64 = 100;
+
+fn archive_at(dir: &Path) -> Archive {
+    Archive::open(ArchiveLocation::parse(dir.to_str().unwrap()).unwrap()).unwrap()
+}
+
+fn file_path(i: u64) -> String {
+    data_file_path(
+        Table::Events,
+        &events_partition_dir("c", 1_700_000_000_000_000 + i as i64 * 3_600_000_000),
+        "t",
+        i,
+    )
+}
+
+fn one_file(i: u64) -> CommitContents {
+    CommitContents {
+        files: vec![FinishedFile {
+            table: Table::Events,
+            relative_path: file_path(i),
+            cluster: "c".into(),
+            bytes: bytes::Bytes::from(format!("file {i}")),
+            rows: 1,
+            min_micros: 0,
+            max_micros: 0,
+        }],
+        ..Default::default()
+    }
+}
+
+/// The log key, the witness key and the archive they signed, with the checkpoint seen
+/// after [`PINNED_AT`] commits; built once and copied for every tampering.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    root: std::path::PathBuf,
+    log_key: Verifier,
+    witness_key: Verifier,
+    pinned: String,
+}
+
+fn keys() -> (Signer, Signer) {
+    (
+        Signer::generate("auditlake.test/log", KeyKind::Log).unwrap(),
+        Signer::generate("witness.test", KeyKind::Witness).unwrap(),
+    )
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("archive");
+    let (log, witness) = keys();
+    let (log_key, witness_key) = (log.verifier().clone(), witness.verifier().clone());
+    let mut signing = LogKeys::new(log).unwrap();
+    signing.witnesses.push(witness);
+    let archive = archive_at(&root).with_signing(signing);
+    let mut pinned = String::new();
+    for i in 1..=COMMITS {
+        archive
+            .commit("w", &one_file(i), None, false)
+            .await
+            .unwrap();
+        if i == PINNED_AT {
+            pinned = std::fs::read_to_string(root.join(tlog::CHECKPOINT_FILE)).unwrap();
+        }
+    }
+    Fixture {
+        _dir: dir,
+        root,
+        log_key,
+        witness_key,
+        pinned,
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Copies the fixture's archive, lets `tamper` change it, and verifies the copy.
+async fn verify_tampered(
+    f: &Fixture,
+    opts: &VerifyOptions,
+    tamper: impl FnOnce(&Path),
+) -> VerifyReport {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy");
+    copy_dir(&f.root, &copy);
+    tamper(&copy);
+    verify(&archive_at(&copy), opts).await.unwrap()
+}
+
+fn trusting(keys: &[&Verifier]) -> VerifyOptions {
+    VerifyOptions {
+        trusted: keys.iter().map(|k| (*k).clone()).collect(),
+        ..Default::default()
+    }
+}
+
+/// The one problem of the report, or a panic listing them all.
+fn only(report: &VerifyReport) -> (Verdict, String) {
+    assert_eq!(
+        report.problems.len(),
+        1,
+        "want one problem, got {:#?}",
+        report.problems
+    );
+    let p = &report.problems[0];
+    (p.verdict, p.object.clone())
+}
+
+fn record(seq: u64) -> String {
+    format!("_manifest/{seq:020}.json")
+}
+
+#[tokio::test]
+async fn verify_names_each_kind_of_tampering_with_its_own_verdict() {
+    let f = fixture().await;
+    let both = trusting(&[&f.log_key, &f.witness_key]);
+
+    // Untouched: every record signed, every file as committed.
+    let clean = verify_tampered(&f, &both, |_| {}).await;
+    assert!(clean.problems.is_empty(), "{:#?}", clean.problems);
+    assert_eq!(clean.records, COMMITS);
+    assert_eq!(clean.files_checked, COMMITS);
+    assert_eq!(clean.checkpoint.as_ref().unwrap().head.size, COMMITS);
+    assert_eq!(clean.signed_by, ["auditlake.test/log", "witness.test"]);
+
+    let r = verify_tampered(&f, &both, |a| {
+        std::fs::remove_file(a.join(file_path(7))).unwrap()
+    })
+    .await;
+    assert_eq!(only(&r), (Verdict::FileMissing, file_path(7)));
+
+    let r = verify_tampered(&f, &both, |a| {
+        let p = a.join(file_path(8));
+        let mut b = std::fs::read(&p).unwrap();
+        b[0] ^= 1;
+        std::fs::write(p, b).unwrap();
+    })
+    .await;
+    assert_eq!(only(&r), (Verdict::FileAltered, file_path(8)));
+
+    let stray = file_path(9).replace("part-", "part-stray-");
+    let r = verify_tampered(&f, &both, |a| {
+        std::fs::write(a.join(&stray), b"PAR1").unwrap()
+    })
+    .await;
+    assert_eq!(only(&r), (Verdict::Orphan, stray));
+
+    // A record edited (its file's size changed to hide a truncation).
+    let r = verify_tampered(&f, &both, |a| {
+        let p = a.join(record(5));
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(p, text.replace("\"bytes\": 6", "\"bytes\": 7")).unwrap();
+    })
+    .await;
+    assert_eq!(r.worst(), Some(Verdict::RecordAltered));
+    assert_eq!(r.problems[0].object, record(5));
+
+    let r = verify_tampered(&f, &both, |a| {
+        std::fs::remove_file(a.join(record(42))).unwrap()
+    })
+    .await;
+    assert_eq!(r.worst(), Some(Verdict::RecordMissing));
+    assert_eq!(r.problems[0].object, record(42));
+    // Its file is named by no record any more.
+    assert!(
+        r.problems
+            .iter()
+            .any(|p| p.verdict == Verdict::Orphan && p.object == file_path(42))
+    );
+
+    let r = verify_tampered(&f, &both, |a| {
+        std::fs::remove_file(a.join("_log/tile/0/000")).unwrap()
+    })
+    .await;
+    assert_eq!(
+        only(&r),
+        (Verdict::TileMissing, "_log/tile/0/000".to_string())
+    );
+
+    let r = verify_tampered(&f, &both, |a| {
+        std::fs::write(a.join("_log/tile/1/000.p/1"), [0u8; 32]).unwrap()
+    })
+    .await;
+    assert_eq!(
+        only(&r),
+        (Verdict::TileAltered, "_log/tile/1/000.p/1".to_string())
+    );
+
+    // Someone with write access rewrites a record and recomputes the whole log under their
+    // own key with the log's name: the signature does not verify.
+    let impostor = Signer::generate("auditlake.test/log", KeyKind::Log).unwrap();
+    let r = verify_tampered(&f, &both, |a| {
+        let cp = std::fs::read_to_string(a.join(tlog::CHECKPOINT_FILE)).unwrap();
+        let cp = Checkpoint::parse(&cp).unwrap();
+        let forged = SignedNote::sign(&cp.head.text(), &[&impostor], 0);
+        std::fs::write(a.join(tlog::CHECKPOINT_FILE), forged).unwrap();
+    })
+    .await;
+    assert_eq!(
+        only(&r),
+        (
+            Verdict::CheckpointSignature,
+            tlog::CHECKPOINT_FILE.to_string()
+        )
+    );
+
+    // History rewritten, the chain and tiles made consistent, but no key to sign with.
+    let r = verify_tampered(&f, &both, |a| {
+        let cp = std::fs::read_to_string(a.join(tlog::CHECKPOINT_FILE)).unwrap();
+        let cp = Checkpoint::parse(&cp).unwrap();
+        let wrong = TreeHead {
+            root: [9u8; 32],
+            ..cp.head
+        };
+        let note = cp.raw.replacen(&cp.note.text, &wrong.text(), 1);
+        std::fs::write(a.join(tlog::CHECKPOINT_FILE), note).unwrap();
+    })
+    .await;
+    assert_eq!(r.worst(), Some(Verdict::CheckpointSignature));
+
+    // Truncated: the newest records and the checkpoint replaced by the old, genuinely
+    // signed one. Alone it verifies (but leaves the newer files orphaned); against the
+    // checkpoint pinned later it is inconsistent.
+    let newer = std::fs::read_to_string(f.root.join(tlog::CHECKPOINT_FILE)).unwrap();
+    let truncate = |a: &Path| {
+        for seq in PINNED_AT + 1..=COMMITS {
+            std::fs::remove_file(a.join(record(seq))).unwrap();
+        }
+        std::fs::write(a.join(tlog::CHECKPOINT_FILE), &f.pinned).unwrap();
+        std::fs::remove_file(a.join("_manifest/HEAD")).unwrap();
+    };
+    let r = verify_tampered(&f, &both, truncate).await;
+    assert_eq!(r.worst(), Some(Verdict::Orphan));
+    let pinned_newer = VerifyOptions {
+        pinned: Some(Checkpoint::parse(&newer).unwrap()),
+        ..trusting(&[&f.log_key, &f.witness_key])
+    };
+    let r = verify_tampered(&f, &pinned_newer, truncate).await;
+    assert_eq!(r.worst(), Some(Verdict::CheckpointInconsistent));
+
+    // The checkpoint pinned earlier is extended by the current one.
+    let pinned_older = VerifyOptions {
+        pinned: Some(Checkpoint::parse(&f.pinned).unwrap()),
+        ..trusting(&[&f.log_key, &f.witness_key])
+    };
+    let r = verify_tampered(&f, &pinned_older, |_| {}).await;
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+}
+
+#[tokio::test]
+async fn k_of_n_signatures_sampling_retention_and_catching_up() {
+    let f = fixture().await;
+    // Two of three keys required: the log's and the witness's are on it.
+    let (_, other_witness) = keys();
+    let mut opts = trusting(&[&f.log_key, &f.witness_key, other_witness.verifier()]);
+    opts.required = 2;
+    let r = verify(&archive_at(&f.root), &opts).await.unwrap();
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    opts.required = 3;
+    let r = verify(&archive_at(&f.root), &opts).await.unwrap();
+    assert_eq!(
+        only(&r),
+        (
+            Verdict::CheckpointSignature,
+            tlog::CHECKPOINT_FILE.to_string()
+        )
+    );
+    assert!(
+        r.problems[0].detail.contains("2 of the 3"),
+        "{}",
+        r.problems[0].detail
+    );
+
+    // A sample is drawn from the checkpoint's root: the same root, the same files.
+    let mut sample = trusting(&[&f.log_key]);
+    sample.sample = Some(0.1);
+    let a = verify(&archive_at(&f.root), &sample).await.unwrap();
+    let b = verify(&archive_at(&f.root), &sample).await.unwrap();
+    assert!(a.problems.is_empty(), "{:#?}", a.problems);
+    assert_eq!(a.files_checked, b.files_checked);
+    assert!(
+        (10..=50).contains(&a.files_checked),
+        "about 26 of 260 files: {}",
+        a.files_checked
+    );
+    assert_eq!(a.files_checked + a.files_skipped, COMMITS);
+
+    // A file removed by a record (retention) and deleted is reported as removed, not missing.
+    let (log, _) = keys();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("a");
+    // Three unsigned commits first: the signing writer catches the log up.
+    let plain = archive_at(&root);
+    for i in 1..=3 {
+        plain.commit("w", &one_file(i), None, false).await.unwrap();
+    }
+    let log_key = log.verifier().clone();
+    let signed = archive_at(&root).with_signing(LogKeys::new(log).unwrap());
+    assert_eq!(signed.sync_log().await.unwrap().unwrap().size, 3);
+    let gone = file_path(2);
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(
+            std::fs::read(root.join(&gone)).unwrap(),
+        ))
+    };
+    let retention = CommitContents {
+        removed: vec![RemovedFile {
+            path: gone.clone(),
+            sha256: sha,
+            reason: "retention".into(),
+        }],
+        ..Default::default()
+    };
+    signed.commit("w", &retention, None, false).await.unwrap();
+    std::fs::remove_file(root.join(&gone)).unwrap();
+    let r = verify(&archive_at(&root), &trusting(&[&log_key]))
+        .await
+        .unwrap();
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(r.records, 4);
+    assert_eq!(r.removed.len(), 1);
+    assert_eq!(
+        (r.removed[0].path.as_str(), r.removed[0].sequence),
+        (gone.as_str(), 4)
+    );
+}
