@@ -18,6 +18,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod demo_cmd;
 mod detect;
+mod evidence_cmd;
 mod findings_cmd;
 mod query_cmd;
 mod rules_cmd;
@@ -83,6 +84,15 @@ enum Command {
     Rules(rules_cmd::RulesArgs),
     /// The archived findings (table `findings`), newest first: `--since 24h`, by rule, severity.
     Findings(findings_cmd::FindingsArgs),
+    /// Signing keys for the evidence log: `generate` one (prints its public key), or print
+    /// the public key of one.
+    Keys(evidence_cmd::KeysArgs),
+    /// Check the archive against its signed log with public keys only: the checkpoint's
+    /// signatures, every manifest record, the log's tiles, every file's SHA-256, files no
+    /// record names, and (--since-checkpoint) that history was only appended to. Prints a
+    /// line per problem naming the object.
+    #[command(after_help = evidence_cmd::exit_codes_help())]
+    Verify(evidence_cmd::VerifyArgs),
 }
 
 #[derive(Args, Debug)]
@@ -176,6 +186,16 @@ struct IngestArgs {
     #[arg(long, env = "AUDITLAKE_RBAC_BASELINE")]
     rbac_baseline: Option<PathBuf>,
 
+    /// The archive's signing key (`auditlake keys generate`): every commit becomes a leaf of
+    /// the signed log with a checkpoint signed by it (archive/FORMAT.md §7).
+    #[arg(long, env = "AUDITLAKE_SIGNING_KEY")]
+    signing_key: Option<PathBuf>,
+
+    /// Witness keys (`auditlake keys generate --witness`) whose cosignatures are added to
+    /// every checkpoint (repeatable); needs --signing-key.
+    #[arg(long, env = "AUDITLAKE_WITNESS_KEY", value_delimiter = ',')]
+    witness_key: Vec<PathBuf>,
+
     /// Inputs: files (plain or gzip), directories (every file below), or `-` for stdin.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
@@ -201,7 +221,10 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
-            std::process::ExitCode::FAILURE
+            match e.downcast_ref::<evidence_cmd::ExitWith>() {
+                Some(exit) => std::process::ExitCode::from(exit.code),
+                None => std::process::ExitCode::FAILURE,
+            }
         }
     }
 }
@@ -249,6 +272,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Findings(args) => {
             findings_cmd::run(open_existing_archive(&cli.archive).await?, args).await
         }
+        Command::Keys(args) => evidence_cmd::run_keys(args),
+        Command::Verify(args) => {
+            evidence_cmd::run_verify(open_existing_archive(&cli.archive).await?, args).await
+        }
     }
 }
 
@@ -282,7 +309,12 @@ async fn run_serve(archive_arg: &str, args: serve_cmd::ServeArgs) -> Result<()> 
         return Ok(());
     }
     check_cluster(&config.cluster)?;
-    let archive = open_archive(archive_arg)?;
+    let archive = evidence_cmd::with_signing(
+        open_archive(archive_arg)?,
+        config.signing_key.as_deref(),
+        &config.witness_key,
+    )
+    .await?;
     // A receiver whose durable log is Kafka archives nothing: the members detect.
     let stateless = config.durable_log.starts_with("kafka://");
     let observer = if stateless {
@@ -447,7 +479,12 @@ async fn run_produce(args: ProduceArgs) -> Result<()> {
 
 async fn run_ingest(archive: &str, args: IngestArgs) -> Result<()> {
     check_cluster(&args.cluster)?;
-    let archive = open_archive(archive)?;
+    let archive = evidence_cmd::with_signing(
+        open_archive(archive)?,
+        args.signing_key.as_deref(),
+        &args.witness_key,
+    )
+    .await?;
     let inputs = Input::expand(&args.inputs).context("resolving inputs")?;
     if inputs.is_empty() {
         bail!("no input files found in {:?}", args.inputs);

@@ -18,6 +18,12 @@ use common::*;
 fn every_acknowledged_event_survives_sigkill_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
     let (webhook, ops) = (free_port(), free_port());
+    // Signed: the log must come through the kill with every record under a checkpoint.
+    let key = dir.path().join("log.key");
+    auditlake_ok(
+        &dir.path().join("archive"),
+        &["keys", "generate", "--out", key.to_str().unwrap()],
+    );
     let mut server = start(dir.path(), webhook, ops, Stdio::null());
 
     // Four apiservers post 100-event batches; we remember what was acknowledged.
@@ -109,6 +115,14 @@ fn every_acknowledged_event_survives_sigkill_exactly_once() {
     assert_eq!(missing, 0, "acknowledged events missing from the archive");
     // Rows beyond the acknowledged set are fine: stored, but the answer was lost in the kill.
     assert_eq!(duplicated, 0, "events archived more than once");
+    // Every record is signed, every file is as committed, and the files of the commit the
+    // kill cut short were cleaned up at restart (no orphan).
+    let vkey = format!("{}.vkey", key.display());
+    let (code, out) = auditlake_status(
+        &dir.path().join("archive"),
+        &["verify", "--public-key", &vkey],
+    );
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]
@@ -945,4 +959,131 @@ fn openshift_and_firehose_objects_and_gke_mapped_rbac_and_exec_scenarios_raise_t
     for rule in ["K8S-RBAC-001", "K8S-WL-001"] {
         assert!(fired.contains(rule), "{rule} never fired: {fired:?}");
     }
+}
+
+/// Runs `auditlake --archive <archive> <args>`: its exit code and stdout.
+fn auditlake_status(archive: &Path, args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .arg("--archive")
+        .arg(archive)
+        .args(args)
+        .env("AUDITLAKE_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+    )
+}
+
+#[test]
+fn a_signed_archive_verifies_with_public_keys_and_tampering_fails_with_its_exit_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let key = dir.path().join("log.key");
+    let witness = dir.path().join("witness.key");
+    let vkey = auditlake_ok(
+        &archive,
+        &[
+            "keys",
+            "generate",
+            "--out",
+            key.to_str().unwrap(),
+            "--name",
+            "example.com/audit",
+        ],
+    );
+    assert!(vkey.starts_with("example.com/audit+"), "{vkey}");
+    auditlake_ok(
+        &archive,
+        &[
+            "keys",
+            "generate",
+            "--witness",
+            "--out",
+            witness.to_str().unwrap(),
+        ],
+    );
+    // A key is never overwritten.
+    let again = Command::new(BIN)
+        .args(["keys", "generate", "--out", key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    let input = scenario_ndjson(
+        dir.path(),
+        "fixtures/scenarios/rbac-crb-cluster-admin-by-stranger.yaml",
+    );
+    let ingest = |archive: &Path| {
+        auditlake_ok(
+            archive,
+            &[
+                "ingest",
+                "--signing-key",
+                key.to_str().unwrap(),
+                "--witness-key",
+                witness.to_str().unwrap(),
+                input.to_str().unwrap(),
+            ],
+        )
+    };
+    ingest(&archive);
+    let pinned = dir.path().join("pinned.checkpoint");
+    std::fs::copy(archive.join("_log/checkpoint"), &pinned).unwrap();
+    ingest(&archive);
+    let log_vkey = format!("{}.vkey", key.display());
+    let witness_vkey = format!("{}.vkey", witness.display());
+    let (code, out) = auditlake_status(
+        &archive,
+        &[
+            "verify",
+            "--public-key",
+            &log_vkey,
+            "--public-key",
+            &witness_vkey,
+            "--since-checkpoint",
+            pinned.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.starts_with("OK: 2 records"), "{out}");
+    assert!(
+        out.contains("signed by example.com/audit, auditlake"),
+        "{out}"
+    );
+
+    // A byte of an events file flipped: exit code 17, the line names the file.
+    let events: Vec<_> = std::fs::read_dir(archive.join("events/cluster=default"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .flat_map(|h| std::fs::read_dir(h.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .collect();
+    let victim = &events[0];
+    let mut bytes = std::fs::read(victim).unwrap();
+    bytes[10] ^= 0x40;
+    std::fs::write(victim, bytes).unwrap();
+    let (code, out) = auditlake_status(&archive, &["verify", "--public-key", &log_vkey]);
+    assert_eq!(code, 17, "{out}");
+    let name = victim.file_name().unwrap().to_str().unwrap();
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("FILE ALTERED events/cluster=default/") && l.contains(name)),
+        "{out}"
+    );
+    // A key that did not sign: exit code 10.
+    let stranger = dir.path().join("stranger.key");
+    auditlake_ok(
+        &archive,
+        &["keys", "generate", "--out", stranger.to_str().unwrap()],
+    );
+    let (code, out) = auditlake_status(
+        &archive,
+        &[
+            "verify",
+            "--public-key",
+            &format!("{}.vkey", stranger.display()),
+        ],
+    );
+    assert_eq!(code, 10, "{out}");
 }

@@ -352,6 +352,12 @@ serve_config! {
     /// Directory (or file) of RBAC manifests (a GitOps repo, `kubectl get -o yaml` output):
     /// RBAC objects created, changed or deleted away from it are reported as drift.
     rbac_baseline: Option<PathBuf> = None;
+    /// The archive's signing key (`auditlake keys generate`): every commit becomes a leaf
+    /// of the signed log with a checkpoint signed by it (archive/FORMAT.md §7).
+    signing_key: Option<PathBuf> = None;
+    /// Witness keys (`auditlake keys generate --witness`) held by someone else, whose
+    /// cosignatures are added to every checkpoint; needs `signing_key`.
+    witness_key: Vec<PathBuf> = Vec::new();
     /// Kafka bootstrap brokers (`host:port,...`): `serve` then archives the topics of
     /// `kafka_topic` as a member of consumer group `kafka_group` instead of serving the
     /// webhook (the operations port stays).

@@ -32,7 +32,15 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Option<u
     answer.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Starts `serve` on plain HTTP with its archive and log under `dir`, signing with
+/// `dir/log.key` when that key exists.
 pub fn start(dir: &Path, webhook: SocketAddr, ops: SocketAddr, stderr: Stdio) -> Child {
+    let key = dir.join("log.key");
+    let signing: Vec<String> = if key.exists() {
+        vec!["--signing-key".into(), key.to_str().unwrap().into()]
+    } else {
+        Vec::new()
+    };
     let child = Command::new(BIN)
         .args([
             "--archive",
@@ -53,6 +61,7 @@ pub fn start(dir: &Path, webhook: SocketAddr, ops: SocketAddr, stderr: Stdio) ->
             "--flush-interval-seconds",
             "1",
         ])
+        .args(&signing)
         .env("AUDITLAKE_LOG", "warn")
         .stderr(stderr)
         .spawn()

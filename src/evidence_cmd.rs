@@ -1,0 +1,320 @@
+//! `auditlake keys` and `auditlake verify`, and the signing flags `ingest` and `serve`
+//! share: the archive as evidence a third party checks with public keys only.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use auditlake_archive::note::{KeyKind, Signer, Verifier};
+use auditlake_archive::tlog::{Checkpoint, LogKeys};
+use auditlake_archive::verify::{Verdict, VerifyOptions, VerifyReport, verify};
+use auditlake_ingest::Archive;
+use clap::{Args, Subcommand};
+
+/// A failure that ends the process with its own exit code (verify's verdicts).
+#[derive(Debug)]
+pub(crate) struct ExitWith {
+    pub code: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ExitWith {}
+
+/// `auditlake keys`.
+#[derive(Args, Debug)]
+pub(crate) struct KeysArgs {
+    #[command(subcommand)]
+    command: KeysCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Write a new Ed25519 signing key (C2SP signed-note format, owner-only permissions)
+    /// and print its public key (a vkey), which is also written beside it as `<out>.vkey`.
+    Generate {
+        /// File to write the private key to (refused if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// The key's name, shown on every signature (no spaces or '+'); for the log key it
+        /// also names the log (the checkpoint's origin).
+        #[arg(long, default_value = "auditlake")]
+        name: String,
+        /// A witness key (cosignature/v1) instead of a log key: given to someone else, who
+        /// cosigns the archive's checkpoints with it (`--witness-key`).
+        #[arg(long)]
+        witness: bool,
+    },
+    /// Print the public key (vkey) of a private key file.
+    Public {
+        /// The private key file.
+        key: PathBuf,
+    },
+}
+
+/// `auditlake verify`.
+#[derive(Args, Debug)]
+pub(crate) struct VerifyArgs {
+    /// Trusted public keys: vkey files (one key per line) or vkey text, repeatable. Give the
+    /// old and the new log key across a rotation, and witness keys to count cosignatures.
+    #[arg(long = "public-key", required = true)]
+    public_keys: Vec<String>,
+
+    /// How many of the trusted keys must have signed the checkpoint (default: all given).
+    #[arg(long)]
+    require: Option<usize>,
+
+    /// A checkpoint saved earlier (`_log/checkpoint` as it was): the archive's must extend
+    /// it, proving history was only appended to since.
+    #[arg(long)]
+    since_checkpoint: Option<PathBuf>,
+
+    /// Re-read only this fraction (0 < p <= 1) of the files, drawn from the checkpoint's
+    /// root so the choice cannot be known before the checkpoint exists.
+    #[arg(long)]
+    sample: Option<f64>,
+
+    /// Check only files with events from this date on (YYYY-MM-DD, UTC).
+    #[arg(long)]
+    from: Option<String>,
+
+    /// Check only files with events before this date (YYYY-MM-DD, UTC, exclusive).
+    #[arg(long)]
+    to: Option<String>,
+}
+
+/// Reads a key file, naming it in errors.
+fn read_key_file(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading key file {}", path.display()))
+}
+
+/// Turns on signing for `archive` with the key files given to `ingest` or `serve`, and
+/// catches the log up with the manifest.
+pub(crate) async fn with_signing(
+    archive: Archive,
+    signing_key: Option<&Path>,
+    witness_keys: &[PathBuf],
+) -> Result<Archive> {
+    let Some(path) = signing_key else {
+        if !witness_keys.is_empty() {
+            bail!("--witness-key needs --signing-key: witnesses cosign the log's checkpoints");
+        }
+        return Ok(archive);
+    };
+    let signer = Signer::parse(&read_key_file(path)?)
+        .with_context(|| format!("signing key {}", path.display()))?;
+    let mut keys =
+        LogKeys::new(signer).with_context(|| format!("signing key {}", path.display()))?;
+    for w in witness_keys {
+        let witness = Signer::parse(&read_key_file(w)?)
+            .with_context(|| format!("witness key {}", w.display()))?;
+        if witness.verifier().kind() != KeyKind::Witness {
+            bail!(
+                "witness key {}: {} is a log key; witnesses cosign with a key from `auditlake keys generate --witness`",
+                w.display(),
+                witness.verifier().name()
+            );
+        }
+        keys.witnesses.push(witness);
+    }
+    let archive = archive.with_signing(keys);
+    if let Some(head) = archive
+        .sync_log()
+        .await
+        .context("bringing the signed log up to the manifest")?
+    {
+        tracing::info!(
+            records = head.size,
+            origin = %head.origin,
+            "the signed log covers the manifest"
+        );
+    }
+    Ok(archive)
+}
+
+pub(crate) fn run_keys(args: KeysArgs) -> Result<()> {
+    match args.command {
+        KeysCommand::Generate { out, name, witness } => {
+            let kind = if witness {
+                KeyKind::Witness
+            } else {
+                KeyKind::Log
+            };
+            let signer = Signer::generate(&name, kind).context("generating a key")?;
+            write_private(&out, &signer.encode())?;
+            let vkey = signer.verifier().vkey();
+            let mut public = out.clone().into_os_string();
+            public.push(".vkey");
+            let public = PathBuf::from(public);
+            std::fs::write(&public, format!("{vkey}\n"))
+                .with_context(|| format!("writing {}", public.display()))?;
+            println!("{vkey}");
+            eprintln!(
+                "wrote the private key to {} (keep it secret) and the public key to {}",
+                out.display(),
+                public.display()
+            );
+            Ok(())
+        }
+        KeysCommand::Public { key } => {
+            let signer = Signer::parse(&read_key_file(&key)?)
+                .with_context(|| format!("key {}", key.display()))?;
+            println!("{}", signer.verifier().vkey());
+            Ok(())
+        }
+    }
+}
+
+/// Creates `path` with owner-only permissions, refusing to replace a key.
+fn write_private(path: &Path, text: &str) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options.open(path).with_context(|| {
+        format!(
+            "creating {} (an existing key is never overwritten)",
+            path.display()
+        )
+    })?;
+    writeln!(f, "{text}").with_context(|| format!("writing {}", path.display()))?;
+    f.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))
+}
+
+/// The trusted keys: each argument is a vkey or a file of vkeys, one per line.
+fn trusted_keys(args: &[String]) -> Result<Vec<Verifier>> {
+    let mut out = Vec::new();
+    for a in args {
+        let text = if Path::new(a).exists() {
+            read_key_file(Path::new(a))?
+        } else {
+            a.clone()
+        };
+        for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            out.push(Verifier::parse(line).with_context(|| format!("--public-key {a}"))?);
+        }
+    }
+    Ok(out)
+}
+
+fn date_micros(flag: &str, date: &str) -> Result<i64> {
+    auditlake_schema::timestamp::parse_rfc3339_micros(&format!("{date}T00:00:00Z"))
+        .with_context(|| format!("--{flag} {date:?}: want YYYY-MM-DD"))
+}
+
+pub(crate) async fn run_verify(archive: Archive, args: VerifyArgs) -> Result<()> {
+    let trusted = trusted_keys(&args.public_keys)?;
+    if let Some(p) = args.sample
+        && !(p > 0.0 && p <= 1.0)
+    {
+        bail!("--sample {p}: want a fraction above 0 and at most 1");
+    }
+    let pinned = match &args.since_checkpoint {
+        Some(path) => Some(
+            Checkpoint::parse(&read_key_file(path)?)
+                .with_context(|| format!("--since-checkpoint {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let time_range = match (&args.from, &args.to) {
+        (None, None) => None,
+        (from, to) => Some((
+            from.as_deref()
+                .map_or(Ok(i64::MIN), |d| date_micros("from", d))?,
+            to.as_deref()
+                .map_or(Ok(i64::MAX), |d| date_micros("to", d))?,
+        )),
+    };
+    let opts = VerifyOptions {
+        required: args.require.unwrap_or(trusted.len()),
+        trusted,
+        pinned,
+        sample: args.sample,
+        time_range,
+    };
+    let started = std::time::Instant::now();
+    let report = verify(&archive, &opts)
+        .await
+        .with_context(|| format!("verifying {}", archive.location().url))?;
+    print_report(&report, started.elapsed());
+    match report.worst() {
+        None => Ok(()),
+        Some(v) => Err(ExitWith {
+            code: v.exit_code(),
+            message: format!(
+                "verification failed: {} problem(s), the first of kind {} (exit code {})",
+                report.problems.len(),
+                v.label(),
+                v.exit_code()
+            ),
+        }
+        .into()),
+    }
+}
+
+fn print_report(r: &VerifyReport, elapsed: std::time::Duration) {
+    let mut out = std::io::stdout().lock();
+    for p in &r.problems {
+        let _ = writeln!(out, "{} {}: {}", p.verdict.label(), p.object, p.detail);
+    }
+    for removed in &r.removed {
+        let _ = writeln!(
+            out,
+            "REMOVED BY RETENTION {} (record {})",
+            removed.path, removed.sequence
+        );
+    }
+    let checkpoint = r.checkpoint.as_ref().map_or_else(
+        || "no checkpoint".to_string(),
+        |c| {
+            format!(
+                "checkpoint of {} records of log {:?} signed by {}",
+                c.head.size,
+                c.head.origin,
+                if r.signed_by.is_empty() {
+                    "no trusted key".to_string()
+                } else {
+                    r.signed_by.join(", ")
+                }
+            )
+        },
+    );
+    let verdict = if r.problems.is_empty() {
+        "OK"
+    } else {
+        "FAILED"
+    };
+    let _ = writeln!(
+        out,
+        "{verdict}: {} records, {} files ({:.1} MB) re-read and hashed in {:.1} s{}; {checkpoint}",
+        r.records,
+        r.files_checked,
+        r.bytes_checked as f64 / 1e6,
+        elapsed.as_secs_f64(),
+        if r.files_skipped > 0 {
+            format!(", {} left out (sample, dates)", r.files_skipped)
+        } else {
+            String::new()
+        }
+    );
+}
+
+/// The exit codes, for `verify --help`.
+pub(crate) fn exit_codes_help() -> String {
+    let mut s =
+        String::from("Exit codes: 0 verified; 1 could not verify (bad flags, store unreachable);");
+    for v in Verdict::ALL {
+        s.push_str(&format!(" {} {};", v.exit_code(), v.label().to_lowercase()));
+    }
+    s.push_str(" the most fundamental problem found decides.");
+    s
+}
