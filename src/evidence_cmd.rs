@@ -88,6 +88,37 @@ pub(crate) struct VerifyArgs {
     to: Option<String>,
 }
 
+/// `auditlake prove`.
+#[derive(Args, Debug)]
+pub(crate) struct ProveArgs {
+    /// The event's audit ID (every stage of it is proven unless --stage narrows).
+    #[arg(long)]
+    audit_id: String,
+
+    /// Only this stage (RequestReceived, ResponseStarted, ResponseComplete, Panic).
+    #[arg(long)]
+    stage: Option<String>,
+
+    /// Write the proof here instead of stdout.
+    #[arg(long, short)]
+    out: Option<PathBuf>,
+}
+
+/// `auditlake verify-proof`.
+#[derive(Args, Debug)]
+pub(crate) struct VerifyProofArgs {
+    /// The proof file (`auditlake prove` output; `-` for stdin).
+    proof: PathBuf,
+
+    /// Trusted public keys: vkey files or vkey text, repeatable.
+    #[arg(long = "public-key", required = true)]
+    public_keys: Vec<String>,
+
+    /// How many of the trusted keys must have signed the checkpoint (default: all given).
+    #[arg(long)]
+    require: Option<usize>,
+}
+
 /// Reads a key file, naming it in errors.
 fn read_key_file(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading key file {}", path.display()))
@@ -306,6 +337,74 @@ fn print_report(r: &VerifyReport, elapsed: std::time::Duration) {
             String::new()
         }
     );
+}
+
+pub(crate) async fn run_prove(archive: Archive, args: ProveArgs) -> Result<()> {
+    let started = std::time::Instant::now();
+    let proof = auditlake_archive::prove::prove(&archive, &args.audit_id, args.stage.as_deref())
+        .await
+        .with_context(|| format!("proving audit ID {}", args.audit_id))?;
+    if proof.events.is_empty() {
+        bail!(
+            "no event with audit ID {}{} in the signed part of the archive",
+            args.audit_id,
+            args.stage
+                .as_deref()
+                .map(|s| format!(" and stage {s}"))
+                .unwrap_or_default()
+        );
+    }
+    let text = serde_json::to_string_pretty(&proof).context("encoding the proof")?;
+    match &args.out {
+        Some(path) => std::fs::write(path, format!("{text}\n"))
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => println!("{text}"),
+    }
+    eprintln!(
+        "proved {} event(s) of audit ID {} in {:.2} s",
+        proof.events.len(),
+        args.audit_id,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+pub(crate) fn run_verify_proof(args: VerifyProofArgs) -> Result<()> {
+    use auditlake_archive::prove::{EventProof, ProofError, verify_proof};
+    let trusted = trusted_keys(&args.public_keys)?;
+    let text = if args.proof.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading the proof from stdin")?
+    } else {
+        std::fs::read_to_string(&args.proof)
+            .with_context(|| format!("reading {}", args.proof.display()))?
+    };
+    let proof: EventProof = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not an auditlake event proof", args.proof.display()))?;
+    let required = args.require.unwrap_or(trusted.len());
+    match verify_proof(&proof, &trusted, required) {
+        Ok(events) => {
+            for e in events {
+                println!(
+                    "VERIFIED audit ID {} stage {} of cluster {}: in {} (manifest record {}), under a checkpoint signed by the trusted keys",
+                    e.audit_id, e.stage, e.cluster, e.file, e.sequence
+                );
+            }
+            Ok(())
+        }
+        Err(e) => {
+            let code = match e {
+                ProofError::Malformed(_) => 1,
+                ProofError::Signature(_) => Verdict::CheckpointSignature.exit_code(),
+                ProofError::NotInLog { .. } => Verdict::RecordAltered.exit_code(),
+                ProofError::NotInFile { .. } => Verdict::FileAltered.exit_code(),
+            };
+            Err(ExitWith {
+                code,
+                message: format!("the proof does not hold: {e}"),
+            }
+            .into())
+        }
+    }
 }
 
 /// The exit codes, for `verify --help`.

@@ -93,6 +93,14 @@ enum Command {
     /// line per problem naming the object.
     #[command(after_help = evidence_cmd::exit_codes_help())]
     Verify(evidence_cmd::VerifyArgs),
+    /// Write a self-contained proof that an event is in the archive as committed: its row,
+    /// its path to its file's rows root, the manifest record naming the file, the record's
+    /// path in the signed log, and the signed checkpoint (check it with `verify-proof`).
+    Prove(evidence_cmd::ProveArgs),
+    /// Check a proof from `prove` offline with public keys only: exit 0 and a line per event
+    /// when it holds; 10 checkpoint signature, 13 record not in the log, 17 event not as
+    /// committed.
+    VerifyProof(evidence_cmd::VerifyProofArgs),
 }
 
 #[derive(Args, Debug)]
@@ -276,6 +284,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => {
             evidence_cmd::run_verify(open_existing_archive(&cli.archive).await?, args).await
         }
+        Command::Prove(args) => {
+            evidence_cmd::run_prove(open_existing_archive(&cli.archive).await?, args).await
+        }
+        Command::VerifyProof(args) => evidence_cmd::run_verify_proof(args),
     }
 }
 

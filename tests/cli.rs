@@ -1052,6 +1052,78 @@ fn a_signed_archive_verifies_with_public_keys_and_tampering_fails_with_its_exit_
         "{out}"
     );
 
+    // One event proven offline: both stages of crb-1, in both ingests.
+    let proof = dir.path().join("proof.json");
+    auditlake_ok(
+        &archive,
+        &[
+            "prove",
+            "--audit-id",
+            "crb-1",
+            "--out",
+            proof.to_str().unwrap(),
+        ],
+    );
+    let verify_proof = |path: &Path, keys: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["verify-proof", path.to_str().unwrap()]);
+        for k in keys {
+            cmd.args(["--public-key", k]);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stdout).unwrap() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, out) = verify_proof(&proof, &[&log_vkey, &witness_vkey]);
+    assert_eq!(code, 0, "{out}");
+    let verified: Vec<&str> = out.lines().filter(|l| l.starts_with("VERIFIED")).collect();
+    assert_eq!(verified.len(), 4, "{out}");
+    assert!(
+        verified
+            .iter()
+            .all(|l| l.starts_with("VERIFIED audit ID crb-1 stage ")
+                && l.contains("of cluster default")),
+        "{out}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&proof).unwrap()).unwrap();
+    let tampered = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut d = doc.clone();
+        edit(&mut d);
+        let p = dir.path().join("tampered.json");
+        std::fs::write(&p, serde_json::to_string(&d).unwrap()).unwrap();
+        verify_proof(&p, &[&log_vkey])
+    };
+    // One field of the event changed: the row is not the one committed.
+    let (code, out) = tampered(&|d| {
+        for pair in d["events"][0]["row"].as_array_mut().unwrap() {
+            if pair[0] == "user_username" {
+                pair[1] = "system:admin".into();
+            }
+        }
+    });
+    assert_eq!(code, 17, "{out}");
+    assert!(out.contains("the row is not the one committed"), "{out}");
+    // The record edited: not the record the signed log holds.
+    let (code, out) = tampered(&|d| {
+        let record = d["events"][0]["record"]
+            .as_str()
+            .unwrap()
+            .replace("\"rows\": 2", "\"rows\": 3");
+        d["events"][0]["record"] = record.into();
+    });
+    assert_eq!(code, 13, "{out}");
+    // Checked against a key that never signed it.
+    let stranger_key = dir.path().join("other.key");
+    auditlake_ok(
+        &archive,
+        &["keys", "generate", "--out", stranger_key.to_str().unwrap()],
+    );
+    let (code, out) = verify_proof(&proof, &[&format!("{}.vkey", stranger_key.display())]);
+    assert_eq!(code, 10, "{out}");
+
     // A byte of an events file flipped: exit code 17, the line names the file.
     let events: Vec<_> = std::fs::read_dir(archive.join("events/cluster=default"))
         .unwrap()

@@ -70,6 +70,7 @@ impl<R> TableBuffer<R> {
                 ),
                 min_micros: rows.iter().map(|r| r.0).min().unwrap_or(0),
                 max_micros: rows.iter().map(|r| r.0).max().unwrap_or(0),
+                rows_root: None,
                 rows: rows.len() as u64,
                 cluster,
                 bytes: bytes.into(),

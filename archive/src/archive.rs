@@ -338,6 +338,7 @@ impl Archive {
                 cluster: f.cluster.clone(),
                 min_time_micros: f.min_micros,
                 max_time_micros: f.max_micros,
+                rows_root: f.rows_root.map(hex::encode),
             });
         }
         let mut quarantine_entries = Vec::new();

@@ -37,6 +37,9 @@ pub struct AttestedFile {
     pub sha256: String,
     /// When its record was committed (stands in for the object's modification time).
     pub committed_at: DateTime<Utc>,
+    /// The manifest record that committed it (0: unknown, from a cache written before
+    /// caches kept it).
+    pub sequence: u64,
 }
 
 /// The live files of every table, by path relative to the archive root.
@@ -63,7 +66,14 @@ impl AttestedFiles {
         if let Some(c) = crate::checkpoint::newest(archive, through).await? {
             for f in c.files {
                 let committed_at = parse_time(&f.committed_at);
-                out.add(f.path, &f.table, f.bytes, f.sha256, committed_at);
+                out.add(
+                    f.path,
+                    &f.table,
+                    f.bytes,
+                    f.sha256,
+                    committed_at,
+                    f.sequence,
+                );
             }
             out.records = c.sequence;
             first = c.sequence + 1;
@@ -72,7 +82,14 @@ impl AttestedFiles {
             out.records += 1;
             let committed_at = parse_time(&record.committed_at);
             for f in record.files {
-                out.add(f.path, &f.table, f.bytes, f.sha256, committed_at);
+                out.add(
+                    f.path,
+                    &f.table,
+                    f.bytes,
+                    f.sha256,
+                    committed_at,
+                    record.sequence,
+                );
             }
             for r in record.removed {
                 out.files.remove(&r.path);
@@ -89,6 +106,7 @@ impl AttestedFiles {
         bytes: u64,
         sha256: String,
         committed_at: DateTime<Utc>,
+        sequence: u64,
     ) {
         let Some(table) = Table::from_name(table) else {
             tracing::warn!(%path, table, "the manifest names a file of an unknown table; it is not queried");
@@ -101,6 +119,7 @@ impl AttestedFiles {
                 bytes,
                 sha256,
                 committed_at,
+                sequence,
             },
         );
     }
@@ -117,6 +136,7 @@ impl AttestedFiles {
                 committed_at: f
                     .committed_at
                     .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                sequence: f.sequence,
             })
             .collect()
     }

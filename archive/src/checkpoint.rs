@@ -28,6 +28,9 @@ pub(crate) struct CheckpointFile {
     pub bytes: u64,
     /// RFC 3339 commit time of the record that added it.
     pub committed_at: String,
+    /// Sequence of the record that added it (absent in caches written before it was kept).
+    #[serde(default)]
+    pub sequence: u64,
 }
 
 /// The live files as of record `sequence`.

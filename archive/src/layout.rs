@@ -74,6 +74,8 @@ pub struct FinishedFile {
     pub min_micros: i64,
     /// Latest row time (µs).
     pub max_micros: i64,
+    /// Root of the Merkle tree over its rows (events files of a signed archive).
+    pub rows_root: Option<[u8; 32]>,
 }
 
 /// Percent-encodes a Hive partition value (cluster names are validated at the source to

@@ -18,7 +18,9 @@ mod manifest;
 pub mod merkle;
 pub mod note;
 mod parquet_properties;
+pub mod prove;
 mod quarantine;
+pub mod row_tree;
 pub mod tlog;
 pub mod verify;
 
@@ -35,8 +37,8 @@ pub use layout::{
 };
 pub use location::ArchiveLocation;
 pub use manifest::{
-    FileRange, KafkaRange, MANIFEST_FORMAT, MANIFEST_FORMAT_V1, ManifestFile, ManifestQuarantine,
-    ManifestRecord, RemovedFile, SourceMark,
+    FileRange, KafkaRange, MANIFEST_FORMAT, MANIFEST_FORMAT_V1, MANIFEST_FORMAT_V2, ManifestFile,
+    ManifestQuarantine, ManifestRecord, RemovedFile, SourceMark,
 };
 pub use parquet_properties::{ParquetSettings, encode_file, writer_properties};
 pub use quarantine::{quarantine_line, quarantine_ndjson, quarantine_weight};

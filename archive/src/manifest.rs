@@ -8,7 +8,9 @@ use crate::error::ArchiveError;
 use crate::layout::Table;
 
 /// Format tag written in every record by this version.
-pub const MANIFEST_FORMAT: &str = "auditlake-manifest/2";
+pub const MANIFEST_FORMAT: &str = "auditlake-manifest/3";
+/// Format tag of the records written before rows were hashed (read as v3 without roots).
+pub const MANIFEST_FORMAT_V2: &str = "auditlake-manifest/2";
 /// Format tag of the records written before manifest v2 (still read).
 pub const MANIFEST_FORMAT_V1: &str = "auditlake-manifest/1";
 /// Prefix shared by every version's format tag.
@@ -34,6 +36,10 @@ pub struct ManifestFile {
     pub min_time_micros: i64,
     /// Latest row time, µs since the epoch.
     pub max_time_micros: i64,
+    /// Root (hex) of the Merkle tree over the file's rows (`archive/FORMAT.md` §8): one
+    /// event is proven by a path to it. Events files of signed archives only (v3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_root: Option<String>,
 }
 
 /// One quarantine file written by the commit.
@@ -215,7 +221,9 @@ impl ManifestRecord {
         }
         let tag: Tag = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
         match tag.format.as_str() {
-            MANIFEST_FORMAT => serde_json::from_slice(bytes).map_err(|e| bad(e.to_string())),
+            MANIFEST_FORMAT | MANIFEST_FORMAT_V2 => {
+                serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))
+            }
             MANIFEST_FORMAT_V1 => {
                 let v1: v1::Record =
                     serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
@@ -225,7 +233,7 @@ impl ManifestRecord {
                 .strip_prefix(FORMAT_PREFIX)
                 .and_then(|v| v.parse::<u32>().ok())
             {
-                Some(v) if v > 2 => Err(ArchiveError::NewerFormat {
+                Some(v) if v > 3 => Err(ArchiveError::NewerFormat {
                     path: path.to_string(),
                     found: other.to_string(),
                     supported: MANIFEST_FORMAT,
@@ -302,6 +310,7 @@ mod v1 {
                         cluster: f.cluster,
                         min_time_micros: f.min_request_received_at,
                         max_time_micros: f.max_request_received_at,
+                        rows_root: None,
                     })
                     .collect(),
                 quarantine: self.quarantine,

@@ -26,6 +26,7 @@ fn one_file(i: u64) -> CommitContents {
             rows: 1,
             min_micros: 0,
             max_micros: 0,
+            rows_root: None,
         }],
         ..Default::default()
     }

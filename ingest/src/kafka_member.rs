@@ -213,7 +213,8 @@ impl Member {
         let digest_key = crate::serve::process_key();
         loop {
             // Kafka has no replay: nothing up to a sequence is archived, none is awaited.
-            let settings = crate::serve::archiver_settings(&self.config, 0, 0, digest_key);
+            let mut settings = crate::serve::archiver_settings(&self.config, 0, 0, digest_key);
+            settings.writer.row_proofs = self.archive.signs();
             let inner = KafkaSource::join(
                 self.source.clone(),
                 self.archive.clone(),

@@ -15,8 +15,10 @@ use auditlake_archive::{
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
+use auditlake_archive::row_tree::{GROUP_ROOTS_KEY, RowTree, encode_group_roots, row_leaves};
 use auditlake_schema::{col, events_file_schema};
 use parquet::arrow::ArrowWriter;
+use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 
 use crate::error::IngestError;
@@ -37,6 +39,8 @@ pub struct WriterOptions {
     /// Request times accepted for partitioning around each event's arrival (`ingested_at`);
     /// `None` partitions by request time whatever it is (backfills of old files).
     pub arrival_window: Option<ArrivalWindow>,
+    /// Hash every row into the file's row tree (signed archives: one event can be proven).
+    pub row_proofs: bool,
 }
 
 /// How far an event's request time may lie from its arrival for the event to be filed
@@ -78,6 +82,7 @@ impl Default for WriterOptions {
             zstd_level: 1,
             max_open_partitions: 8,
             arrival_window: None,
+            row_proofs: false,
         }
     }
 }
@@ -94,6 +99,10 @@ struct OpenFile {
     min_micros: i64,
     max_micros: i64,
     last_write: u64,
+    /// The tree over its rows, when rows are hashed.
+    rows_tree: Option<RowTree>,
+    /// Leaf hashes of the batch being written (reused).
+    leaves: Vec<[u8; 32]>,
 }
 
 /// Encodes batches into per-partition Parquet files.
@@ -262,6 +271,8 @@ impl PartitionedWriter {
                     min_micros: i64::MAX,
                     max_micros: i64::MIN,
                     last_write: 0,
+                    rows_tree: self.options.row_proofs.then(RowTree::default),
+                    leaves: Vec::new(),
                 },
             );
         }
@@ -274,6 +285,12 @@ impl PartitionedWriter {
                 .get_mut(&key)
                 .ok_or_else(|| IngestError::Pipeline("partition vanished".into()))?;
             f.writer.write(&file_batch)?;
+            if let Some(tree) = &mut f.rows_tree {
+                f.leaves.clear();
+                row_leaves(&file_batch, &mut f.leaves)
+                    .map_err(|e| IngestError::Pipeline(e.to_string()))?;
+                tree.extend(&f.leaves);
+            }
             f.rows += file_batch.num_rows() as u64;
             f.min_micros = f.min_micros.min(min);
             f.max_micros = f.max_micros.max(max);
@@ -288,10 +305,19 @@ impl PartitionedWriter {
     }
 
     fn finish_partition(&mut self, key: &PartitionKey) -> Result<FinishedFile, IngestError> {
-        let f = self
+        let mut f = self
             .open
             .remove(key)
             .ok_or_else(|| IngestError::Pipeline("partition vanished".into()))?;
+        // The group roots go in the footer, so proving a row reads only its group.
+        let rows_root = f.rows_tree.take().map(|tree| {
+            let (root, groups) = tree.finish();
+            f.writer.append_key_value_metadata(KeyValue::new(
+                GROUP_ROOTS_KEY.to_string(),
+                encode_group_roots(&groups),
+            ));
+            root
+        });
         let mut bytes = f.writer.into_inner()?;
         // The buffer grew in steps; a small file must not keep a large allocation while it
         // waits for its commit.
@@ -311,6 +337,7 @@ impl PartitionedWriter {
             rows: f.rows,
             min_micros: f.min_micros,
             max_micros: f.max_micros,
+            rows_root,
         })
     }
 

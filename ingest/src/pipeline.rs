@@ -119,7 +119,10 @@ pub async fn ingest(
         writer_id: options.writer_id.clone(),
         default_cluster: options.cluster.clone(),
         decoder: options.decoder.clone(),
-        writer: options.writer.clone(),
+        writer: WriterOptions {
+            row_proofs: archive.signs(),
+            ..options.writer.clone()
+        },
         // Commits follow finished Parquet files (and a large quarantine), not the clock: a
         // timed commit would cut every open partition's file short.
         flush_interval: FILE_FLUSH_INTERVAL,

@@ -367,8 +367,9 @@ impl Supervisor {
                 }
                 first = false;
             }
-            let settings =
+            let mut settings =
                 archiver_settings(&self.config, committed, replay_target, self.digest_key);
+            settings.writer.row_proofs = self.archive.signs();
             let writer_id = settings.writer_id.clone();
             let cuts = wal::pending_cuts(&self.config.wal_dir)?;
             let (commit_tx, commit_rx) = mpsc::channel(2);

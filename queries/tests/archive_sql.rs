@@ -528,7 +528,7 @@ async fn an_archive_written_by_manifest_v1_is_read_and_extended_without_loss() {
     let added = ingest_handwritten(&archive, "prod-eu").await.events as i64;
     let records = archive.records().await.unwrap();
     assert_eq!(records.len(), 3);
-    assert_eq!(records[2].0.format, "auditlake-manifest/2");
+    assert_eq!(records[2].0.format, auditlake_archive::MANIFEST_FORMAT);
     assert_eq!(
         records[2].0.previous_sha256.as_deref(),
         Some(hex::encode(Sha256::digest(&v1_head)).as_str())

@@ -96,6 +96,7 @@ async fn main() -> Result<()> {
                 rows,
                 min_micros: hour * 3_600_000_000,
                 max_micros: hour * 3_600_000_000,
+                rows_root: None,
             }],
             ..Default::default()
         };
