@@ -417,3 +417,102 @@ pub(crate) fn exit_codes_help() -> String {
     s.push_str(" the most fundamental problem found decides.");
     s
 }
+
+/// `auditlake retention`.
+#[derive(Args, Debug)]
+pub(crate) struct RetentionArgs {
+    /// Keep this much history (`400d`, `52w` is not a unit: use days): partitions whose
+    /// hour (events) or day (findings, RBAC history, quarantine) ended before now minus this
+    /// are removed.
+    #[arg(long)]
+    keep: String,
+
+    /// Print what would be removed and what legal holds keep; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+
+    /// A legal hold, `name[:cluster=C][,from=YYYY-MM-DD][,to=YYYY-MM-DD]` (repeatable): what
+    /// it covers is never removed. Holds kept as marker objects under `_legal_hold/` (JSON
+    /// with the same keys and `reason`) count too.
+    #[arg(long = "legal-hold")]
+    legal_holds: Vec<String>,
+
+    /// The archive's signing key: the retention record is signed like every commit (needed
+    /// when the archive's log is signed).
+    #[arg(long, env = "AUDITLAKE_SIGNING_KEY")]
+    signing_key: Option<PathBuf>,
+}
+
+pub(crate) async fn run_retention(archive: Archive, args: RetentionArgs) -> Result<()> {
+    use auditlake_archive::retention::{self, LegalHold};
+    let keep = crate::rules_cmd::parse_duration("--keep", &args.keep)?;
+    if keep < 86_400 {
+        bail!("--keep {}: retention keeps at least one day", args.keep);
+    }
+    let holds = args
+        .legal_holds
+        .iter()
+        .map(|s| LegalHold::parse_spec(s).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let signed = auditlake_archive::tlog::read_checkpoint(&archive)
+        .await
+        .context("reading the archive's checkpoint")?
+        .is_some();
+    if signed && args.signing_key.is_none() && !args.dry_run {
+        bail!(
+            "the archive's log is signed: give --signing-key so the retention record is signed too"
+        );
+    }
+    let cutoff = crate::rules_cmd::now_micros() - keep * 1_000_000;
+    let plan = retention::plan(&archive, cutoff, holds)
+        .await
+        .context("planning retention")?;
+    let bytes: u64 = plan.remove.iter().map(|f| f.bytes).sum();
+    let partitions: std::collections::BTreeSet<&str> =
+        plan.remove.iter().map(|f| f.partition.as_str()).collect();
+    let cutoff_text = auditlake_schema::timestamp::format_rfc3339_micros(cutoff);
+    let mut out = std::io::stdout().lock();
+    for p in &partitions {
+        let _ = writeln!(
+            out,
+            "{} {p}",
+            if args.dry_run {
+                "would remove"
+            } else {
+                "remove"
+            }
+        );
+    }
+    for (f, hold) in &plan.held {
+        let _ = writeln!(out, "held by {hold}: {}", f.path);
+    }
+    let _ = writeln!(
+        out,
+        "{} {} files ({:.1} MB) in {} partitions ending before {cutoff_text}; {} files kept by legal holds ({} holds checked)",
+        if args.dry_run {
+            "would remove"
+        } else {
+            "removing"
+        },
+        plan.remove.len(),
+        bytes as f64 / 1e6,
+        partitions.len(),
+        plan.held.len(),
+        plan.holds.len()
+    );
+    drop(out);
+    if args.dry_run || plan.remove.is_empty() {
+        return Ok(());
+    }
+    let archive = with_signing(archive, args.signing_key.as_deref(), &[]).await?;
+    let writer = auditlake_ingest::new_writer_id();
+    let policy = format!("keep {}", args.keep);
+    let (record, deleted) = retention::apply(&archive, &writer, &policy, &plan)
+        .await
+        .context("writing the retention record")?;
+    println!(
+        "wrote retention record {} ({policy}, cutoff {cutoff_text}); deleted {deleted} files",
+        record.sequence
+    );
+    Ok(())
+}

@@ -32,7 +32,7 @@ pub struct FindingsArgs {
 
 /// Runs `auditlake findings`.
 pub async fn run(archive: Archive, args: FindingsArgs) -> Result<()> {
-    let seconds = parse_duration(&args.since)?;
+    let seconds = parse_duration("--since", &args.since)?;
     let since_micros = now_micros() - seconds.saturating_mul(1_000_000);
     let cutoff = auditlake_schema::timestamp::format_rfc3339_micros(since_micros);
     let sql = FindingsFilter {

@@ -101,6 +101,10 @@ enum Command {
     /// when it holds; 10 checkpoint signature, 13 record not in the log, 17 event not as
     /// committed.
     VerifyProof(evidence_cmd::VerifyProofArgs),
+    /// Remove whole partitions older than `--keep` under a retention record written (and
+    /// signed) before any byte is deleted; legal holds keep what they cover. `--dry-run`
+    /// first.
+    Retention(evidence_cmd::RetentionArgs),
 }
 
 #[derive(Args, Debug)]
@@ -288,6 +292,9 @@ async fn run(cli: Cli) -> Result<()> {
             evidence_cmd::run_prove(open_existing_archive(&cli.archive).await?, args).await
         }
         Command::VerifyProof(args) => evidence_cmd::run_verify_proof(args),
+        Command::Retention(args) => {
+            evidence_cmd::run_retention(open_existing_archive(&cli.archive).await?, args).await
+        }
     }
 }
 

@@ -107,7 +107,7 @@ pub async fn run(archive_location: &str, args: RulesArgs) -> Result<()> {
             Ok(())
         }
         RulesCommand::Learn { since, output } => {
-            let seconds = parse_duration(&since)?;
+            let seconds = parse_duration("--since", &since)?;
             let cutoff = auditlake_schema::timestamp::format_rfc3339_micros(
                 now_micros() - seconds.saturating_mul(1_000_000),
             );
@@ -146,7 +146,7 @@ pub async fn run(archive_location: &str, args: RulesArgs) -> Result<()> {
             format,
         } => {
             let backtest = set.backtest(&rule).map_err(anyhow::Error::msg)?;
-            let seconds = parse_duration(&since)?;
+            let seconds = parse_duration("--since", &since)?;
             let cutoff_micros = now_micros() - seconds.saturating_mul(1_000_000);
             let cutoff = auditlake_schema::timestamp::format_rfc3339_micros(cutoff_micros);
             let archive = crate::open_existing_archive(archive_location).await?;
@@ -174,21 +174,21 @@ pub(crate) fn now_micros() -> i64 {
         .unwrap_or(0)
 }
 
-/// `30d`, `12h`, `15m`, `90s` in seconds.
-pub(crate) fn parse_duration(s: &str) -> Result<i64> {
+/// `30d`, `12h`, `15m`, `90s` in seconds (`flag` names it in errors).
+pub(crate) fn parse_duration(flag: &str, s: &str) -> Result<i64> {
     let s = s.trim();
     // Split before the last character, not the last byte (`5é` must be an error, not a panic).
     let cut = s.char_indices().last().map_or(0, |(i, _)| i);
     let (number, unit) = s.split_at(cut);
     let n: i64 = number
         .parse()
-        .with_context(|| format!("--since {s:?}: expected a number and s, m, h or d, e.g. 30d"))?;
+        .with_context(|| format!("{flag} {s:?}: expected a number and s, m, h or d, e.g. 30d"))?;
     let scale = match unit {
         "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => bail!("--since {s:?}: the unit must be s, m, h or d"),
+        _ => bail!("{flag} {s:?}: the unit must be s, m, h or d"),
     };
     Ok(n.saturating_mul(scale))
 }
@@ -228,10 +228,10 @@ mod tests {
 
     #[test]
     fn durations_parse_and_bad_ones_are_errors_not_panics() {
-        assert_eq!(parse_duration("30d").unwrap(), 30 * 86_400);
-        assert_eq!(parse_duration(" 90s ").unwrap(), 90);
+        assert_eq!(parse_duration("--since", "30d").unwrap(), 30 * 86_400);
+        assert_eq!(parse_duration("--since", " 90s ").unwrap(), 90);
         for bad in ["5é", "é", "", "d", "5", "5w", "-"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+            assert!(parse_duration("--since", bad).is_err(), "{bad:?} accepted");
         }
     }
 }

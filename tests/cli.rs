@@ -1158,4 +1158,48 @@ fn a_signed_archive_verifies_with_public_keys_and_tampering_fails_with_its_exit_
         ],
     );
     assert_eq!(code, 10, "{out}");
+
+    // Retention: the archive is signed, so the record must be too.
+    let (code, _) = auditlake_status(&archive, &["retention", "--keep", "1d"]);
+    assert_eq!(code, 1);
+    let dry = auditlake_ok(&archive, &["retention", "--keep", "1d", "--dry-run"]);
+    assert!(dry.contains("would remove 6 files"), "{dry}");
+    assert!(
+        dry.contains("would remove events/cluster=default/date=2026-11-01/hour=10"),
+        "{dry}"
+    );
+    let done = auditlake_ok(
+        &archive,
+        &[
+            "retention",
+            "--keep",
+            "1d",
+            "--signing-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(done.contains("wrote retention record 3"), "{done}");
+    // The altered file went with its partition: verify now passes, names what retention
+    // removed, and the log still extends the checkpoint pinned before.
+    let (code, out) = auditlake_status(
+        &archive,
+        &[
+            "verify",
+            "--public-key",
+            &log_vkey,
+            "--since-checkpoint",
+            pinned.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out.lines()
+            .filter(|l| l.starts_with("REMOVED BY RETENTION events/cluster=default/"))
+            .count(),
+        2,
+        "{out}"
+    );
+    // A proof made before still holds.
+    let (code, out) = verify_proof(&proof, &[&log_vkey]);
+    assert_eq!(code, 0, "{out}");
 }

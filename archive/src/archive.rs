@@ -46,6 +46,8 @@ pub struct CommitContents {
     pub removed: Vec<RemovedFile>,
     /// The source position this commit covers.
     pub source: Option<SourceMark>,
+    /// The policy of a retention record.
+    pub retention: Option<crate::manifest::RetentionInfo>,
 }
 
 /// Called by [`Archive::commit`] with every path it is about to put, before the first put.
@@ -652,6 +654,7 @@ impl Archive {
                 && r.quarantine == quarantine
                 && r.removed == contents.removed
                 && r.source == contents.source
+                && r.retention == contents.retention
             {
                 return Ok(Some(r));
             }
@@ -716,6 +719,7 @@ impl Archive {
             );
             record.removed = contents.removed.clone();
             record.source = contents.source.clone();
+            record.retention = contents.retention.clone();
             let rel = format!("{MANIFEST_DIR}/{}", ManifestRecord::file_name(sequence));
             let body = serde_json::to_vec_pretty(&record).map_err(|e| ArchiveError::Manifest {
                 path: rel.clone(),

@@ -20,6 +20,7 @@ pub mod note;
 mod parquet_properties;
 pub mod prove;
 mod quarantine;
+pub mod retention;
 pub mod row_tree;
 pub mod tlog;
 pub mod verify;
@@ -38,7 +39,7 @@ pub use layout::{
 pub use location::ArchiveLocation;
 pub use manifest::{
     FileRange, KafkaRange, MANIFEST_FORMAT, MANIFEST_FORMAT_V1, MANIFEST_FORMAT_V2, ManifestFile,
-    ManifestQuarantine, ManifestRecord, RemovedFile, SourceMark,
+    ManifestQuarantine, ManifestRecord, RemovedFile, RetentionInfo, SourceMark,
 };
 pub use parquet_properties::{ParquetSettings, encode_file, writer_properties};
 pub use quarantine::{quarantine_line, quarantine_ndjson, quarantine_weight};

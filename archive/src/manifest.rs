@@ -149,6 +149,23 @@ pub struct ManifestRecord {
     /// Where the events came from and how far that source is archived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<SourceMark>,
+    /// The policy a retention record applied (its `removed` lists what it took out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionInfo>,
+}
+
+/// What a retention record applied (`archive/FORMAT.md` §9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionInfo {
+    /// The policy as asked (`keep 400d`).
+    pub policy: String,
+    /// Partitions that ended at or before this time were removed (RFC 3339).
+    pub cutoff: String,
+    /// Names of the legal holds checked.
+    pub legal_holds: Vec<String>,
+    /// Files past the cutoff that a hold kept.
+    pub held_files: u64,
 }
 
 impl ManifestRecord {
@@ -175,6 +192,7 @@ impl ManifestRecord {
             quarantine,
             removed: Vec::new(),
             source: None,
+            retention: None,
         }
     }
 
@@ -319,6 +337,7 @@ mod v1 {
                     log_id: w.id,
                     through_seq: w.through_seq,
                 }),
+                retention: None,
             }
         }
     }

@@ -24,7 +24,8 @@ fn archive_at(dir: &Path) -> Archive {
 fn file_path(i: u64) -> String {
     data_file_path(
         Table::Events,
-        &events_partition_dir("c", 1_700_000_000_000_000 + i as i64 * 3_600_000_000),
+        // Hours since the epoch: 2023-11-14 22:00 UTC plus i hours.
+        &events_partition_dir("c", 472_222 + i as i64),
         "t",
         i,
     )
@@ -353,4 +354,78 @@ async fn k_of_n_signatures_sampling_retention_and_catching_up() {
         (r.removed[0].path.as_str(), r.removed[0].sequence),
         (gone.as_str(), 4)
     );
+}
+
+#[tokio::test]
+async fn retention_removes_old_partitions_under_a_signed_record_and_a_hold_keeps_its_own() {
+    use auditlake_archive::retention::{self, LegalHold};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("a");
+    let (log, _) = keys();
+    let log_key = log.verifier().clone();
+    let archive = archive_at(&root).with_signing(LogKeys::new(log).unwrap());
+    for i in 1..=8 {
+        archive
+            .commit("w", &one_file(i), None, false)
+            .await
+            .unwrap();
+    }
+    let pinned = std::fs::read_to_string(root.join(tlog::CHECKPOINT_FILE)).unwrap();
+    // File i is filed under hour 472222 + i (2023-11-14 22:00 UTC + i hours): file 1 on
+    // 2023-11-14, files 2.. on 2023-11-15. Cut before file 6's hour; hold 2023-11-14.
+    let cutoff = (472_222 + 6) * 3_600_000_000i64;
+    let hold = LegalHold::parse_spec("case-1:cluster=c,from=2023-11-14,to=2023-11-15").unwrap();
+    let plan = retention::plan(&archive, cutoff, vec![hold]).await.unwrap();
+    let removed: Vec<&str> = plan.remove.iter().map(|f| f.path.as_str()).collect();
+    let want: Vec<String> = (2..=5).map(file_path).collect();
+    assert_eq!(removed, want);
+    assert_eq!(plan.held.len(), 1);
+    assert_eq!(
+        (plan.held[0].0.path.as_str(), plan.held[0].1.as_str()),
+        (file_path(1).as_str(), "case-1")
+    );
+
+    let (record, deleted) = retention::apply(&archive, "ret", "keep 1d", &plan)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 4);
+    assert_eq!(record.sequence, 9);
+    let info = record.retention.as_ref().unwrap();
+    assert_eq!((info.policy.as_str(), info.held_files), ("keep 1d", 1));
+    assert_eq!(info.legal_holds, ["case-1"]);
+    for i in 2..=5 {
+        assert!(!root.join(file_path(i)).exists());
+    }
+    assert!(root.join(file_path(1)).exists() && root.join(file_path(6)).exists());
+
+    // Verifies: removed files are reported as removed by record 9, and the log still
+    // extends the checkpoint pinned before retention.
+    let opts = VerifyOptions {
+        pinned: Some(Checkpoint::parse(&pinned).unwrap()),
+        ..trusting(&[&log_key])
+    };
+    let r = verify(&archive_at(&root), &opts).await.unwrap();
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    let gone: Vec<(&str, u64)> = r
+        .removed
+        .iter()
+        .map(|x| (x.path.as_str(), x.sequence))
+        .collect();
+    assert_eq!(
+        gone,
+        want.iter().map(|p| (p.as_str(), 9)).collect::<Vec<_>>()
+    );
+    // A second run finds nothing more to remove but the held file.
+    let again = retention::plan(&archive, cutoff, vec![]).await.unwrap();
+    assert_eq!(again.remove.len(), 1, "without the hold, file 1 goes");
+    // A marker object holds it too.
+    std::fs::create_dir_all(root.join("_legal_hold")).unwrap();
+    std::fs::write(
+        root.join("_legal_hold/case-2.json"),
+        r#"{"name": "case-2", "cluster": "c", "reason": "litigation"}"#,
+    )
+    .unwrap();
+    let held = retention::plan(&archive, cutoff, vec![]).await.unwrap();
+    assert!(held.remove.is_empty());
+    assert_eq!(held.held[0].1, "case-2");
 }

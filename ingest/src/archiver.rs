@@ -723,6 +723,7 @@ impl Writing {
                         quarantine,
                         removed: Vec::new(),
                         source,
+                        retention: None,
                     },
                     through_seq: self.last_seq,
                     cleanup: std::mem::take(&mut pending.cleanup),
