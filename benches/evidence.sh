@@ -60,7 +60,7 @@ if [ ! -s "$IDS" ]; then
 fi
 
 FILES="$WORK/files.txt"
-(cd "$BIG" && for d in events findings rbac_history _quarantine; do [ -d "$d" ] && find "$d" -type f; done | sort) > "$FILES"
+(cd "$BIG" && for d in events findings rbac_history _quarantine; do if [ -d "$d" ]; then find "$d" -type f; fi; done | sort) > "$FILES"
 MB=$(cd "$BIG" && xargs -a "$FILES" du -cb | tail -1 | awk '{ printf "%.1f", $1/1e6 }')
 echo "== verify beside sha256sum: $(wc -l < "$FILES") files, $MB MB"
 printf '%-8s %12s %12s %16s\n' round "sha256sum s" "verify s" "verify speed/sha"
