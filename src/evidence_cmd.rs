@@ -55,6 +55,17 @@ enum KeysCommand {
         /// The private key file.
         key: PathBuf,
     },
+    /// Rotate the archive's log key: commits a record naming the old and the new key, whose
+    /// checkpoint both keys sign (kept under `_log/rotation/`), so a verifier trusting the
+    /// old key follows it. Sign with the new key (`--signing-key`) from then on.
+    Rotate {
+        /// The current signing key.
+        #[arg(long)]
+        old_key: PathBuf,
+        /// The key that signs from now on (`keys generate`).
+        #[arg(long)]
+        new_key: PathBuf,
+    },
 }
 
 /// `auditlake verify`.
@@ -168,8 +179,25 @@ pub(crate) async fn with_signing(
     Ok(archive)
 }
 
-pub(crate) fn run_keys(args: KeysArgs) -> Result<()> {
+pub(crate) async fn run_keys(archive: &str, args: KeysArgs) -> Result<()> {
     match args.command {
+        KeysCommand::Rotate { old_key, new_key } => {
+            let read = |p: &Path| -> Result<Signer> {
+                Signer::parse(&read_key_file(p)?).with_context(|| format!("key {}", p.display()))
+            };
+            let (old, new) = (read(&old_key)?, read(&new_key)?);
+            let (old_name, new_vkey) = (old.verifier().name().to_string(), new.verifier().vkey());
+            let archive = crate::open_existing_archive(archive).await?;
+            let writer = auditlake_ingest::new_writer_id();
+            let sequence = auditlake_archive::tlog::rotate_key(&archive, &writer, old, new)
+                .await
+                .context("rotating the signing key")?;
+            println!(
+                "rotated from {old_name} to {new_vkey} at record {sequence} (its checkpoint, signed by both, is in _log/rotation/); sign with {} from now on",
+                new_key.display()
+            );
+            Ok(())
+        }
         KeysCommand::Generate { out, name, witness } => {
             let kind = if witness {
                 KeyKind::Witness
@@ -296,6 +324,12 @@ fn print_report(r: &VerifyReport, elapsed: std::time::Duration) {
     let mut out = std::io::stdout().lock();
     for p in &r.problems {
         let _ = writeln!(out, "{} {}: {}", p.verdict.label(), p.object, p.detail);
+    }
+    for (sequence, from, to) in &r.rotations {
+        let _ = writeln!(
+            out,
+            "KEY ROTATION record {sequence}: {from} -> {to} (its checkpoint signed by both)"
+        );
     }
     for removed in &r.removed {
         let _ = writeln!(

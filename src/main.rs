@@ -84,8 +84,8 @@ enum Command {
     Rules(rules_cmd::RulesArgs),
     /// The archived findings (table `findings`), newest first: `--since 24h`, by rule, severity.
     Findings(findings_cmd::FindingsArgs),
-    /// Signing keys for the evidence log: `generate` one (prints its public key), or print
-    /// the public key of one.
+    /// Signing keys for the evidence log: `generate` one (prints its public key), print the
+    /// public key of one, `rotate` the archive's key.
     Keys(evidence_cmd::KeysArgs),
     /// Check the archive against its signed log with public keys only: the checkpoint's
     /// signatures, every manifest record, the log's tiles, every file's SHA-256, files no
@@ -284,7 +284,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Findings(args) => {
             findings_cmd::run(open_existing_archive(&cli.archive).await?, args).await
         }
-        Command::Keys(args) => evidence_cmd::run_keys(args),
+        Command::Keys(args) => evidence_cmd::run_keys(&cli.archive, args).await,
         Command::Verify(args) => {
             evidence_cmd::run_verify(open_existing_archive(&cli.archive).await?, args).await
         }

@@ -1202,4 +1202,46 @@ fn a_signed_archive_verifies_with_public_keys_and_tampering_fails_with_its_exit_
     // A proof made before still holds.
     let (code, out) = verify_proof(&proof, &[&log_vkey]);
     assert_eq!(code, 0, "{out}");
+
+    // The key rotated: a verifier that trusts only the old key follows the rotation.
+    let new_key = dir.path().join("2027.key");
+    auditlake_ok(
+        &archive,
+        &[
+            "keys",
+            "generate",
+            "--out",
+            new_key.to_str().unwrap(),
+            "--name",
+            "example.com/audit-2027",
+        ],
+    );
+    let rotated = auditlake_ok(
+        &archive,
+        &[
+            "keys",
+            "rotate",
+            "--old-key",
+            key.to_str().unwrap(),
+            "--new-key",
+            new_key.to_str().unwrap(),
+        ],
+    );
+    assert!(rotated.contains("at record 4"), "{rotated}");
+    auditlake_ok(
+        &archive,
+        &[
+            "ingest",
+            "--signing-key",
+            new_key.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ],
+    );
+    let (code, out) = auditlake_status(&archive, &["verify", "--public-key", &log_vkey]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("KEY ROTATION record 4: example.com/audit -> example.com/audit-2027"),
+        "{out}"
+    );
+    assert!(out.contains("signed by example.com/audit-2027"), "{out}");
 }

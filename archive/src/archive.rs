@@ -48,6 +48,8 @@ pub struct CommitContents {
     pub source: Option<SourceMark>,
     /// The policy of a retention record.
     pub retention: Option<crate::manifest::RetentionInfo>,
+    /// A change of the log's signing key.
+    pub key_rotation: Option<crate::manifest::KeyRotation>,
 }
 
 /// Called by [`Archive::commit`] with every path it is about to put, before the first put.
@@ -114,6 +116,11 @@ impl Archive {
     /// Whether commits are signed.
     pub fn signs(&self) -> bool {
         self.log.is_some()
+    }
+
+    /// The keys commits are signed with, if any.
+    pub fn log_keys(&self) -> Option<&LogKeys> {
+        self.log.as_deref().map(LogWriter::keys)
     }
 
     /// Extends the signed log to the newest record (a writer that starts on an archive whose
@@ -655,6 +662,7 @@ impl Archive {
                 && r.removed == contents.removed
                 && r.source == contents.source
                 && r.retention == contents.retention
+                && r.key_rotation == contents.key_rotation
             {
                 return Ok(Some(r));
             }
@@ -720,6 +728,7 @@ impl Archive {
             record.removed = contents.removed.clone();
             record.source = contents.source.clone();
             record.retention = contents.retention.clone();
+            record.key_rotation = contents.key_rotation.clone();
             let rel = format!("{MANIFEST_DIR}/{}", ManifestRecord::file_name(sequence));
             let body = serde_json::to_vec_pretty(&record).map_err(|e| ArchiveError::Manifest {
                 path: rel.clone(),

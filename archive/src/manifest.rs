@@ -152,6 +152,20 @@ pub struct ManifestRecord {
     /// The policy a retention record applied (its `removed` lists what it took out).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionInfo>,
+    /// A key rotation: from this record on, the log is signed by `to` instead of `from`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_rotation: Option<KeyRotation>,
+}
+
+/// The log's signing key changing (`archive/FORMAT.md` §7): the checkpoint covering this
+/// record is signed by both keys and kept under `_log/rotation/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRotation {
+    /// The old key's vkey.
+    pub from: String,
+    /// The new key's vkey.
+    pub to: String,
 }
 
 /// What a retention record applied (`archive/FORMAT.md` §9).
@@ -193,6 +207,7 @@ impl ManifestRecord {
             removed: Vec::new(),
             source: None,
             retention: None,
+            key_rotation: None,
         }
     }
 
@@ -338,6 +353,7 @@ mod v1 {
                     through_seq: w.through_seq,
                 }),
                 retention: None,
+                key_rotation: None,
             }
         }
     }

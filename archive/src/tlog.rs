@@ -23,6 +23,8 @@ use crate::note::{KeyKind, NoteError, SignedNote, Signer};
 pub const LOG_DIR: &str = "_log";
 /// The newest signed checkpoint, relative to the archive root.
 pub const CHECKPOINT_FILE: &str = "_log/checkpoint";
+/// Checkpoints of key rotations, signed by the old and the new key, by size.
+pub const ROTATION_DIR: &str = "_log/rotation";
 /// Hashes per full tile (tile height 8).
 const TILE_WIDTH: u64 = 256;
 
@@ -395,6 +397,13 @@ impl LogKeys {
     }
 }
 
+impl LogWriter {
+    /// The keys it signs with.
+    pub fn keys(&self) -> &LogKeys {
+        &self.keys
+    }
+}
+
 /// Extends the log as manifest records are committed. Shared by every commit of a process.
 #[derive(Debug)]
 pub struct LogWriter {
@@ -525,6 +534,100 @@ async fn write_tile(
         }) => Ok(()),
         other => other,
     }
+}
+
+/// Rotates the log's signing key from `old` to `new`: commits a record naming both (with a
+/// signing writer that signs with both), then keeps the checkpoint of that record, signed by
+/// both, under [`ROTATION_DIR`], so a verifier trusting `old` learns `new` from the log.
+/// Returns the record's sequence.
+pub async fn rotate_key(
+    archive: &Archive,
+    writer_id: &str,
+    old: Signer,
+    new: Signer,
+) -> Result<u64, ArchiveError> {
+    if old.verifier().kind() != KeyKind::Log || new.verifier().kind() != KeyKind::Log {
+        return Err(ArchiveError::Log {
+            path: "key rotation".into(),
+            message: "both keys must be log keys (not witness keys)".into(),
+        });
+    }
+    let rotation = crate::manifest::KeyRotation {
+        from: old.verifier().vkey(),
+        to: new.verifier().vkey(),
+    };
+    let mut keys = LogKeys::new(new)?;
+    keys.also.push(old);
+    let archive = archive.clone().with_signing(keys);
+    archive.sync_log().await?;
+    let contents = crate::archive::CommitContents {
+        key_rotation: Some(rotation),
+        ..Default::default()
+    };
+    let record = archive
+        .commit(writer_id, &contents, None, false)
+        .await?
+        .record;
+    let size = record.sequence;
+    // The head at exactly the rotation record, signed by both keys.
+    let origin = read_checkpoint(&archive)
+        .await?
+        .map(|c| c.head.origin)
+        .ok_or_else(|| ArchiveError::Log {
+            path: CHECKPOINT_FILE.into(),
+            message: "no checkpoint after the rotation record".into(),
+        })?;
+    let mut reader = TileReader::new(&archive, size);
+    let root = reader.run(|node| merkle::root(size, node)).await?;
+    let head = TreeHead { origin, size, root };
+    let signed = archive
+        .log_keys()
+        .map(|k| k.sign(&head))
+        .ok_or_else(|| ArchiveError::Log {
+            path: "key rotation".into(),
+            message: "the archive lost its keys".into(),
+        })?;
+    let rel = format!("{ROTATION_DIR}/{size:020}");
+    archive
+        .put_bytes(&rel, signed.into_bytes().into(), PutMode::Create)
+        .await?;
+    Ok(size)
+}
+
+/// The rotation checkpoints kept under [`ROTATION_DIR`], in size order.
+pub async fn rotation_checkpoints(
+    archive: &Archive,
+) -> Result<Vec<(String, Checkpoint)>, ArchiveError> {
+    use futures::TryStreamExt;
+    let dir = archive.path(ROTATION_DIR);
+    let mut metas: Vec<object_store::ObjectMeta> = archive
+        .store()
+        .list(Some(&dir))
+        .try_collect()
+        .await
+        .map_err(store_err("list", ROTATION_DIR))?;
+    metas.sort_by(|a, b| a.location.cmp(&b.location));
+    let mut out = Vec::new();
+    for m in metas {
+        let rel = archive.relative(&m.location).unwrap_or_default();
+        let bytes = archive
+            .store()
+            .get(&m.location)
+            .await
+            .map_err(store_err("get", &rel))?
+            .bytes()
+            .await
+            .map_err(store_err("get", &rel))?;
+        let cp = std::str::from_utf8(&bytes)
+            .map_err(|e| e.to_string())
+            .and_then(|t| Checkpoint::parse(t).map_err(|e| e.to_string()))
+            .map_err(|message| ArchiveError::Log {
+                path: rel.clone(),
+                message,
+            })?;
+        out.push((rel, cp));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -146,6 +146,8 @@ pub struct VerifyReport {
     pub files_skipped: u64,
     /// Files removed by retention records.
     pub removed: Vec<RemovedByRetention>,
+    /// Key rotations followed: (record, old key name, new key name).
+    pub rotations: Vec<(u64, String, String)>,
     /// Every problem, in the order found.
     pub problems: Vec<Problem>,
 }
@@ -205,31 +207,14 @@ async fn listed_records(archive: &Archive) -> Result<Vec<u64>, ArchiveError> {
 /// checkpoint.
 pub async fn verify(archive: &Archive, opts: &VerifyOptions) -> Result<VerifyReport, ArchiveError> {
     let mut report = VerifyReport::default();
-    let checkpoint = match tlog::read_checkpoint(archive).await {
-        Ok(c) => c,
+    let (checkpoint, unreadable) = match tlog::read_checkpoint(archive).await {
+        Ok(c) => (c, false),
         Err(ArchiveError::Log { path, message }) => {
             report.problem(Verdict::CheckpointSignature, path, message);
-            None
+            (None, true)
         }
         Err(e) => return Err(e),
     };
-    match &checkpoint {
-        None if report.problems.is_empty() => report.problem(
-            Verdict::CheckpointSignature,
-            tlog::CHECKPOINT_FILE,
-            "the archive has no signed checkpoint (was it written with --signing-key?)",
-        ),
-        None => {}
-        Some(cp) => check_signatures(
-            cp,
-            &opts.trusted,
-            opts.required,
-            tlog::CHECKPOINT_FILE,
-            &mut report,
-        )
-        .map(|names| report.signed_by = names)
-        .unwrap_or(()),
-    }
     let signed_size = checkpoint.as_ref().map_or(0, |c| c.head.size);
     let listed = listed_records(archive).await?;
     let last = listed.iter().copied().max().unwrap_or(0).max(signed_size);
@@ -239,16 +224,32 @@ pub async fn verify(archive: &Archive, opts: &VerifyOptions) -> Result<VerifyRep
         .try_collect()
         .await?;
     report.records = records.iter().flatten().count() as u64;
-
-    // Leaves as the records give them and as the log's level-0 tiles hold them.
+    // Leaves as the records give them.
     let from_records: Vec<Option<Hash>> = records
         .iter()
         .map(|r| r.as_ref().map(|r| merkle::leaf_hash(&r.sha)))
         .collect();
+    let trust = Trust::build(archive, opts, &records, &from_records, &mut report).await?;
+    match &checkpoint {
+        None if !unreadable => report.problem(
+            Verdict::CheckpointSignature,
+            tlog::CHECKPOINT_FILE,
+            "the archive has no signed checkpoint (was it written with --signing-key?)",
+        ),
+        None => {}
+        Some(cp) => {
+            if let Some(names) = trust.check(cp, trust.required, tlog::CHECKPOINT_FILE, &mut report)
+            {
+                report.signed_by = names;
+            }
+        }
+    }
+
+    // Leaves as the records give them and as the log's level-0 tiles hold them.
     if let Some(cp) = &checkpoint {
         check_log(archive, cp, &from_records, &records, &mut report).await?;
         if let Some(pinned) = &opts.pinned {
-            check_pinned(archive, cp, pinned, &from_records, opts, &mut report).await?;
+            check_pinned(archive, cp, pinned, &from_records, &trust, &mut report).await?;
         }
     }
     for (i, r) in records.iter().enumerate() {
@@ -300,44 +301,149 @@ pub async fn verify(archive: &Archive, opts: &VerifyOptions) -> Result<VerifyRep
     Ok(report)
 }
 
-/// Checks the signatures of `cp` against the trusted keys; returns the names that verified.
-fn check_signatures(
-    cp: &Checkpoint,
-    trusted: &[Verifier],
+/// The keys a verification trusts: those given, and every key a rotation introduced (a
+/// rotation checkpoint signed by a trusted key and by the new key its record names). A key
+/// and the keys rotated in from it count as one signer.
+struct Trust {
+    keys: Vec<Verifier>,
+    /// `identity[i]`: index of the given key that `keys[i]` descends from.
+    identity: Vec<usize>,
+    /// Distinct signers required on the checkpoint.
     required: usize,
-    object: &str,
-    report: &mut VerifyReport,
-) -> Option<Vec<String>> {
-    let required = if required == 0 {
-        trusted.len()
-    } else {
-        required
-    };
-    match cp.note.verified_by(trusted) {
-        Err(e) => {
-            report.problem(Verdict::CheckpointSignature, object, e.to_string());
-            None
-        }
-        Ok(ok) if ok.len() < required.max(1) => {
-            let names: Vec<&str> = cp
+}
+
+impl Trust {
+    async fn build(
+        archive: &Archive,
+        opts: &VerifyOptions,
+        records: &[Option<ReadRecord>],
+        from_records: &[Option<Hash>],
+        report: &mut VerifyReport,
+    ) -> Result<Self, ArchiveError> {
+        let mut trust = Trust {
+            keys: opts.trusted.clone(),
+            identity: (0..opts.trusted.len()).collect(),
+            required: if opts.required == 0 {
+                opts.trusted.len()
+            } else {
+                opts.required
+            }
+            .max(1),
+        };
+        let rotations = match tlog::rotation_checkpoints(archive).await {
+            Ok(r) => r,
+            Err(ArchiveError::Log { path, message }) => {
+                report.problem(Verdict::CheckpointSignature, path, message);
+                Vec::new()
+            }
+            Err(e) => return Err(e),
+        };
+        for (rel, cp) in rotations {
+            let size = cp.head.size as usize;
+            let rotation = records
+                .get(size.wrapping_sub(1))
+                .and_then(|r| r.as_ref())
+                .and_then(|r| r.record.as_ref())
+                .and_then(|r| r.key_rotation.clone());
+            let Some(rotation) = rotation else {
+                report.problem(
+                    Verdict::CheckpointSignature,
+                    rel,
+                    format!("record {size} is not a key rotation"),
+                );
+                continue;
+            };
+            let (Ok(from), Ok(to)) = (
+                Verifier::parse(&rotation.from),
+                Verifier::parse(&rotation.to),
+            ) else {
+                report.problem(
+                    Verdict::RecordAltered,
+                    record_rel(size as u64),
+                    "its key rotation names unreadable keys",
+                );
+                continue;
+            };
+            let Some(from_index) = trust.keys.iter().position(|k| *k == from) else {
+                // A rotation from a key this verification does not trust: not ours to follow.
+                continue;
+            };
+            let signed_by_both = cp
                 .note
-                .signatures
-                .iter()
-                .map(|(n, _, _)| n.as_str())
-                .collect();
-            report.problem(
-                Verdict::CheckpointSignature,
-                object,
-                format!(
-                    "signed by {} of the {} trusted keys required (signatures on it: {})",
-                    ok.len(),
-                    required.max(1),
-                    names.join(", ")
-                ),
-            );
-            None
+                .verified_by(&[from.clone(), to.clone()])
+                .is_ok_and(|ok| ok.len() == 2);
+            if !signed_by_both {
+                report.problem(
+                    Verdict::CheckpointSignature,
+                    rel,
+                    format!("a key rotation to {} not signed by both keys", to.name()),
+                );
+                continue;
+            }
+            if from_records.get(..size).and_then(root_of) != Some(cp.head.root) {
+                report.problem(
+                    Verdict::RecordAltered,
+                    rel,
+                    format!(
+                        "the records do not give the root this rotation signed for {size} records"
+                    ),
+                );
+                continue;
+            }
+            if !trust.keys.contains(&to) {
+                let identity = trust.identity[from_index];
+                trust.keys.push(to.clone());
+                trust.identity.push(identity);
+            }
+            report
+                .rotations
+                .push((size as u64, from.name().to_string(), to.name().to_string()));
         }
-        Ok(ok) => Some(ok.iter().map(|v| v.name().to_string()).collect()),
+        Ok(trust)
+    }
+
+    /// Checks the signatures of `cp`; returns the names of the trusted keys that signed.
+    fn check(
+        &self,
+        cp: &Checkpoint,
+        required: usize,
+        object: &str,
+        report: &mut VerifyReport,
+    ) -> Option<Vec<String>> {
+        match cp.note.verified_by(&self.keys) {
+            Err(e) => {
+                report.problem(Verdict::CheckpointSignature, object, e.to_string());
+                None
+            }
+            Ok(ok) => {
+                let mut signers: Vec<usize> = ok
+                    .iter()
+                    .filter_map(|v| self.keys.iter().position(|k| k == *v))
+                    .map(|i| self.identity[i])
+                    .collect();
+                signers.sort_unstable();
+                signers.dedup();
+                if signers.len() < required {
+                    let names: Vec<&str> = cp
+                        .note
+                        .signatures
+                        .iter()
+                        .map(|(n, _, _)| n.as_str())
+                        .collect();
+                    report.problem(
+                        Verdict::CheckpointSignature,
+                        object,
+                        format!(
+                            "signed by {} of the {required} trusted keys required (signatures on it: {})",
+                            signers.len(),
+                            names.join(", ")
+                        ),
+                    );
+                    return None;
+                }
+                Some(ok.iter().map(|v| v.name().to_string()).collect())
+            }
+        }
     }
 }
 
@@ -475,11 +581,11 @@ async fn check_pinned(
     cp: &Checkpoint,
     pinned: &Checkpoint,
     from_records: &[Option<Hash>],
-    opts: &VerifyOptions,
+    trust: &Trust,
     report: &mut VerifyReport,
 ) -> Result<(), ArchiveError> {
     let object = "pinned checkpoint";
-    check_signatures(pinned, &opts.trusted, 1, object, report);
+    trust.check(pinned, 1, object, report);
     if pinned.head.origin != cp.head.origin {
         report.problem(
             Verdict::CheckpointInconsistent,

@@ -429,3 +429,85 @@ async fn retention_removes_old_partitions_under_a_signed_record_and_a_hold_keeps
     assert!(held.remove.is_empty());
     assert_eq!(held.held[0].1, "case-2");
 }
+
+#[tokio::test]
+async fn a_verifier_trusting_the_old_key_follows_a_rotation_and_not_a_planted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("a");
+    let old = Signer::generate("auditlake.test/old", KeyKind::Log).unwrap();
+    let new = Signer::generate("auditlake.test/new", KeyKind::Log).unwrap();
+    let (old_v, new_v) = (old.verifier().clone(), new.verifier().clone());
+    let again = |s: &Signer| Signer::parse(&s.encode()).unwrap();
+    let signed = archive_at(&root).with_signing(LogKeys::new(again(&old)).unwrap());
+    for i in 1..=3 {
+        signed.commit("w", &one_file(i), None, false).await.unwrap();
+    }
+    let seq = tlog::rotate_key(&archive_at(&root), "rot", again(&old), again(&new))
+        .await
+        .unwrap();
+    assert_eq!(seq, 4);
+    let signed = archive_at(&root).with_signing(LogKeys::new(again(&new)).unwrap());
+    for i in 5..=6 {
+        signed.commit("w", &one_file(i), None, false).await.unwrap();
+    }
+    let cp = std::fs::read_to_string(root.join(tlog::CHECKPOINT_FILE)).unwrap();
+    assert!(
+        !cp.contains("auditlake.test/old "),
+        "after the rotation only the new key signs: {cp}"
+    );
+    assert!(
+        cp.starts_with("auditlake.test/old\n6\n"),
+        "the log keeps its origin: {cp}"
+    );
+
+    // Trusting only the old key: the rotation is followed, the checkpoint verifies.
+    let r = verify(&archive_at(&root), &trusting(&[&old_v]))
+        .await
+        .unwrap();
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+    assert_eq!(
+        r.rotations,
+        [(
+            4,
+            "auditlake.test/old".to_string(),
+            "auditlake.test/new".to_string()
+        )]
+    );
+    assert_eq!(r.signed_by, ["auditlake.test/new"]);
+    // Trusting the new key alone works too.
+    let r = verify(&archive_at(&root), &trusting(&[&new_v]))
+        .await
+        .unwrap();
+    assert!(r.problems.is_empty(), "{:#?}", r.problems);
+
+    // Someone with write access plants a rotation to their own key and re-signs the log
+    // with it: the planted rotation is not signed by the old key, so it is not followed.
+    let evil = Signer::generate("auditlake.test/evil", KeyKind::Log).unwrap();
+    let planted = tempfile::tempdir().unwrap();
+    let copy = planted.path().join("copy");
+    copy_dir(&root, &copy);
+    let rotation =
+        std::fs::read_to_string(copy.join("_log/rotation/00000000000000000004")).unwrap();
+    let rot = Checkpoint::parse(&rotation).unwrap();
+    std::fs::write(
+        copy.join("_log/rotation/00000000000000000004"),
+        SignedNote::sign(&rot.head.text(), &[&evil], 0),
+    )
+    .unwrap();
+    let latest = Checkpoint::parse(&cp).unwrap();
+    std::fs::write(
+        copy.join(tlog::CHECKPOINT_FILE),
+        SignedNote::sign(&latest.head.text(), &[&evil], 0),
+    )
+    .unwrap();
+    let r = verify(&archive_at(&copy), &trusting(&[&old_v]))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.worst(),
+        Some(Verdict::CheckpointSignature),
+        "{:#?}",
+        r.problems
+    );
+    assert!(r.rotations.is_empty());
+}

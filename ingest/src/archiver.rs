@@ -724,6 +724,7 @@ impl Writing {
                         removed: Vec::new(),
                         source,
                         retention: None,
+                        key_rotation: None,
                     },
                     through_seq: self.last_seq,
                     cleanup: std::mem::take(&mut pending.cleanup),
