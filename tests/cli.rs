@@ -963,13 +963,7 @@ fn openshift_and_firehose_objects_and_gke_mapped_rbac_and_exec_scenarios_raise_t
 
 /// Runs `auditlake --archive <archive> <args>`: its exit code and stdout.
 fn auditlake_status(archive: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(BIN)
-        .arg("--archive")
-        .arg(archive)
-        .args(args)
-        .env("AUDITLAKE_LOG", "warn")
-        .output()
-        .unwrap();
+    let out = auditlake_output(archive, args);
     (
         out.status.code().unwrap(),
         String::from_utf8(out.stdout).unwrap(),

@@ -184,6 +184,35 @@ impl Archive {
         Some(out)
     }
 
+    /// Every object under `dir` (relative to the root) with its bytes, in path order: the
+    /// few small objects of a marker directory (legal holds, key rotations).
+    pub async fn read_all_under(
+        &self,
+        dir: &str,
+    ) -> Result<Vec<(String, bytes::Bytes)>, ArchiveError> {
+        let mut metas: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&self.path(dir)))
+            .try_collect()
+            .await
+            .map_err(store_err("list", dir))?;
+        metas.sort_by(|a, b| a.location.cmp(&b.location));
+        let mut out = Vec::with_capacity(metas.len());
+        for m in metas {
+            let rel = self.relative(&m.location).unwrap_or_default();
+            let bytes = self
+                .store
+                .get(&m.location)
+                .await
+                .map_err(store_err("get", &rel))?
+                .bytes()
+                .await
+                .map_err(store_err("get", &rel))?;
+            out.push((rel, bytes));
+        }
+        Ok(out)
+    }
+
     /// Puts `bytes` at `relative` (fsynced on a local filesystem).
     pub(crate) async fn put_bytes(
         &self,

@@ -37,6 +37,16 @@ pub fn empty_root() -> Hash {
     Sha256::digest([]).into()
 }
 
+/// The hash of a perfect subtree over `2^k` consecutive nodes of one height.
+pub fn perfect_root(nodes: &[Hash]) -> Hash {
+    debug_assert!(nodes.len().is_power_of_two());
+    let mut layer: Vec<Hash> = nodes.to_vec();
+    while layer.len() > 1 {
+        layer = layer.chunks(2).map(|p| node_hash(&p[0], &p[1])).collect();
+    }
+    layer.first().copied().unwrap_or_else(empty_root)
+}
+
 /// The largest power of two strictly below `n` (`n >= 2`).
 fn split(n: u64) -> u64 {
     debug_assert!(n >= 2);

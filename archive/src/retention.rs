@@ -7,12 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use crate::archive::{Archive, CommitContents};
-use crate::error::{ArchiveError, store_err};
+use crate::error::ArchiveError;
 use crate::layout::{QUARANTINE_DIR, Table};
 use crate::manifest::{ManifestRecord, RemovedFile, RetentionInfo};
 
@@ -105,24 +104,8 @@ impl LegalHold {
 /// The holds kept as marker objects under `_legal_hold/`. A marker that cannot be read is
 /// an error: retention must not run past a hold it cannot understand.
 pub async fn hold_markers(archive: &Archive) -> Result<Vec<LegalHold>, ArchiveError> {
-    let dir = archive.path(LEGAL_HOLD_DIR);
-    let metas: Vec<object_store::ObjectMeta> = archive
-        .store()
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(store_err("list", LEGAL_HOLD_DIR))?;
     let mut holds = Vec::new();
-    for m in metas {
-        let rel = archive.relative(&m.location).unwrap_or_default();
-        let bytes = archive
-            .store()
-            .get(&m.location)
-            .await
-            .map_err(store_err("get", &rel))?
-            .bytes()
-            .await
-            .map_err(store_err("get", &rel))?;
+    for (rel, bytes) in archive.read_all_under(LEGAL_HOLD_DIR).await? {
         let hold: LegalHold =
             serde_json::from_slice(&bytes).map_err(|e| ArchiveError::Manifest {
                 path: rel.clone(),

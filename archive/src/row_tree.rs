@@ -247,19 +247,8 @@ impl RowTree {
 pub fn nodes_root(nodes: &[Hash]) -> Hash {
     merkle::root(nodes.len() as u64, &mut |(level, index)| {
         let lo = (index << level) as usize;
-        perfect_nodes(&nodes[lo..lo + (1usize << level)])
+        merkle::perfect_root(&nodes[lo..lo + (1usize << level)])
     })
-}
-
-fn perfect_nodes(nodes: &[Hash]) -> Hash {
-    let mut layer = nodes.to_vec();
-    while layer.len() > 1 {
-        layer = layer
-            .chunks(2)
-            .map(|p| merkle::node_hash(&p[0], &p[1]))
-            .collect();
-    }
-    layer.first().copied().unwrap_or_else(merkle::empty_root)
 }
 
 /// The group roots as kept in the footer.
@@ -288,12 +277,12 @@ pub fn row_path(index: u64, rows: u64, group_leaves: &[Hash], group_roots: &[Has
     let within = index % LEAF_GROUP_ROWS;
     let mut path = merkle::inclusion_proof(within, group_leaves.len() as u64, &mut |(l, i)| {
         let lo = (i << l) as usize;
-        perfect_nodes(&group_leaves[lo..lo + (1usize << l)])
+        merkle::perfect_root(&group_leaves[lo..lo + (1usize << l)])
     });
     let groups = rows.div_ceil(LEAF_GROUP_ROWS);
     path.extend(merkle::inclusion_proof(g, groups, &mut |(l, i)| {
         let lo = (i << l) as usize;
-        perfect_nodes(&group_roots[lo..lo + (1usize << l)])
+        merkle::perfect_root(&group_roots[lo..lo + (1usize << l)])
     }));
     path
 }
@@ -316,7 +305,7 @@ mod tests {
         assert_eq!(groups.len(), 3);
         let mut from_leaves = |(l, i): merkle::NodeId| {
             let lo = (i << l) as usize;
-            perfect_nodes(&leaves[lo..lo + (1usize << l)])
+            merkle::perfect_root(&leaves[lo..lo + (1usize << l)])
         };
         assert_eq!(root, merkle::root(rows, &mut from_leaves));
         for index in [0, 5, LEAF_GROUP_ROWS - 1, LEAF_GROUP_ROWS + 3, rows - 1] {

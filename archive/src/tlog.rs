@@ -53,19 +53,6 @@ pub fn tile_path(level: u8, index: u64, width: u64) -> String {
     path
 }
 
-/// The hash of `2^k` consecutive nodes of one height (a perfect subtree over them).
-fn perfect(nodes: &[Hash]) -> Hash {
-    debug_assert!(nodes.len().is_power_of_two());
-    let mut layer: Vec<Hash> = nodes.to_vec();
-    while layer.len() > 1 {
-        layer = layer
-            .chunks(2)
-            .map(|p| merkle::node_hash(&p[0], &p[1]))
-            .collect();
-    }
-    layer.first().copied().unwrap_or_else(merkle::empty_root)
-}
-
 /// What a checkpoint says: the log's origin, its size and root (`tlog-checkpoint`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TreeHead {
@@ -186,7 +173,7 @@ impl Edge {
                 break;
             }
             let hashes = std::mem::take(&mut self.levels[level]);
-            node = perfect(&hashes);
+            node = merkle::perfect_root(&hashes);
             let index = ((self.size >> (8 * level)) >> 8) - 1;
             full.push((level as u8, index, hashes));
             level += 1;
@@ -213,7 +200,7 @@ impl Edge {
             for bit in (0..8).rev() {
                 let n = 1usize << bit;
                 if w & n != 0 {
-                    parts.push(perfect(&hashes[at..at + n]));
+                    parts.push(merkle::perfect_root(&hashes[at..at + n]));
                     at += n;
                 }
             }
@@ -337,7 +324,9 @@ impl<'a> TileReader<'a> {
             self.tiles.insert((k, tile), hashes);
         }
         let hashes = &self.tiles[&(k, tile)];
-        Ok(perfect(&hashes[offset as usize..(offset + count) as usize]))
+        Ok(merkle::perfect_root(
+            &hashes[offset as usize..(offset + count) as usize],
+        ))
     }
 
     /// Runs a proof function over hashes read from the tiles.
@@ -598,26 +587,8 @@ pub async fn rotate_key(
 pub async fn rotation_checkpoints(
     archive: &Archive,
 ) -> Result<Vec<(String, Checkpoint)>, ArchiveError> {
-    use futures::TryStreamExt;
-    let dir = archive.path(ROTATION_DIR);
-    let mut metas: Vec<object_store::ObjectMeta> = archive
-        .store()
-        .list(Some(&dir))
-        .try_collect()
-        .await
-        .map_err(store_err("list", ROTATION_DIR))?;
-    metas.sort_by(|a, b| a.location.cmp(&b.location));
     let mut out = Vec::new();
-    for m in metas {
-        let rel = archive.relative(&m.location).unwrap_or_default();
-        let bytes = archive
-            .store()
-            .get(&m.location)
-            .await
-            .map_err(store_err("get", &rel))?
-            .bytes()
-            .await
-            .map_err(store_err("get", &rel))?;
+    for (rel, bytes) in archive.read_all_under(ROTATION_DIR).await? {
         let cp = std::str::from_utf8(&bytes)
             .map_err(|e| e.to_string())
             .and_then(|t| Checkpoint::parse(t).map_err(|e| e.to_string()))
@@ -659,14 +630,14 @@ mod tests {
             if n.is_multiple_of(997) || n < 600 || n == 65_536 || n == 65_537 {
                 let mut node = |(level, index): NodeId| {
                     let lo = (index << level) as usize;
-                    perfect(&leaves[lo..lo + (1usize << level)])
+                    merkle::perfect_root(&leaves[lo..lo + (1usize << level)])
                 };
                 assert_eq!(edge.root(), merkle::root(n, &mut node), "size {n}");
             }
         }
         // Level 1 tile 0 holds the roots of the first 256 level-0 tiles.
         let t = &tiles[&(1, 0)];
-        assert_eq!(t[3], perfect(&leaves[3 * 256..4 * 256]));
+        assert_eq!(t[3], merkle::perfect_root(&leaves[3 * 256..4 * 256]));
         assert_eq!(tiles[&(0, 5)], leaves[5 * 256..6 * 256].to_vec());
     }
 }

@@ -77,14 +77,21 @@ pub fn start(dir: &Path, webhook: SocketAddr, ops: SocketAddr, stderr: Stdio) ->
 /// Runs `auditlake --archive <archive> <args>` (warnings-only log), asserts it succeeded,
 /// returns its stdout.
 pub fn auditlake_ok<S: AsRef<std::ffi::OsStr>>(archive: &Path, args: &[S]) -> String {
-    let out = Command::new(BIN)
+    success_stdout(auditlake_output(archive, args))
+}
+
+/// Runs `auditlake --archive <archive> <args>` (warnings-only log) and returns its output.
+pub fn auditlake_output<S: AsRef<std::ffi::OsStr>>(
+    archive: &Path,
+    args: &[S],
+) -> std::process::Output {
+    Command::new(BIN)
         .arg("--archive")
         .arg(archive)
         .args(args)
         .env("AUDITLAKE_LOG", "warn")
         .output()
-        .unwrap();
-    success_stdout(out)
+        .unwrap()
 }
 
 /// The stdout of a run that must have succeeded (its stderr is the failure message).
