@@ -1239,3 +1239,80 @@ fn a_signed_archive_verifies_with_public_keys_and_tampering_fails_with_its_exit_
     );
     assert!(out.contains("signed by example.com/audit-2027"), "{out}");
 }
+
+#[test]
+fn an_idle_server_writes_signed_heartbeats_naming_its_position_and_clusters() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let key = dir.path().join("log.key");
+    auditlake_ok(
+        &archive,
+        &["keys", "generate", "--out", key.to_str().unwrap()],
+    );
+    let mut server = Server::spawn(
+        dir.path(),
+        &[
+            "--signing-key",
+            key.to_str().unwrap(),
+            "--heartbeat-interval-seconds",
+            "1",
+            "--flush-interval-seconds",
+            "1",
+            "--cluster",
+            "west",
+        ],
+        None,
+        Stdio::null(),
+    );
+    server.wait_ready(60);
+    let events = scenario_events(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/scenarios/rbac-crb-cluster-admin-by-stranger.yaml"
+    )));
+    let body = format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{}]}}"#,
+        events.join(",")
+    );
+    assert_eq!(server.post("east", body.as_bytes()), Some(200));
+    server.wait_metric("auditlake_commits_total", 1.0, 60);
+    server.wait_metric("auditlake_heartbeats_total", 2.0, 60);
+    let (status, _) = server.terminate(30);
+    assert!(status.success());
+
+    let mut paths: Vec<_> = std::fs::read_dir(archive.join("_manifest"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    let records: Vec<serde_json::Value> = paths
+        .iter()
+        .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
+        .collect();
+    let commit = records
+        .iter()
+        .find(|r| !r["files"].as_array().unwrap().is_empty())
+        .expect("the batch was committed");
+    let beats: Vec<&serde_json::Value> = records
+        .iter()
+        .filter(|r| r.get("heartbeat").is_some())
+        .collect();
+    assert!(beats.len() >= 2, "{records:#?}");
+    let last = beats.last().unwrap();
+    assert!(last["files"].as_array().unwrap().is_empty());
+    assert_eq!(
+        last["heartbeat"]["clusters"],
+        serde_json::json!(["east", "west"])
+    );
+    assert_eq!(last["source"]["kind"], "webhook");
+    assert_eq!(
+        last["source"]["through_seq"],
+        commit["source"]["through_seq"]
+    );
+    // Heartbeats are leaves of the signed log like every record.
+    let (code, out) = auditlake_status(
+        &archive,
+        &["verify", "--public-key", &format!("{}.vkey", key.display())],
+    );
+    assert_eq!(code, 0, "{out}");
+}

@@ -50,6 +50,8 @@ pub struct CommitContents {
     pub retention: Option<crate::manifest::RetentionInfo>,
     /// A change of the log's signing key.
     pub key_rotation: Option<crate::manifest::KeyRotation>,
+    /// A heartbeat (no files).
+    pub heartbeat: Option<crate::manifest::Heartbeat>,
 }
 
 /// Called by [`Archive::commit`] with every path it is about to put, before the first put.
@@ -692,6 +694,7 @@ impl Archive {
                 && r.source == contents.source
                 && r.retention == contents.retention
                 && r.key_rotation == contents.key_rotation
+                && r.heartbeat == contents.heartbeat
             {
                 return Ok(Some(r));
             }
@@ -758,6 +761,7 @@ impl Archive {
             record.source = contents.source.clone();
             record.retention = contents.retention.clone();
             record.key_rotation = contents.key_rotation.clone();
+            record.heartbeat = contents.heartbeat.clone();
             let rel = format!("{MANIFEST_DIR}/{}", ManifestRecord::file_name(sequence));
             let body = serde_json::to_vec_pretty(&record).map_err(|e| ArchiveError::Manifest {
                 path: rel.clone(),

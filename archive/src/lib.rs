@@ -38,8 +38,9 @@ pub use layout::{
 };
 pub use location::ArchiveLocation;
 pub use manifest::{
-    FileRange, KafkaRange, KeyRotation, MANIFEST_FORMAT, MANIFEST_FORMAT_V1, MANIFEST_FORMAT_V2,
-    ManifestFile, ManifestQuarantine, ManifestRecord, RemovedFile, RetentionInfo, SourceMark,
+    FileRange, Heartbeat, KafkaRange, KeyRotation, MANIFEST_FORMAT, MANIFEST_FORMAT_V1,
+    MANIFEST_FORMAT_V2, ManifestFile, ManifestQuarantine, ManifestRecord, RemovedFile,
+    RetentionInfo, SourceMark,
 };
 pub use parquet_properties::{ParquetSettings, encode_file, writer_properties};
 pub use quarantine::{quarantine_line, quarantine_ndjson, quarantine_weight};

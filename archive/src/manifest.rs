@@ -155,6 +155,19 @@ pub struct ManifestRecord {
     /// A key rotation: from this record on, the log is signed by `to` instead of `from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_rotation: Option<KeyRotation>,
+    /// A heartbeat: no files; the source of `source` was up and had nothing to commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<Heartbeat>,
+}
+
+/// What a heartbeat record attests (`archive/FORMAT.md` §3): the writer was up at
+/// `committed_at`, archiving for these clusters, with nothing to commit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    /// Clusters the source serves: its configured cluster and every cluster it committed
+    /// events of in this run.
+    pub clusters: Vec<String>,
 }
 
 /// The log's signing key changing (`archive/FORMAT.md` §7): the checkpoint covering this
@@ -208,6 +221,7 @@ impl ManifestRecord {
             source: None,
             retention: None,
             key_rotation: None,
+            heartbeat: None,
         }
     }
 
@@ -354,6 +368,7 @@ mod v1 {
                 }),
                 retention: None,
                 key_rotation: None,
+                heartbeat: None,
             }
         }
     }

@@ -725,6 +725,7 @@ impl Writing {
                         source,
                         retention: None,
                         key_rotation: None,
+                        heartbeat: None,
                     },
                     through_seq: self.last_seq,
                     cleanup: std::mem::take(&mut pending.cleanup),

@@ -19,7 +19,7 @@ use crate::archiver::CommitUnit;
 use crate::error::IngestError;
 use crate::serve::ServeError;
 use crate::serve_metrics::ServeMetrics;
-use auditlake_archive::{Archive, ArchiveError, BeforePut};
+use auditlake_archive::{Archive, ArchiveError, BeforePut, SourceMark};
 
 const INTENT_FILE: &str = "commit-intent.json";
 /// First wait before a failed commit is tried again; doubled up to [`MAX_BACKOFF`].
@@ -123,6 +123,50 @@ pub(crate) struct Committer {
     pub replay_target: u64,
     /// Set at shutdown to the time after which a failing commit is given up.
     pub give_up_at: watch::Receiver<Option<tokio::time::Instant>>,
+    /// Write a heartbeat record after this long without a commit (`serve`); `None` for a
+    /// finite source (`ingest`).
+    pub heartbeat: Option<Heartbeats>,
+}
+
+/// The heartbeat settings and state of a committer.
+pub(crate) struct Heartbeats {
+    /// Idle time after which a heartbeat is written.
+    pub every: Duration,
+    /// The source's mark as of the last commit (a heartbeat repeats it, without new ranges).
+    pub mark: Option<SourceMark>,
+    /// Clusters the source serves.
+    pub clusters: std::collections::BTreeSet<String>,
+}
+
+impl Heartbeats {
+    /// Heartbeats every `every` for a source serving `cluster`, whose position is `mark`;
+    /// `None` when `every` is zero (turned off).
+    pub(crate) fn new(every: Duration, cluster: &str, mark: Option<SourceMark>) -> Option<Self> {
+        (!every.is_zero()).then(|| Heartbeats {
+            every,
+            mark,
+            clusters: [cluster.to_string()].into(),
+        })
+    }
+
+    fn saw(&mut self, contents: &auditlake_archive::CommitContents) {
+        if let Some(mark) = &contents.source {
+            // The position, not what the commit added: a heartbeat archives nothing.
+            self.mark = Some(match mark.clone() {
+                SourceMark::Kafka { group, .. } => SourceMark::Kafka {
+                    group,
+                    ranges: Vec::new(),
+                },
+                SourceMark::Files { .. } => SourceMark::Files { inputs: Vec::new() },
+                other => other,
+            });
+        }
+        for f in &contents.files {
+            if !self.clusters.contains(&f.cluster) {
+                self.clusters.insert(f.cluster.clone());
+            }
+        }
+    }
 }
 
 /// What a committer run did.
@@ -145,7 +189,21 @@ impl Committer {
     /// Commits every unit received until the archiver drops its sender.
     pub(crate) async fn run(mut self, mut units: mpsc::Receiver<CommitUnit>) -> Committed {
         let mut done = Committed::default();
-        while let Some(unit) = units.recv().await {
+        loop {
+            let received = match &self.heartbeat {
+                Some(h) => match tokio::time::timeout(h.every, units.recv()).await {
+                    Ok(unit) => unit,
+                    Err(_) => {
+                        self.beat().await;
+                        continue;
+                    }
+                },
+                None => units.recv().await,
+            };
+            let Some(unit) = received else { break };
+            if let Some(h) = &mut self.heartbeat {
+                h.saw(&unit.contents);
+            }
             if let Err(e) = self.commit_with_retry(&unit, &mut done).await {
                 // Only at shutdown: the records stay in the log for the next start.
                 units.close();
@@ -166,6 +224,36 @@ impl Committer {
             }
         }
         done
+    }
+
+    /// Writes a heartbeat record: the source was up with nothing to commit. Not retried (the
+    /// next one comes an interval later) and not a commit failure: a missing heartbeat is
+    /// itself what a gap report shows.
+    async fn beat(&mut self) {
+        let Some(h) = &self.heartbeat else { return };
+        let contents = auditlake_archive::CommitContents {
+            source: h.mark.clone(),
+            heartbeat: Some(auditlake_archive::Heartbeat {
+                clusters: h.clusters.iter().cloned().collect(),
+            }),
+            ..Default::default()
+        };
+        match self
+            .archive
+            .commit(&self.writer_id, &contents, None, false)
+            .await
+        {
+            Ok(outcome) => {
+                self.metrics.heartbeats.inc();
+                tracing::debug!(
+                    sequence = outcome.record.sequence,
+                    "heartbeat: nothing to commit, the source is up"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "could not write a heartbeat record")
+            }
+        }
     }
 
     async fn commit_with_retry(

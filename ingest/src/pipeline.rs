@@ -148,6 +148,8 @@ pub async fn ingest(
             health,
             replay_target: 0,
             give_up_at,
+            // A finite source: its byte ranges are its continuity.
+            heartbeat: None,
         }
         .run(commit_rx),
     );

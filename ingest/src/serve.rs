@@ -389,6 +389,14 @@ impl Supervisor {
                     health: self.health.clone(),
                     replay_target,
                     give_up_at: self.give_up_at.clone(),
+                    heartbeat: crate::committer::Heartbeats::new(
+                        Duration::from_secs(self.config.heartbeat_interval_seconds),
+                        &self.config.cluster,
+                        Some(auditlake_archive::SourceMark::Webhook {
+                            log_id: self.wal_id.clone(),
+                            through_seq: committed,
+                        }),
+                    ),
                 }
                 .run(commit_rx),
             );

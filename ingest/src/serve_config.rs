@@ -332,6 +332,10 @@ serve_config! {
     /// Longest an accepted event waits before its Parquet file is committed, in seconds; a
     /// commit also happens once a quarter of `wal_max_bytes` is waiting.
     flush_interval_seconds: u64 = 30;
+    /// After this many seconds without a commit, write a heartbeat record (no files; the
+    /// source's position and clusters), so that silence is attested in the signed log; 0
+    /// turns heartbeats off.
+    heartbeat_interval_seconds: u64 = 60;
     /// How long a resent event is recognised as a duplicate, in seconds (the apiserver
     /// retries for minutes).
     dedup_window_seconds: u64 = 600;

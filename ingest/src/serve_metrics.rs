@@ -42,6 +42,8 @@ pub struct ServeMetrics {
     pub events_committed: Counter,
     /// Manifest commits.
     pub commits: Counter,
+    /// Heartbeat records written (a record with no files, attesting the source was up).
+    pub heartbeats: Counter,
     /// Findings the detectors emitted.
     pub findings: Counter,
     /// Time from a request's arrival to its findings being handed to the sinks.
@@ -100,6 +102,7 @@ impl ServeMetrics {
             duplicates: Counter::default(),
             events_committed: Counter::default(),
             commits: Counter::default(),
+            heartbeats: Counter::default(),
             findings: Counter::default(),
             finding_latency_seconds: latency(),
             commit_seconds: latency(),
@@ -150,6 +153,11 @@ impl ServeMetrics {
             m.events_committed.clone(),
         );
         registry.register("commits", "Manifest commits", m.commits.clone());
+        registry.register(
+            "heartbeats",
+            "Heartbeat records written while no commit was due (silence attested)",
+            m.heartbeats.clone(),
+        );
         registry.register(
             "findings",
             "Findings emitted by the detectors",
