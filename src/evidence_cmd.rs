@@ -130,9 +130,14 @@ pub(crate) struct VerifyProofArgs {
     require: Option<usize>,
 }
 
-/// Reads a key file, naming it in errors.
-fn read_key_file(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path).with_context(|| format!("reading key file {}", path.display()))
+/// Reads a text file (`what`: a key, a checkpoint), naming it in errors.
+fn read_text(what: &str, path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {what} {}", path.display()))
+}
+
+/// Reads a private key file (`what`: signing key, witness key, ...).
+fn read_signer(what: &str, path: &Path) -> Result<Signer> {
+    Signer::parse(&read_text(what, path)?).with_context(|| format!("{what} {}", path.display()))
 }
 
 /// Turns on signing for `archive` with the key files given to `ingest` or `serve`, and
@@ -148,13 +153,11 @@ pub(crate) async fn with_signing(
         }
         return Ok(archive);
     };
-    let signer = Signer::parse(&read_key_file(path)?)
-        .with_context(|| format!("signing key {}", path.display()))?;
+    let signer = read_signer("signing key", path)?;
     let mut keys =
         LogKeys::new(signer).with_context(|| format!("signing key {}", path.display()))?;
     for w in witness_keys {
-        let witness = Signer::parse(&read_key_file(w)?)
-            .with_context(|| format!("witness key {}", w.display()))?;
+        let witness = read_signer("witness key", w)?;
         if witness.verifier().kind() != KeyKind::Witness {
             bail!(
                 "witness key {}: {} is a log key; witnesses cosign with a key from `auditlake keys generate --witness`",
@@ -182,10 +185,10 @@ pub(crate) async fn with_signing(
 pub(crate) async fn run_keys(archive: &str, args: KeysArgs) -> Result<()> {
     match args.command {
         KeysCommand::Rotate { old_key, new_key } => {
-            let read = |p: &Path| -> Result<Signer> {
-                Signer::parse(&read_key_file(p)?).with_context(|| format!("key {}", p.display()))
-            };
-            let (old, new) = (read(&old_key)?, read(&new_key)?);
+            let (old, new) = (
+                read_signer("old key", &old_key)?,
+                read_signer("new key", &new_key)?,
+            );
             let (old_name, new_vkey) = (old.verifier().name().to_string(), new.verifier().vkey());
             let archive = crate::open_existing_archive(archive).await?;
             let writer = auditlake_ingest::new_writer_id();
@@ -221,8 +224,7 @@ pub(crate) async fn run_keys(archive: &str, args: KeysArgs) -> Result<()> {
             Ok(())
         }
         KeysCommand::Public { key } => {
-            let signer = Signer::parse(&read_key_file(&key)?)
-                .with_context(|| format!("key {}", key.display()))?;
+            let signer = read_signer("key", &key)?;
             println!("{}", signer.verifier().vkey());
             Ok(())
         }
@@ -254,7 +256,7 @@ fn trusted_keys(args: &[String]) -> Result<Vec<Verifier>> {
     let mut out = Vec::new();
     for a in args {
         let text = if Path::new(a).exists() {
-            read_key_file(Path::new(a))?
+            read_text("public key file", Path::new(a))?
         } else {
             a.clone()
         };
@@ -279,7 +281,7 @@ pub(crate) async fn run_verify(archive: Archive, args: VerifyArgs) -> Result<()>
     }
     let pinned = match &args.since_checkpoint {
         Some(path) => Some(
-            Checkpoint::parse(&read_key_file(path)?)
+            Checkpoint::parse(&read_text("checkpoint", path)?)
                 .with_context(|| format!("--since-checkpoint {}", path.display()))?,
         ),
         None => None,
@@ -409,8 +411,7 @@ pub(crate) fn run_verify_proof(args: VerifyProofArgs) -> Result<()> {
     let text = if args.proof.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin()).context("reading the proof from stdin")?
     } else {
-        std::fs::read_to_string(&args.proof)
-            .with_context(|| format!("reading {}", args.proof.display()))?
+        read_text("proof", &args.proof)?
     };
     let proof: EventProof = serde_json::from_str(&text)
         .with_context(|| format!("{} is not an auditlake event proof", args.proof.display()))?;

@@ -54,6 +54,25 @@ pub struct CommitContents {
     pub heartbeat: Option<crate::manifest::Heartbeat>,
 }
 
+impl CommitContents {
+    /// Writes what the commit says besides its files into `record`: the one list of those
+    /// fields, so a retried commit recognises its own record by the same ones.
+    fn stamp(&self, record: &mut ManifestRecord) {
+        record.removed = self.removed.clone();
+        record.source = self.source.clone();
+        record.retention = self.retention.clone();
+        record.key_rotation = self.key_rotation.clone();
+        record.heartbeat = self.heartbeat.clone();
+    }
+
+    /// Whether `record` says what [`Self::stamp`] would write.
+    fn stamped(&self, record: &ManifestRecord) -> bool {
+        let mut expected = record.clone();
+        self.stamp(&mut expected);
+        expected == *record
+    }
+}
+
 /// Called by [`Archive::commit`] with every path it is about to put, before the first put.
 pub type BeforePut<'a> = &'a (dyn Fn(&[String]) -> Result<(), ArchiveError> + Sync);
 
@@ -213,6 +232,31 @@ impl Archive {
             out.push((rel, bytes));
         }
         Ok(out)
+    }
+
+    /// The bytes of the object at `relative`, `None` when it does not exist.
+    pub async fn get_if_exists(
+        &self,
+        relative: &str,
+    ) -> Result<Option<bytes::Bytes>, ArchiveError> {
+        match self.store.get(&self.path(relative)).await {
+            Ok(r) => r
+                .bytes()
+                .await
+                .map(Some)
+                .map_err(store_err("get", relative)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(store_err("get", relative)(e)),
+        }
+    }
+
+    /// The bytes of manifest record `sequence`, `None` when it does not exist.
+    pub async fn record_bytes(&self, sequence: u64) -> Result<Option<bytes::Bytes>, ArchiveError> {
+        self.get_if_exists(&format!(
+            "{MANIFEST_DIR}/{}",
+            ManifestRecord::file_name(sequence)
+        ))
+        .await
     }
 
     /// Puts `bytes` at `relative` (fsynced on a local filesystem).
@@ -690,11 +734,7 @@ impl Archive {
             if r.writer == writer_id
                 && r.files == files
                 && r.quarantine == quarantine
-                && r.removed == contents.removed
-                && r.source == contents.source
-                && r.retention == contents.retention
-                && r.key_rotation == contents.key_rotation
-                && r.heartbeat == contents.heartbeat
+                && contents.stamped(&r)
             {
                 return Ok(Some(r));
             }
@@ -757,11 +797,7 @@ impl Archive {
                 files.clone(),
                 quarantine.clone(),
             );
-            record.removed = contents.removed.clone();
-            record.source = contents.source.clone();
-            record.retention = contents.retention.clone();
-            record.key_rotation = contents.key_rotation.clone();
-            record.heartbeat = contents.heartbeat.clone();
+            contents.stamp(&mut record);
             let rel = format!("{MANIFEST_DIR}/{}", ManifestRecord::file_name(sequence));
             let body = serde_json::to_vec_pretty(&record).map_err(|e| ArchiveError::Manifest {
                 path: rel.clone(),

@@ -69,16 +69,23 @@ fn perfect_parts(lo: u64, hi: u64) -> Vec<NodeId> {
     parts
 }
 
-/// The hash of leaves `lo..hi` (`lo < hi`, `lo` aligned as in [`perfect_parts`]).
-fn range_hash(lo: u64, hi: u64, node: &mut dyn FnMut(NodeId) -> Hash) -> Hash {
-    let parts = perfect_parts(lo, hi);
-    let mut iter = parts.into_iter().rev();
-    // `lo < hi`, so there is at least one part.
-    let mut acc = iter.next().map(&mut *node).unwrap_or_else(empty_root);
-    for part in iter {
-        acc = node_hash(&node(part), &acc);
+/// The hash of consecutive perfect subtrees, left to right and largest first, as RFC 6962
+/// joins them: folded from the right. The empty tree's root when there are none.
+pub fn fold_right(parts: impl DoubleEndedIterator<Item = Hash>) -> Hash {
+    let mut iter = parts.rev();
+    let Some(mut acc) = iter.next() else {
+        return empty_root();
+    };
+    for p in iter {
+        acc = node_hash(&p, &acc);
     }
     acc
+}
+
+/// The hash of leaves `lo..hi` (`lo < hi`, `lo` aligned as in [`perfect_parts`]).
+fn range_hash(lo: u64, hi: u64, node: &mut dyn FnMut(NodeId) -> Hash) -> Hash {
+    let parts: Vec<Hash> = perfect_parts(lo, hi).into_iter().map(node).collect();
+    fold_right(parts.into_iter())
 }
 
 /// The root of a tree of `size` leaves.
@@ -159,6 +166,20 @@ pub fn needed_nodes(f: impl FnOnce(&mut dyn FnMut(NodeId) -> Hash)) -> Vec<NodeI
     wanted.sort_unstable();
     wanted.dedup();
     wanted
+}
+
+/// A node lookup over consecutive nodes of one height held in memory: node `(level, i)` is
+/// the perfect subtree over `nodes[i << level .. (i + 1) << level]`.
+pub fn over(nodes: &[Hash]) -> impl FnMut(NodeId) -> Hash + '_ {
+    move |(level, index)| {
+        let lo = (index << level) as usize;
+        perfect_root(&nodes[lo..lo + (1usize << level)])
+    }
+}
+
+/// A SHA-256 written as hex (the manifest's form), or `None` when it is not one.
+pub fn hash_from_hex(text: &str) -> Option<Hash> {
+    hex::decode(text).ok()?.try_into().ok()
 }
 
 /// A node lookup over fetched hashes; a node that was not fetched is a bug of the caller

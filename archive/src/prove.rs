@@ -3,7 +3,7 @@
 //! path to the file's rows root, the manifest record naming the file (verbatim), that
 //! record's path in the signed log, and the signed checkpoint (`archive/FORMAT.md` §8).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use arrow::array::{AsArray, RecordBatch};
 use base64::Engine as _;
@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::archive::Archive;
 use crate::attested::AttestedFiles;
-use crate::error::{ArchiveError, store_err};
+use crate::error::ArchiveError;
 use crate::layout::{MANIFEST_DIR, Table};
 use crate::manifest::ManifestRecord;
 use crate::merkle::{self, Hash};
@@ -302,10 +302,14 @@ pub async fn prove(
     let mut reader = TileReader::new(archive, size);
     let mut records: HashMap<u64, (String, ManifestRecord)> = HashMap::new();
     for (path, bytes, sequence, rows) in found {
-        let sequence = match sequence {
-            0 => find_sequence(archive, &path, size).await?,
-            s => s,
-        };
+        if sequence == 0 {
+            // Known only from a live-file cache written before caches kept sequences, so
+            // committed by a version that did not hash rows.
+            return Err(proof_err(
+                &path,
+                "it was committed before the archive's rows were hashed (no rows root)",
+            ));
+        }
         if let std::collections::hash_map::Entry::Vacant(slot) = records.entry(sequence) {
             slot.insert(read_record_text(archive, sequence).await?);
         }
@@ -315,62 +319,67 @@ pub async fn prove(
             .iter()
             .find(|f| f.path == path)
             .ok_or_else(|| proof_err(&path, format!("record {sequence} does not name it")))?;
-        let rows_root = entry.rows_root.clone().ok_or_else(|| {
-            proof_err(
-                &path,
-                "its record has no rows root: the file was committed before the archive was signed",
-            )
-        })?;
+        let rows_root = entry
+            .rows_root
+            .as_deref()
+            .and_then(merkle::hash_from_hex)
+            .ok_or_else(|| {
+                proof_err(
+                    &path,
+                    "its record has no rows root: the file was committed before the archive was signed",
+                )
+            })?;
+        let log_path = reader
+            .run(|node| merkle::inclusion_proof(sequence - 1, size, node))
+            .await?;
+        // The stages of one event are usually in one leaf group: each group is read once.
+        let mut by_group: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         for (row_index, row_stage) in rows {
-            if stage.is_some_and(|s| s != row_stage) {
-                continue;
+            if stage.is_none_or(|s| s == row_stage) {
+                by_group
+                    .entry(row_index / LEAF_GROUP_ROWS)
+                    .or_default()
+                    .push(row_index);
             }
-            let group = row_index / LEAF_GROUP_ROWS;
+        }
+        for (group, wanted) in by_group {
             let (batches, roots) = read_group(archive, &path, bytes, entry.rows, group).await?;
             let mut leaves = Vec::new();
-            let mut row = None;
+            let mut found_rows = Vec::new();
             let mut at = group * LEAF_GROUP_ROWS;
             for b in &batches {
                 row_tree::row_leaves(b, &mut leaves)
                     .map_err(|e| proof_err(&path, e.to_string()))?;
-                if (at..at + b.num_rows() as u64).contains(&row_index) {
-                    row = Some(
-                        row_tree::row_json(b, (row_index - at) as usize)
-                            .map_err(|e| proof_err(&path, e.to_string()))?,
-                    );
+                for &row_index in wanted
+                    .iter()
+                    .filter(|r| (at..at + b.num_rows() as u64).contains(r))
+                {
+                    let row = row_tree::row_json(b, (row_index - at) as usize)
+                        .map_err(|e| proof_err(&path, e.to_string()))?;
+                    found_rows.push((row_index, row));
                 }
                 at += b.num_rows() as u64;
             }
-            let row = row.ok_or_else(|| proof_err(&path, format!("row {row_index} not read")))?;
-            let row_path = row_tree::row_path(row_index, entry.rows, &leaves, &roots);
-            // Check before handing it out: a file whose footer or rows do not give the
-            // committed root would make a proof that fails later.
-            let leaf = leaves[(row_index % LEAF_GROUP_ROWS) as usize];
-            if hex::encode(row_tree::nodes_root(&roots)) != rows_root
-                || !merkle::verify_inclusion(
+            for (row_index, row) in found_rows {
+                let row_path = row_tree::row_path(row_index, entry.rows, &leaves, &roots);
+                // Checked before it is handed out: a file whose rows or footer do not give
+                // the committed root would make a proof that fails later.
+                let leaf = leaves[(row_index % LEAF_GROUP_ROWS) as usize];
+                if !merkle::verify_inclusion(row_index, entry.rows, &leaf, &row_path, &rows_root) {
+                    return Err(proof_err(
+                        &path,
+                        "its rows do not give the rows root its record names (run auditlake verify)",
+                    ));
+                }
+                events.push(ProvenEvent {
+                    file: path.clone(),
                     row_index,
-                    entry.rows,
-                    &leaf,
-                    &row_path,
-                    &hex_hash(&rows_root)?,
-                )
-            {
-                return Err(proof_err(
-                    &path,
-                    "its rows do not give the rows root its record names (run auditlake verify)",
-                ));
+                    row,
+                    row_path: b64_hashes(&row_path),
+                    record: record_text.clone(),
+                    log_path: b64_hashes(&log_path),
+                });
             }
-            let log_path = reader
-                .run(|node| merkle::inclusion_proof(sequence - 1, size, node))
-                .await?;
-            events.push(ProvenEvent {
-                file: path.clone(),
-                row_index,
-                row,
-                row_path: b64_hashes(&row_path),
-                record: record_text.clone(),
-                log_path: b64_hashes(&log_path),
-            });
         }
     }
     events.sort_by(|a, b| (&a.file, a.row_index).cmp(&(&b.file, b.row_index)));
@@ -381,39 +390,15 @@ pub async fn prove(
     })
 }
 
-fn hex_hash(text: &str) -> Result<Hash, ArchiveError> {
-    hex::decode(text)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| proof_err("manifest", format!("{text:?} is not a SHA-256")))
-}
-
-/// The record that names `path`, searched from the newest signed one back (for live-file
-/// caches written before they kept sequences).
-async fn find_sequence(archive: &Archive, path: &str, size: u64) -> Result<u64, ArchiveError> {
-    for seq in (1..=size).rev() {
-        if let Some((r, _)) = archive.record(seq).await?
-            && r.files.iter().any(|f| f.path == path)
-        {
-            return Ok(seq);
-        }
-    }
-    Err(proof_err(path, "no signed record names it"))
-}
-
 async fn read_record_text(
     archive: &Archive,
     sequence: u64,
 ) -> Result<(String, ManifestRecord), ArchiveError> {
     let rel = format!("{MANIFEST_DIR}/{}", ManifestRecord::file_name(sequence));
     let bytes = archive
-        .store()
-        .get(&archive.path(&rel))
-        .await
-        .map_err(store_err("get", &rel))?
-        .bytes()
-        .await
-        .map_err(store_err("get", &rel))?;
+        .record_bytes(sequence)
+        .await?
+        .ok_or_else(|| proof_err(&rel, "the record is missing"))?;
     let record = ManifestRecord::parse(&bytes, &rel)?;
     let text = String::from_utf8(bytes.to_vec()).map_err(|e| proof_err(&rel, e.to_string()))?;
     Ok((text, record))
@@ -476,11 +461,10 @@ pub fn verify_proof(
             .iter()
             .find(|f| f.path == e.file)
             .ok_or_else(not_in_file)?;
-        let root: Hash = file
+        let root = file
             .rows_root
             .as_deref()
-            .and_then(|r| hex::decode(r).ok())
-            .and_then(|b| b.try_into().ok())
+            .and_then(merkle::hash_from_hex)
             .ok_or_else(not_in_file)?;
         let row_path = hashes_of(&e.row_path).ok_or_else(|| malformed("row_path"))?;
         let leaf = row_tree::json_leaf(&e.row).map_err(|err| malformed(&err.to_string()))?;

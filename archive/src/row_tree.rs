@@ -122,10 +122,7 @@ pub fn row_leaves(batch: &RecordBatch, out: &mut Vec<Hash>) -> Result<(), RowTre
     out.reserve(batch.num_rows());
     for row in 0..batch.num_rows() {
         encode_row(&cols, &digest, row, &mut buf);
-        let mut h = Sha256::new();
-        h.update([0u8]);
-        h.update(&buf);
-        out.push(h.finalize().into());
+        out.push(merkle::leaf_hash(&buf));
     }
     Ok(())
 }
@@ -245,10 +242,7 @@ impl RowTree {
 /// The RFC 6962 root over `nodes` standing for consecutive perfect subtrees of one height
 /// (the last may be smaller): the file root over its group roots.
 pub fn nodes_root(nodes: &[Hash]) -> Hash {
-    merkle::root(nodes.len() as u64, &mut |(level, index)| {
-        let lo = (index << level) as usize;
-        merkle::perfect_root(&nodes[lo..lo + (1usize << level)])
-    })
+    merkle::root(nodes.len() as u64, &mut merkle::over(nodes))
 }
 
 /// The group roots as kept in the footer.
@@ -275,15 +269,17 @@ pub fn decode_group_roots(text: &str) -> Option<Vec<Hash>> {
 pub fn row_path(index: u64, rows: u64, group_leaves: &[Hash], group_roots: &[Hash]) -> Vec<Hash> {
     let g = index / LEAF_GROUP_ROWS;
     let within = index % LEAF_GROUP_ROWS;
-    let mut path = merkle::inclusion_proof(within, group_leaves.len() as u64, &mut |(l, i)| {
-        let lo = (i << l) as usize;
-        merkle::perfect_root(&group_leaves[lo..lo + (1usize << l)])
-    });
+    let mut path = merkle::inclusion_proof(
+        within,
+        group_leaves.len() as u64,
+        &mut merkle::over(group_leaves),
+    );
     let groups = rows.div_ceil(LEAF_GROUP_ROWS);
-    path.extend(merkle::inclusion_proof(g, groups, &mut |(l, i)| {
-        let lo = (i << l) as usize;
-        merkle::perfect_root(&group_roots[lo..lo + (1usize << l)])
-    }));
+    path.extend(merkle::inclusion_proof(
+        g,
+        groups,
+        &mut merkle::over(group_roots),
+    ));
     path
 }
 
@@ -303,10 +299,7 @@ mod tests {
         tree.extend(&leaves[1000..]);
         let (root, groups) = tree.finish();
         assert_eq!(groups.len(), 3);
-        let mut from_leaves = |(l, i): merkle::NodeId| {
-            let lo = (i << l) as usize;
-            merkle::perfect_root(&leaves[lo..lo + (1usize << l)])
-        };
+        let mut from_leaves = merkle::over(&leaves);
         assert_eq!(root, merkle::root(rows, &mut from_leaves));
         for index in [0, 5, LEAF_GROUP_ROWS - 1, LEAF_GROUP_ROWS + 3, rows - 1] {
             let g = (index / LEAF_GROUP_ROWS) as usize;

@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use object_store::{ObjectStoreExt, PutMode};
+use object_store::PutMode;
 
 use crate::archive::Archive;
-use crate::error::{ArchiveError, store_err};
+use crate::error::ArchiveError;
 use crate::merkle::{self, Hash, NodeId};
 use crate::note::{KeyKind, NoteError, SignedNote, Signer};
 
@@ -124,11 +124,8 @@ impl Checkpoint {
 
 /// Reads the newest signed checkpoint of the archive, if any.
 pub async fn read_checkpoint(archive: &Archive) -> Result<Option<Checkpoint>, ArchiveError> {
-    let path = archive.path(CHECKPOINT_FILE);
-    let bytes = match archive.store().get(&path).await {
-        Ok(r) => r.bytes().await.map_err(store_err("get", CHECKPOINT_FILE))?,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(store_err("get", CHECKPOINT_FILE)(e)),
+    let Some(bytes) = archive.get_if_exists(CHECKPOINT_FILE).await? else {
+        return Ok(None);
     };
     let text = std::str::from_utf8(&bytes).map_err(|e| ArchiveError::Log {
         path: CHECKPOINT_FILE.into(),
@@ -205,14 +202,7 @@ impl Edge {
                 }
             }
         }
-        let mut iter = parts.into_iter().rev();
-        let Some(mut acc) = iter.next() else {
-            return merkle::empty_root();
-        };
-        for p in iter {
-            acc = merkle::node_hash(&p, &acc);
-        }
-        acc
+        merkle::fold_right(parts.into_iter())
     }
 
     /// Loads the edge of the tree of `size` leaves from its partial tiles.
@@ -223,7 +213,7 @@ impl Edge {
             let nodes = size >> (8 * k);
             let width = nodes % TILE_WIDTH;
             levels.push(if width > 0 {
-                read_tile(archive, k as u8, nodes / TILE_WIDTH, width).await?
+                need_tile(archive, k as u8, nodes / TILE_WIDTH, width).await?
             } else {
                 Vec::new()
             });
@@ -233,38 +223,24 @@ impl Edge {
     }
 }
 
-/// Reads tile `index` of `level` holding `width` hashes; a partial tile missing is read
-/// from the full tile when that exists (a log may have grown past it).
+/// Reads tile `index` of `level` holding `width` hashes (a partial tile missing is read
+/// from the full tile when that exists: the log may have grown past it). `None` when
+/// neither exists; an error naming the tile when its size is wrong.
 pub(crate) async fn read_tile(
     archive: &Archive,
     level: u8,
     index: u64,
     width: u64,
-) -> Result<Vec<Hash>, ArchiveError> {
+) -> Result<Option<Vec<Hash>>, ArchiveError> {
     let rel = tile_path(level, index, width);
-    let bytes = match archive.store().get(&archive.path(&rel)).await {
-        Ok(r) => r.bytes().await.map_err(store_err("get", &rel))?,
-        Err(object_store::Error::NotFound { .. }) if width < TILE_WIDTH => {
-            let full = tile_path(level, index, TILE_WIDTH);
-            archive
-                .store()
-                .get(&archive.path(&full))
-                .await
-                .map_err(|_| ArchiveError::Log {
-                    path: rel.clone(),
-                    message: "tile missing".into(),
-                })?
-                .bytes()
-                .await
-                .map_err(store_err("get", &full))?
-        }
-        Err(object_store::Error::NotFound { .. }) => {
-            return Err(ArchiveError::Log {
-                path: rel,
-                message: "tile missing".into(),
-            });
-        }
-        Err(e) => return Err(store_err("get", &rel)(e)),
+    let mut bytes = archive.get_if_exists(&rel).await?;
+    if bytes.is_none() && width < TILE_WIDTH {
+        bytes = archive
+            .get_if_exists(&tile_path(level, index, TILE_WIDTH))
+            .await?;
+    }
+    let Some(bytes) = bytes else {
+        return Ok(None);
     };
     if (bytes.len() as u64) < width * 32 || bytes.len() % 32 != 0 {
         return Err(ArchiveError::Log {
@@ -272,11 +248,28 @@ pub(crate) async fn read_tile(
             message: format!("{} bytes, want {}", bytes.len(), width * 32),
         });
     }
-    Ok(bytes
-        .chunks_exact(32)
-        .take(width as usize)
-        .filter_map(|c| c.try_into().ok())
-        .collect())
+    Ok(Some(
+        bytes
+            .chunks_exact(32)
+            .take(width as usize)
+            .filter_map(|c| c.try_into().ok())
+            .collect(),
+    ))
+}
+
+/// [`read_tile`] for a tile the tree must have.
+async fn need_tile(
+    archive: &Archive,
+    level: u8,
+    index: u64,
+    width: u64,
+) -> Result<Vec<Hash>, ArchiveError> {
+    read_tile(archive, level, index, width)
+        .await?
+        .ok_or_else(|| ArchiveError::Log {
+            path: tile_path(level, index, width),
+            message: "tile missing".into(),
+        })
 }
 
 /// Reads perfect-subtree hashes of the tree of `size` leaves from its tiles, caching tiles.
@@ -320,7 +313,7 @@ impl<'a> TileReader<'a> {
             });
         }
         if !self.tiles.contains_key(&(k, tile)) {
-            let hashes = read_tile(self.archive, k, tile, width).await?;
+            let hashes = need_tile(self.archive, k, tile, width).await?;
             self.tiles.insert((k, tile), hashes);
         }
         let hashes = &self.tiles[&(k, tile)];
@@ -386,13 +379,6 @@ impl LogKeys {
     }
 }
 
-impl LogWriter {
-    /// The keys it signs with.
-    pub fn keys(&self) -> &LogKeys {
-        &self.keys
-    }
-}
-
 /// Extends the log as manifest records are committed. Shared by every commit of a process.
 #[derive(Debug)]
 pub struct LogWriter {
@@ -407,6 +393,11 @@ impl LogWriter {
             keys,
             state: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The keys it signs with.
+    pub fn keys(&self) -> &LogKeys {
+        &self.keys
     }
 
     /// Extends the log to cover records `1..=through` and writes a signed checkpoint;
@@ -451,21 +442,24 @@ impl LogWriter {
                 root: edge.root(),
             });
         }
+        // Records another writer committed since (or all of them, on first use) come from
+        // the chain; the newest from the caller when it has it.
         let mut next = edge.clone();
         let mut full = Vec::new();
-        let missing_from = next.size() + 1;
-        let known_newest = newest.filter(|_| through >= missing_from);
-        let read_through = if known_newest.is_some() {
-            through - 1
-        } else {
-            through
-        };
-        if read_through >= missing_from {
-            for (_, sha) in archive.records_between(missing_from, read_through).await? {
-                next.push(merkle::leaf_hash(&hex_hash(&sha)?), &mut full);
+        let read_through = through - u64::from(newest.is_some());
+        if read_through > next.size() {
+            for (_, sha) in archive
+                .records_between(next.size() + 1, read_through)
+                .await?
+            {
+                let hash = merkle::hash_from_hex(&sha).ok_or_else(|| ArchiveError::Log {
+                    path: "manifest".into(),
+                    message: format!("{sha:?} is not a SHA-256"),
+                })?;
+                next.push(merkle::leaf_hash(&hash), &mut full);
             }
         }
-        if let Some(h) = known_newest {
+        if let Some(h) = newest {
             next.push(merkle::leaf_hash(&h), &mut full);
         }
         let mut tiles = full;
@@ -495,16 +489,6 @@ impl LogWriter {
         *edge = next;
         Ok(head)
     }
-}
-
-fn hex_hash(sha: &str) -> Result<Hash, ArchiveError> {
-    hex::decode(sha)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| ArchiveError::Log {
-            path: "manifest".into(),
-            message: format!("{sha:?} is not a SHA-256"),
-        })
 }
 
 async fn write_tile(
@@ -628,11 +612,11 @@ mod tests {
             }
             let n = i as u64 + 1;
             if n.is_multiple_of(997) || n < 600 || n == 65_536 || n == 65_537 {
-                let mut node = |(level, index): NodeId| {
-                    let lo = (index << level) as usize;
-                    merkle::perfect_root(&leaves[lo..lo + (1usize << level)])
-                };
-                assert_eq!(edge.root(), merkle::root(n, &mut node), "size {n}");
+                assert_eq!(
+                    edge.root(),
+                    merkle::root(n, &mut merkle::over(&leaves)),
+                    "size {n}"
+                );
             }
         }
         // Level 1 tile 0 holds the roots of the first 256 level-0 tiles.

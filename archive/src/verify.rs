@@ -180,16 +180,13 @@ fn record_rel(sequence: u64) -> String {
 }
 
 async fn read_record(archive: &Archive, sequence: u64) -> Result<Option<ReadRecord>, ArchiveError> {
-    let rel = record_rel(sequence);
-    let bytes = match archive.store().get(&archive.path(&rel)).await {
-        Ok(r) => r.bytes().await.map_err(store_err("get", &rel))?,
-        Err(object_store::Error::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(store_err("get", &rel)(e)),
-    };
-    Ok(Some(ReadRecord {
-        sha: Sha256::digest(&bytes).into(),
-        record: ManifestRecord::parse(&bytes, &rel).ok(),
-    }))
+    Ok(archive
+        .record_bytes(sequence)
+        .await?
+        .map(|bytes| ReadRecord {
+            sha: Sha256::digest(&bytes).into(),
+            record: ManifestRecord::parse(&bytes, &record_rel(sequence)).ok(),
+        }))
 }
 
 /// Sequences of the records listed under `_manifest/`.
@@ -448,7 +445,7 @@ impl Trust {
 }
 
 /// Reads the level-0 tiles of the tree of `size` leaves: the leaf hashes the log holds
-/// (`None` for a missing or unreadable tile's leaves).
+/// (`None` for a missing or unreadable tile's leaves, each reported).
 async fn tile_leaves(
     archive: &Archive,
     size: u64,
@@ -459,18 +456,18 @@ async fn tile_leaves(
     while index * 256 < size {
         let width = (size - index * 256).min(256);
         match tlog::read_tile(archive, 0, index, width).await {
-            Ok(hashes) => out.extend(hashes.into_iter().map(Some)),
+            Ok(Some(hashes)) => out.extend(hashes.into_iter().map(Some)),
+            Ok(None) => report.problem(
+                Verdict::TileMissing,
+                tlog::tile_path(0, index, width),
+                "tile missing",
+            ),
             Err(ArchiveError::Log { path, message }) => {
-                let verdict = if message.contains("missing") {
-                    Verdict::TileMissing
-                } else {
-                    Verdict::TileAltered
-                };
-                report.problem(verdict, path, message);
-                out.extend(std::iter::repeat_n(None, width as usize));
+                report.problem(Verdict::TileAltered, path, message)
             }
             Err(e) => return Err(e),
         }
+        out.resize(((index * 256) + width) as usize, None);
         index += 1;
     }
     Ok(out)
@@ -494,35 +491,34 @@ async fn check_log(
     records: &[Option<ReadRecord>],
     report: &mut VerifyReport,
 ) -> Result<(), ArchiveError> {
+    // `records` reaches at least the checkpoint's size (missing ones are `None`).
     let size = cp.head.size as usize;
-    let ours = &from_records[..size.min(from_records.len())];
+    let ours = &from_records[..size];
     let from_tiles = tile_leaves(archive, cp.head.size, report).await?;
-    let records_signed = root_of(ours) == Some(cp.head.root) && ours.len() == size;
+    let records_signed = root_of(ours) == Some(cp.head.root);
     let tiles_signed = root_of(&from_tiles) == Some(cp.head.root);
-    for seq in 1..=size {
-        let (r, t) = (ours.get(seq - 1).copied().flatten(), from_tiles[seq - 1]);
-        match (r, &records[seq - 1]) {
-            (None, _) => report.problem(
+    for (i, read) in records[..size].iter().enumerate() {
+        let rel = record_rel(i as u64 + 1);
+        match read {
+            None => report.problem(
                 Verdict::RecordMissing,
-                record_rel(seq as u64),
+                rel,
                 format!("the signed log holds {size} records; this one is missing"),
             ),
-            (Some(r), Some(read)) => {
-                if read.record.is_none() || (tiles_signed && Some(r) != t) {
-                    report.problem(
-                        Verdict::RecordAltered,
-                        record_rel(seq as u64),
-                        "its SHA-256 is not the one the signed log holds for it",
-                    );
-                }
+            Some(read) if read.record.is_none() || (tiles_signed && ours[i] != from_tiles[i]) => {
+                report.problem(
+                    Verdict::RecordAltered,
+                    rel,
+                    "its SHA-256 is not the one the signed log holds for it",
+                )
             }
-            (Some(_), None) => {}
+            Some(_) => {}
         }
     }
-    let authentic: Vec<Option<Hash>> = if records_signed {
-        ours.to_vec()
+    let authentic: &[Option<Hash>] = if records_signed {
+        ours
     } else if tiles_signed {
-        from_tiles.clone()
+        &from_tiles
     } else {
         if !report
             .problems
@@ -540,7 +536,8 @@ async fn check_log(
         }
         return Ok(());
     };
-    // Every tile of the tree, rebuilt from the authentic leaves, against the stored ones.
+    // Every tile of the tree, rebuilt from the authentic leaves, against the stored ones (the
+    // level-0 tiles as read above).
     let mut edge = Edge::default();
     let mut tiles: Vec<Tile> = Vec::new();
     for leaf in authentic.iter().flatten() {
@@ -548,28 +545,34 @@ async fn check_log(
     }
     tiles.extend(edge.partial_tiles());
     for (level, index, hashes) in tiles {
-        if level == 0 && !records_signed {
-            continue; // the level-0 tiles are the authentic side here
-        }
-        let rel = tlog::tile_path(level, index, hashes.len() as u64);
-        match tlog::read_tile(archive, level, index, hashes.len() as u64).await {
-            Ok(stored) if stored == hashes => {}
-            Ok(_) => report.problem(
+        let width = hashes.len() as u64;
+        let stored = if level == 0 {
+            let first = index as usize * 256;
+            let read = &from_tiles[first..first + hashes.len()];
+            // The authentic side itself, or a tile already reported as missing or unreadable.
+            if !records_signed || read.iter().any(Option::is_none) {
+                continue;
+            }
+            Some(read.iter().flatten().copied().collect())
+        } else {
+            match tlog::read_tile(archive, level, index, width).await {
+                Ok(stored) => stored,
+                Err(ArchiveError::Log { path, message }) => {
+                    report.problem(Verdict::TileAltered, path, message);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let rel = tlog::tile_path(level, index, width);
+        match stored {
+            None => report.problem(Verdict::TileMissing, rel, "tile missing"),
+            Some(stored) if stored != hashes => report.problem(
                 Verdict::TileAltered,
                 rel,
                 "does not hold the hashes the records give",
             ),
-            Err(ArchiveError::Log { message, .. }) if level > 0 => {
-                let verdict = if message.contains("missing") {
-                    Verdict::TileMissing
-                } else {
-                    Verdict::TileAltered
-                };
-                report.problem(verdict, rel, message);
-            }
-            // Level-0 problems were reported while reading the leaves.
-            Err(ArchiveError::Log { .. }) => {}
-            Err(e) => return Err(e),
+            Some(_) => {}
         }
     }
     Ok(())
@@ -743,12 +746,7 @@ async fn check_files(
     }
     // Orphans: anything under the tables' and the quarantine's directories no record names.
     let named_paths: HashSet<&str> = named.keys().map(String::as_str).collect();
-    for dir in [
-        Table::Events.name(),
-        Table::Findings.name(),
-        Table::RbacHistory.name(),
-        QUARANTINE_DIR,
-    ] {
+    for dir in Table::ALL.iter().map(|t| t.name()).chain([QUARANTINE_DIR]) {
         let prefix = archive.path(dir);
         let listed: Vec<object_store::ObjectMeta> = archive
             .store()

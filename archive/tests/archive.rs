@@ -2,35 +2,10 @@
 //! agree with the chain, and a checkpoint that does not match being ignored.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
-use auditlake_archive::{
-    Archive, ArchiveLocation, AttestedFiles, CHECKPOINT_EVERY, CommitContents, FinishedFile, Table,
-    data_file_path, events_partition_dir,
-};
+use auditlake_archive::{AttestedFiles, CHECKPOINT_EVERY, CommitContents, Table};
 
-fn archive_at(dir: &std::path::Path) -> Archive {
-    Archive::open(ArchiveLocation::parse(dir.to_str().unwrap()).unwrap()).unwrap()
-}
-
-fn one_file(i: u64) -> CommitContents {
-    CommitContents {
-        files: vec![FinishedFile {
-            table: Table::Events,
-            relative_path: data_file_path(
-                Table::Events,
-                &events_partition_dir("c", 490_000 + i as i64),
-                "t",
-                i,
-            ),
-            cluster: "c".into(),
-            bytes: bytes::Bytes::from(format!("file {i}")),
-            rows: 1,
-            min_micros: 0,
-            max_micros: 0,
-            rows_root: None,
-        }],
-        ..Default::default()
-    }
-}
+mod common;
+use common::{archive_at, one_file};
 
 fn live_paths(a: &AttestedFiles) -> Vec<String> {
     a.files(Table::Events).map(|(p, _)| p.to_string()).collect()

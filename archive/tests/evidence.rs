@@ -7,45 +7,15 @@ use std::path::Path;
 use auditlake_archive::note::{KeyKind, SignedNote, Signer, Verifier};
 use auditlake_archive::tlog::{self, Checkpoint, LogKeys, TreeHead};
 use auditlake_archive::verify::{Verdict, VerifyOptions, VerifyReport, verify};
-use auditlake_archive::{
-    Archive, ArchiveLocation, CommitContents, FinishedFile, RemovedFile, Table, data_file_path,
-    events_partition_dir,
-};
+use auditlake_archive::{CommitContents, RemovedFile};
+
+mod common;
+use common::{archive_at, file_path, one_file};
 
 /// Commits in the shared archive: more than one full level-0 tile (256 leaves).
 const COMMITS: u64 = 260;
 /// The commit after which a checkpoint is kept as a pin.
 const PINNED_AT: u64 = 100;
-
-fn archive_at(dir: &Path) -> Archive {
-    Archive::open(ArchiveLocation::parse(dir.to_str().unwrap()).unwrap()).unwrap()
-}
-
-fn file_path(i: u64) -> String {
-    data_file_path(
-        Table::Events,
-        // Hours since the epoch: 2023-11-14 22:00 UTC plus i hours.
-        &events_partition_dir("c", 472_222 + i as i64),
-        "t",
-        i,
-    )
-}
-
-fn one_file(i: u64) -> CommitContents {
-    CommitContents {
-        files: vec![FinishedFile {
-            table: Table::Events,
-            relative_path: file_path(i),
-            cluster: "c".into(),
-            bytes: bytes::Bytes::from(format!("file {i}")),
-            rows: 1,
-            min_micros: 0,
-            max_micros: 0,
-            rows_root: None,
-        }],
-        ..Default::default()
-    }
-}
 
 /// The log key, the witness key and the archive they signed, with the checkpoint seen
 /// after [`PINNED_AT`] commits; built once and copied for every tampering.
@@ -234,7 +204,7 @@ async fn verify_names_each_kind_of_tampering_with_its_own_verdict() {
         )
     );
 
-    // History rewritten, the chain and tiles made consistent, but no key to sign with.
+    // The checkpoint's root changed to match some other history, its signature kept.
     let r = verify_tampered(&f, &both, |a| {
         let cp = std::fs::read_to_string(a.join(tlog::CHECKPOINT_FILE)).unwrap();
         let cp = Checkpoint::parse(&cp).unwrap();
@@ -246,7 +216,35 @@ async fn verify_names_each_kind_of_tampering_with_its_own_verdict() {
         std::fs::write(a.join(tlog::CHECKPOINT_FILE), note).unwrap();
     })
     .await;
-    assert_eq!(r.worst(), Some(Verdict::CheckpointSignature));
+    assert_eq!(
+        only(&r),
+        (
+            Verdict::CheckpointSignature,
+            tlog::CHECKPOINT_FILE.to_string()
+        )
+    );
+
+    // History rewritten by someone without the key: a record edited (its files untouched),
+    // the log's tiles rebuilt from the edited records, the genuine checkpoint put back.
+    // Neither the records nor the tiles give the signed root.
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("copy");
+    copy_dir(&f.root, &copy);
+    let genuine = std::fs::read(copy.join(tlog::CHECKPOINT_FILE)).unwrap();
+    let fifth = copy.join(record(5));
+    let text = std::fs::read_to_string(&fifth).unwrap();
+    std::fs::write(
+        &fifth,
+        text.replace("\"writer\": \"w\"", "\"writer\": \"x\""),
+    )
+    .unwrap();
+    std::fs::remove_dir_all(copy.join("_log")).unwrap();
+    let (intruder, _) = keys();
+    let rebuilt = archive_at(&copy).with_signing(LogKeys::new(intruder).unwrap());
+    assert_eq!(rebuilt.sync_log().await.unwrap().unwrap().size, COMMITS);
+    std::fs::write(copy.join(tlog::CHECKPOINT_FILE), genuine).unwrap();
+    let r = verify(&archive_at(&copy), &both).await.unwrap();
+    assert_eq!(only(&r), (Verdict::RecordAltered, "_manifest".to_string()));
 
     // Truncated: the newest records and the checkpoint replaced by the old, genuinely
     // signed one. Alone it verifies (but leaves the newer files orphaned); against the

@@ -101,8 +101,6 @@ struct OpenFile {
     last_write: u64,
     /// The tree over its rows, when rows are hashed.
     rows_tree: Option<RowTree>,
-    /// Leaf hashes of the batch being written (reused).
-    leaves: Vec<[u8; 32]>,
 }
 
 /// Encodes batches into per-partition Parquet files.
@@ -114,6 +112,8 @@ pub struct PartitionedWriter {
     files_started: u64,
     writes: u64,
     out_of_window: u64,
+    /// Leaf hashes of the batch being written, when rows are hashed (reused).
+    leaves: Vec<[u8; 32]>,
 }
 
 impl PartitionedWriter {
@@ -134,6 +134,7 @@ impl PartitionedWriter {
             files_started: 0,
             writes: 0,
             out_of_window: 0,
+            leaves: Vec::new(),
         }
     }
 
@@ -272,7 +273,6 @@ impl PartitionedWriter {
                     max_micros: i64::MIN,
                     last_write: 0,
                     rows_tree: self.options.row_proofs.then(RowTree::default),
-                    leaves: Vec::new(),
                 },
             );
         }
@@ -286,10 +286,10 @@ impl PartitionedWriter {
                 .ok_or_else(|| IngestError::Pipeline("partition vanished".into()))?;
             f.writer.write(&file_batch)?;
             if let Some(tree) = &mut f.rows_tree {
-                f.leaves.clear();
-                row_leaves(&file_batch, &mut f.leaves)
+                self.leaves.clear();
+                row_leaves(&file_batch, &mut self.leaves)
                     .map_err(|e| IngestError::Pipeline(e.to_string()))?;
-                tree.extend(&f.leaves);
+                tree.extend(&self.leaves);
             }
             f.rows += file_batch.num_rows() as u64;
             f.min_micros = f.min_micros.min(min);

@@ -1,0 +1,43 @@
+//! What the archive's test binaries share: an archive in a directory, and commits of one
+//! small events file each.
+#![allow(dead_code, clippy::unwrap_used)] // each binary uses part of it; tests panic to fail
+
+use std::path::Path;
+
+use auditlake_archive::{
+    Archive, ArchiveLocation, CommitContents, FinishedFile, Table, data_file_path,
+    events_partition_dir,
+};
+
+/// The archive in directory `dir` (created if missing), unsigned.
+pub fn archive_at(dir: &Path) -> Archive {
+    Archive::open(ArchiveLocation::parse(dir.to_str().unwrap()).unwrap()).unwrap()
+}
+
+/// Path of the `i`th test file: filed under hour 472222 + i since the epoch (2023-11-14
+/// 22:00 UTC plus i hours), so file 1 is on 2023-11-14 and files 2.. on 2023-11-15 and on.
+pub fn file_path(i: u64) -> String {
+    data_file_path(
+        Table::Events,
+        &events_partition_dir("c", 472_222 + i as i64),
+        "t",
+        i,
+    )
+}
+
+/// A commit of the `i`th test file (its bytes `file <i>`), cluster `c`.
+pub fn one_file(i: u64) -> CommitContents {
+    CommitContents {
+        files: vec![FinishedFile {
+            table: Table::Events,
+            relative_path: file_path(i),
+            cluster: "c".into(),
+            bytes: bytes::Bytes::from(format!("file {i}")),
+            rows: 1,
+            min_micros: 0,
+            max_micros: 0,
+            rows_root: None,
+        }],
+        ..Default::default()
+    }
+}
