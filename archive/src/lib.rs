@@ -9,6 +9,7 @@
 mod archive;
 mod attested;
 mod checkpoint;
+pub mod completeness;
 mod error;
 mod failpoint;
 mod kafka_progress;
@@ -38,9 +39,9 @@ pub use layout::{
 };
 pub use location::ArchiveLocation;
 pub use manifest::{
-    FileRange, Heartbeat, KafkaRange, KeyRotation, MANIFEST_FORMAT, MANIFEST_FORMAT_V1,
-    MANIFEST_FORMAT_V2, ManifestFile, ManifestQuarantine, ManifestRecord, RemovedFile,
-    RetentionInfo, SourceMark,
+    ApiserverAuditCounters, FileRange, Heartbeat, KafkaRange, KeyRotation, MANIFEST_FORMAT,
+    MANIFEST_FORMAT_V1, MANIFEST_FORMAT_V2, ManifestFile, ManifestQuarantine, ManifestRecord,
+    RemovedFile, RetentionInfo, SourceMark,
 };
 pub use parquet_properties::{ParquetSettings, encode_file, writer_properties};
 pub use quarantine::{quarantine_line, quarantine_ndjson, quarantine_weight};

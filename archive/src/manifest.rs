@@ -106,6 +106,11 @@ pub enum SourceMark {
         log_id: String,
         /// Last sequence number covered.
         through_seq: u64,
+        /// First sequence number this commit archives (absent in heartbeats and in records
+        /// written before it was kept): a commit starting past the previous one's
+        /// `through_seq + 1` left records out, which `evidence` reports as a gap.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        from_seq: Option<u64>,
     },
     /// A Kafka consumer group: these offset ranges are in this commit. A range of a
     /// partition is archived by one record only: a commit whose ranges overlap an earlier
@@ -168,6 +173,23 @@ pub struct Heartbeat {
     /// Clusters the source serves: its configured cluster and every cluster it committed
     /// events of in this run.
     pub clusters: Vec<String>,
+    /// The apiserver's own audit counters, scraped from its metrics endpoint when the source
+    /// is given one, so a report can reconcile what it audited with what was archived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apiserver: Option<ApiserverAuditCounters>,
+}
+
+/// An apiserver's audit counters at one moment (its `/metrics`, Prometheus text format).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiserverAuditCounters {
+    /// The cluster whose apiserver was scraped.
+    pub cluster: String,
+    /// `apiserver_audit_event_total`: audit events the apiserver generated and sent to its
+    /// backends.
+    pub audit_event_total: u64,
+    /// `apiserver_audit_error_total`, summed over plugins: events it failed to audit.
+    pub audit_error_total: u64,
 }
 
 /// The log's signing key changing (`archive/FORMAT.md` §7): the checkpoint covering this
@@ -249,6 +271,7 @@ impl ManifestRecord {
             Some(SourceMark::Webhook {
                 log_id,
                 through_seq,
+                ..
             }) => Some((log_id, *through_seq)),
             _ => None,
         }
@@ -365,6 +388,7 @@ mod v1 {
                 source: self.wal.map(|w| SourceMark::Webhook {
                     log_id: w.id,
                     through_seq: w.through_seq,
+                    from_seq: None,
                 }),
                 retention: None,
                 key_rotation: None,
@@ -416,6 +440,7 @@ mod tests {
             SourceMark::Webhook {
                 log_id: "l".into(),
                 through_seq: 9,
+                from_seq: Some(3),
             },
             SourceMark::Kafka {
                 group: "g".into(),

@@ -14,10 +14,12 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use crate::apiserver_metrics::ApiserverMetrics;
 use crate::archive_health::ArchiveHealth;
 use crate::archiver::CommitUnit;
 use crate::error::IngestError;
 use crate::serve::ServeError;
+use crate::serve_config::ServeConfig;
 use crate::serve_metrics::ServeMetrics;
 use auditlake_archive::{Archive, ArchiveError, BeforePut, SourceMark};
 
@@ -130,22 +132,31 @@ pub(crate) struct Committer {
 
 /// The heartbeat settings and state of a committer.
 pub(crate) struct Heartbeats {
-    /// Idle time after which a heartbeat is written.
+    /// Time between heartbeats.
     pub every: Duration,
     /// The source's mark as of the last commit (a heartbeat repeats it, without new ranges).
     pub mark: Option<SourceMark>,
     /// Clusters the source serves.
     pub clusters: std::collections::BTreeSet<String>,
+    /// The apiserver whose audit counters each heartbeat records.
+    pub apiserver: Option<ApiserverMetrics>,
 }
 
 impl Heartbeats {
-    /// Heartbeats every `every` for a source serving `cluster`, whose position is `mark`;
-    /// `None` when `every` is zero (turned off).
-    pub(crate) fn new(every: Duration, cluster: &str, mark: Option<SourceMark>) -> Option<Self> {
+    /// Heartbeats as `serve`'s configuration asks (`None` when `heartbeat_interval_seconds`
+    /// is 0) for a source whose position is `mark`.
+    pub(crate) fn for_config(config: &ServeConfig, mark: SourceMark) -> Option<Self> {
+        let every = Duration::from_secs(config.heartbeat_interval_seconds);
+        let apiserver = ApiserverMetrics::from_config(config).unwrap_or_else(|e| {
+            // validate() built it at start; only a CA file gone since then lands here.
+            tracing::warn!(error = %e, "apiserver metrics not scraped");
+            None
+        });
         (!every.is_zero()).then(|| Heartbeats {
             every,
-            mark,
-            clusters: [cluster.to_string()].into(),
+            mark: Some(mark),
+            clusters: [config.cluster.clone()].into(),
+            apiserver,
         })
     }
 
@@ -158,7 +169,15 @@ impl Heartbeats {
                     ranges: Vec::new(),
                 },
                 SourceMark::Files { .. } => SourceMark::Files { inputs: Vec::new() },
-                other => other,
+                SourceMark::Webhook {
+                    log_id,
+                    through_seq,
+                    ..
+                } => SourceMark::Webhook {
+                    log_id,
+                    through_seq,
+                    from_seq: None,
+                },
             });
         }
         for f in &contents.files {
@@ -189,12 +208,23 @@ impl Committer {
     /// Commits every unit received until the archiver drops its sender.
     pub(crate) async fn run(mut self, mut units: mpsc::Receiver<CommitUnit>) -> Committed {
         let mut done = Committed::default();
+        // Busy or idle: a heartbeat is due every interval (commits do not postpone it), so
+        // each records the apiserver's counters and the log shows the source up at a steady
+        // pace.
+        let mut next_beat = self
+            .heartbeat
+            .as_ref()
+            .map(|h| tokio::time::Instant::now() + h.every);
         loop {
-            let received = match &self.heartbeat {
-                Some(h) => match tokio::time::timeout(h.every, units.recv()).await {
+            let received = match next_beat {
+                Some(at) => match tokio::time::timeout_at(at, units.recv()).await {
                     Ok(unit) => unit,
                     Err(_) => {
                         self.beat().await;
+                        next_beat = self
+                            .heartbeat
+                            .as_ref()
+                            .map(|h| tokio::time::Instant::now() + h.every);
                         continue;
                     }
                 },
@@ -231,10 +261,23 @@ impl Committer {
     /// itself what a gap report shows.
     async fn beat(&mut self) {
         let Some(h) = &self.heartbeat else { return };
+        let apiserver = match &h.apiserver {
+            Some(scraper) => match scraper.scrape().await {
+                Ok(counters) => Some(counters),
+                Err(e) => {
+                    // The report then shows this heartbeat without counters.
+                    self.metrics.apiserver_scrape_failures.inc();
+                    tracing::warn!(error = %e, "could not read the apiserver's audit counters");
+                    None
+                }
+            },
+            None => None,
+        };
         let contents = auditlake_archive::CommitContents {
             source: h.mark.clone(),
             heartbeat: Some(auditlake_archive::Heartbeat {
                 clusters: h.clusters.iter().cloned().collect(),
+                apiserver,
             }),
             ..Default::default()
         };

@@ -240,13 +240,12 @@ impl Member {
                     health: self.health.clone(),
                     replay_target: 0,
                     give_up_at: self.give_up_at.clone(),
-                    heartbeat: crate::committer::Heartbeats::new(
-                        Duration::from_secs(self.config.heartbeat_interval_seconds),
-                        &self.config.cluster,
-                        Some(auditlake_archive::SourceMark::Kafka {
+                    heartbeat: crate::committer::Heartbeats::for_config(
+                        &self.config,
+                        auditlake_archive::SourceMark::Kafka {
                             group: self.source.group.clone(),
                             ranges: Vec::new(),
-                        }),
+                        },
                     ),
                 }
                 .run(commit_rx),

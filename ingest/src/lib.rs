@@ -6,6 +6,7 @@
 //! (Parquet per `cluster=/date=/hour=`) -> [`Archive::commit`] (data files, quarantine,
 //! then a hash-chained manifest record written create-if-absent).
 
+mod apiserver_metrics;
 mod archive_health;
 mod archiver;
 mod bearer_tokens;

@@ -192,6 +192,23 @@ fn validate(config: &ServeConfig) -> Result<(), ServeError> {
         return refuse("max_connections and the timeouts must be above 0".into());
     }
     parse_envelope(&config.envelope).map_err(ServeError::Config)?;
+    if config.apiserver_metrics_url.is_some() && config.heartbeat_interval_seconds == 0 {
+        return refuse(
+            "apiserver_metrics_url is scraped for each heartbeat: it needs \
+             heartbeat_interval_seconds above 0"
+                .into(),
+        );
+    }
+    crate::apiserver_metrics::ApiserverMetrics::from_config(config)?;
+    if config.apiserver_metrics_url.is_none()
+        && (config.apiserver_metrics_token_file.is_some()
+            || config.apiserver_metrics_ca_file.is_some())
+    {
+        return refuse(
+            "apiserver_metrics_token_file and apiserver_metrics_ca_file need apiserver_metrics_url"
+                .into(),
+        );
+    }
     if config.pubsub_jwks_file.is_some() && config.pubsub_token_file.is_some() {
         return refuse(
             "give --pubsub-jwks-file (OIDC, preferred) or --pubsub-token-file, not both".into(),
@@ -389,13 +406,13 @@ impl Supervisor {
                     health: self.health.clone(),
                     replay_target,
                     give_up_at: self.give_up_at.clone(),
-                    heartbeat: crate::committer::Heartbeats::new(
-                        Duration::from_secs(self.config.heartbeat_interval_seconds),
-                        &self.config.cluster,
-                        Some(auditlake_archive::SourceMark::Webhook {
+                    heartbeat: crate::committer::Heartbeats::for_config(
+                        &self.config,
+                        auditlake_archive::SourceMark::Webhook {
                             log_id: self.wal_id.clone(),
                             through_seq: committed,
-                        }),
+                            from_seq: None,
+                        },
                     ),
                 }
                 .run(commit_rx),

@@ -72,6 +72,16 @@ impl KeyValue for Option<PathBuf> {
     }
 }
 
+impl KeyValue for Option<String> {
+    const SHAPE: KeyShape = KeyShape::Single;
+    fn parse(values: &[String]) -> Result<Self, String> {
+        one(values).map(|v| Some(v.to_string()))
+    }
+    fn show(&self) -> Option<String> {
+        self.clone()
+    }
+}
+
 impl KeyValue for bool {
     const SHAPE: KeyShape = KeyShape::Switch;
     fn parse(values: &[String]) -> Result<Self, String> {
@@ -332,10 +342,20 @@ serve_config! {
     /// Longest an accepted event waits before its Parquet file is committed, in seconds; a
     /// commit also happens once a quarter of `wal_max_bytes` is waiting.
     flush_interval_seconds: u64 = 30;
-    /// After this many seconds without a commit, write a heartbeat record (no files; the
-    /// source's position and clusters), so that silence is attested in the signed log; 0
-    /// turns heartbeats off.
+    /// Every this many seconds, busy or idle, write a heartbeat record (no files; the
+    /// source's position and clusters), so that silence is attested in the signed log and
+    /// `auditlake evidence` can tell a quiet hour from a gap; 0 turns heartbeats off.
     heartbeat_interval_seconds: u64 = 60;
+    /// The apiserver's metrics endpoint (`https://<apiserver>/metrics`): each heartbeat
+    /// records its `apiserver_audit_event_total` and `apiserver_audit_error_total` for
+    /// `cluster`, so the evidence report reconciles counts and shows audit failures.
+    /// Needs heartbeats.
+    apiserver_metrics_url: Option<String> = None;
+    /// Bearer token file for `apiserver_metrics_url` (read at each scrape; a service
+    /// account allowed `get` on the non-resource URL `/metrics`).
+    apiserver_metrics_token_file: Option<PathBuf> = None;
+    /// CA bundle (PEM) that signs the apiserver's certificate, besides the system's roots.
+    apiserver_metrics_ca_file: Option<PathBuf> = None;
     /// How long a resent event is recognised as a duplicate, in seconds (the apiserver
     /// retries for minutes).
     dedup_window_seconds: u64 = 600;

@@ -44,6 +44,8 @@ pub struct ServeMetrics {
     pub commits: Counter,
     /// Heartbeat records written (a record with no files, attesting the source was up).
     pub heartbeats: Counter,
+    /// Heartbeats written without the apiserver's audit counters (the scrape failed).
+    pub apiserver_scrape_failures: Counter,
     /// Findings the detectors emitted.
     pub findings: Counter,
     /// Time from a request's arrival to its findings being handed to the sinks.
@@ -103,6 +105,7 @@ impl ServeMetrics {
             events_committed: Counter::default(),
             commits: Counter::default(),
             heartbeats: Counter::default(),
+            apiserver_scrape_failures: Counter::default(),
             findings: Counter::default(),
             finding_latency_seconds: latency(),
             commit_seconds: latency(),
@@ -155,8 +158,13 @@ impl ServeMetrics {
         registry.register("commits", "Manifest commits", m.commits.clone());
         registry.register(
             "heartbeats",
-            "Heartbeat records written while no commit was due (silence attested)",
+            "Heartbeat records written (the source attests it was up, busy or idle)",
             m.heartbeats.clone(),
+        );
+        registry.register(
+            "apiserver_scrape_failures",
+            "Heartbeats written without the apiserver's audit counters (its metrics endpoint failed)",
+            m.apiserver_scrape_failures.clone(),
         );
         registry.register(
             "findings",

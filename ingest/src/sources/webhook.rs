@@ -54,10 +54,10 @@ impl Marker for LogMarker {
     }
 
     fn take(&mut self) -> Option<SourceMark> {
-        self.first_seq = None;
         Some(SourceMark::Webhook {
             log_id: self.log_id.clone(),
             through_seq: self.through_seq,
+            from_seq: self.first_seq.take(),
         })
     }
 }
@@ -81,6 +81,7 @@ impl Durable for LogTrimmer {
         let SourceMark::Webhook {
             log_id,
             through_seq,
+            ..
         } = mark
         else {
             return Ok(0);
