@@ -252,7 +252,7 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
 }
 
 /// The trusted keys: each argument is a vkey or a file of vkeys, one per line.
-fn trusted_keys(args: &[String]) -> Result<Vec<Verifier>> {
+pub(crate) fn trusted_keys(args: &[String]) -> Result<Vec<Verifier>> {
     let mut out = Vec::new();
     for a in args {
         let text = if Path::new(a).exists() {
@@ -267,7 +267,7 @@ fn trusted_keys(args: &[String]) -> Result<Vec<Verifier>> {
     Ok(out)
 }
 
-fn date_micros(flag: &str, date: &str) -> Result<i64> {
+pub(crate) fn date_micros(flag: &str, date: &str) -> Result<i64> {
     auditlake_schema::timestamp::parse_rfc3339_micros(&format!("{date}T00:00:00Z"))
         .with_context(|| format!("--{flag} {date:?}: want YYYY-MM-DD"))
 }

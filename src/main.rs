@@ -21,6 +21,7 @@ mod detect;
 mod evidence_cmd;
 mod findings_cmd;
 mod query_cmd;
+mod report_cmd;
 mod rules_cmd;
 mod serve_cmd;
 
@@ -105,6 +106,11 @@ enum Command {
     /// signed) before any byte is deleted; legal holds keep what they cover. `--dry-run`
     /// first.
     Retention(evidence_cmd::RetentionArgs),
+    /// The evidence report of a period for an auditor (HTML, JSON or Markdown): integrity
+    /// against the signed log (with --public-key), events per cluster per day, every
+    /// cluster-hour OK / QUIET / GAP with what is missing named, quarantine by reason,
+    /// findings by rule and severity, RBAC changes, retention and legal holds.
+    Evidence(report_cmd::EvidenceArgs),
 }
 
 #[derive(Args, Debug)]
@@ -294,6 +300,9 @@ async fn run(cli: Cli) -> Result<()> {
         Command::VerifyProof(args) => evidence_cmd::run_verify_proof(args),
         Command::Retention(args) => {
             evidence_cmd::run_retention(open_existing_archive(&cli.archive).await?, args).await
+        }
+        Command::Evidence(args) => {
+            report_cmd::run(open_existing_archive(&cli.archive).await?, args).await
         }
     }
 }

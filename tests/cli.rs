@@ -1316,3 +1316,332 @@ fn an_idle_server_writes_signed_heartbeats_naming_its_position_and_clusters() {
     );
     assert_eq!(code, 0, "{out}");
 }
+
+/// A stand-in for an apiserver's `/metrics`: the n-th GET answers `pages(n)`.
+fn metrics_endpoint(pages: fn(u64) -> String) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().enumerate() {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = pages(n as u64);
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
+}
+
+/// Headless Chromium, which the HTML report is tested in.
+fn chromium() -> String {
+    let found = std::env::var("AUDITLAKE_CHROMIUM").ok().or_else(|| {
+        ["chromium", "chromium-browser", "google-chrome"]
+            .into_iter()
+            .find(|c| {
+                Command::new(c)
+                    .arg("--version")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+            .map(str::to_string)
+    });
+    found.expect(
+        "headless Chromium is needed to test the HTML evidence report: install Debian's \
+         `chromium` (apt-get install chromium; scripts/test.sh does) or set AUDITLAKE_CHROMIUM",
+    )
+}
+
+/// Renders `page` in headless Chromium: its DOM after load, and a screenshot at `png`.
+fn render_in_chromium(page: &Path, png: &Path) -> String {
+    let flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--hide-scrollbars",
+        "--window-size=1200,2400",
+    ];
+    let url = format!("file://{}", page.display());
+    let shot = Command::new(chromium())
+        .args(flags)
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        shot.status.success() && png.exists(),
+        "chromium could not screenshot {url}: {}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    let dom = Command::new(chromium())
+        .args(flags)
+        .arg("--dump-dom")
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(
+        dom.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dom.stderr)
+    );
+    String::from_utf8(dom.stdout).unwrap()
+}
+
+/// The text of the element with `id` in a DOM dump.
+fn element_text(dom: &str, id: &str) -> String {
+    let start = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no element #{id} in the rendered report"));
+    let open_end = start + dom[start..].find('>').unwrap() + 1;
+    let close = open_end + dom[open_end..].find("</").unwrap();
+    dom[open_end..close].to_string()
+}
+
+#[test]
+fn the_evidence_report_holds_the_figures_in_json_markdown_and_html_rendered_by_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let key = dir.path().join("log.key");
+    auditlake_ok(
+        &archive,
+        &["keys", "generate", "--out", key.to_str().unwrap()],
+    );
+    let vkey = format!("{}.vkey", key.display());
+    // The apiserver audits 10 events between scrapes and, from the third scrape on, reports
+    // 4 events it failed to audit.
+    let metrics = metrics_endpoint(|n| {
+        format!(
+            "# TYPE apiserver_audit_event_total counter\napiserver_audit_event_total {}\n\
+             apiserver_audit_error_total{{plugin=\"webhook\"}} {}\n",
+            100 + 10 * n,
+            if n >= 2 { 4 } else { 0 }
+        )
+    });
+    let mut server = Server::spawn(
+        dir.path(),
+        &[
+            "--signing-key",
+            key.to_str().unwrap(),
+            "--heartbeat-interval-seconds",
+            "1",
+            "--flush-interval-seconds",
+            "1",
+            "--cluster",
+            "west",
+            "--apiserver-metrics-url",
+            &format!("http://{metrics}/metrics"),
+        ],
+        None,
+        Stdio::null(),
+    );
+    server.wait_ready(60);
+    let events = scenario_events(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/scenarios/rbac-crb-cluster-admin-by-stranger.yaml"
+    )));
+    let body = format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{}]}}"#,
+        events.join(",")
+    );
+    assert_eq!(server.post("west", body.as_bytes()), Some(200));
+    assert_eq!(server.post("east", body.as_bytes()), Some(200));
+    let poison = br#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"kind":"Event","verb":"<b>get</b>"}]}"#;
+    assert_eq!(server.post("west", poison), Some(200));
+    server.wait_metric("auditlake_commits_total", 1.0, 60);
+    server.wait_metric("auditlake_heartbeats_total", 4.0, 60);
+    let (status, _) = server.terminate(30);
+    assert!(status.success());
+
+    // The scenario's events are on 2026-11-01, older than the arrival window: they are filed
+    // (and counted) under the hour they arrived, now.
+    let period = ["--from", "2026-11-01", "--public-key", &vkey];
+    let json: serde_json::Value = serde_json::from_str(&auditlake_ok(
+        &archive,
+        &[&["evidence", "--format", "json"][..], &period[..]].concat(),
+    ))
+    .unwrap();
+    assert_eq!(json["format"], "auditlake-evidence-report/1");
+    assert_eq!(json["verification"]["result"], "checked");
+    assert_eq!(
+        json["verification"]["passed"], true,
+        "{:#}",
+        json["verification"]
+    );
+    let clusters = json["completeness"]["clusters"].as_array().unwrap();
+    let (east, west) = (&clusters[0], &clusters[1]);
+    assert_eq!(
+        (&east["cluster"], &west["cluster"]),
+        (&"east".into(), &"west".into())
+    );
+    assert_eq!((&east["events"], &west["events"]), (&2.into(), &2.into()));
+    // East's hour has its events and nothing missing; west's apiserver failed to audit.
+    assert_eq!(
+        (&east["ok"], &west["ok"]),
+        (&1.into(), &0.into()),
+        "{:#}",
+        json["completeness"]["gaps"]
+    );
+    let hours = json["completeness"]["hours"].as_array().unwrap();
+    let before = hours
+        .iter()
+        .find(|h| h["cluster"] == "west" && h["hour"] == "2026-11-02T00:00:00.000000Z")
+        .unwrap();
+    assert_eq!(before["status"], "GAP");
+    assert!(
+        before["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("no live source yet"),
+        "{before}"
+    );
+    let now = hours.iter().rev().find(|h| h["cluster"] == "west").unwrap();
+    assert_eq!(
+        (&now["status"], &now["events"]),
+        (&"GAP".into(), &2.into()),
+        "{now}"
+    );
+    assert_eq!(now["reasons"].as_array().unwrap().len(), 1, "{now}");
+    assert!(
+        now["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("the apiserver failed to audit 4 event(s)"),
+        "{now}"
+    );
+    let rec = &json["completeness"]["reconciliation"][0];
+    assert_eq!(rec["apiserver_errors"], 4);
+    assert!(rec["heartbeats"].as_u64().unwrap() >= 4, "{rec}");
+    assert_eq!(
+        rec["apiserver_events"].as_u64().unwrap(),
+        10 * (rec["heartbeats"].as_u64().unwrap() - 1),
+        "{rec}"
+    );
+    assert_eq!(json["quarantine"][0]["cluster"], "west");
+    assert_eq!(json["quarantine"][0]["records"], 1);
+    assert!(
+        json["quarantine"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("auditID"),
+        "{}",
+        json["quarantine"]
+    );
+    let rules: Vec<&str> = json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule_id"].as_str().unwrap())
+        .collect();
+    assert!(rules.contains(&"K8S-RBAC-001"), "{rules:?}");
+    assert_eq!(json["rbac_changes_total"], 2);
+    let change = &json["rbac_changes"][0];
+    assert_eq!(
+        (
+            &change["kind"],
+            &change["name"],
+            &change["principal"],
+            &change["change"]
+        ),
+        (
+            &"ClusterRoleBinding".into(),
+            &"pwn".into(),
+            &"mallory".into(),
+            &"created".into()
+        )
+    );
+    let events_per_day: u64 = json["events_per_day"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["events"].as_u64().unwrap())
+        .sum();
+    assert_eq!(events_per_day, 4);
+
+    let md = auditlake_ok(
+        &archive,
+        &[&["evidence", "--format", "md"][..], &period[..]].concat(),
+    );
+    assert!(md.contains("- **Integrity: PASSED**"), "{md}");
+    assert!(md.contains("| Date (UTC) | east | west |"), "{md}");
+    assert!(md.contains("| high | `K8S-RBAC-001` |"), "{md}");
+    assert!(
+        md.contains("ClusterRoleBinding pwn | mallory | create |"),
+        "{md}"
+    );
+
+    let html = dir.path().join("report.html");
+    auditlake_ok(
+        &archive,
+        &[
+            &[
+                "evidence",
+                "--format",
+                "html",
+                "--out",
+                html.to_str().unwrap(),
+            ][..],
+            &period[..],
+        ]
+        .concat(),
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    // Self-contained: nothing fetched, no script.
+    for fetch in ["<script", "src=", "href=", "url(", "@import"] {
+        assert!(
+            !page.contains(fetch),
+            "the report fetches or runs something: {fetch}"
+        );
+    }
+    // The quarantined input's markup is text, not markup.
+    assert!(!page.contains("<b>get</b>"));
+    let png = Path::new(env!("CARGO_TARGET_TMPDIR")).join("evidence-report.png");
+    let dom = render_in_chromium(&html, &png);
+    assert_eq!(element_text(&dom, "verdict"), "PASSED");
+    assert_eq!(element_text(&dom, "events"), "4");
+    let gaps = east["gap"].as_u64().unwrap() + west["gap"].as_u64().unwrap();
+    assert_eq!(
+        element_text(&dom, "gap-hours"),
+        format!("{} GAP", auditlake_queries::evidence_report::grouped(gaps))
+    );
+    assert!(dom.contains("id=\"events-chart\""));
+    assert!(dom.contains(" 2 events OK</title>"), "east's hour square");
+    assert!(dom.contains("the apiserver failed to audit 4 event(s)"));
+    assert!(dom.contains("mallory"));
+    assert!(
+        std::fs::metadata(&png).unwrap().len() > 20_000,
+        "an empty screenshot"
+    );
+    eprintln!("screenshot of the evidence report: {}", png.display());
+
+    // Tampering: the report is still written, says FAILED, and the exit code is verify's.
+    let file = std::fs::read_dir(archive.join("events/cluster=east"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).unwrap())
+        .flat_map(|h| std::fs::read_dir(h.unwrap().path()).unwrap())
+        .map(|f| f.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "parquet"))
+        .unwrap();
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let out = auditlake_output(
+        &archive,
+        &[&["evidence", "--format", "md"][..], &period[..]].concat(),
+    );
+    assert_eq!(out.status.code(), Some(17), "FILE ALTERED");
+    let md = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        md.contains("- **Integrity: FAILED (1 problem(s))**"),
+        "{md}"
+    );
+    assert!(md.contains("| FILE ALTERED | 17 |"), "{md}");
+}

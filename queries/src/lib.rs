@@ -6,6 +6,9 @@
 
 mod backtest;
 mod csr;
+pub mod evidence_html;
+pub mod evidence_markdown;
+pub mod evidence_report;
 mod findings_query;
 mod k8s_functions;
 mod output;
