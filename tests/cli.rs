@@ -123,6 +123,19 @@ fn every_acknowledged_event_survives_sigkill_exactly_once() {
         &["verify", "--public-key", &vkey],
     );
     assert_eq!(code, 0, "{out}");
+    // The log's sequence numbers continue across the kill and the replay: no record
+    // starts past the one before it, so the evidence report finds no hole.
+    let report: serde_json::Value = serde_json::from_str(&auditlake_ok(
+        &dir.path().join("archive"),
+        &["evidence", "--format", "json"],
+    ))
+    .unwrap();
+    assert_eq!(
+        report["completeness"]["holes"],
+        serde_json::json!([]),
+        "{:#}",
+        report["completeness"]["holes"]
+    );
 }
 
 #[test]
