@@ -1658,3 +1658,99 @@ fn the_evidence_report_holds_the_figures_in_json_markdown_and_html_rendered_by_c
     );
     assert!(md.contains("| FILE ALTERED | 17 |"), "{md}");
 }
+
+#[test]
+fn on_s3_a_signed_ingest_verifies_proves_queries_and_reports() {
+    let endpoint = std::env::var("AUDITLAKE_TEST_S3_ENDPOINT").unwrap_or_else(|_| {
+        panic!(
+            "this test needs an S3-compatible server: run scripts/test.sh (it starts moto), or \
+             start one (pip install 'moto[server]'; moto_server -p 5000; curl -X PUT \
+             http://127.0.0.1:5000/auditlake-test) and set \
+             AUDITLAKE_TEST_S3_ENDPOINT=http://127.0.0.1:5000"
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("log.key");
+    let vkey = format!("{}.vkey", key.display());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let url = format!("s3://auditlake-test/cli-{}-{nanos}", std::process::id());
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(["--archive", &url])
+            .args(args)
+            .env("AUDITLAKE_LOG", "warn")
+            .env("AWS_ENDPOINT", &endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "auditlake-test")
+            .env("AWS_SECRET_ACCESS_KEY", "auditlake-test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_CHECKSUM_ALGORITHM", "SHA256")
+            .output()
+            .unwrap()
+    };
+    success_stdout(run(&["keys", "generate", "--out", key.to_str().unwrap()]));
+    let input = scenario_ndjson(
+        dir.path(),
+        "fixtures/scenarios/rbac-crb-cluster-admin-by-stranger.yaml",
+    );
+    success_stdout(run(&[
+        "ingest",
+        "--signing-key",
+        key.to_str().unwrap(),
+        "--cluster",
+        "prod",
+        input.to_str().unwrap(),
+    ]));
+    let out = success_stdout(run(&["verify", "--public-key", &vkey]));
+    assert!(out.starts_with("OK: 1 records"), "{out}");
+    let csv = success_stdout(run(&[
+        "query",
+        "--format",
+        "csv",
+        "SELECT count(*) AS n FROM events WHERE cluster = 'prod'",
+    ]));
+    assert_eq!(csv, "n\n2\n");
+    let proof = dir.path().join("proof.json");
+    success_stdout(run(&[
+        "prove",
+        "--audit-id",
+        "crb-1",
+        "--out",
+        proof.to_str().unwrap(),
+    ]));
+    let out = Command::new(BIN)
+        .args([
+            "verify-proof",
+            proof.to_str().unwrap(),
+            "--public-key",
+            &vkey,
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("VERIFIED")).count(),
+        2,
+        "{text}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(
+        &run(&[
+            "evidence",
+            "--format",
+            "json",
+            "--from",
+            "2026-11-01",
+            "--public-key",
+            &vkey,
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(report["verification"]["passed"], true, "{report:#}");
+    assert_eq!(report["completeness"]["clusters"][0]["events"], 2);
+    assert_eq!(report["rbac_changes"][0]["principal"], "mallory");
+}

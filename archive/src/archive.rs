@@ -806,8 +806,18 @@ impl Archive {
             // Create-if-absent: of two writers racing for one sequence number, one wins and
             // the other re-reads the head and chains after it.
             let body_copy = bytes::Bytes::from(body);
-            match self.put(&rel, body_copy.clone(), PutMode::Create).await {
-                Ok(()) => {
+            let created = match self.put(&rel, body_copy.clone(), PutMode::Create).await {
+                Ok(()) => Ok(true),
+                // The store's client retries a PUT whose answer was lost; if the first try
+                // got in, the retry finds this very record there: ours, not a rival's.
+                Err(object_store::Error::AlreadyExists { .. }) => Ok(self
+                    .get_if_exists(&rel)
+                    .await?
+                    .is_some_and(|there| there == body_copy)),
+                Err(e) => Err(e),
+            };
+            match created {
+                Ok(true) => {
                     self.kafka.wrote(&record);
                     self.write_head_pointer(sequence).await;
                     let digest: [u8; 32] = Sha256::digest(&body_copy).into();
@@ -829,7 +839,7 @@ impl Archive {
                     }
                     return Ok(record);
                 }
-                Err(object_store::Error::AlreadyExists { .. }) => continue,
+                Ok(false) => continue,
                 Err(source) => {
                     return Err(ArchiveError::Store {
                         operation: "put",

@@ -17,6 +17,9 @@ pub struct ArchiveLocation {
     pub url: Url,
     /// Local directory when the archive is on the local filesystem.
     pub local_dir: Option<PathBuf>,
+    /// Store options (`aws_endpoint`, ...) that override the environment's for this
+    /// archive alone.
+    pub store_options: Vec<(String, String)>,
 }
 
 impl ArchiveLocation {
@@ -40,7 +43,11 @@ impl ArchiveLocation {
             } else {
                 None
             };
-            return Ok(Self { url, local_dir });
+            return Ok(Self {
+                url,
+                local_dir,
+                store_options: Vec::new(),
+            });
         }
         let dir = std::path::absolute(location).map_err(|e| err(e.to_string()))?;
         let url = Url::from_directory_path(&dir)
@@ -48,7 +55,16 @@ impl ArchiveLocation {
         Ok(Self {
             url,
             local_dir: Some(dir),
+            store_options: Vec::new(),
         })
+    }
+
+    /// The same location with a store option (object_store's key, `aws_endpoint`) set over
+    /// the environment's.
+    pub fn with_store_option(mut self, key: &str, value: &str) -> Self {
+        self.store_options
+            .push((key.to_ascii_lowercase(), value.to_string()));
+        self
     }
 
     /// Builds the object store and the archive root's path inside it. A local directory is
@@ -72,12 +88,14 @@ impl ArchiveLocation {
             let fs = LocalFileSystem::new_with_prefix(dir).map_err(|e| err(e.to_string()))?;
             return Ok((Arc::new(fs), Path::default()));
         }
-        let opts: Vec<(String, String)> = std::env::vars()
+        let mut opts: Vec<(String, String)> = std::env::vars()
             .filter(|(k, _)| {
                 k.starts_with("AWS_") || k.starts_with("GOOGLE_") || k.starts_with("AZURE_")
             })
             .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            .filter(|(k, _)| !self.store_options.iter().any(|(o, _)| o == k))
             .collect();
+        opts.extend(self.store_options.iter().cloned());
         let (store, prefix) =
             object_store::parse_url_opts(&self.url, opts).map_err(|e| err(e.to_string()))?;
         Ok((Arc::from(store), prefix))
