@@ -1278,14 +1278,7 @@ fn an_idle_server_writes_signed_heartbeats_naming_its_position_and_clusters() {
         Stdio::null(),
     );
     server.wait_ready(60);
-    let events = scenario_events(Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/scenarios/rbac-crb-cluster-admin-by-stranger.yaml"
-    )));
-    let body = format!(
-        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{}]}}"#,
-        events.join(",")
-    );
+    let body = crb_event_list();
     assert_eq!(server.post("east", body.as_bytes()), Some(200));
     server.wait_metric("auditlake_commits_total", 1.0, 60);
     server.wait_metric("auditlake_heartbeats_total", 2.0, 60);
@@ -1457,14 +1450,7 @@ fn the_evidence_report_holds_the_figures_in_json_markdown_and_html_rendered_by_c
         Stdio::null(),
     );
     server.wait_ready(60);
-    let events = scenario_events(Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/fixtures/scenarios/rbac-crb-cluster-admin-by-stranger.yaml"
-    )));
-    let body = format!(
-        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{}]}}"#,
-        events.join(",")
-    );
+    let body = crb_event_list();
     assert_eq!(server.post("west", body.as_bytes()), Some(200));
     assert_eq!(server.post("east", body.as_bytes()), Some(200));
     let poison = br#"{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{"kind":"Event","verb":"<b>get</b>"}]}"#;
@@ -1656,7 +1642,7 @@ fn the_evidence_report_holds_the_figures_in_json_markdown_and_html_rendered_by_c
         md.contains("- **Integrity: FAILED (1 problem(s))**"),
         "{md}"
     );
-    assert!(md.contains("| FILE ALTERED | 17 |"), "{md}");
+    assert!(md.contains("| **FILE ALTERED** | 17 |"), "{md}");
 }
 
 #[test]

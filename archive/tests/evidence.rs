@@ -10,7 +10,7 @@ use auditlake_archive::verify::{Verdict, VerifyOptions, VerifyReport, verify};
 use auditlake_archive::{CommitContents, RemovedFile};
 
 mod common;
-use common::{archive_at, file_path, one_file};
+use common::{archive_at, file_path, one_file, only};
 
 /// Commits in the shared archive: more than one full level-0 tile (256 leaves).
 const COMMITS: u64 = 260;
@@ -92,18 +92,6 @@ fn trusting(keys: &[&Verifier]) -> VerifyOptions {
         trusted: keys.iter().map(|k| (*k).clone()).collect(),
         ..Default::default()
     }
-}
-
-/// The one problem of the report, or a panic listing them all.
-fn only(report: &VerifyReport) -> (Verdict, String) {
-    assert_eq!(
-        report.problems.len(),
-        1,
-        "want one problem, got {:#?}",
-        report.problems
-    );
-    let p = &report.problems[0];
-    (p.verdict, p.object.clone())
 }
 
 fn record(seq: u64) -> String {

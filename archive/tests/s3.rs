@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 mod common;
-use common::{file_path, one_file};
+use common::{file_path, one_file, only};
 
 /// The bucket the tests use (scripts/test.sh creates it).
 const BUCKET: &str = "auditlake-test";
@@ -73,20 +73,6 @@ fn trusting(key: &Verifier) -> VerifyOptions {
         trusted: vec![key.clone()],
         ..Default::default()
     }
-}
-
-/// The one problem of the report, or a panic listing them all.
-fn only(report: &VerifyReport) -> (Verdict, String) {
-    assert_eq!(
-        report.problems.len(),
-        1,
-        "want one problem, got {:#?}",
-        report.problems
-    );
-    (
-        report.problems[0].verdict,
-        report.problems[0].object.clone(),
-    )
 }
 
 fn clean(report: &VerifyReport) {

@@ -1,12 +1,13 @@
 //! The evidence report as one self-contained HTML page (inline CSS and SVG; no scripts,
 //! fonts or images fetched), readable on screen and printed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use auditlake_archive::completeness::{ClusterHour, HourStatus};
 
 use crate::evidence_report::{EvidenceReport, Verification, grouped, readable_time};
+use crate::evidence_tables::{Cell, Table};
 
 const PALETTE: [&str; 8] = [
     "#2b6cb0", "#d69e2e", "#38a169", "#805ad5", "#dd6b20", "#319795", "#b83280", "#718096",
@@ -141,6 +142,39 @@ pub fn render(r: &EvidenceReport) -> String {
     o
 }
 
+/// Writes `t` as an HTML table, or `empty` (when not blank) as a paragraph.
+fn table(o: &mut String, t: &Table, empty: &str) {
+    if t.rows.is_empty() {
+        if !empty.is_empty() {
+            let _ = writeln!(o, "<p id=\"{}\" class=\"empty\">{}</p>", t.id, esc(empty));
+        }
+        return;
+    }
+    let _ = write!(o, "<table id=\"{}\"><tr>", t.id);
+    for (title, numeric) in t.columns.iter().zip(&t.numeric) {
+        let class = if *numeric { " class=\"n\"" } else { "" };
+        let _ = write!(o, "<th{class}>{}</th>", esc(title));
+    }
+    let _ = write!(o, "</tr>");
+    for row in &t.rows {
+        let _ = write!(o, "<tr>");
+        for (c, numeric) in row.iter().zip(&t.numeric) {
+            let class = if *numeric { " class=\"n\"" } else { "" };
+            let content = match c {
+                Cell::Code(s) => format!("<code>{}</code>", esc(s)),
+                Cell::Severity(s) => format!("<span class=\"sev-{0}\">{0}</span>", esc(s)),
+                Cell::Alert(s) => format!("<span class=\"fail\">{}</span>", esc(s)),
+                Cell::Muted(s) => format!("<span class=\"empty\">{}</span>", esc(s)),
+                Cell::Lines(l) => l.iter().map(|x| esc(x)).collect::<Vec<_>>().join("<br>"),
+                other => esc(&other.text()),
+            };
+            let _ = write!(o, "<td{class}>{content}</td>");
+        }
+        let _ = write!(o, "</tr>");
+    }
+    let _ = writeln!(o, "</table>");
+}
+
 fn integrity(o: &mut String, r: &EvidenceReport) {
     let _ = writeln!(o, "<h2>1. Integrity</h2>");
     match &r.verification {
@@ -159,12 +193,7 @@ fn integrity(o: &mut String, r: &EvidenceReport) {
             root_hash,
             checkpoint,
             signed_by,
-            records,
-            files_checked,
-            bytes_checked,
-            files_skipped,
-            removed_by_retention,
-            problems,
+            ..
         } => {
             let _ = writeln!(
                 o,
@@ -183,35 +212,8 @@ fn integrity(o: &mut String, r: &EvidenceReport) {
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            let _ = writeln!(
-                o,
-                "<table><tr><th>Manifest records checked</th><td class=\"n\">{}</td></tr>\
-                 <tr><th>Files re-read and hashed</th><td class=\"n\">{} ({} bytes)</td></tr>\
-                 <tr><th>Files outside the period or sample</th><td class=\"n\">{}</td></tr>\
-                 <tr><th>Files removed by signed retention records</th><td class=\"n\">{}</td></tr></table>",
-                grouped(*records),
-                grouped(*files_checked),
-                grouped(*bytes_checked),
-                grouped(*files_skipped),
-                grouped(*removed_by_retention)
-            );
-            if !problems.is_empty() {
-                let _ = write!(
-                    o,
-                    "<table id=\"problems\"><tr><th>Verdict</th><th class=\"n\">Exit code</th><th>Object</th><th>Detail</th></tr>"
-                );
-                for p in problems {
-                    let _ = write!(
-                        o,
-                        "<tr><td class=\"fail\">{}</td><td class=\"n\">{}</td><td><code>{}</code></td><td>{}</td></tr>",
-                        esc(&p.verdict),
-                        p.exit_code,
-                        esc(&p.object),
-                        esc(&p.detail)
-                    );
-                }
-                let _ = writeln!(o, "</table>");
-            }
+            table(o, &r.checked_table(), "");
+            table(o, &r.problems_table(), "");
             let _ = writeln!(
                 o,
                 "<details><summary>The signed checkpoint</summary><pre>{}</pre></details>",
@@ -236,20 +238,8 @@ fn nice_ceiling(v: u64) -> u64 {
 
 fn events_chart(o: &mut String, r: &EvidenceReport) {
     let _ = writeln!(o, "<h2>2. Events per cluster per day</h2>");
-    let clusters: Vec<&str> = r
-        .events_per_day
-        .iter()
-        .map(|d| d.cluster.as_str())
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
-    let mut by_day: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
-    for d in &r.events_per_day {
-        by_day
-            .entry(&d.date)
-            .or_default()
-            .insert(&d.cluster, d.events);
-    }
+    let clusters = r.day_clusters();
+    let by_day = r.events_by_day();
     if clusters.is_empty() {
         let _ = writeln!(
             o,
@@ -329,26 +319,9 @@ fn events_chart(o: &mut String, r: &EvidenceReport) {
         }
     }
     let _ = writeln!(o, "</svg>");
-    let _ = write!(
-        o,
-        "<details><summary>The figures</summary><table><tr><th>Date (UTC)</th>"
-    );
-    for c in &clusters {
-        let _ = write!(o, "<th class=\"n\">{}</th>", esc(c));
-    }
-    let _ = write!(o, "</tr>");
-    for (day, counts) in &by_day {
-        let _ = write!(o, "<tr><td>{}</td>", esc(day));
-        for c in &clusters {
-            let _ = write!(
-                o,
-                "<td class=\"n\">{}</td>",
-                grouped(counts.get(c).copied().unwrap_or(0))
-            );
-        }
-        let _ = write!(o, "</tr>");
-    }
-    let _ = writeln!(o, "</table></details>");
+    let _ = write!(o, "<details><summary>The figures</summary>");
+    table(o, &r.days_table(), "");
+    let _ = writeln!(o, "</details>");
 }
 
 fn status_colour(s: HourStatus) -> &'static str {
@@ -428,27 +401,7 @@ fn completeness(o: &mut String, r: &EvidenceReport) {
          it).</p>",
         c.max_silence_seconds
     );
-    let _ = write!(
-        o,
-        "<table id=\"clusters\"><tr><th>Cluster</th><th class=\"n\">Events</th><th class=\"n\">OK</th><th class=\"n\">QUIET</th><th class=\"n\">GAP</th><th>Attested by</th></tr>"
-    );
-    for s in &c.clusters {
-        let _ = write!(
-            o,
-            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
-            esc(&s.cluster),
-            grouped(s.events),
-            s.ok,
-            s.quiet,
-            s.gap,
-            if s.live_sources.is_empty() {
-                "<span class=\"empty\">no live source (files only)</span>".to_string()
-            } else {
-                esc(&s.live_sources.join(", "))
-            }
-        );
-    }
-    let _ = writeln!(o, "</table>");
+    table(o, &r.clusters_table(), "");
     let _ = write!(
         o,
         "<div class=\"legend\"><span><i style=\"background:#2f855a\"></i>OK</span><span><i style=\"background:#cbd5e0\"></i>QUIET</span><span><i style=\"background:#c53030\"></i>GAP</span><span>one square per hour (UTC), one row per day</span></div><div class=\"heatmaps\">"
@@ -458,197 +411,63 @@ fn completeness(o: &mut String, r: &EvidenceReport) {
         heatmap(o, &s.cluster, &hours);
     }
     let _ = writeln!(o, "</div>\n<h3>Gaps</h3>");
-    if c.gaps.is_empty() {
-        let _ = writeln!(o, "<p id=\"gaps\" class=\"pass\">No gaps.</p>");
-    } else {
-        let _ = write!(
-            o,
-            "<table id=\"gaps\"><tr><th>Cluster</th><th>From</th><th>To</th><th class=\"n\">Hours</th><th class=\"n\">Events</th><th>What is missing</th></tr>"
-        );
-        for g in &c.gaps {
-            let _ = write!(
-                o,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
-                esc(&g.cluster),
-                esc(&readable_time(&g.from)),
-                esc(&readable_time(&g.to)),
-                g.hours,
-                grouped(g.events),
-                g.reasons
-                    .iter()
-                    .map(|x| esc(x))
-                    .collect::<Vec<_>>()
-                    .join("<br>")
-            );
-        }
-        let _ = writeln!(o, "</table>");
-    }
+    table(o, &r.gaps_table(), "No gaps.");
     if !c.reconciliation.is_empty() {
-        let _ = write!(
+        let _ = writeln!(
             o,
             "<h3>Apiserver counters</h3><p>What the apiserver says it audited \
              (<code>apiserver_audit_event_total</code>) and failed to audit \
              (<code>apiserver_audit_error_total</code>), recorded in the heartbeats, beside \
-             what the archive holds for the same window.</p><table id=\"reconciliation\"><tr><th>Cluster</th><th>From</th><th>To</th><th class=\"n\">Heartbeats</th><th class=\"n\">Audited by the apiserver</th><th class=\"n\">Audit errors</th><th class=\"n\">Archived</th></tr>"
+             what the archive committed in the same window.</p>"
         );
-        for x in &c.reconciliation {
-            let _ = write!(
-                o,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n{}\">{}</td><td class=\"n\">{}</td></tr>",
-                esc(&x.cluster),
-                esc(&readable_time(&x.from)),
-                esc(&readable_time(&x.to)),
-                x.heartbeats,
-                grouped(x.apiserver_events),
-                if x.apiserver_errors > 0 { " fail" } else { "" },
-                grouped(x.apiserver_errors),
-                grouped(x.archived_events)
-            );
-        }
-        let _ = writeln!(o, "</table>");
+        table(o, &r.reconciliation_table(), "");
     }
 }
 
 fn quarantine(o: &mut String, r: &EvidenceReport) {
-    let _ = writeln!(o, "<h2>4. Quarantine</h2>");
-    if r.quarantine.is_empty() {
-        let _ = writeln!(
-            o,
-            "<p class=\"empty\">Nothing was quarantined in the period.</p>"
-        );
-        return;
-    }
-    let _ = write!(
+    let _ = writeln!(
         o,
-        "<p>Inputs that could not be decoded are kept byte for byte under <code>_quarantine/</code> with the reason.</p><table id=\"quarantine\"><tr><th>Cluster</th><th>Reason</th><th class=\"n\">Inputs</th></tr>"
+        "<h2>4. Quarantine</h2><p>Inputs that could not be decoded are kept byte for byte \
+         under <code>_quarantine/</code> with the reason.</p>"
     );
-    for q in &r.quarantine {
-        let _ = write!(
-            o,
-            "<tr><td>{}</td><td>{}</td><td class=\"n\">{}</td></tr>",
-            esc(&q.cluster),
-            esc(&q.reason),
-            grouped(q.records)
-        );
-    }
-    let _ = writeln!(o, "</table>");
+    table(
+        o,
+        &r.quarantine_table(),
+        "Nothing was quarantined in the period.",
+    );
 }
 
 fn findings(o: &mut String, r: &EvidenceReport) {
     let _ = writeln!(o, "<h2>5. Findings</h2>");
-    if r.findings.is_empty() {
-        let _ = writeln!(o, "<p class=\"empty\">No findings in the period.</p>");
-        return;
-    }
-    let _ = write!(
-        o,
-        "<table id=\"findings-table\"><tr><th>Severity</th><th>Rule</th><th>Title</th><th class=\"n\">Findings</th><th class=\"n\">Events</th></tr>"
-    );
-    for f in &r.findings {
-        let _ = write!(
-            o,
-            "<tr><td class=\"sev-{}\">{}</td><td><code>{}</code></td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
-            esc(&f.severity),
-            esc(&f.severity),
-            esc(&f.rule_id),
-            esc(&f.title),
-            grouped(f.findings),
-            grouped(f.events)
-        );
-    }
-    let _ = writeln!(o, "</table>");
+    table(o, &r.findings_table(), "No findings in the period.");
 }
 
 fn rbac(o: &mut String, r: &EvidenceReport) {
     let _ = writeln!(o, "<h2>6. RBAC changes</h2>");
-    if r.rbac_changes.is_empty() {
-        let _ = writeln!(
-            o,
-            "<p class=\"empty\">No RBAC object changed in the period.</p>"
-        );
-        return;
-    }
     if (r.rbac_changes.len() as u64) < r.rbac_changes_total {
-        let _ = write!(
+        let _ = writeln!(
             o,
             "<p>The first {} of {} changes; query <code>rbac_history</code> for all.</p>",
             r.rbac_changes.len(),
             grouped(r.rbac_changes_total)
         );
     }
-    let _ = write!(
-        o,
-        "<table id=\"rbac\"><tr><th>When</th><th>Cluster</th><th>Change</th><th>Object</th><th>Who</th><th>Verb</th><th>Audit ID</th></tr>"
-    );
-    for x in &r.rbac_changes {
-        let object = if x.namespace.is_empty() {
-            format!("{} {}", x.kind, x.name)
-        } else {
-            format!("{} {}/{}", x.kind, x.namespace, x.name)
-        };
-        let _ = write!(
-            o,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-            esc(&readable_time(&x.changed_at)),
-            esc(&x.cluster),
-            esc(&x.change),
-            esc(&object),
-            esc(&x.principal),
-            esc(&x.verb),
-            esc(&x.audit_id)
-        );
-    }
-    let _ = writeln!(o, "</table>");
+    table(o, &r.rbac_table(), "No RBAC object changed in the period.");
 }
 
 fn retention(o: &mut String, r: &EvidenceReport) {
-    let _ = writeln!(o, "<h2>7. Retention and legal holds</h2>");
-    if r.retention.records.is_empty() {
-        let _ = writeln!(
-            o,
-            "<p>No retention was ever applied: nothing was removed from the archive.</p>"
-        );
-    } else {
-        let _ = write!(
-            o,
-            "<p>Each removal was announced by a signed record before any file was deleted; \
-             <code>verify</code> reports those files as removed by retention.</p><table id=\"retention\"><tr><th class=\"n\">Record</th><th>When</th><th>Policy</th><th>Cutoff</th><th class=\"n\">Files removed</th><th>Holds checked</th><th class=\"n\">Files held</th></tr>"
-        );
-        for x in &r.retention.records {
-            let _ = write!(
-                o,
-                "<tr><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td>{}</td><td class=\"n\">{}</td></tr>",
-                x.sequence,
-                esc(&readable_time(&x.committed_at)),
-                esc(&x.policy),
-                esc(&readable_time(&x.cutoff)),
-                x.removed_files,
-                esc(&x.legal_holds.join(", ")),
-                x.held_files
-            );
-        }
-        let _ = writeln!(o, "</table>");
-    }
-    if r.retention.legal_holds.is_empty() {
-        let _ = writeln!(o, "<p>No legal hold is in place.</p>");
-    } else {
-        let _ = write!(
-            o,
-            "<table id=\"holds\"><tr><th>Legal hold</th><th>Cluster</th><th>From</th><th>To</th><th>Reason</th></tr>"
-        );
-        for x in &r.retention.legal_holds {
-            let _ = write!(
-                o,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                esc(&x.name),
-                esc(x.cluster.as_deref().unwrap_or("every cluster")),
-                esc(x.from.as_deref().unwrap_or("the beginning")),
-                esc(x.to.as_deref().unwrap_or("no end")),
-                esc(&x.reason)
-            );
-        }
-        let _ = writeln!(o, "</table>");
-    }
+    let _ = writeln!(
+        o,
+        "<h2>7. Retention and legal holds</h2><p>Each removal is announced by a signed record \
+         before any file is deleted; <code>verify</code> reports those files as removed by \
+         retention.</p>"
+    );
+    table(
+        o,
+        &r.retention_table(),
+        "No retention was ever applied: nothing was removed from the archive.",
+    );
+    table(o, &r.holds_table(), "No legal hold is in place.");
 }
 
 #[cfg(test)]

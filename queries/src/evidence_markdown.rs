@@ -1,18 +1,59 @@
 //! The evidence report as Markdown (GitHub-flavoured tables), for tickets and wikis.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
-use auditlake_archive::completeness::HourStatus;
-
 use crate::evidence_report::{EvidenceReport, Verification, grouped, readable_time};
+use crate::evidence_tables::{Cell, Table};
 
-/// A table cell: one line, pipes escaped, backticks kept out of code spans.
-fn cell(s: &str) -> String {
+/// Text for a table cell: one line, pipes escaped, no raw markup.
+fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")
         .replace('|', "\\|")
         .replace(['\n', '\r'], " ")
         .replace('<', "&lt;")
+}
+
+fn cell(c: &Cell) -> String {
+    match c {
+        // A backtick inside would end the code span: show it as text then.
+        Cell::Code(s) if !s.contains('`') => format!("`{}`", escape(s)),
+        Cell::Alert(s) => format!("**{}**", escape(s)),
+        Cell::Muted(s) => format!("_{}_", escape(s)),
+        other => escape(&other.text()),
+    }
+}
+
+/// Writes `t`, or `empty` when it has no rows.
+fn table(o: &mut String, t: &Table, empty: &str) {
+    if t.rows.is_empty() {
+        let _ = writeln!(o, "{empty}\n");
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "| {} |",
+        t.columns
+            .iter()
+            .map(|c| escape(c))
+            .collect::<Vec<_>>()
+            .join(" | ")
+    );
+    let _ = writeln!(
+        o,
+        "|{}",
+        t.numeric
+            .iter()
+            .map(|n| if *n { "---:|" } else { "---|" })
+            .collect::<String>()
+    );
+    for row in &t.rows {
+        let _ = writeln!(
+            o,
+            "| {} |",
+            row.iter().map(cell).collect::<Vec<_>>().join(" | ")
+        );
+    }
+    let _ = writeln!(o);
 }
 
 /// Renders the report as Markdown.
@@ -22,7 +63,7 @@ pub fn render(r: &EvidenceReport) -> String {
     // Writing to a String cannot fail: the results of writeln! are ignored below.
     let _ = writeln!(o, "# Audit log evidence report\n");
     let _ = writeln!(o, "| | |\n|---|---|");
-    let _ = writeln!(o, "| Archive | `{}` |", cell(&r.archive));
+    let _ = writeln!(o, "| Archive | `{}` |", escape(&r.archive));
     let _ = writeln!(
         o,
         "| Period | {} to {} (end excluded) |",
@@ -63,7 +104,7 @@ pub fn render(r: &EvidenceReport) -> String {
     let _ = writeln!(o, "## 1. Integrity\n");
     match &r.verification {
         Verification::NotChecked { reason } => {
-            let _ = writeln!(o, "Not checked: {}.\n", cell(reason));
+            let _ = writeln!(o, "Not checked: {}.\n", escape(reason));
         }
         Verification::Checked {
             passed,
@@ -72,12 +113,7 @@ pub fn render(r: &EvidenceReport) -> String {
             root_hash,
             checkpoint,
             signed_by,
-            records,
-            files_checked,
-            bytes_checked,
-            files_skipped,
-            removed_by_retention,
-            problems,
+            ..
         } => {
             let _ = writeln!(
                 o,
@@ -89,80 +125,26 @@ pub fn render(r: &EvidenceReport) -> String {
                     "**Problems were found.**"
                 },
                 tree_size,
-                cell(origin),
+                escape(origin),
                 root_hash,
                 signed_by
                     .iter()
-                    .map(|s| format!("`{}`", cell(s)))
+                    .map(|s| format!("`{}`", escape(s)))
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            let _ = writeln!(
-                o,
-                "- Manifest records checked: {}\n- Files re-read and hashed: {} ({} bytes)\n- \
-                 Files outside the period or sample: {}\n- Files removed by signed retention \
-                 records: {}\n",
-                grouped(*records),
-                grouped(*files_checked),
-                grouped(*bytes_checked),
-                grouped(*files_skipped),
-                grouped(*removed_by_retention)
-            );
-            if !problems.is_empty() {
-                let _ = writeln!(
-                    o,
-                    "| Verdict | Exit code | Object | Detail |\n|---|---|---|---|"
-                );
-                for p in problems {
-                    let _ = writeln!(
-                        o,
-                        "| {} | {} | `{}` | {} |",
-                        p.verdict,
-                        p.exit_code,
-                        cell(&p.object),
-                        cell(&p.detail)
-                    );
-                }
-                let _ = writeln!(o);
-            }
-            let _ = writeln!(o, "The checkpoint:\n\n```\n{}```\n", checkpoint);
+            table(&mut o, &r.checked_table(), "");
+            table(&mut o, &r.problems_table(), "No problem found.");
+            let _ = writeln!(o, "The checkpoint:\n\n```\n{checkpoint}```\n");
         }
     }
 
     let _ = writeln!(o, "## 2. Events per cluster per day\n");
-    let clusters: BTreeSet<&str> = r
-        .events_per_day
-        .iter()
-        .map(|d| d.cluster.as_str())
-        .collect();
-    let mut by_day: BTreeMap<&str, BTreeMap<&str, u64>> = BTreeMap::new();
-    for d in &r.events_per_day {
-        by_day
-            .entry(&d.date)
-            .or_default()
-            .insert(&d.cluster, d.events);
-    }
-    if clusters.is_empty() {
-        let _ = writeln!(o, "No cluster has events or heartbeats in the archive.\n");
-    } else {
-        let _ = write!(o, "| Date (UTC) |");
-        for c in &clusters {
-            let _ = write!(o, " {} |", cell(c));
-        }
-        let _ = write!(o, "\n|---|");
-        for _ in &clusters {
-            let _ = write!(o, "---:|");
-        }
-        let _ = writeln!(o);
-        for (day, counts) in &by_day {
-            let _ = write!(o, "| {day} |");
-            for c in &clusters {
-                let _ = write!(o, " {} |", grouped(counts.get(c).copied().unwrap_or(0)));
-            }
-            let _ = writeln!(o);
-        }
-        let _ = writeln!(o);
-    }
+    table(
+        &mut o,
+        &r.days_table(),
+        "No cluster has events or heartbeats in the archive.",
+    );
 
     let c = &r.completeness;
     let _ = writeln!(o, "## 3. Completeness\n");
@@ -173,199 +155,47 @@ pub fn render(r: &EvidenceReport) -> String {
          be missing; the reason is named).\n",
         c.max_silence_seconds
     );
-    let _ = writeln!(
-        o,
-        "| Cluster | Events | OK | QUIET | GAP | Attested by |\n|---|---:|---:|---:|---:|---|"
-    );
-    for s in &c.clusters {
-        let _ = writeln!(
-            o,
-            "| {} | {} | {} | {} | {} | {} |",
-            cell(&s.cluster),
-            grouped(s.events),
-            s.ok,
-            s.quiet,
-            s.gap,
-            if s.live_sources.is_empty() {
-                "no live source (files only)".to_string()
-            } else {
-                cell(&s.live_sources.join(", "))
-            }
-        );
-    }
-    let _ = writeln!(o);
-    if c.gaps.is_empty() {
-        let _ = writeln!(o, "No gaps.\n");
-    } else {
-        let _ = writeln!(
-            o,
-            "### Gaps\n\n| Cluster | From | To | Hours | Events | What is missing |\n|---|---|---|---:|---:|---|"
-        );
-        for g in &c.gaps {
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {} | {} |",
-                cell(&g.cluster),
-                readable_time(&g.from),
-                readable_time(&g.to),
-                g.hours,
-                grouped(g.events),
-                cell(&g.reasons.join("; "))
-            );
-        }
-        let _ = writeln!(o);
-    }
+    table(&mut o, &r.clusters_table(), "No cluster.");
+    let _ = writeln!(o, "### Gaps\n");
+    table(&mut o, &r.gaps_table(), "No gaps.");
     if !c.reconciliation.is_empty() {
-        let _ = writeln!(
-            o,
-            "### Apiserver counters\n\n| Cluster | From | To | Heartbeats | Audited by the apiserver | Audit errors | Archived |\n|---|---|---|---:|---:|---:|---:|"
-        );
-        for x in &c.reconciliation {
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                cell(&x.cluster),
-                readable_time(&x.from),
-                readable_time(&x.to),
-                x.heartbeats,
-                grouped(x.apiserver_events),
-                grouped(x.apiserver_errors),
-                grouped(x.archived_events)
-            );
-        }
-        let _ = writeln!(o);
+        let _ = writeln!(o, "### Apiserver counters\n");
+        table(&mut o, &r.reconciliation_table(), "");
     }
-    let gap_hours = c
-        .hours
-        .iter()
-        .filter(|h| h.status == HourStatus::Gap)
-        .count();
-    let _ = writeln!(
-        o,
-        "{} of {} cluster-hours are gaps.\n",
-        grouped(gap_hours as u64),
-        grouped(c.hours.len() as u64)
-    );
 
     let _ = writeln!(o, "## 4. Quarantine\n");
-    if r.quarantine.is_empty() {
-        let _ = writeln!(o, "Nothing was quarantined in the period.\n");
-    } else {
-        let _ = writeln!(o, "| Cluster | Reason | Inputs |\n|---|---|---:|");
-        for q in &r.quarantine {
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} |",
-                cell(&q.cluster),
-                cell(&q.reason),
-                grouped(q.records)
-            );
-        }
-        let _ = writeln!(o);
-    }
+    table(
+        &mut o,
+        &r.quarantine_table(),
+        "Nothing was quarantined in the period.",
+    );
 
     let _ = writeln!(o, "## 5. Findings\n");
-    if r.findings.is_empty() {
-        let _ = writeln!(o, "No findings in the period.\n");
-    } else {
-        let _ = writeln!(
-            o,
-            "| Severity | Rule | Title | Findings | Events |\n|---|---|---|---:|---:|"
-        );
-        for f in &r.findings {
-            let _ = writeln!(
-                o,
-                "| {} | `{}` | {} | {} | {} |",
-                cell(&f.severity),
-                cell(&f.rule_id),
-                cell(&f.title),
-                grouped(f.findings),
-                grouped(f.events)
-            );
-        }
-        let _ = writeln!(o);
-    }
+    table(&mut o, &r.findings_table(), "No findings in the period.");
 
     let _ = writeln!(o, "## 6. RBAC changes\n");
-    if r.rbac_changes.is_empty() {
-        let _ = writeln!(o, "No RBAC object changed in the period.\n");
-    } else {
-        if (r.rbac_changes.len() as u64) < r.rbac_changes_total {
-            let _ = writeln!(
-                o,
-                "The first {} of {} changes (query `rbac_history` for all).\n",
-                r.rbac_changes.len(),
-                grouped(r.rbac_changes_total)
-            );
-        }
+    if (r.rbac_changes.len() as u64) < r.rbac_changes_total {
         let _ = writeln!(
             o,
-            "| When | Cluster | Change | Object | Who | Verb | Audit ID |\n|---|---|---|---|---|---|---|"
+            "The first {} of {} changes (query `rbac_history` for all).\n",
+            r.rbac_changes.len(),
+            grouped(r.rbac_changes_total)
         );
-        for x in &r.rbac_changes {
-            let object = if x.namespace.is_empty() {
-                format!("{} {}", x.kind, x.name)
-            } else {
-                format!("{} {}/{}", x.kind, x.namespace, x.name)
-            };
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {} | {} | `{}` |",
-                readable_time(&x.changed_at),
-                cell(&x.cluster),
-                cell(&x.change),
-                cell(&object),
-                cell(&x.principal),
-                cell(&x.verb),
-                cell(&x.audit_id)
-            );
-        }
-        let _ = writeln!(o);
     }
+    table(
+        &mut o,
+        &r.rbac_table(),
+        "No RBAC object changed in the period.",
+    );
 
     let _ = writeln!(o, "## 7. Retention and legal holds\n");
-    if r.retention.records.is_empty() {
-        let _ = writeln!(o, "No retention was ever applied: nothing was removed.\n");
-    } else {
-        let _ = writeln!(
-            o,
-            "| Record | When | Policy | Cutoff | Files removed | Holds checked | Files held |\n|---:|---|---|---|---:|---|---:|"
-        );
-        for x in &r.retention.records {
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                x.sequence,
-                readable_time(&x.committed_at),
-                cell(&x.policy),
-                readable_time(&x.cutoff),
-                x.removed_files,
-                cell(&x.legal_holds.join(", ")),
-                x.held_files
-            );
-        }
-        let _ = writeln!(o);
-    }
-    if r.retention.legal_holds.is_empty() {
-        let _ = writeln!(o, "No legal hold is in place.\n");
-    } else {
-        let _ = writeln!(
-            o,
-            "| Legal hold | Cluster | From | To | Reason |\n|---|---|---|---|---|"
-        );
-        for x in &r.retention.legal_holds {
-            let _ = writeln!(
-                o,
-                "| {} | {} | {} | {} | {} |",
-                cell(&x.name),
-                cell(x.cluster.as_deref().unwrap_or("every cluster")),
-                cell(x.from.as_deref().unwrap_or("the beginning")),
-                cell(x.to.as_deref().unwrap_or("no end")),
-                cell(&x.reason)
-            );
-        }
-        let _ = writeln!(o);
-    }
+    table(
+        &mut o,
+        &r.retention_table(),
+        "No retention was ever applied: nothing was removed.",
+    );
+    table(&mut o, &r.holds_table(), "No legal hold is in place.");
+
     let _ = writeln!(o, "## How to check this report\n");
     let _ = writeln!(
         o,
@@ -373,7 +203,7 @@ pub fn render(r: &EvidenceReport) -> String {
          re-reads every file against the signed log; `auditlake prove --audit-id <id>` and \
          `auditlake verify-proof` prove a single event; `auditlake verify --since-checkpoint \
          <saved checkpoint>` proves history was only appended to since.",
-        cell(&r.archive)
+        escape(&r.archive)
     );
     o
 }

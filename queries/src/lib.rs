@@ -9,6 +9,7 @@ mod csr;
 pub mod evidence_html;
 pub mod evidence_markdown;
 pub mod evidence_report;
+pub mod evidence_tables;
 mod findings_query;
 mod k8s_functions;
 mod output;

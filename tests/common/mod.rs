@@ -307,6 +307,19 @@ pub fn scenario_events(scenario: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The cluster-admin binding scenario's two events as one EventList body, as an apiserver
+/// posts them.
+pub fn crb_event_list() -> String {
+    let events = scenario_events(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fixtures/scenarios/rbac-crb-cluster-admin-by-stranger.yaml"
+    )));
+    format!(
+        r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{}]}}"#,
+        events.join(",")
+    )
+}
+
 /// A scenario's events (`scenario`: path from the checkout) as `dir/audit.ndjson`.
 pub fn scenario_ndjson(dir: &Path, scenario: &str) -> std::path::PathBuf {
     let events = scenario_events(&auditlake_fixtures::checkout_dir().join(scenario));

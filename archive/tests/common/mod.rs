@@ -41,3 +41,17 @@ pub fn one_file(i: u64) -> CommitContents {
         ..Default::default()
     }
 }
+
+/// The one problem of a verify report, or a panic listing them all.
+pub fn only(
+    report: &auditlake_archive::verify::VerifyReport,
+) -> (auditlake_archive::verify::Verdict, String) {
+    assert_eq!(
+        report.problems.len(),
+        1,
+        "want one problem, got {:#?}",
+        report.problems
+    );
+    let p = &report.problems[0];
+    (p.verdict, p.object.clone())
+}
