@@ -478,17 +478,26 @@ pub(crate) struct RetentionArgs {
     signing_key: Option<PathBuf>,
 }
 
+/// The `--legal-hold` specs given on the command line.
+pub(crate) fn parse_legal_holds(
+    specs: &[String],
+) -> Result<Vec<auditlake_archive::retention::LegalHold>> {
+    specs
+        .iter()
+        .map(|s| {
+            auditlake_archive::retention::LegalHold::parse_spec(s)
+                .map_err(|e| anyhow::anyhow!("--legal-hold {s:?}: {e}"))
+        })
+        .collect()
+}
+
 pub(crate) async fn run_retention(archive: Archive, args: RetentionArgs) -> Result<()> {
-    use auditlake_archive::retention::{self, LegalHold};
+    use auditlake_archive::retention;
     let keep = crate::rules_cmd::parse_duration("--keep", &args.keep)?;
     if keep < 86_400 {
         bail!("--keep {}: retention keeps at least one day", args.keep);
     }
-    let holds = args
-        .legal_holds
-        .iter()
-        .map(|s| LegalHold::parse_spec(s).map_err(anyhow::Error::msg))
-        .collect::<Result<Vec<_>>>()?;
+    let holds = parse_legal_holds(&args.legal_holds)?;
     let signed = auditlake_archive::tlog::read_checkpoint(&archive)
         .await
         .context("reading the archive's checkpoint")?

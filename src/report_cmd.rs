@@ -4,13 +4,12 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use auditlake_archive::retention::LegalHold;
 use auditlake_archive::verify::{VerifyOptions, verify};
 use auditlake_ingest::Archive;
 use auditlake_queries::evidence_report::{ReportOptions, Verification, gather};
 use clap::{Args, ValueEnum};
 
-use crate::evidence_cmd::{ExitWith, date_micros, trusted_keys};
+use crate::evidence_cmd::{ExitWith, date_micros, parse_legal_holds, trusted_keys};
 
 /// Exit code when `--fail-on-gap` is given and the period has a GAP hour.
 pub(crate) const EXIT_GAP: u8 = 20;
@@ -103,11 +102,7 @@ pub(crate) async fn run(archive: Archive, args: EvidenceArgs) -> Result<()> {
     if max_silence < 1 {
         bail!("--max-silence {}: want at least 1s", args.max_silence);
     }
-    let configured_holds = args
-        .legal_holds
-        .iter()
-        .map(|s| LegalHold::parse_spec(s).map_err(anyhow::Error::msg))
-        .collect::<Result<Vec<_>>>()?;
+    let configured_holds = parse_legal_holds(&args.legal_holds)?;
     if let Some(p) = args.sample
         && !(p > 0.0 && p <= 1.0)
     {

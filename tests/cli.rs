@@ -1253,31 +1253,35 @@ fn a_signed_archive_verifies_with_public_keys_and_tampering_fails_with_its_exit_
     assert!(out.contains("signed by example.com/audit-2027"), "{out}");
 }
 
+/// A signed `serve` for cluster `west` (a new key at `key`) that flushes and beats every
+/// second, with `extra` flags; ready.
+fn beating_server(dir: &Path, key: &Path, extra: &[&str]) -> Server {
+    auditlake_ok(
+        &dir.join("archive"),
+        &["keys", "generate", "--out", key.to_str().unwrap()],
+    );
+    let mut args = vec![
+        "--signing-key",
+        key.to_str().unwrap(),
+        "--heartbeat-interval-seconds",
+        "1",
+        "--flush-interval-seconds",
+        "1",
+        "--cluster",
+        "west",
+    ];
+    args.extend_from_slice(extra);
+    let mut server = Server::spawn(dir, &args, None, Stdio::null());
+    server.wait_ready(60);
+    server
+}
+
 #[test]
 fn an_idle_server_writes_signed_heartbeats_naming_its_position_and_clusters() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("archive");
     let key = dir.path().join("log.key");
-    auditlake_ok(
-        &archive,
-        &["keys", "generate", "--out", key.to_str().unwrap()],
-    );
-    let mut server = Server::spawn(
-        dir.path(),
-        &[
-            "--signing-key",
-            key.to_str().unwrap(),
-            "--heartbeat-interval-seconds",
-            "1",
-            "--flush-interval-seconds",
-            "1",
-            "--cluster",
-            "west",
-        ],
-        None,
-        Stdio::null(),
-    );
-    server.wait_ready(60);
+    let server = beating_server(dir.path(), &key, &[]);
     let body = crb_event_list();
     assert_eq!(server.post("east", body.as_bytes()), Some(200));
     server.wait_metric("auditlake_commits_total", 1.0, 60);
@@ -1417,10 +1421,6 @@ fn the_evidence_report_holds_the_figures_in_json_markdown_and_html_rendered_by_c
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("archive");
     let key = dir.path().join("log.key");
-    auditlake_ok(
-        &archive,
-        &["keys", "generate", "--out", key.to_str().unwrap()],
-    );
     let vkey = format!("{}.vkey", key.display());
     // The apiserver audits 10 events between scrapes and, from the third scrape on, reports
     // 4 events it failed to audit.
@@ -1432,24 +1432,8 @@ fn the_evidence_report_holds_the_figures_in_json_markdown_and_html_rendered_by_c
             if n >= 2 { 4 } else { 0 }
         )
     });
-    let mut server = Server::spawn(
-        dir.path(),
-        &[
-            "--signing-key",
-            key.to_str().unwrap(),
-            "--heartbeat-interval-seconds",
-            "1",
-            "--flush-interval-seconds",
-            "1",
-            "--cluster",
-            "west",
-            "--apiserver-metrics-url",
-            &format!("http://{metrics}/metrics"),
-        ],
-        None,
-        Stdio::null(),
-    );
-    server.wait_ready(60);
+    let url = format!("http://{metrics}/metrics");
+    let server = beating_server(dir.path(), &key, &["--apiserver-metrics-url", &url]);
     let body = crb_event_list();
     assert_eq!(server.post("west", body.as_bytes()), Some(200));
     assert_eq!(server.post("east", body.as_bytes()), Some(200));
