@@ -486,7 +486,7 @@ pub(crate) fn parse_legal_holds(
         .iter()
         .map(|s| {
             auditlake_archive::retention::LegalHold::parse_spec(s)
-                .map_err(|e| anyhow::anyhow!("--legal-hold {s:?}: {e}"))
+                .map_err(|e| anyhow::anyhow!("--legal-hold: {e}"))
         })
         .collect()
 }

@@ -261,6 +261,22 @@ fn assert_ranges_disjoint(archive_dir: &Path) -> BTreeMap<i32, Vec<(i64, i64)>> 
             assert!(w[0].1 < w[1].0, "overlapping offset ranges {w:?}");
         }
     }
+    // Nor holes: the evidence report would name a hole between two ranges a gap.
+    let records: Vec<auditlake_archive::ManifestRecord> = manifest_records(archive_dir)
+        .iter()
+        .map(|m| serde_json::from_slice(&std::fs::read(m).unwrap()).unwrap())
+        .collect();
+    let assessed = auditlake_archive::completeness::assess(
+        &records,
+        &auditlake_archive::completeness::CompletenessOptions {
+            from_micros: 0,
+            to_micros: 3_600_000_000,
+            max_silence_micros: 3_600_000_000,
+            clusters: Vec::new(),
+            as_of_micros: 3_600_000_000,
+        },
+    );
+    assert!(assessed.holes.is_empty(), "{:#?}", assessed.holes);
     by_partition
 }
 
