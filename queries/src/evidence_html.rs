@@ -369,22 +369,47 @@ fn heatmap(o: &mut String, cluster: &str, hours: &[&ClusterHour]) {
                 esc(&first.hour[..10])
             );
         }
-        for h in list {
+        // Consecutive hours with the same verdict and reasons are one shape: a year of quiet
+        // hours stays a few kilobytes, and a run reads as one.
+        let mut i = 0;
+        while i < list.len() {
+            let h = list[i];
+            let run = list[i..]
+                .iter()
+                .enumerate()
+                .take_while(|(k, x)| {
+                    x.status == h.status
+                        && x.reasons == h.reasons
+                        && x.hour_index == h.hour_index + *k as i64
+                })
+                .count();
+            let events: u64 = list[i..i + run].iter().map(|x| x.events).sum();
             let x = left + h.hour_index.rem_euclid(24) as f64 * (cell + 1.0);
+            let width = run as f64 * (cell + 1.0) - 1.0;
             let why = if h.reasons.is_empty() {
                 String::new()
             } else {
                 format!(": {}", h.reasons.join("; "))
             };
+            let when = if run == 1 {
+                readable_time(&h.hour)
+            } else {
+                format!(
+                    "{} to {:02}:00 UTC",
+                    readable_time(&h.hour).trim_end_matches(" UTC"),
+                    (h.hour_index.rem_euclid(24) + run as i64)
+                )
+            };
             let _ = write!(
                 o,
-                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{cell}\" height=\"{cell}\" fill=\"{}\"><title>{} {} events {}{}</title></rect>",
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{width:.1}\" height=\"{cell}\" fill=\"{}\"><title>{} {} events {}{}</title></rect>",
                 status_colour(h.status),
-                esc(&readable_time(&h.hour)),
-                grouped(h.events),
+                esc(&when),
+                grouped(events),
                 h.status.label(),
                 esc(&why)
             );
+            i += run;
         }
     }
     let _ = write!(o, "</svg></div>");
@@ -404,7 +429,7 @@ fn completeness(o: &mut String, r: &EvidenceReport) {
     table(o, &r.clusters_table(), "");
     let _ = write!(
         o,
-        "<div class=\"legend\"><span><i style=\"background:#2f855a\"></i>OK</span><span><i style=\"background:#cbd5e0\"></i>QUIET</span><span><i style=\"background:#c53030\"></i>GAP</span><span>one square per hour (UTC), one row per day</span></div><div class=\"heatmaps\">"
+        "<div class=\"legend\"><span><i style=\"background:#2f855a\"></i>OK</span><span><i style=\"background:#cbd5e0\"></i>QUIET</span><span><i style=\"background:#c53030\"></i>GAP</span><span>one row per day, hours 00 to 23 UTC left to right; a bar is a run of hours with the same verdict</span></div><div class=\"heatmaps\">"
     );
     for s in &c.clusters {
         let hours: Vec<&ClusterHour> = c.hours.iter().filter(|h| h.cluster == s.cluster).collect();
