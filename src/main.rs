@@ -110,6 +110,11 @@ enum Command {
     /// against the signed log (with --public-key), events per cluster per day, every
     /// cluster-hour OK / QUIET / GAP with what is missing named, quarantine by reason,
     /// findings by rule and severity, RBAC changes, retention and legal holds.
+    #[command(
+        after_help = "Exit codes: 0 written; verify's 10-19 (`auditlake verify --help`) when the \
+                      verification failed, after the report is written; 20 with --fail-on-gap when \
+                      a cluster-hour is a GAP."
+    )]
     Evidence(report_cmd::EvidenceArgs),
 }
 
