@@ -6,13 +6,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use auditlake_schema::timestamp::{days_from_civil, format_rfc3339_micros, parse_rfc3339_micros};
+use auditlake_schema::timestamp::{format_rfc3339_micros, parse_rfc3339_micros};
 use serde::Serialize;
 
-use crate::layout::Table;
+use crate::layout::{HOUR_MICROS as HOUR, Table, partition_span};
 use crate::manifest::{ManifestRecord, SourceMark};
-
-const HOUR: i64 = 3_600_000_000;
 
 /// What to assess.
 #[derive(Debug, Clone)]
@@ -101,6 +99,9 @@ pub struct Hole {
     pub before_record: u64,
     /// The clusters the source serves.
     pub clusters: Vec<String>,
+    /// The hours it is placed in, `[first, last]` (hours since the epoch).
+    #[serde(skip)]
+    hours: (i64, i64),
 }
 
 /// The apiserver's audit counters against the archive for one cluster over the period.
@@ -164,14 +165,9 @@ pub struct Completeness {
 /// The hour (since the epoch) of an events file, from its `date=/hour=` partition, else
 /// from its first event.
 fn file_hour(path: &str, min_time_micros: i64) -> i64 {
-    let from_path = || -> Option<i64> {
-        let date = path.split("/date=").nth(1)?.get(..10)?;
-        let hour: i64 = path.split("/hour=").nth(1)?.get(..2)?.parse().ok()?;
-        let mut parts = date.split('-').map(|p| p.parse::<i64>().ok());
-        let (y, m, d) = (parts.next()??, parts.next()??, parts.next()??);
-        Some(days_from_civil(y, m, d) * 24 + hour)
-    };
-    from_path().unwrap_or_else(|| min_time_micros.div_euclid(HOUR))
+    partition_span(path, Table::Events)
+        .map_or(min_time_micros, |(_, _, (start, _))| start)
+        .div_euclid(HOUR)
 }
 
 /// A stretch without a heartbeat or commit from any live source of a cluster; `None` ends
@@ -239,7 +235,12 @@ pub fn assess(records: &[ManifestRecord], opts: &CompletenessOptions) -> Complet
     let mut committed: Vec<(String, i64, u64)> = Vec::new();
     let mut known: BTreeSet<String> = BTreeSet::new();
     let mut writers: BTreeMap<&str, Writer> = BTreeMap::new();
-    for r in records {
+    // Each record's commit time, parsed once (`None` if unreadable: verify reports that).
+    let times: Vec<Option<i64>> = records
+        .iter()
+        .map(|r| parse_rfc3339_micros(&r.committed_at))
+        .collect();
+    for (r, &at) in records.iter().zip(&times) {
         let w = writers.entry(r.writer.as_str()).or_default();
         match &r.source {
             Some(SourceMark::Webhook { log_id, .. }) => {
@@ -257,7 +258,6 @@ pub fn assess(records: &[ManifestRecord], opts: &CompletenessOptions) -> Complet
             w.clusters.extend(h.clusters.iter().cloned());
             known.extend(h.clusters.iter().cloned());
         }
-        let at = parse_rfc3339_micros(&r.committed_at);
         if let Some(t) = at {
             w.times.push(t);
         }
@@ -290,24 +290,13 @@ pub fn assess(records: &[ManifestRecord], opts: &CompletenessOptions) -> Complet
         }
     };
 
-    let holes = find_holes(records, &writers);
+    let holes = find_holes(records, &times, &writers);
     for hole in &holes {
         let text = format!(
             "{}: {} never archived (between records {} and {})",
             hole.source, hole.missing, hole.after_record, hole.before_record
         );
-        let at = |seq: u64| {
-            records
-                .iter()
-                .find(|r| r.sequence == seq)
-                .and_then(hole_hour)
-        };
-        let (a, b) = (at(hole.after_record), at(hole.before_record));
-        let (lo, hi) = match (a, b) {
-            (Some(a), Some(b)) => (a.min(b), a.max(b)),
-            (Some(x), None) | (None, Some(x)) => (x, x),
-            (None, None) => continue,
-        };
+        let (lo, hi) = hole.hours;
         for c in &hole.clusters {
             for h in lo.max(first_hour)..=hi.min(end_hour - 1) {
                 add_reason(c, h, &text);
@@ -315,7 +304,7 @@ pub fn assess(records: &[ManifestRecord], opts: &CompletenessOptions) -> Complet
         }
     }
 
-    let (reconciliation, error_reasons) = reconcile(records, opts, &committed);
+    let (reconciliation, error_reasons) = reconcile(records, &times, opts, &committed);
     for (cluster, hour, text) in error_reasons {
         add_reason(&cluster, hour, &text);
     }
@@ -391,7 +380,7 @@ pub fn assess(records: &[ManifestRecord], opts: &CompletenessOptions) -> Complet
 
 /// The hour a hole is placed in for a record next to it: its events' hour when it has
 /// events (a file source reads the past), else its commit time.
-fn hole_hour(r: &ManifestRecord) -> Option<i64> {
+fn hole_hour(r: &ManifestRecord, committed_at: Option<i64>) -> Option<i64> {
     match &r.source {
         Some(SourceMark::Files { .. }) => r
             .event_files()
@@ -399,7 +388,7 @@ fn hole_hour(r: &ManifestRecord) -> Option<i64> {
             .min(),
         _ => None,
     }
-    .or_else(|| parse_rfc3339_micros(&r.committed_at).map(|t| t.div_euclid(HOUR)))
+    .or_else(|| committed_at.map(|t| t.div_euclid(HOUR)))
 }
 
 /// The stretches longer than `max_silence` with no record from any of `live`.
@@ -434,7 +423,11 @@ fn silences(live: &[&Writer], max_silence: i64) -> Vec<Silence> {
 }
 
 /// Holes in every source's continuity, in record order.
-fn find_holes(records: &[ManifestRecord], writers: &BTreeMap<&str, Writer>) -> Vec<Hole> {
+fn find_holes(
+    records: &[ManifestRecord],
+    times: &[Option<i64>],
+    writers: &BTreeMap<&str, Writer>,
+) -> Vec<Hole> {
     let clusters_of = |r: &ManifestRecord| -> Vec<String> {
         writers
             .get(r.writer.as_str())
@@ -450,12 +443,31 @@ fn find_holes(records: &[ManifestRecord], writers: &BTreeMap<&str, Writer>) -> V
                 .extend(clusters_of(r));
         }
     }
+    // A hole between the record at index `after` (if any) and the one at `before`.
+    let hole = |source: String, missing: String, after: Option<usize>, before: usize, clusters| {
+        let here = hole_hour(&records[before], times[before]);
+        let there = after.and_then(|i| hole_hour(&records[i], times[i]));
+        let (lo, hi) = match (here, there) {
+            (Some(a), Some(b)) => (a.min(b), a.max(b)),
+            (Some(x), None) | (None, Some(x)) => (x, x),
+            // Nowhere to place it: it is still listed among the holes.
+            (None, None) => (i64::MAX, i64::MIN),
+        };
+        Hole {
+            source,
+            missing,
+            after_record: after.map_or(0, |i| records[i].sequence),
+            before_record: records[before].sequence,
+            clusters,
+            hours: (lo, hi),
+        }
+    };
     let mut holes = Vec::new();
-    // Per source position key: (archived through, the record that archived it).
-    let mut logs: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    let mut partitions: BTreeMap<(&str, &str, i32), (i64, u64)> = BTreeMap::new();
-    let mut inputs: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for r in records {
+    // Per position key: how far it is archived, and the index of the record that did.
+    let mut logs: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
+    let mut partitions: BTreeMap<(&str, &str, i32), (i64, usize)> = BTreeMap::new();
+    let mut inputs: BTreeMap<&str, (u64, usize)> = BTreeMap::new();
+    for (i, r) in records.iter().enumerate() {
         match &r.source {
             Some(SourceMark::Webhook {
                 log_id,
@@ -463,64 +475,62 @@ fn find_holes(records: &[ManifestRecord], writers: &BTreeMap<&str, Writer>) -> V
                 from_seq,
             }) => {
                 let prev = logs.get(log_id.as_str()).copied();
-                let (done, after) = prev.unwrap_or((0, 0));
+                let done = prev.map_or(0, |p| p.0);
                 if let Some(from) = *from_seq
                     && from > done + 1
                 {
-                    holes.push(Hole {
-                        source: format!("webhook log {log_id}"),
-                        missing: range_text("sequence number", done + 1, from - 1),
-                        after_record: after,
-                        before_record: r.sequence,
-                        clusters: clusters_of(r),
-                    });
+                    holes.push(hole(
+                        format!("webhook log {log_id}"),
+                        range_text("sequence number", done + 1, from - 1),
+                        prev.map(|p| p.1),
+                        i,
+                        clusters_of(r),
+                    ));
                 }
-                if *through_seq > done || prev.is_none() {
-                    logs.insert(log_id, (*through_seq.max(&done), r.sequence));
+                if prev.is_none() || *through_seq > done {
+                    logs.insert(log_id, (*through_seq, i));
                 }
             }
             Some(SourceMark::Kafka { group, ranges }) => {
                 for k in ranges {
                     let key = (group.as_str(), k.topic.as_str(), k.partition);
-                    match partitions.get(&key).copied() {
-                        Some((done, after)) if k.from_offset > done + 1 => holes.push(Hole {
-                            source: format!("kafka {group} {}/{}", k.topic, k.partition),
-                            missing: range_text("offset", done + 1, k.from_offset - 1),
-                            after_record: after,
-                            before_record: r.sequence,
-                            clusters: group_clusters
+                    let prev = partitions.get(&key).copied();
+                    if let Some((done, after)) = prev
+                        && k.from_offset > done + 1
+                    {
+                        holes.push(hole(
+                            format!("kafka {group} {}/{}", k.topic, k.partition),
+                            range_text("offset", done + 1, k.from_offset - 1),
+                            Some(after),
+                            i,
+                            group_clusters
                                 .get(group.as_str())
                                 .map(|c| c.iter().cloned().collect())
                                 .unwrap_or_default(),
-                        }),
-                        _ => {}
+                        ));
                     }
-                    let done = partitions.get(&key).map_or(i64::MIN, |p| p.0);
-                    if k.through_offset > done {
-                        partitions.insert(key, (k.through_offset, r.sequence));
+                    if prev.is_none_or(|(done, _)| k.through_offset > done) {
+                        partitions.insert(key, (k.through_offset, i));
                     }
                 }
             }
             Some(SourceMark::Files { inputs: ranges }) => {
                 for f in ranges {
-                    let (done, after) = inputs.get(f.path.as_str()).copied().unwrap_or((0, 0));
+                    let prev = inputs.get(f.path.as_str()).copied();
+                    let done = prev.map_or(0, |p| p.0);
                     if f.from_byte > done {
-                        holes.push(Hole {
-                            source: format!("file {}", f.path),
-                            missing: range_text("byte", done, f.from_byte - 1),
-                            after_record: after,
-                            before_record: r.sequence,
-                            clusters: r
-                                .files
-                                .iter()
-                                .map(|f| f.cluster.clone())
-                                .collect::<BTreeSet<_>>()
-                                .into_iter()
-                                .collect(),
-                        });
+                        let clusters: BTreeSet<String> =
+                            r.files.iter().map(|f| f.cluster.clone()).collect();
+                        holes.push(hole(
+                            format!("file {}", f.path),
+                            range_text("byte", done, f.from_byte - 1),
+                            prev.map(|p| p.1),
+                            i,
+                            clusters.into_iter().collect(),
+                        ));
                     }
                     if f.to_byte > done {
-                        inputs.insert(&f.path, (f.to_byte, r.sequence));
+                        inputs.insert(&f.path, (f.to_byte, i));
                     }
                 }
             }
@@ -545,19 +555,19 @@ type Sample = (i64, u64, u64);
 /// reported audit errors (cluster, hour, reason).
 fn reconcile(
     records: &[ManifestRecord],
+    times: &[Option<i64>],
     opts: &CompletenessOptions,
     committed: &[(String, i64, u64)],
 ) -> (Vec<Reconciliation>, Vec<(String, i64, String)>) {
     // (writer, cluster) -> samples in order: a counter belongs to one apiserver process
     // seen by one writer run.
     let mut samples: BTreeMap<(&str, &str), Vec<Sample>> = BTreeMap::new();
-    for r in records {
-        let (Some(h), Some(t)) = (&r.heartbeat, parse_rfc3339_micros(&r.committed_at)) else {
+    for (r, &at) in records.iter().zip(times) {
+        let (Some(a), Some(t)) = (r.heartbeat.as_ref().and_then(|h| h.apiserver.as_ref()), at)
+        else {
             continue;
         };
-        if let Some(a) = &h.apiserver
-            && (opts.from_micros..opts.to_micros).contains(&t)
-        {
+        if (opts.from_micros..opts.to_micros).contains(&t) {
             samples.entry((&r.writer, &a.cluster)).or_default().push((
                 t,
                 a.audit_event_total,
@@ -566,12 +576,12 @@ fn reconcile(
         }
     }
     let increase = |a: u64, b: u64| if b >= a { b - a } else { b };
-    let mut per_cluster: BTreeMap<&str, Reconciliation> = BTreeMap::new();
+    // Per cluster: its reconciliation and the window its samples span.
+    let mut per_cluster: BTreeMap<&str, (Reconciliation, i64, i64)> = BTreeMap::new();
     let mut errors = Vec::new();
     for ((_, cluster), s) in &samples {
-        let rec = per_cluster
-            .entry(cluster)
-            .or_insert_with(|| Reconciliation {
+        let (rec, lo, hi) = per_cluster.entry(cluster).or_insert_with(|| {
+            let rec = Reconciliation {
                 cluster: cluster.to_string(),
                 from: String::new(),
                 to: String::new(),
@@ -579,8 +589,13 @@ fn reconcile(
                 apiserver_events: 0,
                 apiserver_errors: 0,
                 archived_events: 0,
-            });
+            };
+            (rec, i64::MAX, i64::MIN)
+        });
         rec.heartbeats += s.len() as u64;
+        // Samples are in record order, so a writer's first and last are its window.
+        *lo = (*lo).min(s[0].0);
+        *hi = (*hi).max(s[s.len() - 1].0);
         for w in s.windows(2) {
             let (t0, e0, x0) = w[0];
             let (t1, e1, x1) = w[1];
@@ -601,21 +616,20 @@ fn reconcile(
             }
         }
     }
-    for rec in per_cluster.values_mut() {
-        let times = samples
-            .iter()
-            .filter(|((_, c), _)| *c == rec.cluster)
-            .flat_map(|(_, s)| s.iter().map(|x| x.0));
-        let (lo, hi) = times.fold((i64::MAX, i64::MIN), |(lo, hi), t| (lo.min(t), hi.max(t)));
-        rec.from = format_rfc3339_micros(lo);
-        rec.to = format_rfc3339_micros(hi);
-        rec.archived_events = committed
-            .iter()
-            .filter(|(c, t, _)| *c == rec.cluster && (lo..=hi).contains(t))
-            .map(|x| x.2)
-            .sum();
-    }
-    (per_cluster.into_values().collect(), errors)
+    let reconciled = per_cluster
+        .into_values()
+        .map(|(mut rec, lo, hi)| {
+            rec.from = format_rfc3339_micros(lo);
+            rec.to = format_rfc3339_micros(hi);
+            rec.archived_events = committed
+                .iter()
+                .filter(|(c, t, _)| *c == rec.cluster && (lo..=hi).contains(t))
+                .map(|x| x.2)
+                .sum();
+            rec
+        })
+        .collect();
+    (reconciled, errors)
 }
 
 /// Consecutive GAP hours of a cluster with the same reasons, merged.

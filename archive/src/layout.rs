@@ -1,7 +1,12 @@
 //! Where things live in an archive: the tables and their Hive partitions, file names, and
 //! the directories of the quarantine and the manifest.
 
-use auditlake_schema::timestamp::civil_from_days;
+use auditlake_schema::timestamp::{civil_from_days, parse_rfc3339_micros};
+
+/// An hour in microseconds, the unit of `events` partitions.
+pub const HOUR_MICROS: i64 = 3_600_000_000;
+/// A day in microseconds, the unit of the derived tables' partitions.
+pub const DAY_MICROS: i64 = 24 * HOUR_MICROS;
 
 /// Prefix under the archive root holding manifest records.
 pub const MANIFEST_DIR: &str = "_manifest";
@@ -135,6 +140,29 @@ pub fn partition_of(cluster: &str, request_received_micros: i64) -> String {
     events_partition_dir(cluster, request_received_micros.div_euclid(3_600_000_000))
 }
 
+/// The value of the `key=` step of a Hive path (`cluster` in `events/cluster=c/...`).
+pub fn partition_value<'a>(path: &'a str, key: &str) -> Option<&'a str> {
+    path.split('/')
+        .find_map(|seg| seg.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// A table file's partition directory, cluster and the time span the partition covers
+/// (µs, `[start, end)`), read from its Hive path.
+pub fn partition_span(path: &str, table: Table) -> Option<(String, String, (i64, i64))> {
+    let cluster = partition_value(path, "cluster")?.to_string();
+    let date = partition_value(path, "date")?;
+    let day = parse_rfc3339_micros(&format!("{date}T00:00:00Z"))?;
+    let dir = path.rsplit_once('/')?.0.to_string();
+    match table {
+        Table::Events => {
+            let hour: i64 = partition_value(path, "hour")?.parse().ok()?;
+            let start = day + hour * HOUR_MICROS;
+            Some((dir, cluster, (start, start + HOUR_MICROS)))
+        }
+        Table::Findings | Table::RbacHistory => Some((dir, cluster, (day, day + DAY_MICROS))),
+    }
+}
+
 /// Path, relative to the archive root, of data file number `n` of writer `stem` in
 /// `partition` (a partition directory) of `table`.
 pub fn data_file_path(table: Table, partition: &str, stem: &str, n: u64) -> String {
@@ -172,6 +200,29 @@ mod tests {
         assert_eq!(
             partition_of("a b/c", 0),
             "cluster=a%20b%2Fc/date=1970-01-01/hour=00"
+        );
+    }
+
+    #[test]
+    fn spans_come_from_the_partition_path() {
+        let (dir, cluster, span) = partition_span(
+            "events/cluster=prod/date=2026-01-02/hour=03/part-a-000001.parquet",
+            Table::Events,
+        )
+        .unwrap();
+        assert_eq!(dir, "events/cluster=prod/date=2026-01-02/hour=03");
+        assert_eq!(cluster, "prod");
+        let jan2 = parse_rfc3339_micros("2026-01-02T03:00:00Z").unwrap();
+        assert_eq!(span, (jan2, jan2 + HOUR_MICROS));
+        let (_, _, day) = partition_span(
+            "findings/cluster=prod/date=2026-01-02/part-a.parquet",
+            Table::Findings,
+        )
+        .unwrap();
+        assert_eq!(day.1 - day.0, DAY_MICROS);
+        assert_eq!(
+            partition_value("_quarantine/cluster=dev/x.ndjson", "cluster"),
+            Some("dev")
         );
     }
 

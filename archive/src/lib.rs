@@ -33,9 +33,9 @@ pub use error::ArchiveError;
 pub use failpoint::failpoint;
 pub use kafka_progress::KafkaProgress;
 pub use layout::{
-    DERIVED_PARTITION_COLUMNS, EVENTS_PARTITION_COLUMNS, FinishedFile, MANIFEST_DIR,
-    QUARANTINE_DIR, Table, cluster_name_error, data_file_path, date_of, escape_partition_value,
-    events_partition_dir, partition_of, quarantine_file, quarantine_stem,
+    DAY_MICROS, DERIVED_PARTITION_COLUMNS, EVENTS_PARTITION_COLUMNS, FinishedFile, HOUR_MICROS,
+    MANIFEST_DIR, QUARANTINE_DIR, Table, cluster_name_error, data_file_path, date_of,
+    escape_partition_value, events_partition_dir, partition_of, quarantine_file, quarantine_stem,
 };
 pub use location::ArchiveLocation;
 pub use manifest::{

@@ -12,15 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::archive::{Archive, CommitContents};
 use crate::error::ArchiveError;
-use crate::layout::{QUARANTINE_DIR, Table};
+use crate::layout::{DAY_MICROS, QUARANTINE_DIR, Table, partition_span, partition_value};
 use crate::manifest::{ManifestRecord, RemovedFile, RetentionInfo};
 
 use auditlake_schema::timestamp::{format_rfc3339_micros, parse_rfc3339_micros};
 
 /// Prefix under the archive root holding legal hold markers (`<name>.json`).
 pub const LEGAL_HOLD_DIR: &str = "_legal_hold";
-const HOUR_MICROS: i64 = 3_600_000_000;
-const DAY_MICROS: i64 = 24 * HOUR_MICROS;
 
 /// A legal hold: what it covers must not be removed, whatever the policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,27 +150,6 @@ pub struct RetentionPlan {
     pub holds: Vec<LegalHold>,
 }
 
-fn partition_value<'a>(path: &'a str, key: &str) -> Option<&'a str> {
-    path.split('/')
-        .find_map(|seg| seg.strip_prefix(key)?.strip_prefix('='))
-}
-
-/// The partition and span of a table file from its Hive path.
-fn table_span(path: &str, table: Table) -> Option<(String, String, (i64, i64))> {
-    let cluster = partition_value(path, "cluster")?.to_string();
-    let date = partition_value(path, "date")?;
-    let day = day_micros(date)?;
-    let dir = path.rsplit_once('/')?.0.to_string();
-    match table {
-        Table::Events => {
-            let hour: i64 = partition_value(path, "hour")?.parse().ok()?;
-            let start = day + hour * HOUR_MICROS;
-            Some((dir, cluster, (start, start + HOUR_MICROS)))
-        }
-        Table::Findings | Table::RbacHistory => Some((dir, cluster, (day, day + DAY_MICROS))),
-    }
-}
-
 /// Plans retention: every live file whose partition ends at or before `cutoff_micros`,
 /// unless a hold covers it.
 pub async fn plan(
@@ -188,7 +165,7 @@ pub async fn plan(
             let Some(table) = Table::from_name(&f.table) else {
                 continue;
             };
-            let Some((partition, cluster, span)) = table_span(&f.path, table) else {
+            let Some((partition, cluster, span)) = partition_span(&f.path, table) else {
                 continue; // not a partitioned path this version files: never guessed at
             };
             live.insert(
@@ -291,6 +268,7 @@ pub async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::HOUR_MICROS;
 
     #[test]
     fn holds_parse_and_cover_by_cluster_and_days() {
@@ -304,18 +282,5 @@ mod tests {
         assert!(LegalHold::parse_spec("all").unwrap().covers("x", 0, 1));
         assert!(LegalHold::parse_spec("x:when=now").is_err());
         assert!(LegalHold::parse_spec("x:from=yesterday").is_err());
-    }
-
-    #[test]
-    fn spans_come_from_the_partition_path() {
-        let (dir, cluster, span) = table_span(
-            "events/cluster=prod/date=2026-01-02/hour=03/part-a-000001.parquet",
-            Table::Events,
-        )
-        .unwrap();
-        assert_eq!(dir, "events/cluster=prod/date=2026-01-02/hour=03");
-        assert_eq!(cluster, "prod");
-        assert_eq!(span.0, day_micros("2026-01-02").unwrap() + 3 * HOUR_MICROS);
-        assert_eq!(span.1 - span.0, HOUR_MICROS);
     }
 }
