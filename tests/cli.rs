@@ -1253,9 +1253,9 @@ fn a_signed_archive_verifies_with_public_keys_and_tampering_fails_with_its_exit_
     assert!(out.contains("signed by example.com/audit-2027"), "{out}");
 }
 
-/// A signed `serve` for cluster `west` (a new key at `key`) that flushes and beats every
-/// second, with `extra` flags; ready.
-fn beating_server(dir: &Path, key: &Path, extra: &[&str]) -> Server {
+/// A signed `serve` for cluster `west` (a new key at `key`) that flushes every second and
+/// beats every `beat_seconds`, with `extra` flags; ready.
+fn beating_server(dir: &Path, key: &Path, beat_seconds: &str, extra: &[&str]) -> Server {
     auditlake_ok(
         &dir.join("archive"),
         &["keys", "generate", "--out", key.to_str().unwrap()],
@@ -1264,7 +1264,7 @@ fn beating_server(dir: &Path, key: &Path, extra: &[&str]) -> Server {
         "--signing-key",
         key.to_str().unwrap(),
         "--heartbeat-interval-seconds",
-        "1",
+        beat_seconds,
         "--flush-interval-seconds",
         "1",
         "--cluster",
@@ -1277,15 +1277,34 @@ fn beating_server(dir: &Path, key: &Path, extra: &[&str]) -> Server {
 }
 
 #[test]
-fn an_idle_server_writes_signed_heartbeats_naming_its_position_and_clusters() {
+fn a_server_writes_signed_heartbeats_busy_or_idle_naming_its_position_and_clusters() {
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("archive");
     let key = dir.path().join("log.key");
-    let server = beating_server(dir.path(), &key, &[]);
+    let server = beating_server(dir.path(), &key, "2", &[]);
     let body = crb_event_list();
-    assert_eq!(server.post("east", body.as_bytes()), Some(200));
-    server.wait_metric("auditlake_commits_total", 1.0, 60);
-    server.wait_metric("auditlake_heartbeats_total", 2.0, 60);
+    // Busy: new events every 200 ms, so a commit is due every flush (1 s, less than the 2 s
+    // between heartbeats); heartbeats still come every 2 s instead of waiting for 2 idle
+    // seconds that never come.
+    let beats_before = server.metric("auditlake_heartbeats_total");
+    let busy = Instant::now();
+    for i in 0.. {
+        if busy.elapsed() > Duration::from_millis(5_500) {
+            break;
+        }
+        let batch = body.replace("crb-1", &format!("crb-busy-{i}"));
+        assert_eq!(server.post("east", batch.as_bytes()), Some(200));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let busy_beats = server.metric("auditlake_heartbeats_total") - beats_before;
+    assert!(server.metric("auditlake_commits_total") >= 2.0);
+    assert!(
+        busy_beats >= 2.0,
+        "{busy_beats} heartbeats in 5.5 busy seconds"
+    );
+    // Idle: heartbeats go on.
+    let idle_from = server.metric("auditlake_heartbeats_total");
+    server.wait_metric("auditlake_heartbeats_total", idle_from + 2.0, 60);
     let (status, _) = server.terminate(30);
     assert!(status.success());
 
@@ -1299,10 +1318,22 @@ fn an_idle_server_writes_signed_heartbeats_naming_its_position_and_clusters() {
         .iter()
         .map(|p| serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap())
         .collect();
+    // The last commit of events (the one at shutdown may hold only the detectors' files,
+    // archiving no new log record, so no `from_seq`).
     let commit = records
         .iter()
-        .find(|r| !r["files"].as_array().unwrap().is_empty())
-        .expect("the batch was committed");
+        .rfind(|r| {
+            r["files"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["table"] == "events")
+        })
+        .expect("the batches were committed");
+    assert!(
+        commit["source"]["from_seq"].as_u64().is_some(),
+        "{commit:#}"
+    );
     let beats: Vec<&serde_json::Value> = records
         .iter()
         .filter(|r| r.get("heartbeat").is_some())
@@ -1315,6 +1346,8 @@ fn an_idle_server_writes_signed_heartbeats_naming_its_position_and_clusters() {
         serde_json::json!(["east", "west"])
     );
     assert_eq!(last["source"]["kind"], "webhook");
+    // A heartbeat archives nothing: its mark is a position, not a range.
+    assert!(last["source"].get("from_seq").is_none(), "{last:#}");
     assert_eq!(
         last["source"]["through_seq"],
         commit["source"]["through_seq"]
@@ -1433,7 +1466,7 @@ fn the_evidence_report_holds_the_figures_in_json_markdown_and_html_rendered_by_c
         )
     });
     let url = format!("http://{metrics}/metrics");
-    let server = beating_server(dir.path(), &key, &["--apiserver-metrics-url", &url]);
+    let server = beating_server(dir.path(), &key, "1", &["--apiserver-metrics-url", &url]);
     let body = crb_event_list();
     assert_eq!(server.post("west", body.as_bytes()), Some(200));
     assert_eq!(server.post("east", body.as_bytes()), Some(200));

@@ -160,13 +160,13 @@ pub struct ManifestRecord {
     /// A key rotation: from this record on, the log is signed by `to` instead of `from`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_rotation: Option<KeyRotation>,
-    /// A heartbeat: no files; the source of `source` was up and had nothing to commit.
+    /// A heartbeat: no files; the source of `source` was up at `committed_at`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<Heartbeat>,
 }
 
 /// What a heartbeat record attests (`archive/FORMAT.md` §3): the writer was up at
-/// `committed_at`, archiving for these clusters, with nothing to commit.
+/// `committed_at`, archiving for these clusters (written every interval, busy or idle).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Heartbeat {

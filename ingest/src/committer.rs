@@ -125,8 +125,8 @@ pub(crate) struct Committer {
     pub replay_target: u64,
     /// Set at shutdown to the time after which a failing commit is given up.
     pub give_up_at: watch::Receiver<Option<tokio::time::Instant>>,
-    /// Write a heartbeat record after this long without a commit (`serve`); `None` for a
-    /// finite source (`ingest`).
+    /// Write a heartbeat record every interval, busy or idle (`serve`); `None` for a finite
+    /// source (`ingest`).
     pub heartbeat: Option<Heartbeats>,
 }
 
@@ -181,6 +181,7 @@ impl Heartbeats {
             });
         }
         for f in &contents.files {
+            // Checked first: the cluster is cloned only the first time it is seen.
             if !self.clusters.contains(&f.cluster) {
                 self.clusters.insert(f.cluster.clone());
             }
@@ -211,20 +212,15 @@ impl Committer {
         // Busy or idle: a heartbeat is due every interval (commits do not postpone it), so
         // each records the apiserver's counters and the log shows the source up at a steady
         // pace.
-        let mut next_beat = self
-            .heartbeat
-            .as_ref()
-            .map(|h| tokio::time::Instant::now() + h.every);
+        let every = self.heartbeat.as_ref().map(|h| h.every);
+        let mut next_beat = every.map(|e| tokio::time::Instant::now() + e);
         loop {
             let received = match next_beat {
                 Some(at) => match tokio::time::timeout_at(at, units.recv()).await {
                     Ok(unit) => unit,
                     Err(_) => {
                         self.beat().await;
-                        next_beat = self
-                            .heartbeat
-                            .as_ref()
-                            .map(|h| tokio::time::Instant::now() + h.every);
+                        next_beat = every.map(|e| tokio::time::Instant::now() + e);
                         continue;
                     }
                 },
@@ -256,9 +252,9 @@ impl Committer {
         done
     }
 
-    /// Writes a heartbeat record: the source was up with nothing to commit. Not retried (the
-    /// next one comes an interval later) and not a commit failure: a missing heartbeat is
-    /// itself what a gap report shows.
+    /// Writes a heartbeat record: the source is up (and, with a metrics endpoint, what the
+    /// apiserver counted). Not retried (the next one comes an interval later) and not a
+    /// commit failure: a missing heartbeat is itself what a gap report shows.
     async fn beat(&mut self) {
         let Some(h) = &self.heartbeat else { return };
         let apiserver = match &h.apiserver {
@@ -290,7 +286,7 @@ impl Committer {
                 self.metrics.heartbeats.inc();
                 tracing::debug!(
                     sequence = outcome.record.sequence,
-                    "heartbeat: nothing to commit, the source is up"
+                    "heartbeat: the source is up"
                 );
             }
             Err(e) => {
