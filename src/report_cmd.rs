@@ -4,6 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
+use auditlake_archive::HOUR_MICROS as HOUR;
 use auditlake_archive::verify::{VerifyOptions, verify};
 use auditlake_ingest::Archive;
 use auditlake_queries::evidence_report::{ReportOptions, Verification, gather};
@@ -82,8 +83,6 @@ pub(crate) struct EvidenceArgs {
     fail_on_gap: bool,
 }
 
-const HOUR: i64 = 3_600_000_000;
-
 pub(crate) async fn run(archive: Archive, args: EvidenceArgs) -> Result<()> {
     let now = crate::rules_cmd::now_micros();
     let end_of_this_hour = (now.div_euclid(HOUR) + 1) * HOUR;
@@ -139,6 +138,7 @@ pub(crate) async fn run(archive: Archive, args: EvidenceArgs) -> Result<()> {
         clusters: args.clusters.clone(),
         max_rbac_changes: args.max_rbac_changes,
         configured_holds,
+        as_of_micros: now,
     };
     let report = gather(&archive, &session, &opts, verification)
         .await

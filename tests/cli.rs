@@ -1559,6 +1559,11 @@ fn the_evidence_report_holds_the_figures_in_json_markdown_and_html_rendered_by_c
         .collect();
     assert!(rules.contains(&"K8S-RBAC-001"), "{rules:?}");
     assert_eq!(json["rbac_changes_total"], 2);
+    // Times as RFC 3339 in µs, like every time of the report.
+    assert_eq!(
+        json["rbac_changes"][0]["changed_at"],
+        "2026-11-01T10:00:01.000000Z"
+    );
     let change = &json["rbac_changes"][0];
     assert_eq!(
         (

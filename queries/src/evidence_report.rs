@@ -5,16 +5,16 @@
 
 use std::collections::BTreeMap;
 
-use arrow::array::{Array, Int64Array, StringArray};
-use arrow::compute::cast;
-use arrow::datatypes::{DataType, TimeUnit};
+use arrow::util::display::{ArrayFormatter, FormatOptions};
 use auditlake_archive::completeness::{self, Completeness, CompletenessOptions};
+use auditlake_archive::layout::partition_value;
 use auditlake_archive::retention::{LegalHold, hold_markers};
 use auditlake_archive::verify::VerifyReport;
 use auditlake_archive::{Archive, ManifestRecord};
 use auditlake_schema::timestamp::format_rfc3339_micros;
 use serde::Serialize;
 
+use crate::findings_query::{SEVERITIES, quoted};
 use crate::session::{ArchiveSession, QueryError};
 
 /// Format tag of the JSON report.
@@ -39,6 +39,9 @@ pub struct ReportOptions {
     pub max_rbac_changes: usize,
     /// Legal holds configured for retention (`--legal-hold`), reported beside the markers.
     pub configured_holds: Vec<LegalHold>,
+    /// When the report is made (µs): its `generated_at`, and the end of what can have been
+    /// silent.
+    pub as_of_micros: i64,
 }
 
 /// The report, as the JSON format writes it.
@@ -283,7 +286,7 @@ pub async fn gather(
             to_micros: opts.to_micros,
             max_silence_micros: opts.max_silence_micros,
             clusters: opts.clusters.clone(),
-            as_of_micros: now_micros(),
+            as_of_micros: opts.as_of_micros,
         },
     );
     let mut days: BTreeMap<(String, String), u64> = BTreeMap::new();
@@ -328,7 +331,7 @@ pub async fn gather(
 
     Ok(EvidenceReport {
         format: REPORT_FORMAT,
-        generated_at: format_rfc3339_micros(now_micros()),
+        generated_at: format_rfc3339_micros(opts.as_of_micros),
         archive: archive.location().url.to_string(),
         auditlake_version: env!("CARGO_PKG_VERSION"),
         from: format_rfc3339_micros(opts.from_micros),
@@ -342,12 +345,6 @@ pub async fn gather(
         rbac_changes_total,
         retention,
     })
-}
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// Quarantined inputs committed in the period, by cluster and reason.
@@ -364,11 +361,7 @@ async fn quarantine_reasons(
             continue;
         }
         for q in &r.quarantine {
-            let cluster = q
-                .path
-                .split("cluster=")
-                .nth(1)
-                .and_then(|s| s.split('/').next())
+            let cluster = partition_value(&q.path, "cluster")
                 .unwrap_or("")
                 .to_string();
             if !opts.clusters.is_empty() && !opts.clusters.contains(&cluster) {
@@ -424,24 +417,32 @@ async fn detector_tables(
 ) -> Result<(Vec<FindingCount>, Vec<RbacChange>, u64), QueryError> {
     let from = format_rfc3339_micros(opts.from_micros);
     let to = format_rfc3339_micros(opts.to_micros);
-    let clusters = if opts.clusters.is_empty() {
-        String::new()
-    } else {
-        let list: Vec<String> = opts
-            .clusters
-            .iter()
-            .map(|c| format!("'{}'", c.replace('\'', "''")))
-            .collect();
-        format!(" AND cluster IN ({})", list.join(", "))
-    };
+    // The date partitions first, so only the period's files are read (as `findings` does).
+    let last_day = format_rfc3339_micros(opts.to_micros - 1);
+    let mut filters = format!(
+        " AND date >= '{}' AND date <= '{}'",
+        &from[..10],
+        &last_day[..10]
+    );
+    if !opts.clusters.is_empty() {
+        let list: Vec<String> = opts.clusters.iter().map(|c| quoted(c)).collect();
+        filters.push_str(&format!(" AND cluster IN ({})", list.join(", ")));
+    }
+    // Most severe first.
+    let rank: String = SEVERITIES
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, s)| format!(" WHEN {} THEN {i}", quoted(s)))
+        .collect();
     let findings = strings(
         session,
         &format!(
             "SELECT rule_id, severity, max(title), count(*), sum(count) FROM findings \
-             WHERE time >= TIMESTAMP '{from}' AND time < TIMESTAMP '{to}'{clusters} \
+             WHERE time >= TIMESTAMP '{from}' AND time < TIMESTAMP '{to}'{filters} \
              GROUP BY rule_id, severity \
-             ORDER BY CASE severity WHEN 'critical' THEN 0 WHEN 'high' THEN 1 \
-             WHEN 'medium' THEN 2 WHEN 'low' THEN 3 ELSE 4 END, count(*) DESC, rule_id"
+             ORDER BY CASE severity{rank} ELSE {} END, count(*) DESC, rule_id",
+            SEVERITIES.len()
         ),
     )
     .await?
@@ -456,7 +457,7 @@ async fn detector_tables(
     .collect();
     let window = format!(
         "FROM rbac_history WHERE changed_at >= TIMESTAMP '{from}' \
-         AND changed_at < TIMESTAMP '{to}'{clusters}"
+         AND changed_at < TIMESTAMP '{to}'{filters}"
     );
     let total = strings(session, &format!("SELECT count(*) {window}"))
         .await?
@@ -509,35 +510,16 @@ async fn strings(session: &ArchiveSession, sql: &str) -> Result<Vec<Vec<String>>
     Ok(rows)
 }
 
-/// One column's values as text.
+/// One column's values as text: NULL as an empty string, times as RFC 3339 in µs like the
+/// rest of the report.
 fn column_text(c: &arrow::array::ArrayRef) -> Result<Vec<String>, arrow::error::ArrowError> {
-    if let DataType::Timestamp(..) = c.data_type() {
-        // Every timestamp column of the archive is in microseconds; cast the others there.
-        let micros = cast(c, &DataType::Timestamp(TimeUnit::Microsecond, None))?;
-        let micros = cast(&micros, &DataType::Int64)?;
-        let values = micros
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or_else(|| arrow::error::ArrowError::CastError("timestamp to µs".into()))?;
-        return Ok(values
-            .iter()
-            .map(|v| v.map(format_rfc3339_micros).unwrap_or_default())
-            .collect());
-    }
-    let text = cast(c, &DataType::Utf8)?;
-    let text = text
-        .as_any()
-        .downcast_ref::<StringArray>()
-        .ok_or_else(|| arrow::error::ArrowError::CastError("to text".into()))?;
-    Ok((0..text.len())
-        .map(|i| {
-            if text.is_null(i) {
-                String::new()
-            } else {
-                text.value(i).to_string()
-            }
-        })
-        .collect())
+    const RFC3339_MICROS: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
+    let options = FormatOptions::new()
+        .with_null("")
+        .with_timestamp_format(Some(RFC3339_MICROS))
+        .with_timestamp_tz_format(Some(RFC3339_MICROS));
+    let text = ArrayFormatter::try_new(c.as_ref(), &options)?;
+    Ok((0..c.len()).map(|i| text.value(i).to_string()).collect())
 }
 
 /// The figures both renderers put at the top.

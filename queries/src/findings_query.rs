@@ -21,7 +21,8 @@ pub struct FindingsFilter {
     pub limit: usize,
 }
 
-fn quoted(s: &str) -> String {
+/// `s` as an SQL string literal.
+pub(crate) fn quoted(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
