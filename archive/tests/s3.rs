@@ -90,7 +90,7 @@ async fn racing_writers_chain_once_and_verify_names_each_tampered_object_on_s3()
     let b = Archive::open(loc).unwrap().with_signing(same_key(&signer));
     // Two writers commit at once: every record is created if absent, so each sequence
     // number goes to one of them and the loser chains after the winner.
-    let (ra, rb) = tokio::join!(
+    tokio::join!(
         async {
             for i in 1..=15 {
                 a.commit("a", &one_file(i), None, false).await.unwrap();
@@ -102,9 +102,32 @@ async fn racing_writers_chain_once_and_verify_names_each_tampered_object_on_s3()
             }
         }
     );
-    let ((), ()) = (ra, rb);
     let records = a.records().await.unwrap();
     assert_eq!(records.len(), 30);
+    // They did race: the chain switches writers more than once.
+    let switches = records
+        .windows(2)
+        .filter(|w| w[0].0.writer != w[1].0.writer)
+        .count();
+    assert!(
+        switches >= 2,
+        "the writers took turns only {switches} time(s)"
+    );
+    // The server refuses a second create of an existing record (If-None-Match: *), which
+    // is what keeps racing writers from overwriting each other.
+    let taken = a.path("_manifest/00000000000000000001.json");
+    let again = a
+        .store()
+        .put_opts(
+            &taken,
+            PutPayload::from_static(b"{}"),
+            object_store::PutMode::Create.into(),
+        )
+        .await;
+    assert!(
+        matches!(again, Err(object_store::Error::AlreadyExists { .. })),
+        "{again:?}"
+    );
     let mut named: Vec<String> = records
         .iter()
         .flat_map(|(r, _)| r.files.iter().map(|f| f.path.clone()))
