@@ -128,6 +128,30 @@ pub enum SourceMark {
     },
 }
 
+impl SourceMark {
+    /// Where the source stands after this mark, without what the commit added: what a
+    /// heartbeat repeats (a webhook mark without `from_seq`, a Kafka or files mark without
+    /// ranges).
+    pub fn position(&self) -> SourceMark {
+        match self {
+            SourceMark::Webhook {
+                log_id,
+                through_seq,
+                ..
+            } => SourceMark::Webhook {
+                log_id: log_id.clone(),
+                through_seq: *through_seq,
+                from_seq: None,
+            },
+            SourceMark::Kafka { group, .. } => SourceMark::Kafka {
+                group: group.clone(),
+                ranges: Vec::new(),
+            },
+            SourceMark::Files { .. } => SourceMark::Files { inputs: Vec::new() },
+        }
+    }
+}
+
 /// One commit: the files it made visible (or removed) and the hash of the record before it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -163,22 +163,7 @@ impl Heartbeats {
     fn saw(&mut self, contents: &auditlake_archive::CommitContents) {
         if let Some(mark) = &contents.source {
             // The position, not what the commit added: a heartbeat archives nothing.
-            self.mark = Some(match mark.clone() {
-                SourceMark::Kafka { group, .. } => SourceMark::Kafka {
-                    group,
-                    ranges: Vec::new(),
-                },
-                SourceMark::Files { .. } => SourceMark::Files { inputs: Vec::new() },
-                SourceMark::Webhook {
-                    log_id,
-                    through_seq,
-                    ..
-                } => SourceMark::Webhook {
-                    log_id,
-                    through_seq,
-                    from_seq: None,
-                },
-            });
+            self.mark = Some(mark.position());
         }
         for f in &contents.files {
             // Checked first: the cluster is cloned only the first time it is seen.
