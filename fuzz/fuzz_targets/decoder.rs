@@ -1,6 +1,8 @@
 //! Every input shape the decoder takes (an NDJSON line; a document: Event, EventList, JSON
-//! array, NDJSON, v1beta1, garbage): it never panics, and cutting a document into its events
-//! before parsing (the large-document path) gives the same rows as parsing it whole.
+//! array, NDJSON, v1beta1, managed clusters' envelopes, garbage): it never panics, the
+//! tapeless envelope scan decodes a line exactly as the tape path does, and cutting a
+//! document into its events before parsing (the large-document path) gives the same rows as
+//! parsing it whole.
 #![no_main]
 
 use arrow::array::RecordBatch;
@@ -32,7 +34,15 @@ fuzz_target!(|data: &[u8]| {
     let mut line = EventDecoder::new(DecoderOptions::default());
     let mut q = Vec::new();
     let n = line.decode_line(data, pos(), &mut q);
-    assert_eq!(n, line.finish_batch().map_or(0, |b| b.num_rows()));
+    let rows = line.finish_batch();
+    assert_eq!(n, rows.as_ref().map_or(0, |b| b.num_rows()));
+    // The tapeless scan of AKS and CloudWatch envelopes decides exactly as the tape path.
+    let mut tape = EventDecoder::new(DecoderOptions::default()).without_tapeless_scan();
+    let mut tape_q = Vec::new();
+    assert_eq!(n, tape.decode_line(data, pos(), &mut tape_q));
+    assert_eq!(rows, tape.finish_batch(), "rows differ with the tapeless scan");
+    assert_eq!(q, tape_q, "quarantine differs with the tapeless scan");
+    assert_eq!(line.take_skipped(), tape.take_skipped());
 
     let whole = DecoderOptions {
         large_document_bytes: usize::MAX,

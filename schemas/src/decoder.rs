@@ -117,6 +117,12 @@ pub struct EventDecoder {
     summarised: u64,
     /// How many byte layers (base64, gzip) deep the input being decoded is.
     depth: u8,
+    /// Whether the envelopes the tapeless scan takes are decoded by it (always, but in the
+    /// tests and the fuzzer that compare it with the tape path).
+    skim: bool,
+    /// Inputs the tapeless scan decoded (for those tests).
+    #[cfg(test)]
+    pub(crate) skimmed: u64,
 }
 
 /// Byte layers (a transport's base64 payload, gzip) peeled inside one another at most; a
@@ -182,6 +188,10 @@ pub(crate) struct Scratch {
     pub(crate) payloads: Vec<Payload>,
     /// What consecutive Azure records of one resource share.
     pub(crate) azure: crate::envelope::AzureRecordCache,
+    /// The strings the tapeless envelope scan unescaped.
+    pub(crate) skim: crate::envelope::SkimBuffers,
+    /// The log events of a CloudWatch Logs message the tapeless scan found.
+    pub(crate) log_events: Vec<crate::envelope::CloudWatchLogEvent>,
     /// Envelope records holding no audit event, by [`Skipped::ALL`] index, since the last
     /// [`EventDecoder::take_skipped`].
     skipped: [u64; Skipped::ALL.len()],
@@ -216,7 +226,18 @@ impl EventDecoder {
             input_bytes: 0,
             summarised: 0,
             depth: 0,
+            skim: true,
+            #[cfg(test)]
+            skimmed: 0,
         }
+    }
+
+    /// Decodes every envelope from the simd-json tape, never with the tapeless scan: for the
+    /// tests and the fuzzer that check both decode every input the same.
+    #[doc(hidden)]
+    pub fn without_tapeless_scan(mut self) -> Self {
+        self.skim = false;
+        self
     }
 
     /// Bad items counted in a summary record rather than recorded one by one, since the
@@ -618,6 +639,38 @@ impl EventDecoder {
         })
     }
 
+    /// Decodes `bytes` without a tape when it is an envelope the tapeless scan takes (see
+    /// [`crate::envelope::decode_skimmed`]); `None`, with nothing decoded, otherwise.
+    fn decode_skimmed(
+        &mut self,
+        bytes: &[u8],
+        pos: SourcePos<'_>,
+        quarantine: &mut Bounded<'_>,
+    ) -> Option<usize> {
+        let format =
+            crate::envelope::skimmable(bytes, self.options.envelope).filter(|_| self.skim)?;
+        let ctx = self.context(pos, Doc::new(bytes, &[]));
+        let (b, scratch) = (&mut self.builder, &mut self.scratch);
+        let n = crate::envelope::decode_skimmed(format, bytes, &ctx, b, scratch, quarantine);
+        #[cfg(test)]
+        {
+            self.skimmed += u64::from(n.is_some());
+        }
+        n
+    }
+
+    /// The decoding context of an input at `pos` whose document is `doc`.
+    fn context<'a>(&self, pos: SourcePos<'a>, doc: Doc<'a>) -> Ctx<'a> {
+        Ctx {
+            ingested_at: self.ingested_at,
+            pos,
+            max_quarantined: self.options.max_quarantined_bytes,
+            doc,
+            digest_seed: self.scratch.digest_seed(pos.cluster),
+            envelope: self.options.envelope,
+        }
+    }
+
     /// Parses `bytes` and runs `f` on its root with the decoding context and the builders.
     fn with_parsed<R>(
         &mut self,
@@ -625,22 +678,13 @@ impl EventDecoder {
         pos: SourcePos<'_>,
         f: impl FnOnce(Located<'_, '_>, &Ctx<'_>, &mut EventBatchBuilder, &mut Scratch) -> R,
     ) -> Result<R, simd_json::Error> {
+        let ctx = self.context(pos, Doc::new(&[], &[]));
         let Self {
             builder,
             parser,
             scratch,
-            ingested_at,
-            options,
             ..
         } = self;
-        let ctx = Ctx {
-            ingested_at: *ingested_at,
-            pos,
-            max_quarantined: options.max_quarantined_bytes,
-            doc: Doc::new(&[], &[]),
-            digest_seed: scratch.digest_seed(pos.cluster),
-            envelope: options.envelope,
-        };
         parser.parse(bytes, |root, doc| {
             let ctx = Ctx { doc, ..ctx };
             f(root, &ctx, builder, scratch)
@@ -673,9 +717,12 @@ impl EventDecoder {
         pos: SourcePos<'_>,
         quarantine: &mut Bounded<'_>,
     ) -> usize {
-        let parsed = self.with_parsed(bytes, pos, |root, ctx, builder, scratch| {
-            decode_root(root, ctx, builder, scratch, quarantine)
-        });
+        let parsed = match self.decode_skimmed(bytes, pos, quarantine) {
+            Some(n) => Ok(n),
+            None => self.with_parsed(bytes, pos, |root, ctx, builder, scratch| {
+                decode_root(root, ctx, builder, scratch, quarantine)
+            }),
+        };
         match parsed {
             Ok(n) => {
                 self.input_bytes += bytes.len();

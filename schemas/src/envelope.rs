@@ -19,10 +19,13 @@ use crate::event_mapping::{Ctx, append_event, json_text, type_name};
 use crate::tape_span::{Doc, Located};
 
 mod aws;
+pub(crate) use aws::LogEvent as CloudWatchLogEvent;
 mod azure;
 pub(crate) use azure::RecordCache as AzureRecordCache;
 mod gcp;
 mod shippers;
+mod skim;
+pub(crate) use skim::Buffers as SkimBuffers;
 
 /// Reusable simd-json parse state: input copy with padding, stage-1 buffers and tape.
 pub(crate) struct Parser {
@@ -376,6 +379,43 @@ pub(crate) fn decode_root(
     decode_as(format, root, None, ctx, b, scratch, quarantine)
 }
 
+/// The envelope `bytes` is when it holds each event as JSON text and the tapeless scan (see
+/// [`skim`]) may take it: an Event Hubs body of AKS records, a CloudWatch Logs subscription
+/// message (by their first key; `forced` is the source's `--envelope`). A plain event costs
+/// a look at its first key.
+pub(crate) fn skimmable(bytes: &[u8], forced: Option<Envelope>) -> Option<Envelope> {
+    let format = match skim::first_key(bytes)? {
+        b"records" => Envelope::AzureDiagnostic,
+        b"messageType"
+        | b"owner"
+        | b"logGroup"
+        | b"logStream"
+        | b"logEvents"
+        | b"subscriptionFilters"
+        | b"policyLevel" => Envelope::CloudWatchSubscription,
+        _ => return None,
+    };
+    forced.is_none_or(|e| e == format).then_some(format)
+}
+
+/// Decodes `bytes`, a [`skimmable`] `format`, without a tape. `None`, with nothing decoded,
+/// when the scan does not take it after all; it is then parsed and decoded from the tape.
+pub(crate) fn decode_skimmed(
+    format: Envelope,
+    bytes: &[u8],
+    ctx: &Ctx<'_>,
+    b: &mut EventBatchBuilder,
+    scratch: &mut Scratch,
+    quarantine: &mut Bounded<'_>,
+) -> Option<usize> {
+    let n = match format {
+        Envelope::AzureDiagnostic => azure::decode_skimmed(bytes, ctx, b, scratch, quarantine),
+        _ => aws::decode_skimmed(bytes, ctx, b, scratch, quarantine),
+    };
+    scratch.meta.off();
+    n
+}
+
 /// Decodes `root` (item `item` of a JSON array, if one) as `format`.
 fn decode_as(
     format: Envelope,
@@ -708,7 +748,7 @@ pub(crate) fn shipper_line<'i>(root: Located<'_, 'i>) -> Option<(&'static str, &
 /// with the audit ID when one can be read from it.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn decode_embedded(
-    text: &str,
+    text: &[u8],
     what: &str,
     cluster: &str,
     item: Option<u64>,
@@ -717,11 +757,11 @@ pub(crate) fn decode_embedded(
     scratch: &mut Scratch,
     quarantine: &mut Bounded<'_>,
 ) -> usize {
-    let text = text.trim_start_matches('\u{feff}').trim();
+    let text = trimmed(text);
     // Taken out while it parses: the events it finds are decoded with the scratch. A stack,
     // so a text inside a text (a shipper's line inside a log event) reuses one per depth.
     let mut parser = scratch.embedded.pop().unwrap_or_default();
-    let parsed = parser.parse(text.as_bytes(), |root, doc| {
+    let parsed = parser.parse(text, |root, doc| {
         let inner = ctx.for_cluster(cluster, doc, scratch);
         match item {
             // One event of a batch: its index names it in `source_ref` and the quarantine.
@@ -750,7 +790,7 @@ pub(crate) fn decode_embedded(
     match parsed {
         Ok(n) => n,
         Err(e) => {
-            let mut reason = if text.ends_with("[Truncated...]") {
+            let mut reason = if text.ends_with(b"[Truncated...]") {
                 scratch.skip(Skipped::CloudWatchTruncated, 1);
                 format!("`{what}` holds an event the cloud truncated (it ends with [Truncated...])")
             } else if what == "properties.log" && (16_000..=16_384).contains(&text.len()) {
@@ -763,14 +803,41 @@ pub(crate) fn decode_embedded(
             } else {
                 format!("`{what}` is not a JSON event: {e}")
             };
-            if let Some(id) = audit_id_in(text) {
+            if let Some(id) = std::str::from_utf8(text).ok().and_then(audit_id_in) {
                 reason.push_str(&format!("; auditID {id}"));
             }
             let (pos, max) = (SourcePos { cluster, ..ctx.pos }, ctx.max_quarantined);
-            quarantine.push_with(|| quarantine_record(pos, item, reason, text.as_bytes(), max));
+            quarantine.push_with(|| quarantine_record(pos, item, reason, text, max));
             0
         }
     }
+}
+
+/// `text` without the byte order marks before it and the white space around it, as
+/// `str::trim_start_matches('\u{feff}').trim()` cuts a string: for ASCII at both ends
+/// without a UTF-8 check (the parse makes it), else by `str`.
+fn trimmed(text: &[u8]) -> &[u8] {
+    let mut text = text;
+    while let Some(rest) = text.strip_prefix(UTF8_BOM) {
+        text = rest;
+    }
+    // `char::is_whitespace` of ASCII: it counts the vertical tab, `u8::is_ascii_whitespace`
+    // does not.
+    let space = |c: &u8| matches!(c, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ');
+    let start = text.iter().position(|c| !space(c)).unwrap_or(text.len());
+    let end = text
+        .iter()
+        .rposition(|c| !space(c))
+        .map_or(start, |i| i + 1);
+    let core = &text[start..end];
+    // A byte beyond ASCII at either end may belong to Unicode white space.
+    let unicode_end = |c: Option<&u8>| c.is_some_and(|c| !c.is_ascii());
+    if (unicode_end(core.first()) || unicode_end(core.last()))
+        && let Ok(s) = std::str::from_utf8(text)
+    {
+        return s.trim().as_bytes();
+    }
+    core
 }
 
 /// Appends the event `record` holds inline (an object, not text), mapped by `map`, as an
@@ -817,7 +884,10 @@ pub(crate) fn decode_field(
     quarantine: &mut Bounded<'_>,
 ) -> usize {
     match text {
-        Some(text) => decode_embedded(text, what, cluster, Some(item), ctx, b, scratch, quarantine),
+        Some(text) => {
+            let (text, item) = (text.as_bytes(), Some(item));
+            decode_embedded(text, what, cluster, item, ctx, b, scratch, quarantine)
+        }
         None => {
             let reason = format!("`{what}` (the event, a string) missing");
             quarantine.push_with(|| record_of_value(record, ctx, Some(item), reason, scratch));
@@ -876,6 +946,31 @@ pub(crate) fn queue_payload(
             let (pos, max) = (ctx.pos, ctx.max_quarantined);
             quarantine
                 .push_with(|| quarantine_record(pos, Some(item), reason, text.as_bytes(), max));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::trimmed;
+
+    #[test]
+    fn trimmed_cuts_bytes_as_str_trims_strings() {
+        for text in [
+            "{}",
+            " {} ",
+            "\u{feff}\u{feff} {}\n",
+            "\u{feff} \u{feff}{}",
+            "\x0b{}\x0c",
+            "\u{a0}{}\u{2028}",
+            "é{}é",
+            "",
+            "  ",
+            "\u{3000}",
+            "{\"a\":1}\r\n",
+        ] {
+            let expected = text.trim_start_matches('\u{feff}').trim();
+            assert_eq!(trimmed(text.as_bytes()), expected.as_bytes(), "{text:?}");
         }
     }
 }

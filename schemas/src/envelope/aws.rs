@@ -4,9 +4,10 @@
 
 use simd_json::prelude::*;
 
+use super::skim::{Buffers, Skim, Text, once};
 use super::{
-    Envelope, Skipped, append_inline, decode_embedded, decode_field, field, path, queue_payload,
-    record_of_value, str_field,
+    Envelope, Meta, Skipped, append_inline, decode_embedded, decode_field, field, path,
+    queue_payload, record_of_value, str_field,
 };
 use crate::decoder::{Bounded, Scratch};
 use crate::event_builder::EventBatchBuilder;
@@ -64,22 +65,12 @@ pub(super) fn decode_subscription(
     }
     let group = str_field(root, "logGroup");
     let cluster = group.and_then(eks_cluster).unwrap_or(ctx.pos.cluster);
-    let meta = &mut scratch.meta;
-    meta.begin(Envelope::CloudWatchSubscription);
-    meta.str("owner", str_field(root, "owner"));
-    meta.str("logGroup", group);
-    meta.str("logStream", Some(stream));
-    let mark = meta.mark();
+    let mark = subscription_meta(&mut scratch.meta, str_field(root, "owner"), group, stream);
     let mut n = 0;
     for (i, item) in log_events.items().enumerate() {
         let i = i as u64;
-        scratch.meta.truncate(mark);
-        scratch.meta.str("id", str_field(item, "id"));
-        scratch.meta.int(
-            "timestamp",
-            field(item, "timestamp").and_then(|t| t.value.as_i64()),
-        );
-        scratch.meta.end();
+        let timestamp = field(item, "timestamp").and_then(|t| t.value.as_i64());
+        log_event_meta(&mut scratch.meta, mark, str_field(item, "id"), timestamp);
         let text = str_field(item, "message");
         n += decode_field(
             item,
@@ -94,6 +85,137 @@ pub(super) fn decode_subscription(
         );
     }
     n
+}
+
+/// Starts the `envelope` column of a subscription message's events; returns where the
+/// per-event keys start.
+fn subscription_meta(
+    meta: &mut Meta,
+    owner: Option<&str>,
+    group: Option<&str>,
+    stream: &str,
+) -> usize {
+    meta.begin(Envelope::CloudWatchSubscription);
+    meta.str("owner", owner);
+    meta.str("logGroup", group);
+    meta.str("logStream", Some(stream));
+    meta.mark()
+}
+
+/// Ends the `envelope` column for one log event of a subscription message.
+fn log_event_meta(meta: &mut Meta, mark: usize, id: Option<&str>, timestamp: Option<i64>) {
+    meta.truncate(mark);
+    meta.str("id", id);
+    meta.int("timestamp", timestamp);
+    meta.end();
+}
+
+/// A log event of a subscription message as the tapeless scan found it.
+pub(crate) struct LogEvent {
+    id: Option<Text>,
+    timestamp: Option<i64>,
+    message: Text,
+}
+
+/// A subscription message's fields as the tapeless scan found them.
+#[derive(Default)]
+struct Message {
+    message_type: Option<Text>,
+    owner: Option<Text>,
+    group: Option<Text>,
+    stream: Option<Text>,
+    log_events: bool,
+}
+
+/// Decodes a CloudWatch Logs subscription `DATA_MESSAGE` with the tapeless scan (see
+/// [`super::skim`]): each log event's `message` is unescaped once and parsed once. `None`,
+/// with nothing decoded, when the message is not one the scan takes (another message type,
+/// a log event without a `message` string, a field of an unexpected type or unknown at the
+/// top, a duplicate key, ...): it is then decoded from the tape by [`decode_subscription`],
+/// which decides the same for what both take.
+pub(super) fn decode_skimmed(
+    bytes: &[u8],
+    ctx: &Ctx<'_>,
+    b: &mut EventBatchBuilder,
+    scratch: &mut Scratch,
+    quarantine: &mut Bounded<'_>,
+) -> Option<usize> {
+    let mut events = std::mem::take(&mut scratch.log_events);
+    let mut bufs = std::mem::take(&mut scratch.skim);
+    events.clear();
+    bufs.clear();
+    let n = scan_message(bytes, &mut events, &mut bufs).and_then(|m| {
+        let text = bufs.text();
+        let get = |t: &Option<Text>| t.as_ref().map(|t| t.get(bytes, text));
+        if get(&m.message_type) != Some("DATA_MESSAGE") || !m.log_events {
+            return None;
+        }
+        let stream = get(&m.stream).unwrap_or_default();
+        if !is_audit_stream(stream) {
+            scratch.skip(Skipped::CloudWatchOtherStream, events.len() as u64);
+            return Some(0);
+        }
+        let group = get(&m.group);
+        let cluster = group.and_then(eks_cluster).unwrap_or(ctx.pos.cluster);
+        let mark = subscription_meta(&mut scratch.meta, get(&m.owner), group, stream);
+        let mut n = 0;
+        for (i, e) in events.iter().enumerate() {
+            log_event_meta(&mut scratch.meta, mark, get(&e.id), e.timestamp);
+            let message = e.message.bytes(bytes, text);
+            let (what, item) = ("logEvents[].message", Some(i as u64));
+            n += decode_embedded(message, what, cluster, item, ctx, b, scratch, quarantine);
+        }
+        Some(n)
+    });
+    scratch.log_events = events;
+    scratch.skim = bufs;
+    n
+}
+
+/// Scans a subscription message, keeping its fields and log events; `None` for what the
+/// scan does not take.
+fn scan_message(bytes: &[u8], events: &mut Vec<LogEvent>, text: &mut Buffers) -> Option<Message> {
+    let mut s = Skim::new(bytes)?;
+    let mut m = Message::default();
+    s.object(|s, key| match key? {
+        b"messageType" => once(&mut m.message_type, s.string(text)?),
+        b"owner" => once(&mut m.owner, s.string(text)?),
+        b"logGroup" => once(&mut m.group, s.string(text)?),
+        b"logStream" => once(&mut m.stream, s.string(text)?),
+        b"subscriptionFilters" | b"policyLevel" => s.skip_value(),
+        b"logEvents" if !m.log_events => {
+            m.log_events = true;
+            s.array(|s| {
+                let e = scan_log_event(s, text)?;
+                events.push(e);
+                Some(())
+            })
+        }
+        // Any other key (`kind`, `openshift`, a second `logEvents`): the tape path decides.
+        _ => None,
+    })?;
+    s.at_end().then_some(m)
+}
+
+/// One log event: `id`, `timestamp` (an integer) and `message` (a string, required) kept,
+/// other fields validated and skipped.
+fn scan_log_event(s: &mut Skim<'_>, text: &mut Buffers) -> Option<LogEvent> {
+    let (mut id, mut timestamp, mut message) = (None, None, None);
+    s.object(|s, key| match key? {
+        b"id" => once(&mut id, s.string(text)?),
+        b"message" => once(&mut message, s.string(text)?),
+        b"timestamp" if timestamp.is_none() => {
+            timestamp = Some(s.integer()?);
+            Some(())
+        }
+        b"timestamp" => None,
+        _ => s.skip_value(),
+    })?;
+    Some(LogEvent {
+        id,
+        timestamp,
+        message: message?,
+    })
 }
 
 /// `aws logs filter-log-events` (events of many streams, each naming its `logStreamName`)
@@ -177,6 +299,7 @@ pub(super) fn decode_insights_row(
     match field(root, "@message") {
         Some(m) if m.value.is_str() => {
             let text = m.value.into_string().unwrap_or_default();
+            let text = text.as_bytes();
             decode_embedded(text, "@message", cluster, item, ctx, b, scratch, quarantine)
         }
         // A pretty-printed copy shows `@message` as the event object itself.

@@ -4,6 +4,7 @@
 
 use simd_json::prelude::*;
 
+use super::skim::{Buffers, Skim, Text, once};
 use super::{Envelope, Meta, Skipped, append_inline, decode_embedded, field, record_of_value};
 use crate::decoder::{Bounded, Scratch};
 use crate::event_builder::EventBatchBuilder;
@@ -62,6 +63,8 @@ pub(crate) struct RecordCache {
     cluster: Option<String>,
     /// The `envelope` column's text up to the per-record keys.
     meta: String,
+    /// The records of the body being decoded by [`decode_skimmed`].
+    skimmed: Vec<Skimmed>,
 }
 
 impl RecordCache {
@@ -130,10 +133,7 @@ fn decode_record(
             _ => {}
         }
     }
-    if let Some(c) = category
-        && c != "kube-audit"
-        && c != "kube-audit-admin"
-    {
+    if !is_audit_category(category) {
         scratch.skip(Skipped::AzureOtherCategory, 1);
         return 0;
     }
@@ -145,15 +145,13 @@ fn decode_record(
             _ => {}
         }
     }
-    let Scratch { meta, azure, .. } = &mut *scratch;
-    azure.describe(meta, category, resource_id, pod);
-    meta.str("time", time);
-    meta.end();
-    // Taken out of the cache while the event is decoded (which needs the whole scratch),
-    // put back after: no copy of the cluster per record.
-    let named = azure.cluster.take();
-    let cluster = named.as_deref().unwrap_or(ctx.pos.cluster);
-    let n = match log {
+    let described = Described {
+        category,
+        resource_id,
+        time,
+        pod,
+    };
+    let n = in_record(described, ctx, scratch, |cluster, scratch| match log {
         Some(log) if log.value.is_object() => {
             let map = |c: &Ctx<'_>, b: &mut EventBatchBuilder, s: &mut Scratch| {
                 append_event(log, None, c, item, b, s)
@@ -165,7 +163,7 @@ fn decode_record(
         }
         Some(log) => log.value.into_string().map(|text| {
             decode_embedded(
-                text,
+                text.as_bytes(),
                 "properties.log",
                 cluster,
                 item,
@@ -176,8 +174,7 @@ fn decode_record(
             )
         }),
         None => None,
-    };
-    scratch.azure.cluster = named;
+    });
     if let Some(n) = n {
         return n;
     }
@@ -189,4 +186,141 @@ fn decode_record(
     let reason = reason.to_string();
     quarantine.push_with(|| record_of_value(record, ctx, item, reason, scratch));
     0
+}
+
+/// Whether a record of `category` holds audit events (records with no category are taken).
+fn is_audit_category(category: Option<&str>) -> bool {
+    category.is_none_or(|c| c == "kube-audit" || c == "kube-audit-admin")
+}
+
+/// What the `envelope` column says of a record, besides its format.
+struct Described<'a> {
+    category: Option<&'a str>,
+    resource_id: Option<&'a str>,
+    time: Option<&'a str>,
+    pod: Option<&'a str>,
+}
+
+/// Sets the `envelope` column for a record and runs `decode` with the cluster its
+/// `resourceId` names (or the input's).
+fn in_record<R>(
+    d: Described<'_>,
+    ctx: &Ctx<'_>,
+    scratch: &mut Scratch,
+    decode: impl FnOnce(&str, &mut Scratch) -> R,
+) -> R {
+    let Scratch { meta, azure, .. } = &mut *scratch;
+    azure.describe(meta, d.category, d.resource_id, d.pod);
+    meta.str("time", d.time);
+    meta.end();
+    // Taken out of the cache while the event is decoded (which needs the whole scratch),
+    // put back after: no copy of the cluster per record.
+    let named = azure.cluster.take();
+    let n = decode(named.as_deref().unwrap_or(ctx.pos.cluster), scratch);
+    scratch.azure.cluster = named;
+    n
+}
+
+/// A record of an Event Hubs body as the tapeless scan found it.
+#[derive(Default)]
+pub(crate) struct Skimmed {
+    category: Option<Text>,
+    resource_id: Option<Text>,
+    time: Option<Text>,
+    pod: Option<Text>,
+    log: Option<Text>,
+}
+
+/// Decodes an Event Hubs body (`{"records":[...]}` and nothing else) with the tapeless scan
+/// (see [`super::skim`]): each record's `properties.log` is unescaped once and parsed once.
+/// `None`, with nothing decoded, when the body is not one the scan takes (a record without
+/// a `properties.log` string, any field of an unexpected type, a duplicate key, ...): it is
+/// then decoded from the tape by [`decode`], which decides the same for what both take.
+pub(super) fn decode_skimmed(
+    bytes: &[u8],
+    ctx: &Ctx<'_>,
+    b: &mut EventBatchBuilder,
+    scratch: &mut Scratch,
+    quarantine: &mut Bounded<'_>,
+) -> Option<usize> {
+    let mut records = std::mem::take(&mut scratch.azure.skimmed);
+    let mut bufs = std::mem::take(&mut scratch.skim);
+    records.clear();
+    bufs.clear();
+    let n = scan_body(bytes, &mut records, &mut bufs).map(|()| {
+        let text = bufs.text();
+        let get = |t: &Option<Text>| t.as_ref().map(|t| t.get(bytes, text));
+        let mut n = 0;
+        for (i, r) in records.iter().enumerate() {
+            let category = get(&r.category);
+            if !is_audit_category(category) {
+                scratch.skip(Skipped::AzureOtherCategory, 1);
+                continue;
+            }
+            let described = Described {
+                category,
+                resource_id: get(&r.resource_id),
+                time: get(&r.time),
+                pod: get(&r.pod),
+            };
+            let log = r
+                .log
+                .as_ref()
+                .map(|t| t.bytes(bytes, text))
+                .unwrap_or_default();
+            n += in_record(described, ctx, scratch, |cluster, scratch| {
+                let item = Some(i as u64);
+                let what = "properties.log";
+                decode_embedded(log, what, cluster, item, ctx, b, scratch, quarantine)
+            });
+        }
+        n
+    });
+    scratch.azure.skimmed = records;
+    scratch.skim = bufs;
+    n
+}
+
+/// Scans `{"records":[...]}`, keeping each record's fields; `None` for anything else.
+fn scan_body(bytes: &[u8], records: &mut Vec<Skimmed>, text: &mut Buffers) -> Option<()> {
+    let mut s = Skim::new(bytes)?;
+    let mut seen = false;
+    s.object(|s, key| {
+        // Another key could make the body something else (a Firehose request has `records`
+        // too; `kind`, `messageType`, ... take precedence in detection).
+        if key != Some(&b"records"[..]) || seen {
+            return None;
+        }
+        seen = true;
+        s.array(|s| {
+            let r = scan_record(s, text)?;
+            records.push(r);
+            Some(())
+        })
+    })?;
+    (seen && s.at_end()).then_some(())
+}
+
+/// One record: `category`, `resourceId`, `time`, `properties.log` (a string, required) and
+/// `properties.pod` kept, other fields validated and skipped.
+fn scan_record(s: &mut Skim<'_>, text: &mut Buffers) -> Option<Skimmed> {
+    let mut r = Skimmed::default();
+    let mut properties = false;
+    s.object(|s, key| match key? {
+        b"category" => once(&mut r.category, s.string(text)?),
+        b"resourceId" => once(&mut r.resource_id, s.string(text)?),
+        b"time" => once(&mut r.time, s.string(text)?),
+        b"properties" if !properties => {
+            properties = true;
+            s.object(|s, key| match key? {
+                b"log" => once(&mut r.log, s.string(text)?),
+                b"pod" => once(&mut r.pod, s.string(text)?),
+                _ => s.skip_value(),
+            })
+        }
+        // A Firehose record's payload, or a second `properties`: the tape path decides.
+        b"data" | b"properties" => None,
+        _ => s.skip_value(),
+    })?;
+    r.log.is_some().then_some(r)
 }

@@ -32,7 +32,7 @@ pub(super) fn decode_line(
     scratch.meta.str("field", Some(name));
     scratch.meta.end();
     decode_embedded(
-        text,
+        text.as_bytes(),
         name,
         ctx.pos.cluster,
         item,
