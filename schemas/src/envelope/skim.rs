@@ -724,10 +724,13 @@ mod same_as_the_tape {
 
     const RESOURCE: &str = "/SUBSCRIPTIONS/0000/RESOURCEGROUPS/RG/PROVIDERS/MICROSOFT.CONTAINERSERVICE/MANAGEDCLUSTERS/PROD-1";
 
+    /// A record with every field real ones have (`../shared/MANAGED-CLUSTERS.md` §3).
     fn aks_record(log: Value, category: &str) -> Value {
         json!({"operationName": "Microsoft.ContainerService/managedClusters/diagnosticLogs/Read",
-            "category": category, "resourceId": RESOURCE, "time": "2026-11-01T03:12:00.0000000Z",
-            "properties": {"log": log, "stream": "stdout", "pod": "kube-apiserver-1"}})
+            "category": category, "ccpNamespace": "5eb120ce0a1b", "resourceId": RESOURCE,
+            "properties": {"log": log, "stream": "stdout", "pod": "kube-apiserver-1", "containerID": "3f2a"},
+            "time": "2026-11-01T03:12:00.123456789Z", "Cloud": "AzureCloud", "Environment": "prod",
+            "UnderlayClass": "hcp-underlay", "UnderlayName": "hcp-underlay-eastus-cx-1", "serviceBuild": "na"})
     }
 
     fn aks_body(events: &[String]) -> Value {
