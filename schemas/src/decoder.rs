@@ -190,8 +190,6 @@ pub(crate) struct Scratch {
     pub(crate) azure: crate::envelope::AzureRecordCache,
     /// The strings the tapeless envelope scan unescaped.
     pub(crate) skim: crate::envelope::SkimBuffers,
-    /// The log events of a CloudWatch Logs message the tapeless scan found.
-    pub(crate) log_events: Vec<crate::envelope::CloudWatchLogEvent>,
     /// Envelope records holding no audit event, by [`Skipped::ALL`] index, since the last
     /// [`EventDecoder::take_skipped`].
     skipped: [u64; Skipped::ALL.len()],

@@ -19,7 +19,6 @@ use crate::event_mapping::{Ctx, append_event, json_text, type_name};
 use crate::tape_span::{Doc, Located};
 
 mod aws;
-pub(crate) use aws::LogEvent as CloudWatchLogEvent;
 mod azure;
 pub(crate) use azure::RecordCache as AzureRecordCache;
 mod gcp;
@@ -408,10 +407,15 @@ pub(crate) fn decode_skimmed(
     scratch: &mut Scratch,
     quarantine: &mut Bounded<'_>,
 ) -> Option<usize> {
+    // Taken out while the events are decoded (which needs the whole scratch), put back after.
+    let mut text = std::mem::take(&mut scratch.skim);
+    text.clear();
+    let (q, t) = (quarantine, &mut text);
     let n = match format {
-        Envelope::AzureDiagnostic => azure::decode_skimmed(bytes, ctx, b, scratch, quarantine),
-        _ => aws::decode_skimmed(bytes, ctx, b, scratch, quarantine),
+        Envelope::AzureDiagnostic => azure::decode_skimmed(bytes, t, ctx, b, scratch, q),
+        _ => aws::decode_skimmed(bytes, t, ctx, b, scratch, q),
     };
+    scratch.skim = text;
     scratch.meta.off();
     n
 }

@@ -111,7 +111,7 @@ fn log_event_meta(meta: &mut Meta, mark: usize, id: Option<&str>, timestamp: Opt
 }
 
 /// A log event of a subscription message as the tapeless scan found it.
-pub(crate) struct LogEvent {
+struct LogEvent {
     id: Option<Text>,
     timestamp: Option<i64>,
     message: Text,
@@ -135,17 +135,15 @@ struct Message {
 /// which decides the same for what both take.
 pub(super) fn decode_skimmed(
     bytes: &[u8],
+    text: &mut Buffers,
     ctx: &Ctx<'_>,
     b: &mut EventBatchBuilder,
     scratch: &mut Scratch,
     quarantine: &mut Bounded<'_>,
 ) -> Option<usize> {
-    let mut events = std::mem::take(&mut scratch.log_events);
-    let mut bufs = std::mem::take(&mut scratch.skim);
-    events.clear();
-    bufs.clear();
-    let n = scan_message(bytes, &mut events, &mut bufs).and_then(|m| {
-        let text = bufs.text();
+    let mut events = Vec::new();
+    scan_message(bytes, &mut events, text).and_then(|m| {
+        let text = text.text();
         let get = |t: &Option<Text>| t.as_ref().map(|t| t.get(bytes, text));
         if get(&m.message_type) != Some("DATA_MESSAGE") || !m.log_events {
             return None;
@@ -166,10 +164,7 @@ pub(super) fn decode_skimmed(
             n += decode_embedded(message, what, cluster, item, ctx, b, scratch, quarantine);
         }
         Some(n)
-    });
-    scratch.log_events = events;
-    scratch.skim = bufs;
-    n
+    })
 }
 
 /// Scans a subscription message, keeping its fields and log events; `None` for what the

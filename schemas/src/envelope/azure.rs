@@ -63,8 +63,6 @@ pub(crate) struct RecordCache {
     cluster: Option<String>,
     /// The `envelope` column's text up to the per-record keys.
     meta: String,
-    /// The records of the body being decoded by [`decode_skimmed`].
-    skimmed: Vec<Skimmed>,
 }
 
 impl RecordCache {
@@ -223,7 +221,7 @@ fn in_record<R>(
 
 /// A record of an Event Hubs body as the tapeless scan found it.
 #[derive(Default)]
-pub(crate) struct Skimmed {
+struct Skimmed {
     category: Option<Text>,
     resource_id: Option<Text>,
     time: Option<Text>,
@@ -238,17 +236,15 @@ pub(crate) struct Skimmed {
 /// then decoded from the tape by [`decode`], which decides the same for what both take.
 pub(super) fn decode_skimmed(
     bytes: &[u8],
+    text: &mut Buffers,
     ctx: &Ctx<'_>,
     b: &mut EventBatchBuilder,
     scratch: &mut Scratch,
     quarantine: &mut Bounded<'_>,
 ) -> Option<usize> {
-    let mut records = std::mem::take(&mut scratch.azure.skimmed);
-    let mut bufs = std::mem::take(&mut scratch.skim);
-    records.clear();
-    bufs.clear();
-    let n = scan_body(bytes, &mut records, &mut bufs).map(|()| {
-        let text = bufs.text();
+    let mut records = Vec::new();
+    scan_body(bytes, &mut records, text).map(|()| {
+        let text = text.text();
         let get = |t: &Option<Text>| t.as_ref().map(|t| t.get(bytes, text));
         let mut n = 0;
         for (i, r) in records.iter().enumerate() {
@@ -275,10 +271,7 @@ pub(super) fn decode_skimmed(
             });
         }
         n
-    });
-    scratch.azure.skimmed = records;
-    scratch.skim = bufs;
-    n
+    })
 }
 
 /// Scans `{"records":[...]}`, keeping each record's fields; `None` for anything else.

@@ -17,7 +17,7 @@ use std::ops::Range;
 use wide::u8x16;
 
 /// Containers nested deeper than this inside a skipped value send the input the tape path.
-pub(crate) const MAX_DEPTH: u32 = 64;
+const MAX_DEPTH: u32 = 64;
 
 /// A string value the scan kept: its text, in the input (no escapes) or unescaped into
 /// [`Buffers::text`].
@@ -410,8 +410,9 @@ fn scan_string(bytes: &[u8], start: usize, mut out: Option<&mut Buffers>) -> Opt
             if cut == 0 {
                 out.bytes[used..used + 64].copy_from_slice(&block);
             } else if let Ok(dst) = <&mut [u8; 72]>::try_from(&mut out.bytes[used..used + 72]) {
-                // `d & 63` is `d` (at most 56 before the last group), and tells the compiler
-                // that every store is in bounds.
+                // (The slice is 72 bytes by construction: the conversion always succeeds; it
+                // gives the compiler the length.) `d & 63` is `d` (at most 56 before the last
+                // group), and tells the compiler that every store is in bounds.
                 let mut d = 0;
                 for (g, group) in block.chunks_exact(8).enumerate() {
                     let mut word = [0u8; 8];
@@ -567,15 +568,21 @@ mod tests {
 
     /// What the scan makes of the JSON string `json` (quotes included), checked against
     /// serde_json's reading of it.
+    /// Scanned bare (the string ends the input: its last bytes go byte by byte) and followed
+    /// by white space (its closing quote falls inside a 64-byte block), the same.
     fn scanned(json: &str) -> Option<String> {
-        let mut text = Buffers::default();
-        let mut skim = Skim::new(json.as_bytes())?;
-        let t = skim.string(&mut text)?;
-        assert!(skim.at_end(), "{json}");
-        let got = t.get(json.as_bytes(), text.text()).to_string();
+        let scan = |input: &str| {
+            let mut text = Buffers::default();
+            let mut skim = Skim::new(input.as_bytes())?;
+            let t = skim.string(&mut text)?;
+            assert!(skim.at_end(), "{input}");
+            Some(t.get(input.as_bytes(), text.text()).to_string())
+        };
+        let got = scan(json);
+        assert_eq!(scan(&format!("{json}{}", " ".repeat(80))), got, "{json}");
         let expected: String = serde_json::from_str(json).expect("serde reads it");
-        assert_eq!(got, expected, "{json}");
-        Some(got)
+        assert_eq!(got.as_deref(), Some(&expected[..]), "{json}");
+        got
     }
 
     #[test]
@@ -602,25 +609,35 @@ mod tests {
 
     #[test]
     fn what_the_scan_does_not_take_is_refused_not_guessed() {
-        for bad in [
-            r#""\u0041""#,                      // \u: left to the tape path
-            "\"a\u{1}b\"",                      // control character
-            r#""a\qb""#,                        // no such escape
-            r#""unterminated"#,                 // no closing quote
-            &format!("\"{}\\", "x".repeat(70)), // backslash at the very end
-        ] {
+        let refused = |bad: &[u8]| {
             let mut text = Buffers::default();
-            let got = Skim::new(bad.as_bytes()).and_then(|mut s| s.string(&mut text));
-            assert!(got.is_none(), "{bad}");
+            Skim::new(bad)
+                .and_then(|mut s| s.string(&mut text))
+                .is_none()
+        };
+        for bad in [
+            &br#"\u0041""#[..], // \u: left to the tape path
+            b"a\x01b\"",        // control character
+            br#"a\qb""#,        // no such escape
+            b"unterminated",    // no closing quote
+            b"x\\",             // backslash at the very end
+            b"\xff\"",          // invalid UTF-8
+            b"\xc3(\"",
+        ] {
+            // At the end of the input (byte by byte), and inside a 64-byte block, after 70
+            // bytes and before 80 more.
+            for (before, after) in [(0, 0), (70, 0), (0, 80), (70, 80)] {
+                let input = [&b"\""[..], &b"x".repeat(before), bad, &b" ".repeat(after)].concat();
+                assert!(refused(&input), "{}", String::from_utf8_lossy(&input));
+            }
         }
-        // Invalid UTF-8, in a short string and past the first block of a long one.
-        for bad in [
-            &b"\"\xff\""[..],
-            &[b"\"".to_vec(), b"\\\"a".repeat(30), b"\xc3(\"".to_vec()].concat(),
-        ] {
-            let mut text = Buffers::default();
-            let got = Skim::new(bad).and_then(|mut s| s.string(&mut text));
-            assert!(got.is_none(), "{}", String::from_utf8_lossy(bad));
+        // The same after escapes (which send the scan to its 64-byte blocks).
+        for bad in [&b"\xc3(\""[..], b"\x01\"", br#"\u0041""#, br#"\q""#] {
+            for after in [0, 80] {
+                let escapes = b"\\\"a".repeat(30);
+                let input = [&b"\""[..], &escapes, bad, &b" ".repeat(after)].concat();
+                assert!(refused(&input), "{}", String::from_utf8_lossy(&input));
+            }
         }
     }
 
