@@ -7,10 +7,10 @@
 #     (Debian's kcat links librdkafka 2.0, which cannot parse tansu's ApiVersion answer);
 #   - `auditlake serve --kafka-brokers` (one member, detection on, flush interval 1 s, the
 #     least) archiving the topic into a fresh archive, timed from start until /metrics
-#     counts every event committed. Its last commit of each partition is cut by the clock
-#     (read to its end, a partition's open commit waits flush_interval_seconds from its
-#     first message, so a live trickle does not make a commit per message): up to a second
-#     of every run is that wait, so the time to 90% committed is printed as well;
+#     counts every event committed. Each partition's last commit is cut when its end is
+#     read (a backlog's rest, `drained`; until 2026-12-07 it waited flush_interval_seconds
+#     from its first message, up to a second of every run); the time to 90% committed is
+#     printed as well;
 #   - `auditlake ingest` of the same NDJSON file (the file path).
 # Prints events/s, MB/s and peak RSS of each, and the ratios.
 #

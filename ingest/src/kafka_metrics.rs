@@ -21,6 +21,9 @@ pub enum CutReason {
     EventTime,
     /// The partition went quiet for a flush interval (the one timed cut).
     Quiet,
+    /// The partition was read to its end right after a size cut: the rest of a backlog,
+    /// cut at once instead of a flush interval later.
+    Drained,
     /// More than `kafka_buffer_bytes` were buffered: the largest commit was cut early.
     Pressure,
     /// The member was stopping.
@@ -35,6 +38,7 @@ impl CutReason {
             Self::Bytes => "bytes",
             Self::EventTime => "event_time",
             Self::Quiet => "quiet",
+            Self::Drained => "drained",
             Self::Pressure => "pressure",
             Self::Stop => "stop",
         }

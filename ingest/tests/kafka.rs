@@ -488,8 +488,10 @@ fn commits(archive_dir: &Path) -> Vec<(i64, i64, i64, u64)> {
 
 /// Commits end where the records say (here every 40 messages of a partition), not where
 /// the clock or the interleaving of partitions happened to be: two members reading the
-/// same topic into two archives cut the same commits, with the same events in each. Only
-/// each partition's tail, read to its end, is cut by the clock.
+/// same topic into two archives cut the same commits, with the same events in each. Each
+/// partition's tail, read to its end right after a size cut, is cut there (`drained`), not
+/// a flush interval later; a trickle after it waits for the clock (`quiet`), one commit for
+/// its messages, not one per message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_are_cut_by_the_records_so_a_second_reading_cuts_the_same_commits() {
     let mock = MockCluster::new(1).unwrap();
@@ -513,7 +515,7 @@ async fn commits_are_cut_by_the_records_so_a_second_reading_cuts_the_same_commit
         assert_exactly_once(dir.path(), &produced);
         for want in [
             "auditlake_kafka_commit_cuts_total{reason=\"messages\"}",
-            "auditlake_kafka_commit_cuts_total{reason=\"quiet\"}",
+            "auditlake_kafka_commit_cuts_total{reason=\"drained\"}",
             "auditlake_kafka_partition_messages_total{topic=\"audit\",partition=\"2\"}",
             "auditlake_kafka_commit_seconds_count{topic=\"audit\",partition=\"0\"}",
         ] {
@@ -532,6 +534,45 @@ async fn commits_are_cut_by_the_records_so_a_second_reading_cuts_the_same_commit
             }
         }
     }
+
+    // A trickle after the backlog: six messages to partition 0, 100 ms apart, read as each
+    // arrives at the partition's end. They are one commit, cut by the clock.
+    let dir = tempfile::tempdir().unwrap();
+    let cuts = CommitCuts {
+        max_messages: 40,
+        interval: Duration::from_secs(2),
+        ..CommitCuts::default()
+    };
+    let m = Member::start_with(dir.path(), &brokers, "audit", "trickle", cuts, "").await;
+    wait_rows(dir.path(), produced.len(), 60).await;
+    let backlog_end = cut[0]
+        .iter()
+        .filter(|c| c.0 == 0)
+        .map(|c| c.2)
+        .max()
+        .unwrap();
+    let mut all = produced.clone();
+    for seed in 0..6 {
+        all.extend(produce(&p, "audit", 100 + seed, 1).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_rows(dir.path(), all.len(), 60).await;
+    let metrics = m.get("/metrics").await.1;
+    m.stop().await;
+    assert_exactly_once(dir.path(), &all);
+    let trickle: Vec<_> = commits(dir.path())
+        .into_iter()
+        .filter(|c| c.0 == 0 && c.1 > backlog_end)
+        .collect();
+    assert_eq!(
+        trickle.iter().map(|c| (c.1, c.2)).collect::<Vec<_>>(),
+        [(backlog_end + 1, backlog_end + 6)],
+        "the trickle in one commit"
+    );
+    assert!(
+        metrics.contains("auditlake_kafka_commit_cuts_total{reason=\"quiet\"} 1"),
+        "{metrics}"
+    );
 }
 
 /// A zombie and its replacement: two members that both believe they own every partition

@@ -15,7 +15,10 @@
 //!   flush interval past the first one's. A replay after a crash therefore cuts the same
 //!   commits and files. Only a partition that has gone quiet (read to its end, or the whole
 //!   consumer idle) is cut by the clock, within `flush_interval_seconds`; memory pressure
-//!   (more buffered than `buffer_bytes`) cuts the largest partition early, counted.
+//!   (more buffered than `buffer_bytes`) cuts the largest partition early, counted. A
+//!   partition that reaches its end right after a size cut (the end of a backlog) is cut
+//!   then, not a flush interval later: a replay of a backlog may cut its last commit at a
+//!   different message, as the clock may; either way no range is archived twice.
 //! - On revocation the archiver is told ([`Pulled::Revoked`]) and commits what it holds at
 //!   once (only whole cut commits are ever handed to it); what a revoked partition had
 //!   buffered is dropped, for its new owner to read from the manifest's offset. If another
@@ -381,6 +384,13 @@ pub struct KafkaSource {
     /// end-of-partition event names no topic: with several topics this errs toward cutting
     /// a quiet commit early, never toward holding one back).
     at_end: HashSet<i32>,
+    /// Partitions whose last commit was cut by its size (or by memory pressure): they are
+    /// reading a backlog, and what is left of it when they reach their end is cut then
+    /// ([`CutReason::Drained`]), not a flush interval later. A trickle's commits are cut
+    /// by time, so it never makes a commit per message this way.
+    draining: HashSet<(u16, i32)>,
+    /// How many messages each partition's last commit held (at most `max_messages`).
+    last_chunk_len: HashMap<(u16, i32), usize>,
     /// When the last message of any partition arrived.
     last_message: Instant,
     /// Cut commits and revocations, handed out one per pull.
@@ -448,6 +458,8 @@ impl KafkaSource {
             chunks: BTreeMap::new(),
             buffered: 0,
             at_end: HashSet::new(),
+            draining: HashSet::new(),
+            last_chunk_len: HashMap::new(),
             last_message: Instant::now(),
             out: VecDeque::new(),
             stopping: false,
@@ -509,8 +521,11 @@ impl KafkaSource {
             self.cut(key, CutReason::EventTime);
         }
         let len = record.body.len() as u64;
+        let last_len = &self.last_chunk_len;
         let c = self.chunks.entry(key).or_insert_with(|| Chunk {
-            records: Vec::new(),
+            // Sized like the partition's last commit: a backlog's commits hold thousands of
+            // messages, and growing the list by doubling copied it and faulted pages in.
+            records: Vec::with_capacity(last_len.get(&key).copied().unwrap_or(0)),
             bytes: 0,
             first_timestamp_ms: None,
             opened: Instant::now(),
@@ -556,6 +571,15 @@ impl KafkaSource {
                 .insert((topic, key.1, offset), Instant::now());
         }
         self.metrics.cut(reason);
+        self.last_chunk_len.insert(key, c.records.len());
+        match reason {
+            CutReason::Messages | CutReason::Bytes | CutReason::Pressure => {
+                self.draining.insert(key);
+            }
+            _ => {
+                self.draining.remove(&key);
+            }
+        }
         self.out.extend(c.records.into_iter().map(Pulled::Record));
         self.out.push_back(Pulled::Cut);
     }
@@ -589,6 +613,7 @@ impl KafkaSource {
             let Some(t) = self.topic_index(topic) else {
                 continue;
             };
+            self.draining.remove(&(t, *partition));
             if let Some(c) = self.chunks.remove(&(t, *partition)) {
                 self.buffered -= c.bytes;
                 if let Some(Position::Kafka { offset, .. }) = c.records.first().map(|r| r.position)
@@ -635,15 +660,20 @@ impl KafkaSource {
         let key = m
             .key()
             .map(|k| String::from_utf8_lossy(&k[..k.len().min(128)]).into_owned());
-        let origin = match key {
-            Some(k) => format!(
-                "kafka {}/{}@{} key={k:?}",
-                m.topic(),
-                m.partition(),
-                m.offset()
-            ),
-            None => format!("kafka {}/{}@{}", m.topic(), m.partition(), m.offset()),
-        };
+        // `kafka <topic>/<partition>@<offset>[ key="<key>"]`, built without `format!`: at a
+        // backlog's rate its machinery was a visible share of the reading thread.
+        let mut origin = String::with_capacity(m.topic().len() + 32);
+        origin.push_str("kafka ");
+        origin.push_str(m.topic());
+        origin.push('/');
+        origin.push_str(itoa::Buffer::new().format(m.partition()));
+        origin.push('@');
+        origin.push_str(itoa::Buffer::new().format(m.offset()));
+        if let Some(k) = key {
+            use std::fmt::Write as _;
+            // Writing to a String cannot fail.
+            let _ = write!(origin, " key={k:?}");
+        }
         let (body, shape) = if payload.len() > self.options.max_message_bytes {
             (
                 payload[..self.options.max_message_bytes.min(4096)].to_vec(),
@@ -796,6 +826,19 @@ impl Source for KafkaSource {
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
                     self.at_end.insert(partition);
+                    // The backlog is read either way: whatever arrives next is a trickle.
+                    let reached: Vec<(u16, i32)> = self
+                        .draining
+                        .iter()
+                        .filter(|k| k.1 == partition)
+                        .copied()
+                        .collect();
+                    for k in reached {
+                        self.draining.remove(&k);
+                        if self.chunks.contains_key(&k) {
+                            self.cut(k, CutReason::Drained);
+                        }
+                    }
                 }
                 Some(Err(e)) => {
                     // librdkafka retries broker errors itself; they are worth a line, not
