@@ -522,32 +522,31 @@ fn escapes(bs: u64, carry: bool) -> (u64, u64, bool) {
 /// past a run are overwritten by the next run, or lie past the text).
 #[inline]
 fn cut_runs(padded: &[u8; 80], cut: u64, dst: &mut [u8; 80]) {
+    // Before each run, `src - d` backslashes were cut.
     let (mut src, mut d, mut c) = (0usize, 0usize, cut);
     loop {
-        let p = if c == 0 {
+        let end = if c == 0 {
             64
         } else {
             c.trailing_zeros() as usize
         };
-        let (mut s2, mut d2, mut left) = (src, d, p - src);
+        let mut k = 0;
         loop {
             // `& 63` tells the compiler the copies are in bounds. It changes nothing: both
             // are below 64 (a run ends by the block's end), but for the empty last run after
             // a cut at the block's last byte (`src` 64), whose bytes land past the text.
-            let (s63, d63) = (s2 & 63, d2 & 63);
+            let (s63, d63) = ((src + k) & 63, (d + k) & 63);
             dst[d63..d63 + 16].copy_from_slice(&padded[s63..s63 + 16]);
-            if left <= 16 {
+            k += 16;
+            if k >= end - src {
                 break;
             }
-            left -= 16;
-            s2 += 16;
-            d2 += 16;
         }
-        d += p - src;
         if c == 0 {
             return;
         }
-        src = p + 1;
+        d += end - src;
+        src = end + 1;
         c &= c - 1;
     }
 }
