@@ -21,8 +21,8 @@ pub enum CutReason {
     EventTime,
     /// The partition went quiet for a flush interval (the one timed cut).
     Quiet,
-    /// The partition was read to its end right after a size cut: the rest of a backlog,
-    /// cut at once instead of a flush interval later.
+    /// The partition was read to its end right after a size cut of messages read before
+    /// its end: the rest of a backlog, cut at once instead of a flush interval later.
     Drained,
     /// More than `kafka_buffer_bytes` were buffered: the largest commit was cut early.
     Pressure,

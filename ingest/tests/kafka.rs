@@ -61,6 +61,9 @@ impl Member {
         properties.insert("session.timeout.ms".into(), "6000".into());
         properties.insert("heartbeat.interval.ms".into(), "500".into());
         properties.insert("topic.metadata.refresh.interval.ms".into(), "1000".into());
+        // The mock cluster answers a fetch with nothing new only after this wait, so
+        // messages sent further apart than it arrive one fetch each (the trickle below).
+        properties.insert("fetch.wait.max.ms".into(), "50".into());
         let source = KafkaSourceOptions {
             brokers: brokers.into(),
             topics: vec![topic.into()],
@@ -490,8 +493,8 @@ fn commits(archive_dir: &Path) -> Vec<(i64, i64, i64, u64)> {
 /// the clock or the interleaving of partitions happened to be: two members reading the
 /// same topic into two archives cut the same commits, with the same events in each. Each
 /// partition's tail, read to its end right after a size cut, is cut there (`drained`), not
-/// a flush interval later; a trickle after it waits for the clock (`quiet`), one commit for
-/// its messages, not one per message.
+/// a flush interval later; a trickle after it is cut by its size and then by the clock
+/// (`quiet`), never early at the partition's end, which it reaches after each message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_are_cut_by_the_records_so_a_second_reading_cuts_the_same_commits() {
     let mock = MockCluster::new(1).unwrap();
@@ -535,11 +538,13 @@ async fn commits_are_cut_by_the_records_so_a_second_reading_cuts_the_same_commit
         }
     }
 
-    // A trickle after the backlog: six messages to partition 0, 100 ms apart, read as each
-    // arrives at the partition's end. They are one commit, cut by the clock.
+    // A trickle after the backlog: six messages to partition 0, 200 ms apart, read as each
+    // arrives at the partition's end. Four are cut by their count, and the two left by the
+    // clock: the size cut of messages that reached the partition's end is no backlog's, so
+    // reaching the end again after it cuts nothing.
     let dir = tempfile::tempdir().unwrap();
     let cuts = CommitCuts {
-        max_messages: 40,
+        max_messages: 4,
         interval: Duration::from_secs(2),
         ..CommitCuts::default()
     };
@@ -554,7 +559,7 @@ async fn commits_are_cut_by_the_records_so_a_second_reading_cuts_the_same_commit
     let mut all = produced.clone();
     for seed in 0..6 {
         all.extend(produce(&p, "audit", 100 + seed, 1).await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     wait_rows(dir.path(), all.len(), 60).await;
     let metrics = m.get("/metrics").await.1;
@@ -566,8 +571,11 @@ async fn commits_are_cut_by_the_records_so_a_second_reading_cuts_the_same_commit
         .collect();
     assert_eq!(
         trickle.iter().map(|c| (c.1, c.2)).collect::<Vec<_>>(),
-        [(backlog_end + 1, backlog_end + 6)],
-        "the trickle in one commit"
+        [
+            (backlog_end + 1, backlog_end + 4),
+            (backlog_end + 5, backlog_end + 6)
+        ],
+        "the trickle cut by its count, then by the clock"
     );
     assert!(
         metrics.contains("auditlake_kafka_commit_cuts_total{reason=\"quiet\"} 1"),

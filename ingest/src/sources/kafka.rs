@@ -16,9 +16,10 @@
 //!   commits and files. Only a partition that has gone quiet (read to its end, or the whole
 //!   consumer idle) is cut by the clock, within `flush_interval_seconds`; memory pressure
 //!   (more buffered than `buffer_bytes`) cuts the largest partition early, counted. A
-//!   partition that reaches its end right after a size cut (the end of a backlog) is cut
-//!   then, not a flush interval later: a replay of a backlog may cut its last commit at a
-//!   different message, as the clock may; either way no range is archived twice.
+//!   partition that reaches its end right after a size cut of messages all read before
+//!   its end (the end of a backlog) is cut then, not a flush interval later: a replay of a
+//!   backlog may cut its last commit at a different message, as the clock may; either way
+//!   no range is archived twice.
 //! - On revocation the archiver is told ([`Pulled::Revoked`]) and commits what it holds at
 //!   once (only whole cut commits are ever handed to it); what a revoked partition had
 //!   buffered is dropped, for its new owner to read from the manifest's offset. If another
@@ -384,13 +385,8 @@ pub struct KafkaSource {
     /// end-of-partition event names no topic: with several topics this errs toward cutting
     /// a quiet commit early, never toward holding one back).
     at_end: HashSet<i32>,
-    /// Partitions whose last commit was cut by its size (or by memory pressure): they are
-    /// reading a backlog, and what is left of it when they reach their end is cut then
-    /// ([`CutReason::Drained`]), not a flush interval later. A trickle's commits are cut
-    /// by time, so it never makes a commit per message this way.
-    draining: HashSet<(u16, i32)>,
-    /// How many messages each partition's last commit held (at most `max_messages`).
-    last_chunk_len: HashMap<(u16, i32), usize>,
+    /// Each partition's last commit, as the next one needs it.
+    last_cut: HashMap<(u16, i32), LastCut>,
     /// When the last message of any partition arrived.
     last_message: Instant,
     /// Cut commits and revocations, handed out one per pull.
@@ -406,6 +402,21 @@ struct Chunk {
     /// The first message's timestamp (ms), when messages carry one.
     first_timestamp_ms: Option<i64>,
     opened: Instant,
+    /// The partition was read to its end while these messages came in: they are a live
+    /// stream's, not a backlog's.
+    reached_end: bool,
+}
+
+/// What a partition's last commit tells its next one.
+struct LastCut {
+    /// How many messages it held (at most `max_messages`): the next list is sized so.
+    len: usize,
+    /// It was cut by its size (or memory pressure) with the partition never read to its end
+    /// meanwhile: the partition is reading a backlog, and what is left of it when the end
+    /// is read is cut then ([`CutReason::Drained`]), not a flush interval later. A live
+    /// stream reaches its end as its commits fill, and a trickle's are cut by time, so
+    /// neither gets an early commit this way.
+    backlog: bool,
 }
 
 impl KafkaSource {
@@ -458,8 +469,7 @@ impl KafkaSource {
             chunks: BTreeMap::new(),
             buffered: 0,
             at_end: HashSet::new(),
-            draining: HashSet::new(),
-            last_chunk_len: HashMap::new(),
+            last_cut: HashMap::new(),
             last_message: Instant::now(),
             out: VecDeque::new(),
             stopping: false,
@@ -521,14 +531,15 @@ impl KafkaSource {
             self.cut(key, CutReason::EventTime);
         }
         let len = record.body.len() as u64;
-        let last_len = &self.last_chunk_len;
+        let last = &self.last_cut;
         let c = self.chunks.entry(key).or_insert_with(|| Chunk {
             // Sized like the partition's last commit: a backlog's commits hold thousands of
             // messages, and growing the list by doubling copied it and faulted pages in.
-            records: Vec::with_capacity(last_len.get(&key).copied().unwrap_or(0)),
+            records: Vec::with_capacity(last.get(&key).map_or(0, |l| l.len)),
             bytes: 0,
             first_timestamp_ms: None,
             opened: Instant::now(),
+            reached_end: false,
         });
         if c.first_timestamp_ms.is_none() {
             c.first_timestamp_ms = timestamp_ms;
@@ -571,15 +582,15 @@ impl KafkaSource {
                 .insert((topic, key.1, offset), Instant::now());
         }
         self.metrics.cut(reason);
-        self.last_chunk_len.insert(key, c.records.len());
-        match reason {
-            CutReason::Messages | CutReason::Bytes | CutReason::Pressure => {
-                self.draining.insert(key);
-            }
-            _ => {
-                self.draining.remove(&key);
-            }
-        }
+        let by_size = matches!(
+            reason,
+            CutReason::Messages | CutReason::Bytes | CutReason::Pressure
+        );
+        let last = LastCut {
+            len: c.records.len(),
+            backlog: by_size && !c.reached_end,
+        };
+        self.last_cut.insert(key, last);
         self.out.extend(c.records.into_iter().map(Pulled::Record));
         self.out.push_back(Pulled::Cut);
     }
@@ -606,6 +617,26 @@ impl KafkaSource {
         }
     }
 
+    /// A partition was read to its end: its open commit holds a live stream's messages,
+    /// or, right after a backlog's commit, the backlog's rest, which is cut now.
+    fn reached_end(&mut self, partition: i32) {
+        for (k, c) in &mut self.chunks {
+            c.reached_end |= k.1 == partition;
+        }
+        let mut rest = Vec::new();
+        for (k, last) in &mut self.last_cut {
+            // The backlog is read either way: what arrives next is a live stream's.
+            if k.1 == partition && std::mem::take(&mut last.backlog) {
+                rest.push(*k);
+            }
+        }
+        for k in rest {
+            if self.chunks.contains_key(&k) {
+                self.cut(k, CutReason::Drained);
+            }
+        }
+    }
+
     /// Drops what revoked partitions had buffered (their next owner reads it from the
     /// manifest's offset) and rewinds where this session would resume them.
     fn drop_revoked(&mut self, revoked: &[(String, i32)]) {
@@ -613,7 +644,7 @@ impl KafkaSource {
             let Some(t) = self.topic_index(topic) else {
                 continue;
             };
-            self.draining.remove(&(t, *partition));
+            self.last_cut.remove(&(t, *partition));
             if let Some(c) = self.chunks.remove(&(t, *partition)) {
                 self.buffered -= c.bytes;
                 if let Some(Position::Kafka { offset, .. }) = c.records.first().map(|r| r.position)
@@ -826,19 +857,7 @@ impl Source for KafkaSource {
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
                     self.at_end.insert(partition);
-                    // The backlog is read either way: whatever arrives next is a trickle.
-                    let reached: Vec<(u16, i32)> = self
-                        .draining
-                        .iter()
-                        .filter(|k| k.1 == partition)
-                        .copied()
-                        .collect();
-                    for k in reached {
-                        self.draining.remove(&k);
-                        if self.chunks.contains_key(&k) {
-                            self.cut(k, CutReason::Drained);
-                        }
-                    }
+                    self.reached_end(partition);
                 }
                 Some(Err(e)) => {
                     // librdkafka retries broker errors itself; they are worth a line, not
