@@ -377,6 +377,7 @@ impl Reader<'_> {
             }
         }
         let decoded = self.decode(&r, metrics)?;
+        self.source.recycle(r.body);
         Ok(Step::Record(Box::new(Decoded {
             tracked_seq: tracked.map(|(seq, _)| seq),
             ..decoded
@@ -394,6 +395,7 @@ impl Reader<'_> {
             origin,
             ..Decoded::of(&r)
         });
+        self.source.recycle(r.body);
     }
 
     /// Hands over the records held and their rows as one batch.

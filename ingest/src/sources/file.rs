@@ -41,11 +41,17 @@ pub struct FileSource {
     options: FileSourceOptions,
     /// An oversized line met while filling a chunk, handed out next.
     held: Option<SourceRecord>,
+    /// A decoded chunk's buffer given back ([`Source::recycle`]), the next chunk's.
+    spare: Option<Vec<u8>>,
     /// Decompressed bytes read.
     bytes_read: u64,
     started: Instant,
     last_progress: Instant,
 }
+
+/// Room past `chunk_bytes` for the line that fills a chunk, so that line rarely makes the
+/// buffer grow.
+const CHUNK_SLACK: usize = 64 << 10;
 
 /// How often a long read says how far it got.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -59,6 +65,7 @@ impl FileSource {
             current: None,
             options,
             held: None,
+            spare: None,
             bytes_read: 0,
             started: Instant::now(),
             last_progress: Instant::now(),
@@ -151,7 +158,11 @@ impl Source for FileSource {
                 });
                 self.next_input += 1;
             }
-            let mut chunk: Vec<u8> = Vec::new();
+            // Sized for a whole chunk up front: grown by doubling, each chunk was copied
+            // about once more and faulted in page by page.
+            let mut chunk = self.spare.take().unwrap_or_default();
+            chunk.clear();
+            chunk.reserve(self.options.chunk_bytes + CHUNK_SLACK);
             let mut start: Option<(u64, u64)> = None;
             let mut end = 0u64;
             let mut lines = 0usize;
@@ -251,6 +262,13 @@ impl Source for FileSource {
 
     fn marker(&self) -> Box<dyn Marker> {
         Box::new(FileMarker { ranges: Vec::new() })
+    }
+
+    fn recycle(&mut self, body: Vec<u8>) {
+        // A whole document's buffer (up to `max_document_bytes`) is not kept for chunks.
+        if body.capacity() <= 2 * (self.options.chunk_bytes + CHUNK_SLACK) {
+            self.spare = Some(body);
+        }
     }
 }
 

@@ -139,6 +139,9 @@ pub trait Source: Send {
     /// archiver's writing side, which may run behind the reading side: a mark covers the
     /// records written, never those only read ahead.
     fn marker(&self) -> Box<dyn Marker>;
+    /// Takes back the body of a record once it is decoded, so the source can read its next
+    /// record into the same memory instead of growing and faulting in a new buffer.
+    fn recycle(&mut self, _body: Vec<u8>) {}
 }
 
 /// Builds the [`SourceMark`] of each commit from the records that went into it.
