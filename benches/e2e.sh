@@ -5,6 +5,11 @@
 #
 #   benches/e2e.sh [EVENTS]        (default 380000 events, ~340 MB)
 #
+# ROUNDS=N (default 3) alternates the contenders N times and prints the median ratio.
+# BEFORE_BIN=path adds another auditlake build (say, the commit before a change) to every
+# round, so a change is measured beside the same DuckDB runs: this machine is shared and
+# DuckDB's own time moves by 30% between quiet and busy minutes.
+#
 # Needs: python3 with duckdb (`pip install duckdb`), /usr/bin/time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,10 +28,10 @@ BYTES=$(stat -c %s "$INPUT")
 # Warm the page cache for both contenders alike.
 cat "$INPUT" > /dev/null
 
-run_auditlake() {
+run_auditlake() { # BIN TIMEFILE
   rm -rf "$WORK/archive"
-  /usr/bin/time -f "%e %M" -o "$WORK/al.time" \
-    "$BIN" --log warn --archive "$WORK/archive" ingest --cluster bench "$INPUT" 2>"$WORK/al.log"
+  /usr/bin/time -f "%e %M" -o "$2" \
+    "$1" --log warn --archive "$WORK/archive" ingest --cluster bench "$INPUT" 2>"$WORK/al.log" >/dev/null
 }
 run_duckdb() {
   rm -f "$WORK/duck.parquet"
@@ -37,20 +42,38 @@ con.execute("SET threads TO 2")
 con.execute(f"COPY (SELECT * FROM read_json('{sys.argv[1]}')) TO '{sys.argv[2]}' (FORMAT parquet, COMPRESSION zstd)")
 PY
 }
+row() { # NAME TIMEFILE OUTPUT_BYTES
+  local s kb
+  read -r s kb < "$2"
+  awk -v w="$1" -v s="$s" -v b="$BYTES" -v e="$EVENTS" -v kb="$kb" -v o="$3" \
+    'BEGIN { printf "%-10s %8.2f %10.1f %12.1f %10.0f %12.1f\n", w, s, b/1e6/s, e/1e3/s, kb/1024, o/1e6 }'
+}
+secs() { cut -d' ' -f1 "$1"; }
+ratio() { # LABEL ROUND AUDITLAKE_TIMEFILE LIST
+  awk -v a="$(secs "$3")" -v d="$(secs "$WORK/duck.time")" -v r="$2" -v l="$1" -v out="$4" \
+    'BEGIN { printf "round %d: %s / duckdb throughput = %.2fx\n", r, l, d/a; printf "%f\n", d/a >> out }'
+}
+median() { sort -g "$1" | awk '{ v[NR] = $1 } END { if (NR) printf "%.2fx", (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 printf '%-10s %8s %10s %12s %10s %12s\n' run "secs" "MB/s" "k events/s" "peak MB" "output MB"
-for round in 1 2; do
-  run_auditlake
-  read -r al_s al_kb < "$WORK/al.time"
-  al_out=$(du -sb "$WORK/archive/events" | cut -f1)
+: > "$WORK/ratios"
+: > "$WORK/before_ratios"
+for round in $(seq 1 "${ROUNDS:-3}"); do
+  if [ -n "${BEFORE_BIN:-}" ]; then
+    run_auditlake "$BEFORE_BIN" "$WORK/before.time"
+    row "before#$round" "$WORK/before.time" "$(du -sb "$WORK/archive/events" | cut -f1)"
+  fi
+  run_auditlake "$BIN" "$WORK/al.time"
+  row "auditlake#$round" "$WORK/al.time" "$(du -sb "$WORK/archive/events" | cut -f1)"
   run_duckdb
-  read -r dk_s dk_kb < "$WORK/duck.time"
-  dk_out=$(stat -c %s "$WORK/duck.parquet")
-  for who in auditlake duckdb; do
-    if [ $who = auditlake ]; then s=$al_s; kb=$al_kb; out=$al_out; else s=$dk_s; kb=$dk_kb; out=$dk_out; fi
-    awk -v w="$who#$round" -v s="$s" -v b="$BYTES" -v e="$EVENTS" -v kb="$kb" -v o="$out" \
-      'BEGIN { printf "%-10s %8.2f %10.1f %12.1f %10.0f %12.1f\n", w, s, b/1e6/s, e/1e3/s, kb/1024, o/1e6 }'
-  done
-  awk -v a="$al_s" -v d="$dk_s" -v r="$round" 'BEGIN { printf "round %d: auditlake / duckdb throughput = %.2fx\n", r, d/a }'
+  row "duckdb#$round" "$WORK/duck.time" "$(stat -c %s "$WORK/duck.parquet")"
+  ratio auditlake "$round" "$WORK/al.time" "$WORK/ratios"
+  if [ -n "${BEFORE_BIN:-}" ]; then
+    ratio before "$round" "$WORK/before.time" "$WORK/before_ratios"
+  fi
 done
+echo "median auditlake / duckdb throughput: $(median "$WORK/ratios")"
+if [ -n "${BEFORE_BIN:-}" ]; then
+  echo "median before / duckdb throughput: $(median "$WORK/before_ratios")"
+fi
 echo "input: $EVENTS events, $(awk -v b="$BYTES" 'BEGIN{printf "%.1f", b/1e6}') MB; work dir $WORK"
