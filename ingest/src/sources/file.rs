@@ -322,6 +322,45 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_given_back_is_read_into_again_and_holds_only_the_next_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = (0..6).map(|i| format!("{{\"n\":{i}}}")).collect();
+        std::fs::write(dir.path().join("a.log"), lines.join("\n")).unwrap();
+        let inputs = Input::expand(&[dir.path().join("a.log")]).unwrap();
+        let mut s = FileSource::new(
+            inputs,
+            FileSourceOptions {
+                cluster: "c".into(),
+                max_event_bytes: 100,
+                max_document_bytes: 1 << 20,
+                chunk_bytes: 1 << 10,
+                chunk_lines: 2,
+            },
+        );
+        let mut bodies = Vec::new();
+        let mut buffers = Vec::new();
+        while let Pulled::Record(r) = s.pull(Duration::ZERO).unwrap() {
+            bodies.push(String::from_utf8(r.body.clone()).unwrap());
+            buffers.push((r.body.as_ptr(), r.body.capacity()));
+            s.recycle(r.body);
+        }
+        assert_eq!(
+            bodies,
+            [
+                format!("{}\n{}\n", lines[0], lines[1]),
+                format!("{}\n{}\n", lines[2], lines[3]),
+                format!("{}\n{}\n", lines[4], lines[5]),
+            ]
+        );
+        // One buffer, sized for a chunk once, served every chunk.
+        assert!(buffers.iter().all(|b| *b == buffers[0]), "{buffers:?}");
+        assert!(buffers[0].1 >= 1 << 10);
+        // A buffer far larger than a chunk (a whole document's) is not kept.
+        s.recycle(Vec::with_capacity(4 * (1 << 10) + 4 * CHUNK_SLACK));
+        assert!(s.spare.is_none());
+    }
+
+    #[test]
     fn lines_come_in_chunks_with_their_positions_and_the_marks_cover_every_byte() {
         let dir = tempfile::tempdir().unwrap();
         let long = "x".repeat(50);
