@@ -326,20 +326,31 @@ const fn escape_table() -> [u8; 256] {
 }
 static ESCAPES: [u8; 256] = escape_table();
 
-/// Bit masks of a 64-byte block: backslashes, quotes, bytes below 0x20 (never allowed in a
-/// JSON string) and bytes beyond ASCII, one bit per byte.
+/// Bit masks of 16 bytes: backslashes, quotes, bytes below 0x20 (never allowed in a JSON
+/// string) and bytes beyond ASCII, one bit per byte.
+#[inline]
+fn lane_masks(lanes: [u8; 16]) -> [u32; 4] {
+    let v = u8x16::new(lanes);
+    [
+        v.simd_eq(u8x16::splat(b'\\')).to_bitmask(),
+        v.simd_eq(u8x16::splat(b'"')).to_bitmask(),
+        v.simd_lt(u8x16::splat(0x20)).to_bitmask(),
+        v.to_bitmask(),
+    ]
+}
+
+/// [`lane_masks`] of a 64-byte block.
 #[inline]
 fn masks(block: &[u8; 64]) -> (u64, u64, u64, u64) {
-    let (backslash, quote, space) = (u8x16::splat(b'\\'), u8x16::splat(b'"'), u8x16::splat(0x20));
     let (mut bs, mut q, mut ctrl, mut high) = (0u64, 0u64, 0u64, 0u64);
     for (k, chunk) in block.chunks_exact(16).enumerate() {
         let mut lanes = [0u8; 16];
         lanes.copy_from_slice(chunk);
-        let v = u8x16::new(lanes);
-        bs |= u64::from(v.simd_eq(backslash).to_bitmask()) << (k * 16);
-        q |= u64::from(v.simd_eq(quote).to_bitmask()) << (k * 16);
-        ctrl |= u64::from(v.simd_lt(space).to_bitmask()) << (k * 16);
-        high |= u64::from(v.to_bitmask()) << (k * 16);
+        let [b, qq, c, h] = lane_masks(lanes).map(u64::from);
+        bs |= b << (k * 16);
+        q |= qq << (k * 16);
+        ctrl |= c << (k * 16);
+        high |= h << (k * 16);
     }
     (bs, q, ctrl, high)
 }
@@ -364,12 +375,9 @@ fn scan_string(bytes: &[u8], start: usize, mut out: Option<&mut Buffers>) -> Opt
     // Keys and short values: the closing quote in the first 16 bytes, with no backslash,
     // control byte or byte beyond ASCII before it.
     if let Some(Ok(chunk)) = bytes.get(start..start + 16).map(<[u8; 16]>::try_from) {
-        let v = u8x16::new(chunk);
-        let quotes = v.simd_eq(u8x16::splat(b'"')).to_bitmask();
-        let others = (v.simd_eq(u8x16::splat(b'\\')) | v.simd_lt(u8x16::splat(0x20))).to_bitmask()
-            | v.to_bitmask();
+        let [backslashes, quotes, ctrl, high] = lane_masks(chunk);
         let first = quotes & quotes.wrapping_neg();
-        if first != 0 && others & (first - 1) == 0 {
+        if first != 0 && (backslashes | ctrl | high) & (first - 1) == 0 {
             return Some((start + quotes.trailing_zeros() as usize, false));
         }
     }
