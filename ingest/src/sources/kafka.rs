@@ -617,9 +617,11 @@ impl KafkaSource {
         }
     }
 
-    /// A partition was read to its end: its open commit holds a live stream's messages,
-    /// or, right after a backlog's commit, the backlog's rest, which is cut now.
+    /// A partition was read to its end: its open commit holds a live stream's messages (and
+    /// is cut by [`Self::cut_quiet`] a flush interval after its first), or, right after a
+    /// backlog's commit, the backlog's rest, which is cut now.
     fn reached_end(&mut self, partition: i32) {
+        self.at_end.insert(partition);
         for (k, c) in &mut self.chunks {
             c.reached_end |= k.1 == partition;
         }
@@ -856,7 +858,6 @@ impl Source for KafkaSource {
                     }
                 }
                 Some(Err(KafkaError::PartitionEOF(partition))) => {
-                    self.at_end.insert(partition);
                     self.reached_end(partition);
                 }
                 Some(Err(e)) => {
