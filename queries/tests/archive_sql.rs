@@ -601,3 +601,62 @@ async fn a_location_that_holds_no_archive_is_an_error_naming_it() {
     assert!(e.contains("nope"), "{e}");
     assert!(!missing.exists(), "a reader created the directory");
 }
+
+/// The figure `name=N` in an `EXPLAIN ANALYZE` text.
+fn metric(plan: &str, name: &str) -> u64 {
+    let at = plan
+        .find(&format!("{name}="))
+        .unwrap_or_else(|| panic!("no {name} in {plan}"));
+    plan[at + name.len() + 1..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_users_first_actions_read_only_the_row_groups_that_can_hold_them() {
+    // An hour's events in arrival order, in 20 row groups: the first row groups hold the
+    // user's earliest actions, so once they are found the scan can skip the rest (the TopK
+    // threshold against each row group's time range). Reading the page index stopped that.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    std::fs::write(
+        &path,
+        TrafficGenerator::new(11, Mix::default()).ndjson(20_000),
+    )
+    .unwrap();
+    let archive = archive_at(&dir.path().join("archive"));
+    let mut options = IngestOptions::new("c1");
+    options.writer.row_group_rows = 1_000;
+    let s = auditlake_ingest::ingest(&archive, vec![Input::File(path)], options, None)
+        .await
+        .unwrap();
+    assert_eq!(s.events, 20_000);
+    let files = query(&archive, "SELECT count(DISTINCT hour) AS n FROM events").await;
+    assert_eq!(count(&files), 1, "the events should lie in one hour");
+    let top = rows_as_json(
+        &query(
+            &archive,
+            "SELECT user_username FROM events GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1",
+        )
+        .await,
+    );
+    let user = top[0]["user_username"].as_str().unwrap().to_string();
+    let sql = format!(
+        "SELECT request_received_at, audit_id, stage FROM events WHERE user_username = '{user}' \
+         ORDER BY request_received_at, audit_id, stage"
+    );
+    let first = rows_as_json(&query(&archive, &format!("{sql} LIMIT 5")).await);
+    let all = rows_as_json(&query(&archive, &sql).await);
+    assert!(all.len() > 100, "{} rows", all.len());
+    assert_eq!(first, all[..5]);
+    let plan = arrow::util::pretty::pretty_format_batches(
+        &query(&archive, &format!("EXPLAIN ANALYZE {sql} LIMIT 5")).await,
+    )
+    .unwrap()
+    .to_string();
+    let skipped = metric(&plan, "row_groups_pruned_dynamic_filter");
+    assert!(skipped >= 15, "{skipped} of 20 row groups skipped:\n{plan}");
+}
