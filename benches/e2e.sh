@@ -9,6 +9,8 @@
 # BEFORE_BIN=path adds another auditlake build (say, the commit before a change) to every
 # round, so a change is measured beside the same DuckDB runs: this machine is shared and
 # DuckDB's own time moves by 30% between quiet and busy minutes.
+# AUDITLAKE_BIN=path times that build instead of building one (PROFILE, default
+# ingest-bench: release on the ingest path; PROFILE=release builds what users run).
 #
 # Needs: python3 with duckdb (`pip install duckdb`), /usr/bin/time.
 set -euo pipefail
@@ -17,9 +19,12 @@ EVENTS=${1:-380000}
 WORK=${E2E_WORK:-$(mktemp -d /tmp/auditlake-e2e.XXXXXX)}
 mkdir -p "$WORK"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/auditlake-target}"
-PROFILE=ingest-bench
-cargo build --quiet --profile "$PROFILE" --bin auditlake
-BIN="$CARGO_TARGET_DIR/$PROFILE/auditlake"
+PROFILE=${PROFILE:-ingest-bench}
+BIN=${AUDITLAKE_BIN:-}
+if [ -z "$BIN" ]; then
+  cargo build --quiet --profile "$PROFILE" --bin auditlake
+  BIN="$CARGO_TARGET_DIR/$PROFILE/auditlake"
+fi
 python3 -c 'import duckdb' 2>/dev/null || pip install --quiet duckdb
 
 INPUT="$WORK/audit.ndjson"
