@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, SyncSender};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use auditlake_archive::{FileRange, SourceMark};
@@ -43,11 +42,13 @@ struct Current {
 
 /// Reads its inputs one after the other, on a thread of its own.
 pub struct FileSource {
-    /// The reading thread's records (`None` once dropping).
-    records: Option<Receiver<Result<Pulled, SourceError>>>,
+    /// The reading thread's records. Dropping the source drops this end: the thread then
+    /// stops at its next hand-over. It is not joined, since it may be blocked reading an
+    /// input that stays open (a pipe into stdin), and the failure that dropped the source
+    /// must not wait on it; the process's exit ends it.
+    records: Receiver<Result<Pulled, SourceError>>,
     /// Decoded chunks' buffers, back to the reading thread.
     spares: Sender<Vec<u8>>,
-    thread: Option<JoinHandle<()>>,
     progress: Arc<Progress>,
     chunk_bytes: usize,
     ended: bool,
@@ -96,22 +97,21 @@ impl FileSource {
         let (spares, spares_rx) = std::sync::mpsc::channel();
         let reader = ChunkReader::new(inputs, options);
         let shared = Arc::clone(&progress);
-        let thread = std::thread::Builder::new()
+        let started = std::thread::Builder::new()
             .name("auditlake-read".into())
             .spawn(move || read_ahead(reader, &records_tx, &spares_rx, &shared));
-        let (records, thread) = match thread {
-            Ok(t) => (records, Some(t)),
+        let records = match started {
+            Ok(_) => records,
             Err(e) => {
                 // No thread, no reading: the first pull says why.
                 let (tx, rx) = std::sync::mpsc::sync_channel(1);
                 let _ = tx.send(Err(SourceError(format!("starting the file reader: {e}"))));
-                (rx, None)
+                rx
             }
         };
         Self {
-            records: Some(records),
+            records,
             spares,
-            thread,
             progress,
             chunk_bytes,
             ended: false,
@@ -126,16 +126,6 @@ impl FileSource {
     /// Inputs opened so far.
     pub fn inputs_opened(&self) -> usize {
         self.progress.inputs_opened.load(Ordering::Relaxed) as usize
-    }
-}
-
-impl Drop for FileSource {
-    fn drop(&mut self) {
-        // The reading thread stops at its next hand-over once nobody receives.
-        drop(self.records.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }
 
@@ -229,9 +219,8 @@ impl Source for FileSource {
         }
         let got = self
             .records
-            .as_ref()
-            .and_then(|r| r.recv().ok())
-            .unwrap_or_else(|| Err(SourceError("the file reading thread stopped".into())));
+            .recv()
+            .unwrap_or_else(|_| Err(SourceError("the file reading thread stopped".into())));
         // After the end the reading thread is gone: say the end again. After an error, the
         // next pull says the reading stopped.
         self.ended = matches!(got, Ok(Pulled::End));
@@ -505,6 +494,33 @@ mod tests {
         let mut s = FileSource::new(inputs, options);
         assert!(matches!(s.pull(Duration::ZERO).unwrap(), Pulled::Record(_)));
         drop(s);
+    }
+
+    #[test]
+    fn dropping_the_source_does_not_wait_on_an_input_that_stays_open() {
+        // A pipe whose writer keeps it open (`tail -f ... | auditlake ingest -`): the reading
+        // thread is blocked in `read`, and a failure that drops the source must not hang.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("audit.pipe");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (_, _, options) = six_lines(dir.path());
+        let s = FileSource::new(vec![Input::File(fifo.clone())], options);
+        let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        std::io::Write::write_all(&mut writer, b"{\"n\":1}\n").unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(s);
+            let _ = done_tx.send(());
+        });
+        assert!(
+            done_rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "dropping the source waited on the open pipe"
+        );
+        drop(writer);
     }
 
     #[test]
