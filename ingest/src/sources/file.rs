@@ -2,7 +2,7 @@
 //! Event or EventList read whole, a line longer than `max_event_bytes` cut while reading and
 //! handed on as such (it is quarantined with its true length, never buffered whole).
 //!
-//! The reading runs on its own thread, a chunk or two ahead of the decoder: copying the file
+//! The reading runs on its own thread, a chunk ahead of the decoder: copying the file
 //! out of the page cache and cutting it into lines was a quarter of the decoding thread's
 //! time, and an ingest is as fast as that thread.
 
@@ -50,7 +50,6 @@ pub struct FileSource {
     /// Decoded chunks' buffers, back to the reading thread.
     spares: Sender<Vec<u8>>,
     progress: Arc<Progress>,
-    chunk_bytes: usize,
     ended: bool,
 }
 
@@ -92,7 +91,6 @@ impl FileSource {
     /// A source reading `inputs` in order; the reading starts at once, on its own thread.
     pub fn new(inputs: Vec<Input>, options: FileSourceOptions) -> Self {
         let progress = Arc::new(Progress::default());
-        let chunk_bytes = options.chunk_bytes;
         let (records_tx, records) = std::sync::mpsc::sync_channel(READ_AHEAD);
         let (spares, spares_rx) = std::sync::mpsc::channel();
         let reader = ChunkReader::new(inputs, options);
@@ -113,7 +111,6 @@ impl FileSource {
             records,
             spares,
             progress,
-            chunk_bytes,
             ended: false,
         }
     }
@@ -126,6 +123,39 @@ impl FileSource {
     /// Inputs opened so far.
     pub fn inputs_opened(&self) -> usize {
         self.progress.inputs_opened.load(Ordering::Relaxed) as usize
+    }
+}
+
+impl Source for FileSource {
+    fn kind(&self) -> SourceKind {
+        SourceKind::File
+    }
+
+    fn resends(&self) -> bool {
+        false
+    }
+
+    fn pull(&mut self, _wait: Duration) -> Result<Pulled, SourceError> {
+        if self.ended {
+            return Ok(Pulled::End);
+        }
+        let got = self
+            .records
+            .recv()
+            .unwrap_or_else(|_| Err(SourceError("the file reading thread stopped".into())));
+        // After the end the reading thread is gone: say the end again. After an error, the
+        // next pull says the reading stopped.
+        self.ended = matches!(got, Ok(Pulled::End));
+        got
+    }
+
+    fn marker(&self) -> Box<dyn Marker> {
+        Box::new(FileMarker { ranges: Vec::new() })
+    }
+
+    fn recycle(&mut self, body: Vec<u8>) {
+        // The reading thread keeps it or not; if it has ended, the buffer is simply freed.
+        let _ = self.spares.send(body);
     }
 }
 
@@ -202,45 +232,7 @@ impl ChunkReader {
             archived: false,
         }
     }
-}
 
-impl Source for FileSource {
-    fn kind(&self) -> SourceKind {
-        SourceKind::File
-    }
-
-    fn resends(&self) -> bool {
-        false
-    }
-
-    fn pull(&mut self, _wait: Duration) -> Result<Pulled, SourceError> {
-        if self.ended {
-            return Ok(Pulled::End);
-        }
-        let got = self
-            .records
-            .recv()
-            .unwrap_or_else(|_| Err(SourceError("the file reading thread stopped".into())));
-        // After the end the reading thread is gone: say the end again. After an error, the
-        // next pull says the reading stopped.
-        self.ended = matches!(got, Ok(Pulled::End));
-        got
-    }
-
-    fn marker(&self) -> Box<dyn Marker> {
-        Box::new(FileMarker { ranges: Vec::new() })
-    }
-
-    fn recycle(&mut self, body: Vec<u8>) {
-        // A whole document's buffer (up to `max_document_bytes`) is not kept for chunks.
-        if body.capacity() <= 2 * (self.chunk_bytes + CHUNK_SLACK) {
-            // The reading thread may have ended: the buffer is then simply freed.
-            let _ = self.spares.send(body);
-        }
-    }
-}
-
-impl ChunkReader {
     fn new(inputs: Vec<Input>, options: FileSourceOptions) -> Self {
         Self {
             inputs,
@@ -255,7 +247,8 @@ impl ChunkReader {
         }
     }
 
-    /// Takes a decoded chunk's buffer to read the next chunk into.
+    /// Takes a decoded chunk's buffer to read the next chunk into; a whole document's
+    /// buffer (up to `max_document_bytes`) is not kept for chunks.
     fn recycle(&mut self, body: Vec<u8>) {
         if body.capacity() <= 2 * (self.options.chunk_bytes + CHUNK_SLACK) {
             self.spare = Some(body);
