@@ -1,14 +1,7 @@
 //! Files (and stdin) as a source: NDJSON read in chunks of whole lines, a pretty-printed
 //! Event or EventList read whole, a line longer than `max_event_bytes` cut while reading and
 //! handed on as such (it is quarantined with its true length, never buffered whole).
-//!
-//! The reading runs on its own thread, a chunk ahead of the decoder: copying the file
-//! out of the page cache and cutting it into lines was a quarter of the decoding thread's
-//! time, and an ingest is as fast as that thread.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::time::{Duration, Instant};
 
 use auditlake_archive::{FileRange, SourceMark};
@@ -40,32 +33,8 @@ struct Current {
     first: bool,
 }
 
-/// Reads its inputs one after the other, on a thread of its own.
+/// Reads its inputs one after the other.
 pub struct FileSource {
-    /// The reading thread's records. Dropping the source drops this end: the thread then
-    /// stops at its next hand-over. It is not joined, since it may be blocked reading an
-    /// input that stays open (a pipe into stdin), and the failure that dropped the source
-    /// must not wait on it; the process's exit ends it.
-    records: Receiver<Result<Pulled, SourceError>>,
-    /// Decoded chunks' buffers, back to the reading thread.
-    spares: Sender<Vec<u8>>,
-    progress: Arc<Progress>,
-    ended: bool,
-}
-
-/// How far the reading thread got.
-#[derive(Default)]
-struct Progress {
-    bytes_read: AtomicU64,
-    inputs_opened: AtomicU64,
-}
-
-/// Chunks buffered between the reading thread and the decoder (besides the one being read
-/// and the one being decoded): enough to ride out an uneven chunk, ~7 MB each by default.
-const READ_AHEAD: usize = 1;
-
-/// The reading itself: inputs to chunks of whole lines.
-struct ChunkReader {
     inputs: Vec<Input>,
     next_input: usize,
     current: Option<Current>,
@@ -88,104 +57,31 @@ const CHUNK_SLACK: usize = 64 << 10;
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
 impl FileSource {
-    /// A source reading `inputs` in order; the reading starts at once, on its own thread.
+    /// A source reading `inputs` in order.
     pub fn new(inputs: Vec<Input>, options: FileSourceOptions) -> Self {
-        let progress = Arc::new(Progress::default());
-        let (records_tx, records) = std::sync::mpsc::sync_channel(READ_AHEAD);
-        let (spares, spares_rx) = std::sync::mpsc::channel();
-        let reader = ChunkReader::new(inputs, options);
-        let shared = Arc::clone(&progress);
-        let started = std::thread::Builder::new()
-            .name("auditlake-read".into())
-            .spawn(move || read_ahead(reader, &records_tx, &spares_rx, &shared));
-        let records = match started {
-            Ok(_) => records,
-            Err(e) => {
-                // No thread, no reading: the first pull says why.
-                let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                let _ = tx.send(Err(SourceError(format!("starting the file reader: {e}"))));
-                rx
-            }
-        };
         Self {
-            records,
-            spares,
-            progress,
-            ended: false,
+            inputs,
+            next_input: 0,
+            current: None,
+            options,
+            held: None,
+            spare: None,
+            bytes_read: 0,
+            started: Instant::now(),
+            last_progress: Instant::now(),
         }
     }
 
     /// Decompressed bytes read so far.
     pub fn bytes_read(&self) -> u64 {
-        self.progress.bytes_read.load(Ordering::Relaxed)
+        self.bytes_read
     }
 
     /// Inputs opened so far.
     pub fn inputs_opened(&self) -> usize {
-        self.progress.inputs_opened.load(Ordering::Relaxed) as usize
-    }
-}
-
-impl Source for FileSource {
-    fn kind(&self) -> SourceKind {
-        SourceKind::File
+        self.next_input
     }
 
-    fn resends(&self) -> bool {
-        false
-    }
-
-    fn pull(&mut self, _wait: Duration) -> Result<Pulled, SourceError> {
-        if self.ended {
-            return Ok(Pulled::End);
-        }
-        let got = self
-            .records
-            .recv()
-            .unwrap_or_else(|_| Err(SourceError("the file reading thread stopped".into())));
-        // After the end the reading thread is gone: say the end again. After an error, the
-        // next pull says the reading stopped.
-        self.ended = matches!(got, Ok(Pulled::End));
-        got
-    }
-
-    fn marker(&self) -> Box<dyn Marker> {
-        Box::new(FileMarker { ranges: Vec::new() })
-    }
-
-    fn recycle(&mut self, body: Vec<u8>) {
-        // The reading thread keeps it or not; if it has ended, the buffer is simply freed.
-        let _ = self.spares.send(body);
-    }
-}
-
-/// The reading thread: chunks handed over in order until the end, an error, or until the
-/// source is dropped.
-fn read_ahead(
-    mut reader: ChunkReader,
-    records: &SyncSender<Result<Pulled, SourceError>>,
-    spares: &Receiver<Vec<u8>>,
-    progress: &Progress,
-) {
-    loop {
-        while let Ok(body) = spares.try_recv() {
-            reader.recycle(body);
-        }
-        let pulled = reader.pull();
-        progress
-            .bytes_read
-            .store(reader.bytes_read, Ordering::Relaxed);
-        progress
-            .inputs_opened
-            .store(reader.next_input as u64, Ordering::Relaxed);
-        let last = !matches!(pulled, Ok(Pulled::Record(_)));
-        if records.send(pulled).is_err() || last {
-            return;
-        }
-    }
-}
-
-impl ChunkReader {
     /// Hands `r` out (and says how far the reading got, now and then).
     fn hand_out(&mut self, r: SourceRecord) -> Pulled {
         if self.last_progress.elapsed() >= PROGRESS_EVERY {
@@ -232,31 +128,18 @@ impl ChunkReader {
             archived: false,
         }
     }
+}
 
-    fn new(inputs: Vec<Input>, options: FileSourceOptions) -> Self {
-        Self {
-            inputs,
-            next_input: 0,
-            current: None,
-            options,
-            held: None,
-            spare: None,
-            bytes_read: 0,
-            started: Instant::now(),
-            last_progress: Instant::now(),
-        }
+impl Source for FileSource {
+    fn kind(&self) -> SourceKind {
+        SourceKind::File
     }
 
-    /// Takes a decoded chunk's buffer to read the next chunk into; a whole document's
-    /// buffer (up to `max_document_bytes`) is not kept for chunks.
-    fn recycle(&mut self, body: Vec<u8>) {
-        if body.capacity() <= 2 * (self.options.chunk_bytes + CHUNK_SLACK) {
-            self.spare = Some(body);
-        }
+    fn resends(&self) -> bool {
+        false
     }
 
-    /// The next record (or the end) of the inputs.
-    fn pull(&mut self) -> Result<Pulled, SourceError> {
+    fn pull(&mut self, _wait: Duration) -> Result<Pulled, SourceError> {
         if let Some(r) = self.held.take() {
             return Ok(self.hand_out(r));
         }
@@ -376,6 +259,17 @@ impl ChunkReader {
             // An input of blank lines only: on to the next one.
         }
     }
+
+    fn marker(&self) -> Box<dyn Marker> {
+        Box::new(FileMarker { ranges: Vec::new() })
+    }
+
+    fn recycle(&mut self, body: Vec<u8>) {
+        // A whole document's buffer (up to `max_document_bytes`) is not kept for chunks.
+        if body.capacity() <= 2 * (self.options.chunk_bytes + CHUNK_SLACK) {
+            self.spare = Some(body);
+        }
+    }
 }
 
 /// The byte ranges of the inputs a commit covers, contiguous stretches merged.
@@ -427,28 +321,25 @@ mod tests {
         }
     }
 
-    fn six_lines(dir: &std::path::Path) -> (Vec<String>, Vec<Input>, FileSourceOptions) {
-        let lines: Vec<String> = (0..6).map(|i| format!("{{\"n\":{i}}}")).collect();
-        std::fs::write(dir.join("a.log"), lines.join("\n")).unwrap();
-        let inputs = Input::expand(&[dir.join("a.log")]).unwrap();
-        let options = FileSourceOptions {
-            cluster: "c".into(),
-            max_event_bytes: 100,
-            max_document_bytes: 1 << 20,
-            chunk_bytes: 1 << 10,
-            chunk_lines: 2,
-        };
-        (lines, inputs, options)
-    }
-
     #[test]
     fn a_chunk_given_back_is_read_into_again_and_holds_only_the_next_lines() {
         let dir = tempfile::tempdir().unwrap();
-        let (lines, inputs, options) = six_lines(dir.path());
-        let mut s = ChunkReader::new(inputs, options);
+        let lines: Vec<String> = (0..6).map(|i| format!("{{\"n\":{i}}}")).collect();
+        std::fs::write(dir.path().join("a.log"), lines.join("\n")).unwrap();
+        let inputs = Input::expand(&[dir.path().join("a.log")]).unwrap();
+        let mut s = FileSource::new(
+            inputs,
+            FileSourceOptions {
+                cluster: "c".into(),
+                max_event_bytes: 100,
+                max_document_bytes: 1 << 20,
+                chunk_bytes: 1 << 10,
+                chunk_lines: 2,
+            },
+        );
         let mut bodies = Vec::new();
         let mut buffers = Vec::new();
-        while let Pulled::Record(r) = s.pull().unwrap() {
+        while let Pulled::Record(r) = s.pull(Duration::ZERO).unwrap() {
             bodies.push(String::from_utf8(r.body.clone()).unwrap());
             buffers.push((r.body.as_ptr(), r.body.capacity()));
             s.recycle(r.body);
@@ -465,55 +356,8 @@ mod tests {
         assert!(buffers.iter().all(|b| *b == buffers[0]), "{buffers:?}");
         assert!(buffers[0].1 >= 1 << 10);
         // A buffer far larger than a chunk (a whole document's) is not kept.
-        s.spare = None;
         s.recycle(Vec::with_capacity(4 * (1 << 10) + 4 * CHUNK_SLACK));
         assert!(s.spare.is_none());
-    }
-
-    #[test]
-    fn the_reading_thread_hands_over_every_chunk_in_order_and_stops_when_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let (lines, inputs, options) = six_lines(dir.path());
-        let mut s = FileSource::new(inputs.clone(), options.clone());
-        let mut bodies = Vec::new();
-        while let Pulled::Record(r) = s.pull(Duration::ZERO).unwrap() {
-            bodies.push(String::from_utf8(r.body.clone()).unwrap());
-            s.recycle(r.body);
-        }
-        assert_eq!(bodies.concat(), format!("{}\n", lines.join("\n")));
-        assert!(matches!(s.pull(Duration::ZERO).unwrap(), Pulled::End));
-        assert_eq!(s.inputs_opened(), 1);
-        // Dropped mid-way, with the reader blocked handing over a chunk: the drop returns.
-        let mut s = FileSource::new(inputs, options);
-        assert!(matches!(s.pull(Duration::ZERO).unwrap(), Pulled::Record(_)));
-        drop(s);
-    }
-
-    #[test]
-    fn dropping_the_source_does_not_wait_on_an_input_that_stays_open() {
-        // A pipe whose writer keeps it open (`tail -f ... | auditlake ingest -`): the reading
-        // thread is blocked in `read`, and a failure that drops the source must not hang.
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("audit.pipe");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(made.success());
-        let (_, _, options) = six_lines(dir.path());
-        let s = FileSource::new(vec![Input::File(fifo.clone())], options);
-        let mut writer = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
-        std::io::Write::write_all(&mut writer, b"{\"n\":1}\n").unwrap();
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            drop(s);
-            let _ = done_tx.send(());
-        });
-        assert!(
-            done_rx.recv_timeout(Duration::from_secs(10)).is_ok(),
-            "dropping the source waited on the open pipe"
-        );
-        drop(writer);
     }
 
     #[test]
