@@ -84,8 +84,8 @@ fn read_only() -> SQLOptions {
 /// inside a file, so it selects every row; and DataFusion 55 turns off its TopK row-group
 /// pruning whenever the page index produced a row selection, even one selecting all rows
 /// (apache/datafusion#24355). With it read, "one user's first actions" decoded every row
-/// group of an hour's file instead of the first (`benches/query.sh`: 2.5x DuckDB's time
-/// against 1.2-1.4x).
+/// group of an hour's file instead of the first (`benches/query.sh`: 2.9-3.3x DuckDB's time
+/// against 1.3-1.4x, release builds).
 ///
 /// As in `datafusion-cli`, any DataFusion setting can be overridden by its environment
 /// variable (`datafusion.execution.batch_size` is `DATAFUSION_EXECUTION_BATCH_SIZE`); an
