@@ -6,7 +6,6 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, SchemaRef};
 use auditlake_archive::{Archive, ArchiveError, AttestedFiles, Table};
 use auditlake_schema::{events_file_schema, findings_file_schema, rbac_history_file_schema};
-use datafusion::config::TableParquetOptions;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -169,12 +168,10 @@ fn register_listing(
             url: archive_url.to_string(),
             message: e.to_string(),
         })?;
-    // The session's Parquet settings, not the format's defaults: a table's own options would
-    // otherwise ignore `analyst_config` and the `DATAFUSION_EXECUTION_PARQUET_*` variables.
-    let parquet = TableParquetOptions {
-        global: ctx.copied_config().options().execution.parquet.clone(),
-        ..TableParquetOptions::default()
-    };
+    // The session's Parquet settings (as `CREATE EXTERNAL TABLE` takes them), not the
+    // format's defaults, which would ignore `analyst_config` and the
+    // `DATAFUSION_EXECUTION_PARQUET_*` variables.
+    let parquet = ctx.state().default_table_options().parquet;
     let options = ListingOptions::new(Arc::new(ParquetFormat::default().with_options(parquet)))
         .with_file_extension(".parquet")
         .with_table_partition_cols(
