@@ -26,7 +26,12 @@ impl FindingsTable {
     /// An empty table buffer; `run_id` goes into file names.
     pub(crate) fn new(run_id: &str) -> Self {
         Self {
-            buffer: TableBuffer::new(Table::Findings, findings_file_schema(), run_id),
+            buffer: TableBuffer::new(
+                Table::Findings,
+                findings_file_schema(),
+                run_id,
+                findings_batch,
+            ),
         }
     }
 
@@ -43,7 +48,7 @@ impl FindingsTable {
 
     /// The waiting findings as Parquet files (one per cluster and day).
     pub(crate) fn take_files(&mut self) -> Result<Vec<FinishedFile>, String> {
-        self.buffer.take_files(findings_batch)
+        self.buffer.take_files()
     }
 }
 

@@ -149,8 +149,14 @@ impl RbacDrift {
             baseline,
             state: HashMap::new(),
             evicted: Default::default(),
-            history: run_id
-                .map(|id| TableBuffer::new(Table::RbacHistory, rbac_history_file_schema(), id)),
+            history: run_id.map(|id| {
+                TableBuffer::new(
+                    Table::RbacHistory,
+                    rbac_history_file_schema(),
+                    id,
+                    history_batch,
+                )
+            }),
         }
     }
 
@@ -417,7 +423,7 @@ impl RbacDrift {
     /// Versions recorded since the last call, as `rbac_history` Parquet files.
     pub fn take_files(&mut self) -> Result<Vec<FinishedFile>, String> {
         match &mut self.history {
-            Some(h) => h.take_files(history_batch),
+            Some(h) => h.take_files(),
             None => Ok(Vec::new()),
         }
     }

@@ -43,5 +43,5 @@ pub use manifest::{
     MANIFEST_FORMAT_V1, MANIFEST_FORMAT_V2, ManifestFile, ManifestQuarantine, ManifestRecord,
     RemovedFile, RetentionInfo, SourceMark,
 };
-pub use parquet_properties::{ParquetSettings, encode_file, writer_properties};
+pub use parquet_properties::{ParquetSettings, TableFileEncoder, encode_file, writer_properties};
 pub use quarantine::{quarantine_line, quarantine_ndjson, quarantine_weight};

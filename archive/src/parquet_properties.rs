@@ -92,6 +92,36 @@ pub fn writer_properties(table: Table, settings: ParquetSettings) -> WriterPrope
     props.build()
 }
 
+/// A Parquet file of `table` encoded batch by batch as rows arrive, so the work is spread
+/// over a run instead of all falling on the commit that takes the file.
+pub struct TableFileEncoder {
+    writer: ArrowWriter<Vec<u8>>,
+}
+
+impl TableFileEncoder {
+    /// An empty file of `table` with `schema`.
+    pub fn new(
+        table: Table,
+        schema: &SchemaRef,
+        settings: ParquetSettings,
+    ) -> Result<Self, parquet::errors::ParquetError> {
+        let props = writer_properties(table, settings);
+        Ok(Self {
+            writer: ArrowWriter::try_new(Vec::new(), Arc::clone(schema), Some(props))?,
+        })
+    }
+
+    /// Encodes `batch` into the file.
+    pub fn write(&mut self, batch: &RecordBatch) -> Result<(), parquet::errors::ParquetError> {
+        self.writer.write(batch)
+    }
+
+    /// Closes the file (its last row group and footer) and returns its bytes.
+    pub fn finish(self) -> Result<Vec<u8>, parquet::errors::ParquetError> {
+        self.writer.into_inner()
+    }
+}
+
 /// Encodes one batch as a whole Parquet file of `table`.
 pub fn encode_file(
     table: Table,
