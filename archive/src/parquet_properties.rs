@@ -129,10 +129,9 @@ pub fn encode_file(
     batch: &RecordBatch,
     settings: ParquetSettings,
 ) -> Result<Vec<u8>, parquet::errors::ParquetError> {
-    let props = writer_properties(table, settings);
-    let mut writer = ArrowWriter::try_new(Vec::new(), Arc::clone(schema), Some(props))?;
-    writer.write(batch)?;
-    writer.into_inner()
+    let mut file = TableFileEncoder::new(table, schema, settings)?;
+    file.write(batch)?;
+    file.finish()
 }
 
 #[cfg(test)]
