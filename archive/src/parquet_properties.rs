@@ -63,7 +63,14 @@ pub fn writer_properties(table: Table, settings: ParquetSettings) -> WriterPrope
         for c in [col::AUDIT_ID, col::USER_USERNAME] {
             props = props
                 .set_column_bloom_filter_enabled(ColumnPath::from(c), true)
-                .set_column_bloom_filter_fpp(ColumnPath::from(c), 0.01);
+                .set_column_bloom_filter_fpp(ColumnPath::from(c), 0.01)
+                // Sized for a row group's rows (the most distinct values it can hold), not
+                // parquet's default of a million: each filter was a 2 MiB array zeroed, faulted
+                // in and scattered over per row group, then folded down to ~64 KiB anyway.
+                .set_column_bloom_filter_max_ndv(
+                    ColumnPath::from(c),
+                    u64::try_from(settings.row_group_rows).unwrap_or(u64::MAX),
+                );
         }
         // Nearly all distinct: a dictionary would only be built, overflow its page limit and
         // be dropped, leaving dictionary-coded and plain pages that compress worse than plain
@@ -143,6 +150,24 @@ mod tests {
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
     use super::*;
+
+    #[test]
+    fn bloom_filters_are_sized_for_a_row_group_not_for_a_million_values() {
+        let settings = ParquetSettings {
+            row_group_rows: 4096,
+            ..ParquetSettings::default()
+        };
+        let props = writer_properties(Table::Events, settings);
+        for c in [col::AUDIT_ID, col::USER_USERNAME] {
+            let bloom = props
+                .bloom_filter_properties(&ColumnPath::from(c))
+                .unwrap_or_else(|| panic!("{c} has no bloom filter"));
+            assert_eq!(bloom.ndv(), 4096, "{c}");
+            assert_eq!(bloom.fpp(), 0.01, "{c}");
+        }
+        let none = props.bloom_filter_properties(&ColumnPath::from(col::VERB));
+        assert!(none.is_none(), "only the two lookup columns carry one");
+    }
 
     #[test]
     fn json_document_columns_carry_no_statistics_and_the_others_do() {

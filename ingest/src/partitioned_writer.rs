@@ -23,6 +23,9 @@ use parquet::file::properties::WriterProperties;
 
 use crate::error::IngestError;
 
+/// The most address space a file's buffer reserves up front; a larger file grows past it.
+const MAX_RESERVE: usize = 256 << 20;
+
 /// Sizes of the files the writer produces.
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
@@ -259,8 +262,16 @@ impl PartitionedWriter {
             .map_err(|e| IngestError::Pipeline(format!("projecting batch: {e}")))?;
         if !self.open.contains_key(&key) {
             let props = self.properties.clone();
+            // Room for the whole file up front (address space only: pages are touched as
+            // the file grows). Grown by doubling, a 15 MB file was copied four more times
+            // and every new buffer faulted in afresh.
+            let capacity = self
+                .options
+                .max_file_bytes
+                .saturating_add(1 << 20)
+                .min(MAX_RESERVE);
             let writer = ArrowWriter::try_new(
-                Vec::with_capacity(64 << 10),
+                Vec::with_capacity(capacity),
                 events_file_schema(),
                 Some(props),
             )?;
