@@ -104,7 +104,7 @@ impl<R> TableBuffer<R> {
         }
         let mut files = Vec::new();
         for ((cluster, date), mut file) in std::mem::take(&mut self.pending) {
-            let bytes = encode_waiting(&mut file, &self.schema, self.to_batch)
+            let (bytes, sha256) = encode_waiting(&mut file, &self.schema, self.to_batch)
                 .and_then(|()| file.encoder.finish().map_err(|e| e.to_string()))
                 .map_err(|e| encode_error(self.table, e))?;
             self.files_written += 1;
@@ -122,6 +122,7 @@ impl<R> TableBuffer<R> {
                 rows: file.rows,
                 cluster,
                 bytes: bytes.into(),
+                sha256,
             });
         }
         Ok(files)

@@ -311,13 +311,20 @@ impl Archive {
         .map_err(std::io::Error::other)?
     }
 
-    /// Puts one file a commit will name and returns its SHA-256 (hex) and size.
+    /// Puts one file a commit will name, whose SHA-256 its maker took, and returns the
+    /// digest (hex) and size.
     async fn put_evidence(
         &self,
         relative: &str,
         body: bytes::Bytes,
+        sha256: &[u8; 32],
     ) -> Result<(String, u64), ArchiveError> {
-        let sha256 = hex::encode(Sha256::digest(&body));
+        debug_assert_eq!(
+            Sha256::digest(&body)[..],
+            sha256[..],
+            "{relative}: the digest its maker took is not of its bytes"
+        );
+        let sha256 = hex::encode(sha256);
         let bytes = body.len() as u64;
         let span = tracing::debug_span!("put_file", path = %relative, bytes);
         self.put(relative, body, PutMode::Overwrite)
@@ -412,7 +419,7 @@ impl Archive {
         let mut entries = Vec::with_capacity(contents.files.len());
         for f in &contents.files {
             let rel = &f.relative_path;
-            let (sha256, bytes) = self.put_evidence(rel, f.bytes.clone()).await?;
+            let (sha256, bytes) = self.put_evidence(rel, f.bytes.clone(), &f.sha256).await?;
             entries.push(ManifestFile {
                 table: f.table.name().to_string(),
                 path: rel.clone(),

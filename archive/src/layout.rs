@@ -72,6 +72,9 @@ pub struct FinishedFile {
     pub cluster: String,
     /// The file's bytes (shared, so a commit that is retried never copies them).
     pub bytes: bytes::Bytes,
+    /// SHA-256 of `bytes`, taken by whoever made them (see [`crate::HashedBuffer`]); the
+    /// manifest records it.
+    pub sha256: [u8; 32],
     /// Number of rows (events, findings, RBAC versions).
     pub rows: u64,
     /// Earliest row time (µs): `request_received_at` for events, the time of the finding or

@@ -12,6 +12,7 @@ mod checkpoint;
 pub mod completeness;
 mod error;
 mod failpoint;
+mod hashed_buffer;
 mod kafka_progress;
 pub mod layout;
 mod location;
@@ -31,6 +32,7 @@ pub use attested::{AttestedFile, AttestedFiles, AttestedStore};
 pub use checkpoint::{CHECKPOINT_EVERY, CHECKPOINT_FORMAT, CHECKPOINTS_DIR};
 pub use error::ArchiveError;
 pub use failpoint::failpoint;
+pub use hashed_buffer::HashedBuffer;
 pub use kafka_progress::KafkaProgress;
 pub use layout::{
     DAY_MICROS, DERIVED_PARTITION_COLUMNS, EVENTS_PARTITION_COLUMNS, FinishedFile, HOUR_MICROS,

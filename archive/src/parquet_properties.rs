@@ -11,6 +11,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
+use crate::HashedBuffer;
 use crate::layout::Table;
 
 /// Tunables of the Parquet files (the rest is fixed by [`writer_properties`]).
@@ -102,7 +103,7 @@ pub fn writer_properties(table: Table, settings: ParquetSettings) -> WriterPrope
 /// A Parquet file of `table` encoded batch by batch as rows arrive, so the work is spread
 /// over a run instead of all falling on the commit that takes the file.
 pub struct TableFileEncoder {
-    writer: ArrowWriter<Vec<u8>>,
+    writer: ArrowWriter<HashedBuffer>,
 }
 
 impl TableFileEncoder {
@@ -114,7 +115,11 @@ impl TableFileEncoder {
     ) -> Result<Self, parquet::errors::ParquetError> {
         let props = writer_properties(table, settings);
         Ok(Self {
-            writer: ArrowWriter::try_new(Vec::new(), Arc::clone(schema), Some(props))?,
+            writer: ArrowWriter::try_new(
+                HashedBuffer::with_capacity(0),
+                Arc::clone(schema),
+                Some(props),
+            )?,
         })
     }
 
@@ -123,9 +128,10 @@ impl TableFileEncoder {
         self.writer.write(batch)
     }
 
-    /// Closes the file (its last row group and footer) and returns its bytes.
-    pub fn finish(self) -> Result<Vec<u8>, parquet::errors::ParquetError> {
-        self.writer.into_inner()
+    /// Closes the file (its last row group and footer) and returns its bytes and their
+    /// SHA-256.
+    pub fn finish(self) -> Result<(Vec<u8>, [u8; 32]), parquet::errors::ParquetError> {
+        Ok(self.writer.into_inner()?.finish())
     }
 }
 
@@ -138,7 +144,7 @@ pub fn encode_file(
 ) -> Result<Vec<u8>, parquet::errors::ParquetError> {
     let mut file = TableFileEncoder::new(table, schema, settings)?;
     file.write(batch)?;
-    file.finish()
+    Ok(file.finish()?.0)
 }
 
 #[cfg(test)]

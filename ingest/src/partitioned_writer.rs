@@ -9,7 +9,8 @@
 use std::collections::BTreeMap;
 
 use auditlake_archive::{
-    FinishedFile, ParquetSettings, Table, data_file_path, events_partition_dir, writer_properties,
+    FinishedFile, HashedBuffer, ParquetSettings, Table, data_file_path, events_partition_dir,
+    writer_properties,
 };
 
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
@@ -97,7 +98,7 @@ struct PartitionKey {
 }
 
 struct OpenFile {
-    writer: ArrowWriter<Vec<u8>>,
+    writer: ArrowWriter<HashedBuffer>,
     rows: u64,
     min_micros: i64,
     max_micros: i64,
@@ -271,7 +272,7 @@ impl PartitionedWriter {
                 .saturating_add(1 << 20)
                 .min(MAX_RESERVE);
             let writer = ArrowWriter::try_new(
-                Vec::with_capacity(capacity),
+                HashedBuffer::with_capacity(capacity),
                 events_file_schema(),
                 Some(props),
             )?;
@@ -329,10 +330,9 @@ impl PartitionedWriter {
             ));
             root
         });
-        let mut bytes = f.writer.into_inner()?;
-        // The buffer grew in steps; a small file must not keep a large allocation while it
-        // waits for its commit.
-        bytes.shrink_to_fit();
+        // Not shrunk to fit: that copied the whole file once more, and the room reserved
+        // beyond its bytes was never touched, so it holds address space, not memory.
+        let (bytes, sha256) = f.writer.into_inner()?.finish();
         self.files_started += 1;
         let relative_path = data_file_path(
             Table::Events,
@@ -345,6 +345,7 @@ impl PartitionedWriter {
             relative_path,
             cluster: key.cluster.clone(),
             bytes: bytes.into(),
+            sha256,
             rows: f.rows,
             min_micros: f.min_micros,
             max_micros: f.max_micros,

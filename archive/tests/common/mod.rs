@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use sha2::{Digest, Sha256};
+
 use auditlake_archive::{
     Archive, ArchiveLocation, CommitContents, FinishedFile, Table, data_file_path,
     events_partition_dir,
@@ -33,6 +35,7 @@ pub fn one_file(i: u64) -> CommitContents {
             relative_path: file_path(i),
             cluster: "c".into(),
             bytes: bytes::Bytes::from(format!("file {i}")),
+            sha256: Sha256::digest(format!("file {i}")).into(),
             rows: 1,
             min_micros: 0,
             max_micros: 0,

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use auditlake_archive::{
-    Archive, ArchiveLocation, CommitContents, FinishedFile, ParquetSettings, Table, data_file_path,
-    encode_file, events_partition_dir,
+    Archive, ArchiveLocation, CommitContents, FinishedFile, ParquetSettings, Table,
+    TableFileEncoder, data_file_path, events_partition_dir,
 };
 use auditlake_schema::{DecoderOptions, EventDecoder, SourcePos, events_file_schema};
 use clap::Parser;
@@ -33,7 +33,7 @@ struct Args {
     dir: Option<std::path::PathBuf>,
 }
 
-fn small_events_file() -> Result<(bytes::Bytes, u64)> {
+fn small_events_file() -> Result<(bytes::Bytes, [u8; 32], u64)> {
     let text = std::fs::read(auditlake_fixtures::data_dir().join("samples/handwritten.ndjson"))?;
     let mut d = EventDecoder::new(DecoderOptions::default());
     let mut q = Vec::new();
@@ -50,13 +50,14 @@ fn small_events_file() -> Result<(bytes::Bytes, u64)> {
     let rows = batch.num_rows() as u64;
     let file_batch =
         arrow::array::RecordBatch::try_new(events_file_schema(), batch.columns()[1..].to_vec())?;
-    let bytes = encode_file(
+    let mut file = TableFileEncoder::new(
         Table::Events,
         &events_file_schema(),
-        &file_batch,
         ParquetSettings::default(),
     )?;
-    Ok((bytes.into(), rows))
+    file.write(&file_batch)?;
+    let (bytes, sha256) = file.finish()?;
+    Ok((bytes.into(), sha256, rows))
 }
 
 fn stats(mut v: Vec<Duration>) -> String {
@@ -77,7 +78,7 @@ async fn main() -> Result<()> {
         None => tempfile::tempdir()?,
     };
     let archive = Archive::open(ArchiveLocation::parse(base.path().to_str().unwrap())?)?;
-    let (file, rows) = small_events_file()?;
+    let (file, sha256, rows) = small_events_file()?;
     let mut latencies = Vec::with_capacity(args.records as usize);
     let started = Instant::now();
     for i in 0..args.records {
@@ -93,6 +94,7 @@ async fn main() -> Result<()> {
                 ),
                 cluster: "bench".into(),
                 bytes: file.clone(),
+                sha256,
                 rows,
                 min_micros: hour * 3_600_000_000,
                 max_micros: hour * 3_600_000_000,
