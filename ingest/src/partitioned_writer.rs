@@ -24,9 +24,6 @@ use parquet::file::properties::WriterProperties;
 
 use crate::error::IngestError;
 
-/// The most address space a file's buffer reserves up front; a larger file grows past it.
-const MAX_RESERVE: usize = 256 << 20;
-
 /// Sizes of the files the writer produces.
 #[derive(Debug, Clone)]
 pub struct WriterOptions {
@@ -263,16 +260,8 @@ impl PartitionedWriter {
             .map_err(|e| IngestError::Pipeline(format!("projecting batch: {e}")))?;
         if !self.open.contains_key(&key) {
             let props = self.properties.clone();
-            // Room for the whole file up front (address space only: pages are touched as
-            // the file grows). Grown by doubling, a 15 MB file was copied four more times
-            // and every new buffer faulted in afresh.
-            let capacity = self
-                .options
-                .max_file_bytes
-                .saturating_add(1 << 20)
-                .min(MAX_RESERVE);
             let writer = ArrowWriter::try_new(
-                HashedBuffer::with_capacity(capacity),
+                HashedBuffer::with_capacity(64 << 10),
                 events_file_schema(),
                 Some(props),
             )?;
@@ -330,9 +319,11 @@ impl PartitionedWriter {
             ));
             root
         });
-        // Not shrunk to fit: that copied the whole file once more, and the room reserved
-        // beyond its bytes was never touched, so it holds address space, not memory.
-        let (bytes, sha256) = f.writer.into_inner()?.finish();
+        let (mut bytes, sha256) = f.writer.into_inner()?.finish();
+        // The buffer grew in steps; a small file must not keep a large allocation while it
+        // waits for its commit. (Not reserved whole up front: address space counts against a
+        // data limit, `ulimit -d`, as memory does; tests/serve_faults.rs runs under one.)
+        bytes.shrink_to_fit();
         self.files_started += 1;
         let relative_path = data_file_path(
             Table::Events,
