@@ -308,8 +308,10 @@ pub(crate) fn detect(root: Located<'_, '_>) -> Envelope {
         return Envelope::Event;
     }
     let mut k = Keys::default();
-    for (key, v) in root.entries() {
-        let v = v.value;
+    // simd-json's own walk over the keys, not `Located::entries`: that one counts the
+    // structurals of every value to locate the next, a walk over the whole tape (the request
+    // and response bodies included) for every event, which only slicing a body needs.
+    for (key, v) in root.value.as_object().into_iter().flat_map(|o| o.iter()) {
         match key {
             "kind" => k.kind = true,
             "openshift" => k.openshift = v.is_object(),
