@@ -285,18 +285,18 @@ impl Folder {
     /// Closes windows that ended before `now_micros` (event time); returns summaries of
     /// the ones that folded repeats.
     pub fn expire(&mut self, now_micros: i64) -> Vec<Finding> {
-        let mut out = Vec::new();
         if now_micros < self.next_expiry {
-            return out;
+            return Vec::new();
         }
         self.next_expiry = i64::MAX;
         let next = &mut self.next_expiry;
-        self.open.retain(|_, o| {
+        let mut closed = Vec::new();
+        self.open.retain(|key, o| {
             if o.window_end <= now_micros {
                 if o.finding.count > 1 {
                     let mut f = o.finding.clone();
                     f.last_time = format_rfc3339_micros(o.last_micros);
-                    out.push(f);
+                    closed.push((key.clone(), f));
                 }
                 false
             } else {
@@ -304,8 +304,11 @@ impl Folder {
                 true
             }
         });
-        out.sort_by_key(|f| f.time_micros);
-        out
+        // By time, then by key (unique among open windows): summaries of the same time came
+        // out in the map's iteration order, so the findings file of the same input differed
+        // from one build to another.
+        closed.sort_by(|(ka, a), (kb, b)| (a.time_micros, ka).cmp(&(b.time_micros, kb)));
+        closed.into_iter().map(|(_, f)| f).collect()
     }
 
     /// Closes every window (end of input or shutdown).
@@ -364,5 +367,31 @@ mod tests {
             f.flush().is_empty(),
             "a window without repeats needs no summary"
         );
+    }
+
+    #[test]
+    fn summaries_of_the_same_time_come_out_in_one_order_whatever_order_they_came_in() {
+        let rules: Vec<String> = (0..40).map(|i| format!("R{i:02}")).collect();
+        let summaries = |order: &mut dyn Iterator<Item = &String>| {
+            let mut folder = Folder::new(60);
+            for rule in order {
+                for (id, secs) in [("a", 5), ("b", 6)] {
+                    folder.push(Finding {
+                        rule_id: rule.clone(),
+                        ..finding(id, secs)
+                    });
+                }
+            }
+            folder
+                .flush()
+                .into_iter()
+                .map(|f| (f.time_micros, f.rule_id, f.count))
+                .collect::<Vec<_>>()
+        };
+        let forward = summaries(&mut rules.iter());
+        let backward = summaries(&mut rules.iter().rev());
+        let expected: Vec<_> = rules.iter().map(|r| (5_000_000, r.clone(), 2)).collect();
+        assert_eq!(forward, expected);
+        assert_eq!(backward, expected);
     }
 }
