@@ -72,7 +72,7 @@ pub struct FinishedFile {
     pub cluster: String,
     /// The file's bytes (shared, so a commit that is retried never copies them).
     pub bytes: bytes::Bytes,
-    /// SHA-256 of `bytes`, taken by whoever made them (see [`crate::HashedBuffer`]); the
+    /// SHA-256 of `bytes`, taken as they were written (see [`crate::TableFileEncoder`]); the
     /// manifest records it.
     pub sha256: [u8; 32],
     /// Number of rows (events, findings, RBAC versions).

@@ -1,6 +1,6 @@
 //! The auditlake evidence archive: where it lives ([`ArchiveLocation`]), its tables and
 //! their partitions ([`Table`], [`layout`]), the one set of Parquet settings
-//! ([`writer_properties`]), the quarantine file format, the commit protocol
+//! ([`TableFileEncoder`]), the quarantine file format, the commit protocol
 //! ([`Archive::commit`]) and the hash-chained manifest ([`ManifestRecord`], specified in
 //! `archive/FORMAT.md`). Readers list the files the manifest attests ([`AttestedFiles`]).
 //!
@@ -32,7 +32,6 @@ pub use attested::{AttestedFile, AttestedFiles, AttestedStore};
 pub use checkpoint::{CHECKPOINT_EVERY, CHECKPOINT_FORMAT, CHECKPOINTS_DIR};
 pub use error::ArchiveError;
 pub use failpoint::failpoint;
-pub use hashed_buffer::HashedBuffer;
 pub use kafka_progress::KafkaProgress;
 pub use layout::{
     DAY_MICROS, DERIVED_PARTITION_COLUMNS, EVENTS_PARTITION_COLUMNS, FinishedFile, HOUR_MICROS,
@@ -45,5 +44,5 @@ pub use manifest::{
     MANIFEST_FORMAT_V1, MANIFEST_FORMAT_V2, ManifestFile, ManifestQuarantine, ManifestRecord,
     RemovedFile, RetentionInfo, SourceMark,
 };
-pub use parquet_properties::{ParquetSettings, TableFileEncoder, encode_file, writer_properties};
+pub use parquet_properties::{ParquetSettings, TableFileEncoder};
 pub use quarantine::{quarantine_line, quarantine_ndjson, quarantine_weight};

@@ -11,7 +11,7 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-use crate::HashedBuffer;
+use crate::hashed_buffer::HashedBuffer;
 use crate::layout::Table;
 
 /// Tunables of the Parquet files (the rest is fixed by [`writer_properties`]).
@@ -42,7 +42,7 @@ const JSON_DOCUMENTS: [&str; 5] = [
 ];
 
 /// Writer properties for a file of `table`.
-pub fn writer_properties(table: Table, settings: ParquetSettings) -> WriterProperties {
+pub(crate) fn writer_properties(table: Table, settings: ParquetSettings) -> WriterProperties {
     let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(settings.zstd_level).unwrap_or_default(),
@@ -101,7 +101,8 @@ pub fn writer_properties(table: Table, settings: ParquetSettings) -> WriterPrope
 }
 
 /// A Parquet file of `table` encoded batch by batch as rows arrive, so the work is spread
-/// over a run instead of all falling on the commit that takes the file.
+/// over a run instead of all falling on the commit that takes the file; hashed as written.
+/// Every file of the archive's tables is made through it.
 pub struct TableFileEncoder {
     writer: ArrowWriter<HashedBuffer>,
 }
@@ -116,7 +117,7 @@ impl TableFileEncoder {
         let props = writer_properties(table, settings);
         Ok(Self {
             writer: ArrowWriter::try_new(
-                HashedBuffer::with_capacity(0),
+                HashedBuffer::with_capacity(64 << 10),
                 Arc::clone(schema),
                 Some(props),
             )?,
@@ -128,23 +129,21 @@ impl TableFileEncoder {
         self.writer.write(batch)
     }
 
+    /// Bytes the file will take if closed now (row groups written and the one in progress).
+    pub fn encoded_bytes(&self) -> usize {
+        self.writer.bytes_written() + self.writer.in_progress_size()
+    }
+
+    /// Adds a key-value pair to the footer.
+    pub fn append_key_value_metadata(&mut self, kv: KeyValue) {
+        self.writer.append_key_value_metadata(kv);
+    }
+
     /// Closes the file (its last row group and footer) and returns its bytes and their
     /// SHA-256.
     pub fn finish(self) -> Result<(Vec<u8>, [u8; 32]), parquet::errors::ParquetError> {
         Ok(self.writer.into_inner()?.finish())
     }
-}
-
-/// Encodes one batch as a whole Parquet file of `table`.
-pub fn encode_file(
-    table: Table,
-    schema: &SchemaRef,
-    batch: &RecordBatch,
-    settings: ParquetSettings,
-) -> Result<Vec<u8>, parquet::errors::ParquetError> {
-    let mut file = TableFileEncoder::new(table, schema, settings)?;
-    file.write(batch)?;
-    Ok(file.finish()?.0)
 }
 
 #[cfg(test)]
@@ -193,13 +192,11 @@ mod tests {
             request_objects.null_count() < batch.num_rows(),
             "bodies to index"
         );
-        let bytes = encode_file(
-            Table::Events,
-            &events_schema(),
-            &batch,
-            ParquetSettings::default(),
-        )
-        .unwrap();
+        let mut file =
+            TableFileEncoder::new(Table::Events, &events_schema(), ParquetSettings::default())
+                .unwrap();
+        file.write(&batch).unwrap();
+        let (bytes, _) = file.finish().unwrap();
         let reader = SerializedFileReader::new(Bytes::from(bytes)).unwrap();
         let group = reader.metadata().row_group(0);
         let stats = |name: &str| {

@@ -9,8 +9,7 @@
 use std::collections::BTreeMap;
 
 use auditlake_archive::{
-    FinishedFile, HashedBuffer, ParquetSettings, Table, data_file_path, events_partition_dir,
-    writer_properties,
+    FinishedFile, ParquetSettings, Table, TableFileEncoder, data_file_path, events_partition_dir,
 };
 
 use arrow::array::{AsArray, RecordBatch, UInt32Array};
@@ -18,9 +17,7 @@ use arrow::compute::take_record_batch;
 use arrow::datatypes::TimestampMicrosecondType;
 use auditlake_archive::row_tree::{GROUP_ROOTS_KEY, RowTree, encode_group_roots, row_leaves};
 use auditlake_schema::{col, events_file_schema};
-use parquet::arrow::ArrowWriter;
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::WriterProperties;
 
 use crate::error::IngestError;
 
@@ -95,7 +92,7 @@ struct PartitionKey {
 }
 
 struct OpenFile {
-    writer: ArrowWriter<HashedBuffer>,
+    writer: TableFileEncoder,
     rows: u64,
     min_micros: i64,
     max_micros: i64,
@@ -108,7 +105,7 @@ struct OpenFile {
 pub struct PartitionedWriter {
     writer_id: String,
     options: WriterOptions,
-    properties: WriterProperties,
+    settings: ParquetSettings,
     open: BTreeMap<PartitionKey, OpenFile>,
     files_started: u64,
     writes: u64,
@@ -120,17 +117,14 @@ pub struct PartitionedWriter {
 impl PartitionedWriter {
     /// A writer whose file names carry `writer_id` (unique per process run).
     pub fn new(writer_id: &str, options: WriterOptions) -> Self {
-        let properties = writer_properties(
-            Table::Events,
-            ParquetSettings {
-                row_group_rows: options.row_group_rows,
-                zstd_level: options.zstd_level,
-            },
-        );
+        let settings = ParquetSettings {
+            row_group_rows: options.row_group_rows,
+            zstd_level: options.zstd_level,
+        };
         Self {
             writer_id: writer_id.to_string(),
             options,
-            properties,
+            settings,
             open: BTreeMap::new(),
             files_started: 0,
             writes: 0,
@@ -259,12 +253,8 @@ impl PartitionedWriter {
         let file_batch = RecordBatch::try_new(events_file_schema(), batch.columns()[1..].to_vec())
             .map_err(|e| IngestError::Pipeline(format!("projecting batch: {e}")))?;
         if !self.open.contains_key(&key) {
-            let props = self.properties.clone();
-            let writer = ArrowWriter::try_new(
-                HashedBuffer::with_capacity(64 << 10),
-                events_file_schema(),
-                Some(props),
-            )?;
+            let writer =
+                TableFileEncoder::new(Table::Events, &events_file_schema(), self.settings)?;
             self.open.insert(
                 key.clone(),
                 OpenFile {
@@ -296,8 +286,7 @@ impl PartitionedWriter {
             f.min_micros = f.min_micros.min(min);
             f.max_micros = f.max_micros.max(max);
             f.last_write = writes;
-            f.rows >= max_rows
-                || f.writer.bytes_written() + f.writer.in_progress_size() >= max_bytes
+            f.rows >= max_rows || f.writer.encoded_bytes() >= max_bytes
         };
         if full {
             done.push(self.finish_partition(&key)?);
@@ -319,7 +308,7 @@ impl PartitionedWriter {
             ));
             root
         });
-        let (mut bytes, sha256) = f.writer.into_inner()?.finish();
+        let (mut bytes, sha256) = f.writer.finish()?;
         // The buffer grew in steps; a small file must not keep a large allocation while it
         // waits for its commit. (Not reserved whole up front: address space counts against a
         // data limit, `ulimit -d`, as memory does; tests/serve_faults.rs runs under one.)
