@@ -10,7 +10,7 @@
 # round, so a change is measured beside the same DuckDB runs: this machine is shared and
 # DuckDB's own time moves by 30% between quiet and busy minutes.
 # AUDITLAKE_BIN=path times that build instead of building one (PROFILE, default
-# ingest-bench: release on the ingest path but linked without LTO, ~4% slower; PROFILE=release builds
+# ingest-bench: release on the ingest path but linked without LTO; PROFILE=release builds
 # what users run).
 #
 # Needs: python3 with duckdb (`pip install duckdb`), /usr/bin/time.
