@@ -308,11 +308,12 @@ impl PartitionedWriter {
             ));
             root
         });
-        let (mut bytes, sha256) = f.writer.finish()?;
-        // The buffer grew in steps; a small file must not keep a large allocation while it
-        // waits for its commit. (Not reserved whole up front: address space counts against a
-        // data limit, `ulimit -d`, as memory does; tests/serve_faults.rs runs under one.)
-        bytes.shrink_to_fit();
+        // The buffer grew by doubling, so it holds less than twice the file until the commit.
+        // Not shrunk to fit: mimalloc (the binary's allocator) keeps a block shrunk by less
+        // than half where it is, so that freed nothing. Not reserved whole up front either:
+        // address space counts against a data limit (`ulimit -d`, under which
+        // tests/serve_faults.rs runs) as memory does.
+        let (bytes, sha256) = f.writer.finish()?;
         self.files_started += 1;
         let relative_path = data_file_path(
             Table::Events,
